@@ -1,0 +1,371 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/trackrelay/trackrelay/relay"
+	"github.com/trackrelay/trackrelay/tracker"
+)
+
+func cmdServe(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "config file (default: embedded defaults)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var cfg *Config
+	if *path == "" {
+		cfg = defaultConfig()
+		cfg.Accounts = []AccountConfig{defaultAccount()}
+	} else {
+		c, err := loadConfig(*path)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		cfg = c
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, cfg, *path == "", stdout, stderr); err != nil {
+		fmt.Fprintln(stderr, "trackrelay:", err)
+		return 1
+	}
+	return 0
+}
+
+// newLogger builds the process logger from the log section.
+func newLogger(c LogConfig, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// serve runs every part until ctx ends, then shuts down in order: stop
+// taking mail, let deliveries under way finish, stop serving hits.
+func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Writer) error {
+	log := newLogger(cfg.Log, stderr)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+	if embedded {
+		if err := ensureDefaultAPIKey(cfg, stdout, log); err != nil {
+			return err
+		}
+	}
+	secret, err := loadSecret(cfg)
+	if err != nil {
+		return err
+	}
+	keys, err := tracker.NewKeyring(tracker.Key{ID: keyID(secret), Secret: secret})
+	if err != nil {
+		return fmt.Errorf("tracking.secret_file: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	tm := tracker.NewMetrics(reg)
+	rm := relay.NewMetrics(reg)
+
+	store, err := tracker.OpenBolt(filepath.Join(cfg.DataDir, "tracking.db"), tracker.BoltOptions{Metrics: tm})
+	if err != nil {
+		return fmt.Errorf("tracking store: %w", err)
+	}
+	defer store.Close()
+
+	spool, err := relay.OpenSpool(filepath.Join(cfg.DataDir, "spool"), log.With("part", "spool"))
+	if err != nil {
+		return err
+	}
+	defer spool.Close()
+
+	dcfg := relay.DeliveryConfig{
+		Hostname:     cfg.SMTP.Hostname,
+		RetryInitial: cfg.Delivery.RetryInitial.D(),
+		RetryMax:     cfg.Delivery.RetryMax.D(),
+		Lifetime:     cfg.Delivery.Lifetime.D(),
+		BaseURL:      strings.TrimRight(cfg.Tracking.BaseURL, "/"),
+	}
+	if u := cfg.Upstream; u != nil {
+		up, err := upstreamConfig(cfg)
+		if err != nil {
+			return err
+		}
+		dcfg.Upstream = up
+		log.Info("delivering upstream", "address", u.Address, "tls", up.TLS)
+	} else {
+		dcfg.CaptureDir = filepath.Join(cfg.DataDir, "outbox")
+		log.Info("capture mode: no upstream; delivered copies are written to the outbox", "dir", dcfg.CaptureDir)
+	}
+	ledger := storeLedger{store: store}
+	mint := keyMinters{keys: keys, baseURL: dcfg.BaseURL}
+	deliverer := relay.NewDeliverer(dcfg, spool, ledger, mint, log.With("part", "delivery"), rm)
+	if err := deliverer.Start(); err != nil {
+		return err
+	}
+
+	scfg, err := serverConfig(cfg)
+	if err != nil {
+		return err
+	}
+	smtpSrv := relay.NewServer(scfg, spool, deliverer, ledger, log.With("part", "smtp"), rm)
+
+	tcfg := tracker.Config{
+		BaseURL:       dcfg.BaseURL,
+		ScannerWindow: cfg.Tracking.ScannerWindow.D(),
+		Logger:        log.With("part", "http"),
+		Metrics:       tm,
+	}
+	for _, p := range cfg.Tracking.TrustedProxies {
+		pfx, _ := parsePrefix(p)
+		tcfg.TrustedProxies = append(tcfg.TrustedProxies, pfx)
+	}
+	for _, a := range cfg.Accounts {
+		if a.APIKeySHA256 != "" {
+			tcfg.Accounts = append(tcfg.Accounts, tracker.Account{Name: a.Name, APIKeySHA256: strings.ToLower(a.APIKeySHA256)})
+		}
+	}
+	httpSrv := &http.Server{
+		Handler:           tracker.NewHandler(tcfg, keys, store),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.With("part", "http").Handler(), slog.LevelWarn),
+	}
+
+	smtpLn, err := net.Listen("tcp", cfg.SMTP.Listen)
+	if err != nil {
+		return fmt.Errorf("smtp.listen: %w", err)
+	}
+	httpLn, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		smtpLn.Close()
+		return fmt.Errorf("http.listen: %w", err)
+	}
+	var metricsSrv *http.Server
+	var metricsLn net.Listener
+	if cfg.Metrics.Listen != "" {
+		metricsLn, err = net.Listen("tcp", cfg.Metrics.Listen)
+		if err != nil {
+			smtpLn.Close()
+			httpLn.Close()
+			return fmt.Errorf("metrics.listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	}
+
+	errc := make(chan error, 3)
+	go func() { errc <- smtpSrv.Serve(smtpLn) }()
+	go func() {
+		if err := httpSrv.Serve(httpLn); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	if metricsSrv != nil {
+		go func() {
+			if err := metricsSrv.Serve(metricsLn); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	log.Info("trackrelay started", "version", version, "smtp", smtpLn.Addr().String(),
+		"http", httpLn.Addr().String(), "metrics", cfg.Metrics.Listen, "base_url", dcfg.BaseURL,
+		"data_dir", cfg.DataDir, "accounts", len(cfg.Accounts))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case runErr = <-errc:
+		log.Error("listener failed; shutting down", "err", runErr)
+	}
+	grace := cfg.Delivery.ShutdownWait.D()
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if err := smtpSrv.Shutdown(sctx); err != nil {
+		log.Warn("smtp shutdown", "err", err)
+	}
+	if err := deliverer.Shutdown(sctx); err != nil {
+		log.Warn("delivery shutdown", "err", err)
+	}
+	hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer hcancel()
+	httpSrv.Shutdown(hctx)
+	if metricsSrv != nil {
+		metricsSrv.Shutdown(hctx)
+	}
+	log.Info("stopped")
+	return runErr
+}
+
+func serverConfig(cfg *Config) (relay.ServerConfig, error) {
+	sc := relay.ServerConfig{
+		Hostname:            cfg.SMTP.Hostname,
+		MaxMessageBytes:     cfg.SMTP.MaxMessageBytes,
+		MaxRecipients:       cfg.SMTP.MaxRecipients,
+		RequireTLS:          cfg.SMTP.RequireTLS,
+		CommandTimeout:      cfg.SMTP.CommandTimeout.D(),
+		DataTimeout:         cfg.SMTP.DataTimeout.D(),
+		MaxConnections:      cfg.SMTP.MaxConnections,
+		MaxConnectionsPerIP: cfg.SMTP.MaxConnectionsPerIP,
+		DefaultMode:         cfg.Tracking.Mode,
+	}
+	if cfg.SMTP.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.SMTP.TLSCertFile, cfg.SMTP.TLSKeyFile)
+		if err != nil {
+			return sc, fmt.Errorf("smtp.tls_cert_file: %w", err)
+		}
+		sc.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	for _, a := range cfg.Accounts {
+		acct := relay.Account{Name: a.Name, PasswordHash: []byte(a.PasswordHash), Mode: a.Mode, SelfAddresses: a.SelfAddresses}
+		if a.Mode == "" {
+			acct.Mode = cfg.Tracking.Mode
+		}
+		for _, n := range a.Networks {
+			p, err := parsePrefix(n)
+			if err != nil {
+				return sc, fmt.Errorf("accounts %s networks: %w", a.Name, err)
+			}
+			acct.Networks = append(acct.Networks, p)
+		}
+		sc.Accounts = append(sc.Accounts, acct)
+	}
+	return sc, nil
+}
+
+func upstreamConfig(cfg *Config) (*relay.UpstreamConfig, error) {
+	u := cfg.Upstream
+	up := &relay.UpstreamConfig{
+		Address:        u.Address,
+		TLS:            u.TLS,
+		Username:       u.Username,
+		Hostname:       cfg.SMTP.Hostname,
+		MaxConnections: u.MaxConnections,
+		DialTimeout:    u.ConnectTimeout.D(),
+		CommandTimeout: u.CommandTimeout.D(),
+		DataTimeout:    u.DataTimeout.D(),
+	}
+	if up.TLS == "" {
+		up.TLS = relay.TLSStartTLS
+	}
+	if u.PasswordFile != "" {
+		b, err := os.ReadFile(u.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.password_file: %w", err)
+		}
+		up.Password = strings.TrimRight(string(b), "\r\n")
+	}
+	if u.InsecureSkipVerify {
+		host, _, _ := net.SplitHostPort(u.Address)
+		up.TLSConfig = &tls.Config{ServerName: host, InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}
+	}
+	return up, nil
+}
+
+// loadSecret reads tracking.secret_file, or the secret kept in the data
+// dir, generating it on first start.
+func loadSecret(cfg *Config) ([]byte, error) {
+	path := cfg.Tracking.SecretFile
+	if path == "" {
+		path = filepath.Join(cfg.DataDir, "tracking-secret")
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			raw := make([]byte, 32)
+			rand.Read(raw)
+			if err := writeFileSync(path, []byte(base64.StdEncoding.EncodeToString(raw)+"\n")); err != nil {
+				return nil, fmt.Errorf("generating tracking secret: %w", err)
+			}
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("tracking.secret_file: %w", err)
+	}
+	secret := []byte(strings.TrimSpace(string(b)))
+	if len(secret) < 32 {
+		return nil, fmt.Errorf("tracking.secret_file: %s holds %d bytes; at least 32 are needed", path, len(secret))
+	}
+	return secret, nil
+}
+
+// keyID names a secret by its hash, so that the id of a key does not depend
+// on the order keys are listed in when they rotate.
+func keyID(secret []byte) byte {
+	h := sha256.Sum256(append([]byte("trackrelay key id\x00"), secret...))
+	return h[0]
+}
+
+// ensureDefaultAPIKey gives the embedded defaults' account its API key: made
+// and printed once on first start, kept in the data dir.
+func ensureDefaultAPIKey(cfg *Config, stdout io.Writer, log *slog.Logger) error {
+	path := filepath.Join(cfg.DataDir, "api-key-default")
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		raw := make([]byte, 24)
+		rand.Read(raw)
+		key := "trk_" + base64.RawURLEncoding.EncodeToString(raw)
+		if err := writeFileSync(path, []byte(key+"\n")); err != nil {
+			return fmt.Errorf("writing API key: %w", err)
+		}
+		fmt.Fprintf(stdout, "API key of account \"default\" (shown once; also kept in %s):\n%s\n", path, key)
+		b = []byte(key)
+	case err != nil:
+		return fmt.Errorf("reading API key: %w", err)
+	default:
+		log.Info("API key of account default is kept in the data dir", "file", path)
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(string(b))))
+	for i := range cfg.Accounts {
+		if cfg.Accounts[i].Name == "default" && cfg.Accounts[i].APIKeySHA256 == "" {
+			cfg.Accounts[i].APIKeySHA256 = hex.EncodeToString(sum[:])
+		}
+	}
+	return nil
+}
+
+func writeFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+
+	"github.com/trackrelay/trackrelay/relay"
+	"github.com/trackrelay/trackrelay/rewrite"
+	"github.com/trackrelay/trackrelay/tracker"
+)
+
+// storeLedger lets the relay report to the tracking store: the relay
+// defines the interface, the tracker implements the storage, and this is
+// the only place that knows both.
+type storeLedger struct{ store tracker.Store }
+
+func (l storeLedger) Accepted(ctx context.Context, env *relay.Envelope) error {
+	m := tracker.Message{
+		ID:         env.ID,
+		MessageID:  env.MessageID,
+		Account:    env.Account,
+		From:       env.From,
+		SubmitIP:   env.SubmitIP,
+		AcceptedAt: env.AcceptedAt,
+		Mode:       env.Mode,
+	}
+	for _, r := range env.Recipients {
+		m.Recipients = append(m.Recipients, tracker.Recipient{Address: r.Address, Tracked: r.Tracked})
+	}
+	return l.store.PutMessage(ctx, m)
+}
+
+func (l storeLedger) Links(ctx context.Context, queueID string, links []string) error {
+	return l.store.SetLinks(ctx, queueID, links)
+}
+
+func (l storeLedger) Delivery(ctx context.Context, queueID string, rcpt int, r relay.Recipient) error {
+	return l.store.SetDelivery(ctx, queueID, rcpt, tracker.Delivery{
+		Status:       r.Status,
+		Attempts:     r.Attempts,
+		LastResponse: r.LastResponse,
+		UpdatedAt:    r.UpdatedAt,
+	})
+}
+
+// keyMinters mints each copy's tracking URLs with the tracker's keys.
+type keyMinters struct {
+	keys    *tracker.Keyring
+	baseURL string
+}
+
+func (m keyMinters) Minter(queueID string, rcpt int) rewrite.Minter {
+	return m.keys.Minter(m.baseURL, queueID, rcpt)
+}

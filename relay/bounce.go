@@ -1,0 +1,123 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// bounce queues an RFC 3464 delivery status notification of a failed copy
+// to the envelope sender. Never to the null sender, never for a bounce.
+func (d *Deliverer) bounce(env *Envelope, rc Recipient) error {
+	if env.From == "" || env.Bounce {
+		d.log.Info("bounce not sent: null sender or bounce of a bounce", "queue_id", env.ID)
+		return nil
+	}
+	var orig []byte
+	if f, err := d.spool.Open(env.ID); err == nil {
+		hdr, _, err := readHeader(bufio.NewReader(f), 256<<10)
+		f.Close()
+		if err == nil {
+			for _, fl := range hdr.fields {
+				orig = append(orig, fl.raw...)
+			}
+		}
+	}
+	msg := buildDSN(d.cfg.Hostname, env, rc, orig, time.Now())
+	dsn := &Envelope{
+		Account:    env.Account,
+		From:       "",
+		MessageID:  "",
+		Mode:       ModeNone,
+		AcceptedAt: time.Now().UTC(),
+		Bounce:     true,
+		Recipients: []Recipient{{Address: env.From, Status: StatusQueued, UpdatedAt: time.Now().UTC()}},
+	}
+	if err := d.spool.Enqueue(dsn, msg); err != nil {
+		return err
+	}
+	d.metrics.bounces.Inc()
+	d.log.Info("bounce queued", "queue_id", env.ID, "dsn_queue_id", dsn.ID, "to", env.From)
+	d.Submit(dsn, true)
+	return nil
+}
+
+// buildDSN renders the multipart/report of RFC 3464: a readable
+// explanation, the machine-readable status, and the original header.
+func buildDSN(host string, env *Envelope, rc Recipient, origHeader []byte, now time.Time) []byte {
+	boundary := "dsn-" + NewID()
+	status, diag := "5.0.0", rc.LastResponse
+	if f := strings.Fields(rc.LastResponse); len(f) > 1 && isEnhancedCode(f[1]) && f[1][0] == '5' {
+		status = f[1]
+	} else if strings.HasPrefix(rc.LastResponse, "message expired") {
+		status = "4.4.7"
+	}
+	var b bytes.Buffer
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format+"\r\n", a...) }
+	w("From: Mail Delivery System <MAILER-DAEMON@%s>", host)
+	w("To: <%s>", env.From)
+	w("Subject: Undelivered Mail Returned to Sender")
+	w("Date: %s", now.Format(time.RFC1123Z))
+	w("Message-ID: <%s.dsn@%s>", NewID(), host)
+	w("Auto-Submitted: auto-replied")
+	w("MIME-Version: 1.0")
+	w("Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"%s\"", boundary)
+	w("")
+	w("This is a MIME-encapsulated message.")
+	w("")
+	w("--%s", boundary)
+	w("Content-Type: text/plain; charset=us-ascii")
+	w("Content-Description: Notification")
+	w("")
+	w("This is the mail system at host %s.", host)
+	w("")
+	w("Your message could not be delivered to one or more recipients.")
+	w("")
+	w("<%s>: %s", rc.Address, oneLine(rc.LastResponse))
+	w("")
+	w("--%s", boundary)
+	w("Content-Type: message/delivery-status")
+	w("Content-Description: Delivery report")
+	w("")
+	w("Reporting-MTA: dns; %s", host)
+	w("X-Trackrelay-Queue-ID: %s", env.ID)
+	w("Arrival-Date: %s", env.AcceptedAt.Format(time.RFC1123Z))
+	w("")
+	w("Final-Recipient: rfc822; %s", rc.Address)
+	w("Action: failed")
+	w("Status: %s", status)
+	if strings.HasPrefix(diag, "4") || strings.HasPrefix(diag, "5") {
+		w("Diagnostic-Code: smtp; %s", oneLine(diag))
+	} else {
+		w("Diagnostic-Code: X-trackrelay; %s", oneLine(diag))
+	}
+	w("Last-Attempt-Date: %s", rc.UpdatedAt.Format(time.RFC1123Z))
+	w("")
+	w("--%s", boundary)
+	w("Content-Type: text/rfc822-headers")
+	w("Content-Description: Undelivered message headers")
+	w("")
+	b.Write(bytes.ReplaceAll(bytes.ReplaceAll(origHeader, []byte("\r\n"), []byte("\n")), []byte("\n"), []byte("\r\n")))
+	w("")
+	w("--%s--", boundary)
+	return b.Bytes()
+}
+
+func isEnhancedCode(s string) bool {
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 {
+		return false
+	}
+	for _, p := range parts {
+		if p == "" || strings.Trim(p, "0123456789") != "" {
+			return false
+		}
+	}
+	return true
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}

@@ -1,0 +1,555 @@
+package relay
+
+import (
+	"bytes"
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/trackrelay/trackrelay/rewrite"
+)
+
+// DeliveryConfig says where and how copies are delivered.
+type DeliveryConfig struct {
+	Hostname string
+	// Upstream is the smarthost; nil means capture mode: each delivered
+	// copy is written as a .eml file under CaptureDir.
+	Upstream   *UpstreamConfig
+	CaptureDir string
+	// Workers is the number of copies delivered in parallel (in upstream
+	// mode, the upstream's MaxConnections).
+	Workers int
+	// RetryInitial is the wait after the first failed attempt; it doubles
+	// after each failure up to RetryMax, with jitter.
+	RetryInitial time.Duration
+	RetryMax     time.Duration
+	// Lifetime is how long a copy is retried before it bounces.
+	Lifetime time.Duration
+	// BaseURL is the tracking base URL (links on it are not re-tracked).
+	BaseURL string
+	// MemoryCopyLimit: copies up to this size are instrumented in memory,
+	// larger ones through a temporary file in the spool.
+	MemoryCopyLimit int64
+}
+
+// Deliverer runs the delivery jobs: one per recipient copy, retried on a
+// schedule, bounced on a permanent failure or expiry.
+type Deliverer struct {
+	cfg     DeliveryConfig
+	spool   *Spool
+	ledger  Ledger
+	minters Minters
+	log     *slog.Logger
+	metrics *Metrics
+	up      *upstreamPool
+
+	mu        sync.Mutex
+	jobs      jobHeap
+	pending   map[string]bool // messages whose ledger record is still to be written
+	sending   int
+	wake      chan struct{}
+	stopping  bool
+	wg        sync.WaitGroup
+	stopWork  chan struct{}
+	bufs      sync.Pool
+	startOnce sync.Once
+}
+
+type job struct {
+	id   string
+	rcpt int
+	due  time.Time
+}
+
+type jobHeap []job
+
+func (h jobHeap) Len() int           { return len(h) }
+func (h jobHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h jobHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *jobHeap) Push(x any)        { *h = append(*h, x.(job)) }
+func (h *jobHeap) Pop() any {
+	old := *h
+	j := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return j
+}
+
+// NewDeliverer returns a deliverer; Start sets it running.
+func NewDeliverer(cfg DeliveryConfig, spool *Spool, ledger Ledger, minters Minters, log *slog.Logger, m *Metrics) *Deliverer {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	if ledger == nil {
+		ledger = NopLedger{}
+	}
+	if cfg.RetryInitial == 0 {
+		cfg.RetryInitial = time.Minute
+	}
+	if cfg.RetryMax == 0 {
+		cfg.RetryMax = time.Hour
+	}
+	if cfg.Lifetime == 0 {
+		cfg.Lifetime = 5 * 24 * time.Hour
+	}
+	if cfg.MemoryCopyLimit == 0 {
+		cfg.MemoryCopyLimit = 4 << 20
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname = "localhost"
+	}
+	d := &Deliverer{
+		cfg: cfg, spool: spool, ledger: ledger, minters: minters, log: log, metrics: m,
+		pending:  map[string]bool{},
+		wake:     make(chan struct{}, 1),
+		stopWork: make(chan struct{}),
+	}
+	if cfg.Upstream != nil {
+		up := *cfg.Upstream
+		if up.Hostname == "" {
+			up.Hostname = cfg.Hostname
+		}
+		d.up = newUpstreamPool(up, m)
+		if d.cfg.Workers == 0 {
+			d.cfg.Workers = d.up.cfg.MaxConnections
+		}
+	}
+	if d.cfg.Workers <= 0 {
+		d.cfg.Workers = 4
+	}
+	return d
+}
+
+// Start loads what the spool holds (after a restart: every copy not yet
+// final) and starts the workers.
+func (d *Deliverer) Start() error {
+	envs, err := d.spool.Load()
+	if err != nil {
+		return fmt.Errorf("delivery: load spool: %w", err)
+	}
+	for _, env := range envs {
+		if env.Done() {
+			if err := d.spool.Remove(env.ID); err != nil {
+				return err
+			}
+			continue
+		}
+		d.Submit(env, false)
+	}
+	if len(envs) > 0 {
+		d.log.Info("spool loaded", "messages", len(envs))
+	}
+	if d.cfg.CaptureDir != "" && d.up == nil {
+		if err := os.MkdirAll(d.cfg.CaptureDir, 0o700); err != nil {
+			return err
+		}
+	}
+	d.startOnce.Do(func() {
+		for range d.cfg.Workers {
+			d.wg.Add(1)
+			go d.worker()
+		}
+	})
+	return nil
+}
+
+// Submit schedules every copy of env that is not final. announced says
+// whether the ledger already knows the message.
+func (d *Deliverer) Submit(env *Envelope, announced bool) {
+	d.mu.Lock()
+	if !announced {
+		d.pending[env.ID] = true
+	}
+	for i := range env.Recipients {
+		r := &env.Recipients[i]
+		if r.Final() {
+			continue
+		}
+		heap.Push(&d.jobs, job{id: env.ID, rcpt: i, due: r.NextAttempt})
+	}
+	d.updateGauges()
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// updateGauges must be called with d.mu held.
+func (d *Deliverer) updateGauges() {
+	now := time.Now()
+	var queued, deferred float64
+	for _, j := range d.jobs {
+		if j.due.After(now) {
+			deferred++
+		} else {
+			queued++
+		}
+	}
+	d.metrics.queueGauge.WithLabelValues("queued").Set(queued)
+	d.metrics.queueGauge.WithLabelValues("deferred").Set(deferred)
+	d.metrics.queueGauge.WithLabelValues("sending").Set(float64(d.sending))
+}
+
+// next blocks until a job is due, or returns false once stopping.
+func (d *Deliverer) next() (job, bool) {
+	for {
+		d.mu.Lock()
+		if d.stopping {
+			d.mu.Unlock()
+			return job{}, false
+		}
+		var wait time.Duration = time.Hour
+		if len(d.jobs) > 0 {
+			wait = time.Until(d.jobs[0].due)
+			if wait <= 0 {
+				j := heap.Pop(&d.jobs).(job)
+				d.sending++
+				d.updateGauges()
+				d.mu.Unlock()
+				// Let another worker look at the next job.
+				select {
+				case d.wake <- struct{}{}:
+				default:
+				}
+				return j, true
+			}
+		}
+		d.mu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-d.wake:
+		case <-t.C:
+		case <-d.stopWork:
+		}
+		t.Stop()
+	}
+}
+
+func (d *Deliverer) worker() {
+	defer d.wg.Done()
+	for {
+		j, ok := d.next()
+		if !ok {
+			return
+		}
+		d.run(j)
+		d.mu.Lock()
+		d.sending--
+		d.updateGauges()
+		d.mu.Unlock()
+	}
+}
+
+// Shutdown stops starting new attempts and waits, until ctx ends, for the
+// attempts under way. Copies not delivered stay in the spool for the next
+// start.
+func (d *Deliverer) Shutdown(ctx context.Context) error {
+	d.mu.Lock()
+	d.stopping = true
+	d.mu.Unlock()
+	close(d.stopWork)
+	done := make(chan struct{})
+	go func() { d.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("delivery: attempts still under way at shutdown (they are retried after restart): %w", ctx.Err())
+	}
+	if d.up != nil {
+		d.up.Close()
+	}
+	return err
+}
+
+// run makes one delivery attempt of one copy and records its outcome.
+func (d *Deliverer) run(j job) {
+	start := time.Now()
+	env, err := d.spool.Get(j.id)
+	if err != nil {
+		if !errors.Is(err, ErrNoSuchMessage) {
+			d.log.Error("delivery: reading spool record", "queue_id", j.id, "err", err)
+			d.retryLater(j, time.Minute)
+		}
+		return
+	}
+	if j.rcpt >= len(env.Recipients) || env.Recipients[j.rcpt].Final() {
+		return
+	}
+	d.announce(env)
+	rc := env.Recipients[j.rcpt]
+	log := d.log.With("queue_id", env.ID, "rcpt", j.rcpt)
+
+	resp, sendErr := d.attempt(env, j.rcpt, log)
+	now := time.Now().UTC()
+	var result string
+	rc.Attempts++
+	rc.UpdatedAt = now
+	switch {
+	case sendErr == nil:
+		result = StatusDelivered
+		rc.Status, rc.LastResponse = StatusDelivered, resp
+	case permanent(sendErr):
+		result = StatusBounced
+		rc.Status, rc.LastResponse = StatusBounced, replyText(sendErr)
+	case now.Sub(env.AcceptedAt) >= d.cfg.Lifetime:
+		result = StatusBounced
+		rc.Status = StatusBounced
+		rc.LastResponse = "message expired after " + d.cfg.Lifetime.String() + ": " + replyText(sendErr)
+	default:
+		result = StatusDeferred
+		rc.Status, rc.LastResponse = StatusDeferred, replyText(sendErr)
+		rc.NextAttempt = now.Add(d.backoff(rc.Attempts))
+	}
+	d.metrics.attempts.WithLabelValues(result).Inc()
+	d.metrics.attemptDuration.WithLabelValues(result).Observe(time.Since(start).Seconds())
+
+	updated, err := d.spool.Update(env.ID, func(e *Envelope) error {
+		e.Recipients[j.rcpt] = rc
+		return nil
+	})
+	if err != nil {
+		// Not recorded: the copy is tried again, at least once is kept.
+		log.Error("delivery: recording outcome failed; will retry", "err", err)
+		d.retryLater(j, time.Minute)
+		return
+	}
+	log.Info("delivery "+result, "to", rc.Address, "attempt", rc.Attempts, "response", rc.LastResponse)
+	if env.Bounce {
+		// The relay's own notifications are not messages of the app.
+	} else if err := d.ledger.Delivery(context.Background(), env.ID, j.rcpt, rc); err != nil {
+		d.metrics.ledgerErrors.Inc()
+		log.Error("ledger: recording delivery status failed", "err", err)
+	}
+	switch rc.Status {
+	case StatusDeferred:
+		d.mu.Lock()
+		heap.Push(&d.jobs, job{id: env.ID, rcpt: j.rcpt, due: rc.NextAttempt})
+		d.mu.Unlock()
+		select {
+		case d.wake <- struct{}{}:
+		default:
+		}
+	case StatusBounced:
+		if err := d.bounce(env, rc); err != nil {
+			log.Error("bounce: could not queue the delivery status notification", "err", err)
+		}
+	}
+	if updated.Done() {
+		if err := d.spool.Remove(env.ID); err != nil {
+			log.Error("spool: removing delivered message", "err", err)
+		}
+		d.mu.Lock()
+		delete(d.pending, env.ID)
+		d.mu.Unlock()
+	}
+}
+
+func (d *Deliverer) retryLater(j job, after time.Duration) {
+	d.mu.Lock()
+	j.due = time.Now().Add(after)
+	heap.Push(&d.jobs, j)
+	d.mu.Unlock()
+}
+
+// announce writes the ledger record of a message whose acceptance could not
+// be recorded at the time (or that was loaded after a restart).
+func (d *Deliverer) announce(env *Envelope) {
+	d.mu.Lock()
+	need := d.pending[env.ID]
+	d.mu.Unlock()
+	if !need {
+		return
+	}
+	if err := d.ledger.Accepted(context.Background(), env); err != nil {
+		d.metrics.ledgerErrors.Inc()
+		d.log.Error("ledger: recording accepted message failed", "queue_id", env.ID, "err", err)
+		return
+	}
+	d.mu.Lock()
+	delete(d.pending, env.ID)
+	d.mu.Unlock()
+}
+
+// backoff is the wait after the n-th failed attempt: exponential, capped,
+// with ±20% jitter so that a queue does not retry in lockstep.
+func (d *Deliverer) backoff(n int) time.Duration {
+	w := d.cfg.RetryInitial
+	for i := 1; i < n && w < d.cfg.RetryMax; i++ {
+		w *= 2
+	}
+	w = min(w, d.cfg.RetryMax)
+	jitter := time.Duration(rand.Int64N(int64(w)/5*2+1)) - w/5
+	return w + jitter
+}
+
+// attempt instruments the copy and delivers it.
+func (d *Deliverer) attempt(env *Envelope, idx int, log *slog.Logger) (string, error) {
+	f, err := d.spool.Open(env.ID)
+	if err != nil {
+		return "", fmt.Errorf("open spool file: %w", err)
+	}
+	defer f.Close()
+
+	body, size, release, err := d.instrument(env, idx, f, log)
+	if err != nil {
+		return "", err
+	}
+	defer release()
+
+	rc := env.Recipients[idx]
+	if d.up == nil {
+		return d.capture(env, idx, rc.Address, body)
+	}
+	from := env.From
+	if env.Bounce {
+		from = ""
+	}
+	return d.up.send(from, rc.Address, size, body)
+}
+
+// instrument returns the bytes to send for one copy: the spool file itself
+// when the copy is untracked or rewriting fails, else the rewritten copy.
+func (d *Deliverer) instrument(env *Envelope, idx int, f *os.File, log *slog.Logger) (io.ReadSeeker, int64, func(), error) {
+	nop := func() {}
+	rc := env.Recipients[idx]
+	opens, clicks := ModeFlags(env.Mode)
+	if !rc.Tracked || env.Bounce || (!opens && !clicks) || d.minters == nil {
+		d.metrics.rewrites.WithLabelValues("untracked").Inc()
+		return f, env.Size, nop, nil
+	}
+	start := time.Now()
+	var out interface {
+		io.Writer
+		io.ReadSeeker
+	}
+	release := nop
+	if env.Size <= d.cfg.MemoryCopyLimit {
+		buf, _ := d.bufs.Get().(*bytes.Buffer)
+		if buf == nil {
+			buf = new(bytes.Buffer)
+		}
+		buf.Reset()
+		mb := &memCopy{buf: buf}
+		out = mb
+		release = func() {
+			if buf.Cap() <= int(2*d.cfg.MemoryCopyLimit) {
+				d.bufs.Put(buf)
+			}
+		}
+	} else {
+		tmp, err := os.CreateTemp(filepath.Join(d.spool.dir), "copy-*.tmp")
+		if err != nil {
+			return nil, 0, nil, fmt.Errorf("temporary copy: %w", err)
+		}
+		os.Remove(tmp.Name()) // unlinked: nothing is left behind by a crash
+		out = tmp
+		release = func() { tmp.Close() }
+	}
+	res, err := rewrite.Message(out, f, rewrite.Options{
+		Opens:   opens,
+		Clicks:  clicks,
+		Minter:  d.minters.Minter(env.ID, idx),
+		BaseURL: d.cfg.BaseURL,
+	})
+	d.metrics.rewriteDuration.Observe(time.Since(start).Seconds())
+	if err != nil || !res.Changed {
+		release()
+		outcome := "unchanged"
+		switch {
+		case err != nil:
+			outcome = "failed"
+			log.Warn("rewrite failed; delivering the copy unchanged", "err", err)
+		case res.Skipped == "dkim-signed":
+			outcome = "dkim_signed"
+		}
+		d.metrics.rewrites.WithLabelValues(outcome).Inc()
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return nil, 0, nil, err
+		}
+		return f, env.Size, nop, nil
+	}
+	d.metrics.rewrites.WithLabelValues("rewritten").Inc()
+	d.metrics.linksRewritten.Add(float64(len(res.Links)))
+	if len(res.Links) > 0 {
+		if err := d.ledger.Links(context.Background(), env.ID, res.Links); err != nil {
+			d.metrics.ledgerErrors.Inc()
+			log.Error("ledger: recording links failed", "err", err)
+		}
+	}
+	size, err := out.Seek(0, io.SeekCurrent)
+	if err != nil {
+		release()
+		return nil, 0, nil, err
+	}
+	if _, err := out.Seek(0, io.SeekStart); err != nil {
+		release()
+		return nil, 0, nil, err
+	}
+	return out, size, release, nil
+}
+
+// memCopy is a bytes.Buffer that can be read back from the start.
+type memCopy struct {
+	buf *bytes.Buffer
+	r   *bytes.Reader
+}
+
+func (m *memCopy) Write(p []byte) (int, error) { return m.buf.Write(p) }
+
+func (m *memCopy) Read(p []byte) (int, error) {
+	if m.r == nil {
+		m.r = bytes.NewReader(m.buf.Bytes())
+	}
+	return m.r.Read(p)
+}
+
+func (m *memCopy) Seek(off int64, whence int) (int64, error) {
+	if m.r == nil {
+		if whence == io.SeekCurrent && off == 0 {
+			return int64(m.buf.Len()), nil
+		}
+		m.r = bytes.NewReader(m.buf.Bytes())
+	}
+	return m.r.Seek(off, whence)
+}
+
+// capture writes the copy as <CaptureDir>/<queue id>-<n>.eml, made durable
+// (temporary name, fsync, rename) before it counts as delivered.
+func (d *Deliverer) capture(env *Envelope, idx int, rcpt string, body io.Reader) (string, error) {
+	name := fmt.Sprintf("%s-%d.eml", env.ID, idx)
+	tmp, err := os.CreateTemp(d.cfg.CaptureDir, ".tmp-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	fmt.Fprintf(tmp, "Return-Path: <%s>\r\nDelivered-To: %s\r\n", env.From, rcpt)
+	_, err = io.Copy(tmp, body)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), filepath.Join(d.cfg.CaptureDir, name))
+	}
+	if err == nil {
+		err = syncDir(d.cfg.CaptureDir)
+	}
+	if err != nil {
+		return "", fmt.Errorf("capture: %w", err)
+	}
+	return "250 2.0.0 captured as " + name, nil
+}

@@ -1,0 +1,343 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-message"
+	"github.com/emersion/go-smtp"
+)
+
+// attachment is random-looking binary data that must arrive unchanged.
+var attachment = func() []byte {
+	b := make([]byte, 6000)
+	for i := range b {
+		b[i] = byte(i*7 + i/13)
+	}
+	return b
+}()
+
+func mixedMsg() string {
+	enc := base64.StdEncoding.EncodeToString(attachment)
+	var lines []string
+	for len(enc) > 76 {
+		lines = append(lines, enc[:76])
+		enc = enc[76:]
+	}
+	lines = append(lines, enc)
+	return crlf(`From: alice@example.com
+To: bob@example.net, carol@example.org
+Subject: Invoice
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="BOUNDARY"
+
+--BOUNDARY
+Content-Type: multipart/alternative; boundary="ALT"
+
+--ALT
+Content-Type: text/plain; charset=utf-8
+
+See https://example.com/invoice
+--ALT
+Content-Type: text/html; charset=utf-8
+Content-Transfer-Encoding: quoted-printable
+
+<html><body><a href=3D"https://example.com/invoice?a=3D1&amp;b=3D2">Invoice</a></body></html>
+--ALT--
+--BOUNDARY
+Content-Type: application/pdf; name="invoice.pdf"
+Content-Disposition: attachment; filename="invoice.pdf"
+Content-Transfer-Encoding: base64
+
+` + strings.Join(lines, "\n") + `
+--BOUNDARY--
+`)
+}
+
+// attachmentOf returns the decoded body of the message's application/pdf part.
+func attachmentOf(t *testing.T, data []byte) []byte {
+	t.Helper()
+	e, err := message.Read(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	e.Walk(func(path []int, part *message.Entity, err error) error {
+		if err != nil {
+			return err
+		}
+		if mt, _, _ := part.Header.ContentType(); mt == "application/pdf" {
+			got, err = readAllBody(part)
+		}
+		return err
+	})
+	return got
+}
+
+// htmlOf returns the decoded text/html part of a message.
+func htmlOf(t *testing.T, data []byte) string {
+	t.Helper()
+	e, err := message.Read(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var html []byte
+	e.Walk(func(path []int, part *message.Entity, err error) error {
+		if err != nil {
+			return err
+		}
+		if mt, _, _ := part.Header.ContentType(); mt == "text/html" {
+			html, err = readAllBody(part)
+		}
+		return err
+	})
+	return string(html)
+}
+
+func readAllBody(e *message.Entity) ([]byte, error) {
+	var b bytes.Buffer
+	_, err := b.ReadFrom(e.Body)
+	return b.Bytes(), err
+}
+
+func TestDelivery_upstreamCopiesPerRecipient(t *testing.T) {
+	h := newHarness(t, harnessOpts{upstream: true})
+	reply, err := h.send("alice@example.com", []string{"bob@example.net", "carol@example.org"}, mixedMsg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := queueID(t, reply)
+	msgs := h.sink.waitFor(t, 2)
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		seen[m.To] = true
+		if m.From != "alice@example.com" {
+			t.Errorf("envelope sender %q", m.From)
+		}
+		if !bytes.Equal(attachmentOf(t, m.Data), attachment) {
+			t.Errorf("copy to %s: attachment changed", m.To)
+		}
+		if !strings.Contains(htmlOf(t, m.Data), "http://t.test/c/"+id) {
+			t.Errorf("copy to %s: no click URL:\n%s", m.To, m.Data)
+		}
+	}
+	if !seen["bob@example.net"] || !seen["carol@example.org"] {
+		t.Fatalf("recipients reached: %v", seen)
+	}
+	if bytes.Equal(msgs[0].Data, msgs[1].Data) {
+		t.Fatal("the two copies are identical: tokens are not per recipient")
+	}
+	r := h.ledger.waitStatus(t, id, 0, StatusDelivered)
+	if r.Attempts != 1 || !strings.HasPrefix(r.LastResponse, "250") {
+		t.Errorf("delivery record %+v", r)
+	}
+}
+
+func TestDelivery_retriesTemporaryFailures(t *testing.T) {
+	h := newHarness(t, harnessOpts{upstream: true})
+	h.sink.reply = func(rcpt string, n int) error {
+		if n < 2 {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}
+		}
+		return nil
+	}
+	reply, err := h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := queueID(t, reply)
+	r := h.ledger.waitStatus(t, id, 0, StatusDelivered)
+	if r.Attempts != 3 {
+		t.Errorf("attempts = %d, want 3", r.Attempts)
+	}
+	if len(h.sink.messages()) != 1 {
+		t.Errorf("sink holds %d messages", len(h.sink.messages()))
+	}
+}
+
+func TestDelivery_bouncesPermanentFailure(t *testing.T) {
+	h := newHarness(t, harnessOpts{upstream: true})
+	h.sink.reply = func(rcpt string, n int) error {
+		if rcpt == "nobody@example.net" {
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+		}
+		return nil
+	}
+	reply, err := h.send("alice@example.com", []string{"nobody@example.net", "bob@example.net"}, crlf(htmlMsg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := queueID(t, reply)
+	r := h.ledger.waitStatus(t, id, 0, StatusBounced)
+	if r.LastResponse != "550 5.1.1 no such user" {
+		t.Errorf("last response %q", r.LastResponse)
+	}
+	h.ledger.waitStatus(t, id, 1, StatusDelivered)
+	msgs := h.sink.waitFor(t, 2)
+	var dsn *sunk
+	for i := range msgs {
+		if msgs[i].To == "alice@example.com" {
+			dsn = &msgs[i]
+		}
+	}
+	if dsn == nil {
+		t.Fatalf("no bounce reached the sender; sink: %d messages", len(msgs))
+	}
+	if dsn.From != "" {
+		t.Errorf("bounce envelope sender %q, want <>", dsn.From)
+	}
+	e, err := message.Read(bytes.NewReader(dsn.Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mt, params, _ := e.Header.ContentType()
+	if mt != "multipart/report" || params["report-type"] != "delivery-status" {
+		t.Errorf("bounce content type %s %v", mt, params)
+	}
+	for _, want := range []string{"Final-Recipient: rfc822; nobody@example.net", "Action: failed", "Status: 5.1.1", "Diagnostic-Code: smtp; 550 5.1.1 no such user", "Subject: Your quote"} {
+		if !bytes.Contains(dsn.Data, []byte(want)) {
+			t.Errorf("bounce lacks %q:\n%s", want, dsn.Data)
+		}
+	}
+}
+
+func TestDelivery_noBounceToNullSender(t *testing.T) {
+	h := newHarness(t, harnessOpts{upstream: true})
+	h.sink.reply = func(string, int) error {
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no"}
+	}
+	reply, err := h.send("", []string{"bob@example.net"}, crlf(htmlMsg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ledger.waitStatus(t, queueID(t, reply), 0, StatusBounced)
+	time.Sleep(200 * time.Millisecond)
+	if n := len(h.sink.messages()); n != 0 {
+		t.Fatalf("a bounce of a null-sender message was sent (%d messages)", n)
+	}
+}
+
+func TestDelivery_upstreamDownThenBack(t *testing.T) {
+	h := newHarness(t, harnessOpts{upstream: true})
+	addr := h.sink.addr
+	h.sink.ln.Close()
+	h.sink.srv.Close()
+	reply, err := h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := queueID(t, reply)
+	r := h.ledger.waitStatus(t, id, 0, StatusDeferred)
+	if !strings.HasPrefix(r.LastResponse, "connection error") {
+		t.Errorf("deferred with %q", r.LastResponse)
+	}
+	// The upstream comes back on the same address.
+	s2 := newSinkAt(t, addr)
+	h.ledger.waitStatus(t, id, 0, StatusDelivered)
+	if len(s2.messages()) != 1 {
+		t.Fatalf("sink holds %d", len(s2.messages()))
+	}
+}
+
+func TestDelivery_reusesConnections(t *testing.T) {
+	h := newHarness(t, harnessOpts{upstream: true})
+	var ids []string
+	for i := range 6 {
+		reply, err := h.send("alice@example.com", []string{fmt.Sprintf("r%d@example.net", i)}, crlf(htmlMsg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, queueID(t, reply))
+	}
+	h.sink.waitFor(t, 6)
+	h.sink.mu.Lock()
+	conns := h.sink.conns
+	h.sink.mu.Unlock()
+	if conns > 2 {
+		t.Errorf("%d upstream connections for 6 messages with max_connections 2", conns)
+	}
+}
+
+func TestDelivery_survivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarness(t, harnessOpts{dir: dir, noStart: true})
+	reply, err := h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := queueID(t, reply)
+	// Stop everything before any delivery: the message must be in the spool.
+	h.srv.smtp.Close()
+	h.spool.Close()
+
+	spool, err := OpenSpool(dir+"/spool", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spool.Close()
+	env, err := spool.Get(id)
+	if err != nil || env.Recipients[0].Status != StatusQueued {
+		t.Fatalf("spool after restart: %+v %v", env, err)
+	}
+	ledger := newMemLedger()
+	d := NewDeliverer(DeliveryConfig{CaptureDir: dir + "/outbox", RetryInitial: 50 * time.Millisecond}, spool, ledger, testMinters{}, nil, nil)
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Shutdown(context.Background())
+	ledger.waitStatus(t, id, 0, StatusDelivered)
+	ledger.mu.Lock()
+	defer ledger.mu.Unlock()
+	if ledger.accepted[id] == nil {
+		t.Error("the ledger was not told about the message recovered from the spool")
+	}
+}
+
+func TestSpool_orphansRemovedAndCorruptSetAside(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenSpool(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, _ := s.Create()
+	in.Write([]byte("Subject: orphan\r\n\r\n"))
+	in.f.Close() // crash before Commit: a file without a record
+	env := &Envelope{Recipients: []Recipient{{Address: "a@b.c", Status: StatusQueued}}}
+	if err := s.Enqueue(env, []byte("Subject: ok\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	envs, err := s.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(envs) != 1 || envs[0].ID != env.ID {
+		t.Fatalf("loaded %v", envs)
+	}
+	if _, err := s.Open(in.ID()); err == nil {
+		t.Error("orphan file kept")
+	}
+	s.Close()
+}
+
+func newSinkAt(t *testing.T, addr string) *sink {
+	t.Helper()
+	var s *sink
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s2, err := trySinkAt(t, addr)
+		if err == nil {
+			s = s2
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return s
+}

@@ -1,0 +1,365 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/trackrelay/trackrelay/rewrite"
+)
+
+// sink is a real go-smtp server on loopback standing in for the upstream
+// smarthost. It keeps every transaction; reply, when set, decides the
+// outcome of each RCPT.
+type sink struct {
+	mu    sync.Mutex
+	msgs  []sunk
+	reply func(rcpt string, n int) error // n: attempts so far for this rcpt
+	tries map[string]int
+	conns int
+	addr  string
+	srv   *smtp.Server
+	ln    net.Listener
+}
+
+type sunk struct {
+	From, To string
+	Data     []byte
+}
+
+func newSink(t *testing.T) *sink {
+	t.Helper()
+	s, err := trySinkAt(t, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func trySinkAt(t *testing.T, addr string) (*sink, error) {
+	s := &sink{tries: map[string]int{}}
+	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		s.mu.Lock()
+		s.conns++
+		s.mu.Unlock()
+		return &sinkSession{s: s}, nil
+	}))
+	srv.Domain = "sink.test"
+	srv.AllowInsecureAuth = true
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	s.addr = ln.Addr().String()
+	s.srv = srv
+	s.ln = ln
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return s, nil
+}
+
+func (s *sink) messages() []sunk {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]sunk(nil), s.msgs...)
+}
+
+// waitFor waits until the sink holds n messages.
+func (s *sink) waitFor(t *testing.T, n int) []sunk {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := s.messages(); len(m) >= n {
+			return m
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("sink: want %d messages, have %d", n, len(s.messages()))
+	return nil
+}
+
+type sinkSession struct {
+	s    *sink
+	from string
+	to   []string
+}
+
+func (ss *sinkSession) AuthMechanisms() []string { return []string{sasl.Plain} }
+func (ss *sinkSession) Auth(string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(_, u, p string) error {
+		if u == "up" && p == "secret" {
+			return nil
+		}
+		return smtp.ErrAuthFailed
+	}), nil
+}
+func (ss *sinkSession) Mail(from string, _ *smtp.MailOptions) error { ss.from = from; return nil }
+func (ss *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	ss.s.mu.Lock()
+	n := ss.s.tries[to]
+	ss.s.tries[to]++
+	reply := ss.s.reply
+	ss.s.mu.Unlock()
+	if reply != nil {
+		if err := reply(to, n); err != nil {
+			return err
+		}
+	}
+	ss.to = append(ss.to, to)
+	return nil
+}
+func (ss *sinkSession) Data(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	ss.s.mu.Lock()
+	defer ss.s.mu.Unlock()
+	for _, to := range ss.to {
+		ss.s.msgs = append(ss.s.msgs, sunk{From: ss.from, To: to, Data: b})
+	}
+	return nil
+}
+func (ss *sinkSession) Reset()        { ss.from, ss.to = "", nil }
+func (ss *sinkSession) Logout() error { return nil }
+
+// testMinters mints readable fake URLs: the rewriter's output names the
+// message, the copy and the link.
+type testMinters struct{}
+
+type testMinter struct {
+	id   string
+	rcpt int
+}
+
+func (testMinters) Minter(id string, rcpt int) rewrite.Minter { return testMinter{id, rcpt} }
+func (m testMinter) OpenURL() string                          { return fmt.Sprintf("http://t.test/o/%s-%d.gif", m.id, m.rcpt) }
+func (m testMinter) ClickURL(i int, dest string) string {
+	return fmt.Sprintf("http://t.test/c/%s-%d-%d", m.id, m.rcpt, i)
+}
+
+type harness struct {
+	t      *testing.T
+	spool  *Spool
+	d      *Deliverer
+	srv    *Server
+	addr   string
+	sink   *sink
+	ledger *memLedger
+	dir    string
+}
+
+// memLedger is an in-memory Ledger for tests.
+type memLedger struct {
+	mu       sync.Mutex
+	accepted map[string]*Envelope
+	links    map[string][]string
+	status   map[string]Recipient
+}
+
+func newMemLedger() *memLedger {
+	return &memLedger{accepted: map[string]*Envelope{}, links: map[string][]string{}, status: map[string]Recipient{}}
+}
+
+func (l *memLedger) Accepted(_ context.Context, env *Envelope) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cp := *env
+	l.accepted[env.ID] = &cp
+	return nil
+}
+
+func (l *memLedger) Links(_ context.Context, id string, links []string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.links[id] = links
+	return nil
+}
+
+func (l *memLedger) Delivery(_ context.Context, id string, rcpt int, r Recipient) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.status[fmt.Sprintf("%s/%d", id, rcpt)] = r
+	return nil
+}
+
+// waitStatus waits until copy rcpt of id reaches status.
+func (l *memLedger) waitStatus(t *testing.T, id string, rcpt int, status string) Recipient {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if r, ok := l.get(id, rcpt); ok && r.Status == status {
+			return r
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r, _ := l.get(id, rcpt)
+	t.Fatalf("copy %s/%d: want status %s, have %+v", id, rcpt, status, r)
+	return r
+}
+
+func (l *memLedger) get(id string, rcpt int) (Recipient, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r, ok := l.status[fmt.Sprintf("%s/%d", id, rcpt)]
+	return r, ok
+}
+
+var testPassword = "correct horse battery staple"
+var testHash, _ = bcrypt.GenerateFromPassword([]byte(testPassword), bcrypt.MinCost+6)
+
+type harnessOpts struct {
+	upstream   bool
+	networks   []netip.Prefix
+	maxSize    int64
+	maxRcpts   int
+	retry      time.Duration
+	lifetime   time.Duration
+	dir        string
+	noStart    bool
+	selfAddrs  []string
+	tlsRequire bool
+}
+
+func newHarness(t *testing.T, o harnessOpts) *harness {
+	t.Helper()
+	h := &harness{t: t, ledger: newMemLedger()}
+	h.dir = o.dir
+	if h.dir == "" {
+		h.dir = t.TempDir()
+	}
+	var err error
+	h.spool, err = OpenSpool(h.dir+"/spool", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc := DeliveryConfig{Hostname: "relay.test", RetryInitial: o.retry, RetryMax: 4*o.retry + time.Millisecond, Lifetime: o.lifetime, BaseURL: "http://t.test"}
+	if o.retry == 0 {
+		dc.RetryInitial, dc.RetryMax = 50*time.Millisecond, 200*time.Millisecond
+	}
+	if o.upstream {
+		h.sink = newSink(t)
+		dc.Upstream = &UpstreamConfig{Address: h.sink.addr, TLS: TLSNone, MaxConnections: 2}
+	} else {
+		dc.CaptureDir = h.dir + "/outbox"
+	}
+	h.d = NewDeliverer(dc, h.spool, h.ledger, testMinters{}, testLogger(t), nil)
+	if !o.noStart {
+		if err := h.d.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sc := ServerConfig{
+		Hostname:        "relay.test",
+		MaxMessageBytes: o.maxSize,
+		MaxRecipients:   o.maxRcpts,
+		Accounts: []Account{{
+			Name: "alice", PasswordHash: testHash, Networks: o.networks, Mode: ModeAll,
+			SelfAddresses: o.selfAddrs,
+		}},
+	}
+	h.srv = NewServer(sc, h.spool, h.d, h.ledger, testLogger(t), nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.addr = ln.Addr().String()
+	go h.srv.Serve(ln)
+	t.Cleanup(func() {
+		h.srv.smtp.Close()
+		h.d.Shutdown(t.Context())
+		h.spool.Close()
+	})
+	return h
+}
+
+// client dials the relay and says EHLO.
+func (h *harness) client() *smtp.Client {
+	h.t.Helper()
+	c, err := smtp.Dial(h.addr)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := c.Hello("client.test"); err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// send submits msg as alice with AUTH PLAIN and returns the 250 text.
+func (h *harness) send(from string, to []string, msg string) (string, error) {
+	c := h.client()
+	if err := c.Auth(sasl.NewPlainClient("", "alice", testPassword)); err != nil {
+		return "", err
+	}
+	return sendOn(c, from, to, msg)
+}
+
+func sendOn(c *smtp.Client, from string, to []string, msg string) (string, error) {
+	if err := c.Mail(from, nil); err != nil {
+		return "", err
+	}
+	for _, r := range to {
+		if err := c.Rcpt(r, nil); err != nil {
+			return "", err
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(w, strings.NewReader(msg)); err != nil {
+		return "", err
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return "", err
+	}
+	return resp.StatusText, nil
+}
+
+func smtpCode(err error) int {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	return 0
+}
+
+func queueID(t *testing.T, reply string) string {
+	t.Helper()
+	_, id, ok := strings.Cut(reply, "queued as ")
+	if !ok || len(id) != 16 {
+		t.Fatalf("250 reply %q does not name a queue id", reply)
+	}
+	return id
+}
+
+func crlf(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "\r\n", "\n"), "\n", "\r\n")
+}
+
+// testLogger sends the relay's log to the test's log, shown on failure.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

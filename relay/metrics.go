@@ -1,0 +1,95 @@
+package relay
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the relay's Prometheus metrics. Labels take bounded values
+// only: never an address, a queue id or a response text.
+type Metrics struct {
+	sessions        prometheus.Counter
+	connRejected    prometheus.Counter
+	authFailures    *prometheus.CounterVec
+	messages        *prometheus.CounterVec
+	acceptedBytes   prometheus.Counter
+	attempts        *prometheus.CounterVec
+	attemptDuration *prometheus.HistogramVec
+	rewrites        *prometheus.CounterVec
+	rewriteDuration prometheus.Histogram
+	linksRewritten  prometheus.Counter
+	bounces         prometheus.Counter
+	queueGauge      *prometheus.GaugeVec
+	upstreamDials   *prometheus.CounterVec
+	ledgerErrors    prometheus.Counter
+}
+
+// NewMetrics creates the relay's metrics and registers them on reg (nil:
+// unregistered, for tests).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		sessions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trackrelay_smtp_sessions_total",
+			Help: "SMTP sessions started.",
+		}),
+		connRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trackrelay_smtp_connections_rejected_total",
+			Help: "SMTP connections refused with 421 because a connection limit was reached.",
+		}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trackrelay_smtp_auth_failures_total",
+			Help: "Failed SMTP AUTH attempts, by reason (bad_credentials, rate_limited).",
+		}, []string{"reason"}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trackrelay_smtp_messages_total",
+			Help: "Messages by result (accepted, rejected) and rejection reason (auth_required, tls_required, bad_address, too_large, bad_message, spool_error).",
+		}, []string{"result", "reason"}),
+		acceptedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trackrelay_smtp_accepted_bytes_total",
+			Help: "Bytes of accepted messages, as spooled.",
+		}),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trackrelay_delivery_attempts_total",
+			Help: "Delivery attempts of recipient copies, by result (delivered, deferred, bounced).",
+		}, []string{"result"}),
+		attemptDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "trackrelay_delivery_attempt_duration_seconds",
+			Help:    "Time taken by one delivery attempt (instrumenting and sending one copy), by result.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+		}, []string{"result"}),
+		rewrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trackrelay_rewrite_total",
+			Help: "Copies passed through the rewriter, by outcome (rewritten, unchanged, dkim_signed, failed, untracked).",
+		}, []string{"outcome"}),
+		rewriteDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "trackrelay_rewrite_duration_seconds",
+			Help:    "Time taken to instrument one recipient copy.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 3, 10),
+		}),
+		linksRewritten: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trackrelay_rewrite_links_total",
+			Help: "Links turned into click redirects, summed over all copies.",
+		}),
+		bounces: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trackrelay_delivery_bounces_total",
+			Help: "Delivery status notifications (bounces) generated.",
+		}),
+		queueGauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "trackrelay_queue_recipients",
+			Help: "Recipient copies in the spool, by state (queued, deferred, sending).",
+		}, []string{"state"}),
+		upstreamDials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trackrelay_upstream_connections_total",
+			Help: "Connections opened to the upstream server, by result (ok, error).",
+		}, []string{"result"}),
+		ledgerErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trackrelay_ledger_errors_total",
+			Help: "Failures to record acceptance or delivery status in the tracking store.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.sessions, m.connRejected, m.authFailures, m.messages, m.acceptedBytes,
+			m.attempts, m.attemptDuration, m.rewrites, m.rewriteDuration, m.linksRewritten,
+			m.bounces, m.queueGauge, m.upstreamDials, m.ledgerErrors)
+	}
+	return m
+}

@@ -1,0 +1,153 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// ServerConfig is the SMTP submission side of the relay.
+type ServerConfig struct {
+	Hostname            string
+	TLSConfig           *tls.Config // nil: no STARTTLS
+	MaxMessageBytes     int64
+	MaxRecipients       int
+	RequireTLS          bool          // nothing but EHLO/STARTTLS/NOOP/RSET/QUIT before TLS
+	CommandTimeout      time.Duration // idle time allowed between commands
+	DataTimeout         time.Duration // time allowed to receive one message's DATA
+	MaxConnections      int
+	MaxConnectionsPerIP int
+	MaxHeaderBytes      int
+	Accounts            []Account
+	DefaultMode         string
+}
+
+// Server is the SMTP submission server.
+type Server struct {
+	cfg      ServerConfig
+	smtp     *smtp.Server
+	spool    *Spool
+	ledger   Ledger
+	deliver  *Deliverer
+	log      *slog.Logger
+	metrics  *Metrics
+	accounts accounts
+	limiter  *authLimiter
+	conns    *connLimiter
+	nextCID  atomic.Uint64
+
+	mu        sync.Mutex
+	listeners []net.Listener
+}
+
+// NewServer returns an SMTP server that spools into spool and hands each
+// accepted message to d.
+func NewServer(cfg ServerConfig, spool *Spool, d *Deliverer, ledger Ledger, log *slog.Logger, m *Metrics) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	if ledger == nil {
+		ledger = NopLedger{}
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname = "localhost"
+	}
+	if cfg.CommandTimeout == 0 {
+		cfg.CommandTimeout = 5 * time.Minute
+	}
+	if cfg.DataTimeout == 0 {
+		cfg.DataTimeout = 10 * time.Minute
+	}
+	if cfg.MaxHeaderBytes == 0 {
+		cfg.MaxHeaderBytes = 1 << 20
+	}
+	if cfg.DefaultMode == "" {
+		cfg.DefaultMode = ModeAll
+	}
+	s := &Server{
+		cfg:      cfg,
+		spool:    spool,
+		ledger:   ledger,
+		deliver:  d,
+		log:      log,
+		metrics:  m,
+		accounts: accounts{list: cfg.Accounts},
+		limiter:  newAuthLimiter(5, 30*time.Second),
+		conns:    newConnLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
+	}
+	srv := smtp.NewServer(s)
+	srv.Domain = cfg.Hostname
+	srv.TLSConfig = cfg.TLSConfig
+	srv.MaxMessageBytes = cfg.MaxMessageBytes
+	srv.MaxRecipients = cfg.MaxRecipients
+	// RFC 5321 allows 1000 bytes a line, but apps write HTML on very long
+	// lines and MTAs accept them; 64 KiB keeps memory bounded all the same.
+	srv.MaxLineLength = 64 << 10
+	srv.ReadTimeout = cfg.CommandTimeout
+	srv.WriteTimeout = cfg.CommandTimeout
+	// AUTH over plain text is decided per session (loopback only), below.
+	srv.AllowInsecureAuth = true
+	srv.ErrorLog = slogPrintf{log}
+	s.smtp = srv
+	return s
+}
+
+// Serve accepts SMTP connections on l until Shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
+	err := s.smtp.Serve(s.conns.wrap(l, s.metrics))
+	if errors.Is(err, smtp.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting connections and waits, until ctx ends, for the
+// sessions under way to finish; then it closes them.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.smtp.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return s.smtp.Close()
+	}
+	if errors.Is(err, smtp.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// NewSession implements smtp.Backend.
+func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	sess := &session{
+		srv:  s,
+		conn: c,
+		cid:  s.nextCID.Add(1),
+	}
+	if ap, err := netip.ParseAddrPort(c.Conn().RemoteAddr().String()); err == nil {
+		sess.ip = ap.Addr().Unmap()
+	}
+	_, sess.tls = c.TLSConnectionState()
+	sess.netAccount = s.accounts.byNetwork(sess.ip)
+	sess.log = s.log.With("cid", sess.cid, "remote", sess.ip.String())
+	s.metrics.sessions.Inc()
+	return sess, nil
+}
+
+// slogPrintf adapts go-smtp's internal error log to slog.
+type slogPrintf struct{ log *slog.Logger }
+
+func (l slogPrintf) Printf(format string, v ...any) { l.log.Warn(fmt.Sprintf(format, v...)) }
+func (l slogPrintf) Println(v ...any)               { l.log.Warn(fmt.Sprint(v...)) }

@@ -1,0 +1,382 @@
+package relay
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Delivery states of one recipient copy, as the API shows them.
+const (
+	StatusQueued    = "queued"
+	StatusDeferred  = "deferred"
+	StatusDelivered = "delivered"
+	StatusBounced   = "bounced"
+)
+
+// Envelope is the spool record of one accepted message: who sent it, to
+// whom, and where each recipient's copy stands.
+type Envelope struct {
+	ID         string      `json:"id"`
+	Account    string      `json:"account"`
+	From       string      `json:"from"`
+	MessageID  string      `json:"message_id"`
+	Mode       string      `json:"mode"`
+	SubmitIP   string      `json:"submit_ip"`
+	AcceptedAt time.Time   `json:"accepted_at"`
+	Size       int64       `json:"size"`
+	Recipients []Recipient `json:"recipients"`
+	// Bounce marks a delivery status notification made by the relay: it is
+	// sent with an empty envelope sender and never bounced itself.
+	Bounce bool `json:"bounce,omitempty"`
+}
+
+// Recipient is the state of one recipient's copy: a delivery job of its own.
+type Recipient struct {
+	Address      string    `json:"address"`
+	Tracked      bool      `json:"tracked"`
+	Status       string    `json:"status"`
+	Attempts     int       `json:"attempts"`
+	NextAttempt  time.Time `json:"next_attempt"`
+	LastResponse string    `json:"last_response,omitempty"`
+	UpdatedAt    time.Time `json:"updated_at"`
+	// Warned records that a "delayed" notice went to the sender.
+	Warned bool `json:"warned,omitempty"`
+}
+
+// Final reports whether the copy needs no more attempts.
+func (r *Recipient) Final() bool {
+	return r.Status == StatusDelivered || r.Status == StatusBounced
+}
+
+// Done reports whether every copy of the message is final.
+func (e *Envelope) Done() bool {
+	for i := range e.Recipients {
+		if !e.Recipients[i].Final() {
+			return false
+		}
+	}
+	return true
+}
+
+var queueBucket = []byte("queue")
+
+// ErrNoSuchMessage is returned for a queue id the spool does not hold.
+var ErrNoSuchMessage = errors.New("relay: no such message in the spool")
+
+// Spool is the durable queue: one file per message under msg/, and one
+// bbolt record per message in queue.db. A message is durable once its file
+// and the directory are fsynced and its record is committed, in that order;
+// a file without a record is an orphan of a crash and removed at start-up.
+type Spool struct {
+	dir    string
+	msgDir string
+	db     *bolt.DB
+	log    *slog.Logger
+
+	// mu serialises read-modify-write of records within this process.
+	mu sync.Mutex
+}
+
+// OpenSpool opens (creating if needed) the spool in dir.
+func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	msgDir := filepath.Join(dir, "msg")
+	if err := os.MkdirAll(msgDir, 0o700); err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	db, err := bolt.Open(filepath.Join(dir, "queue.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("spool: open queue.db: %w (is another trackrelay running on this data_dir?)", err)
+	}
+	// Group commit: concurrent SMTP sessions share fsyncs through db.Batch.
+	db.MaxBatchDelay = 2 * time.Millisecond
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(queueBucket)
+		return err
+	}); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	return &Spool{dir: dir, msgDir: msgDir, db: db, log: log}, nil
+}
+
+// Close closes the record store.
+func (s *Spool) Close() error { return s.db.Close() }
+
+// NewID returns a fresh queue id: sortable by time, 16 characters of
+// base32hex, unique without coordination.
+func NewID() string {
+	var b [10]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(time.Now().UnixMicro())<<8)
+	if _, err := rand.Read(b[7:]); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return base32.HexEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:])
+}
+
+func (s *Spool) path(id string) string { return filepath.Join(s.msgDir, id+".eml") }
+
+// Incoming is a message being received: its bytes go straight to its spool
+// file, which becomes durable with Commit or disappears with Abort.
+type Incoming struct {
+	s    *Spool
+	id   string
+	f    *os.File
+	size int64
+	done bool
+}
+
+// Create starts a new message file.
+func (s *Spool) Create() (*Incoming, error) {
+	id := NewID()
+	f, err := os.OpenFile(s.path(id), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("spool: create message file: %w", err)
+	}
+	return &Incoming{s: s, id: id, f: f}, nil
+}
+
+// ID is the queue id the message will have.
+func (in *Incoming) ID() string { return in.id }
+
+// Write appends message bytes.
+func (in *Incoming) Write(p []byte) (int, error) {
+	n, err := in.f.Write(p)
+	in.size += int64(n)
+	return n, err
+}
+
+// Size is the number of bytes written so far.
+func (in *Incoming) Size() int64 { return in.size }
+
+// Abort discards the message.
+func (in *Incoming) Abort() {
+	if in.done {
+		return
+	}
+	in.done = true
+	in.f.Close()
+	os.Remove(in.f.Name())
+}
+
+// Commit makes the message durable: fsync the file, fsync the directory,
+// then commit the record. Only after Commit returns nil may the relay say 250.
+func (in *Incoming) Commit(env *Envelope) error {
+	if in.done {
+		return errors.New("spool: message already committed or aborted")
+	}
+	env.ID = in.id
+	env.Size = in.size
+	err := in.f.Sync()
+	if cerr := in.f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = syncDir(in.s.msgDir)
+	}
+	if err == nil {
+		err = in.s.put(env, true)
+	}
+	in.done = true
+	if err != nil {
+		os.Remove(in.f.Name())
+		return fmt.Errorf("spool: commit %s: %w", in.id, err)
+	}
+	return nil
+}
+
+// Enqueue stores a message made by the relay itself (a bounce) durably.
+func (s *Spool) Enqueue(env *Envelope, body []byte) error {
+	in, err := s.Create()
+	if err != nil {
+		return err
+	}
+	if _, err := in.Write(body); err != nil {
+		in.Abort()
+		return fmt.Errorf("spool: write: %w", err)
+	}
+	return in.Commit(env)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (s *Spool) put(env *Envelope, batch bool) error {
+	v, err := json.Marshal(env)
+	if err != nil {
+		return err
+	}
+	fn := func(tx *bolt.Tx) error { return tx.Bucket(queueBucket).Put([]byte(env.ID), v) }
+	if batch {
+		return s.db.Batch(fn)
+	}
+	return s.db.Update(fn)
+}
+
+// Get returns the record of a queued message.
+func (s *Spool) Get(id string) (*Envelope, error) {
+	var env *Envelope
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(queueBucket).Get([]byte(id))
+		if v == nil {
+			return ErrNoSuchMessage
+		}
+		env = new(Envelope)
+		return json.Unmarshal(v, env)
+	})
+	return env, err
+}
+
+// Update applies fn to the record of id and stores the result durably.
+func (s *Spool) Update(id string, fn func(*Envelope) error) (*Envelope, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	env, err := s.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	if err := fn(env); err != nil {
+		return nil, err
+	}
+	return env, s.put(env, true)
+}
+
+// Open opens the message file of id for reading.
+func (s *Spool) Open(id string) (*os.File, error) {
+	return os.Open(s.path(id))
+}
+
+// Remove deletes a message whose copies are all final: record first, so that
+// a crash in between leaves an orphan file (removed at start-up), never a
+// record without its message.
+func (s *Spool) Remove(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.db.Batch(func(tx *bolt.Tx) error {
+		return tx.Bucket(queueBucket).Delete([]byte(id))
+	}); err != nil {
+		return err
+	}
+	if err := os.Remove(s.path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Load returns every queued message, removes orphan files left by a crash
+// between writing a file and committing its record, and sets aside records
+// that cannot be read (their message file is kept under corrupt/).
+func (s *Spool) Load() ([]*Envelope, error) {
+	var envs []*Envelope
+	var bad [][]byte
+	known := map[string]bool{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(queueBucket).ForEach(func(k, v []byte) error {
+			env := new(Envelope)
+			if err := json.Unmarshal(v, env); err != nil || env.ID != string(k) {
+				bad = append(bad, bytes.Clone(k))
+				return nil
+			}
+			if _, err := os.Stat(s.path(env.ID)); err != nil {
+				s.log.Error("spool record without message file; set aside", "queue_id", env.ID, "err", err)
+				bad = append(bad, bytes.Clone(k))
+				return nil
+			}
+			known[env.ID] = true
+			envs = append(envs, env)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(bad) > 0 {
+		if err := s.setAside(bad); err != nil {
+			return nil, err
+		}
+	}
+	entries, err := os.ReadDir(s.msgDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), ".eml")
+		if !ok || known[id] {
+			continue
+		}
+		s.log.Warn("removing orphan spool file (never acknowledged)", "file", e.Name())
+		if err := os.Remove(filepath.Join(s.msgDir, e.Name())); err != nil {
+			return nil, err
+		}
+	}
+	return envs, nil
+}
+
+// setAside moves unreadable records and their files to corrupt/ for the
+// operator: never silently dropped.
+func (s *Spool) setAside(keys [][]byte) error {
+	dir := filepath.Join(s.dir, "corrupt")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(queueBucket)
+		for _, k := range keys {
+			id := string(k)
+			if err := os.WriteFile(filepath.Join(dir, sanitizeName(id)+".record"), b.Get(k), 0o600); err != nil {
+				return err
+			}
+			if err := os.Rename(s.path(id), filepath.Join(dir, sanitizeName(id)+".eml")); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func sanitizeName(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '_'
+	}, s)
+}
+
+// copyFile is io.Copy with a name that says what it is for.
+func copyFile(w io.Writer, path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return io.Copy(w, f)
+}

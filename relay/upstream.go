@@ -1,0 +1,267 @@
+package relay
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Upstream TLS modes.
+const (
+	TLSStartTLS = "starttls"
+	TLSImplicit = "implicit"
+	TLSNone     = "none"
+)
+
+// UpstreamConfig is the smarthost every copy is delivered to.
+type UpstreamConfig struct {
+	Address        string
+	TLS            string // starttls | implicit | none
+	Username       string // AUTH PLAIN when set
+	Password       string
+	Hostname       string      // our EHLO name
+	TLSConfig      *tls.Config // nil: verify against the system roots for the address's host
+	MaxConnections int
+	DialTimeout    time.Duration
+	CommandTimeout time.Duration // per command reply
+	DataTimeout    time.Duration // for the reply to the end of DATA
+	IdleTimeout    time.Duration // idle connections are closed after this
+}
+
+// upstreamPool keeps connections to the smarthost open between messages.
+type upstreamPool struct {
+	cfg     UpstreamConfig
+	metrics *Metrics
+
+	mu     sync.Mutex
+	idle   []*upConn
+	closed bool
+	sem    chan struct{}
+}
+
+type upConn struct {
+	c        *smtp.Client
+	lastUsed time.Time
+}
+
+func newUpstreamPool(cfg UpstreamConfig, m *Metrics) *upstreamPool {
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = 4
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 30 * time.Second
+	}
+	if cfg.CommandTimeout == 0 {
+		cfg.CommandTimeout = 2 * time.Minute
+	}
+	if cfg.DataTimeout == 0 {
+		cfg.DataTimeout = 10 * time.Minute
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 30 * time.Second
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname = "localhost"
+	}
+	return &upstreamPool{cfg: cfg, metrics: m, sem: make(chan struct{}, cfg.MaxConnections)}
+}
+
+func (p *upstreamPool) tlsConfig() *tls.Config {
+	if p.cfg.TLSConfig != nil {
+		return p.cfg.TLSConfig.Clone()
+	}
+	host, _, _ := net.SplitHostPort(p.cfg.Address)
+	return &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+}
+
+func (p *upstreamPool) dial() (*smtp.Client, error) {
+	d := net.Dialer{Timeout: p.cfg.DialTimeout}
+	conn, err := d.Dial("tcp", p.cfg.Address)
+	if err != nil {
+		p.metrics.upstreamDials.WithLabelValues("error").Inc()
+		return nil, err
+	}
+	fail := func(err error) (*smtp.Client, error) {
+		p.metrics.upstreamDials.WithLabelValues("error").Inc()
+		return nil, err
+	}
+	var c *smtp.Client
+	switch p.cfg.TLS {
+	case TLSImplicit:
+		tc := tls.Client(conn, p.tlsConfig())
+		tc.SetDeadline(time.Now().Add(p.cfg.DialTimeout))
+		if err := tc.Handshake(); err != nil {
+			conn.Close()
+			return fail(err)
+		}
+		tc.SetDeadline(time.Time{})
+		c = smtp.NewClient(tc)
+	case TLSStartTLS:
+		// The first EHLO, before STARTTLS, says "localhost"; the one that
+		// counts, over TLS, gives our name.
+		conn.SetDeadline(time.Now().Add(p.cfg.DialTimeout))
+		c, err = smtp.NewClientStartTLS(conn, p.tlsConfig())
+		if err != nil {
+			conn.Close()
+			return fail(fmt.Errorf("STARTTLS: %w", err))
+		}
+		conn.SetDeadline(time.Time{})
+	default:
+		c = smtp.NewClient(conn)
+	}
+	c.CommandTimeout = p.cfg.CommandTimeout
+	c.SubmissionTimeout = p.cfg.DataTimeout
+	if err := c.Hello(p.cfg.Hostname); err != nil {
+		c.Close()
+		return fail(err)
+	}
+	if p.cfg.Username != "" {
+		if err := c.Auth(sasl.NewPlainClient("", p.cfg.Username, p.cfg.Password)); err != nil {
+			c.Close()
+			return fail(fmt.Errorf("AUTH: %w", err))
+		}
+	}
+	p.metrics.upstreamDials.WithLabelValues("ok").Inc()
+	return c, nil
+}
+
+// get returns an idle connection if one is fresh enough, else a new one.
+func (p *upstreamPool) get() (c *smtp.Client, reused bool, err error) {
+	p.mu.Lock()
+	now := time.Now()
+	for len(p.idle) > 0 {
+		uc := p.idle[len(p.idle)-1]
+		p.idle = p.idle[:len(p.idle)-1]
+		if now.Sub(uc.lastUsed) < p.cfg.IdleTimeout {
+			p.mu.Unlock()
+			return uc.c, true, nil
+		}
+		go uc.c.Close()
+	}
+	p.mu.Unlock()
+	c, err = p.dial()
+	return c, false, err
+}
+
+func (p *upstreamPool) put(c *smtp.Client) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || len(p.idle) >= p.cfg.MaxConnections {
+		go c.Quit()
+		return
+	}
+	p.idle = append(p.idle, &upConn{c: c, lastUsed: time.Now()})
+}
+
+// Close quits every idle connection.
+func (p *upstreamPool) Close() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle, p.closed = nil, true
+	p.mu.Unlock()
+	for _, uc := range idle {
+		uc.c.Quit()
+	}
+}
+
+// send delivers one copy in one transaction and returns the upstream's
+// final reply. A connection that turns out to be dead before anything of
+// the transaction was accepted is replaced once.
+func (p *upstreamPool) send(from, to string, size int64, body io.ReadSeeker) (string, error) {
+	p.sem <- struct{}{}
+	defer func() { <-p.sem }()
+	for try := 0; ; try++ {
+		c, reused, err := p.get()
+		if err != nil {
+			// Whatever the upstream said while we connected (a refused
+			// STARTTLS or AUTH is a configuration problem), the copy is
+			// retried, never bounced.
+			return "", connError{err}
+		}
+		resp, fresh, err := p.transaction(c, from, to, size, body)
+		if err == nil {
+			p.put(c)
+			return resp, nil
+		}
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			// The connection is fine, the transaction was refused.
+			if c.Reset() == nil {
+				p.put(c)
+			} else {
+				c.Close()
+			}
+			return "", err
+		}
+		c.Close()
+		if reused && fresh && try == 0 {
+			if _, serr := body.Seek(0, io.SeekStart); serr == nil {
+				continue
+			}
+		}
+		return "", err
+	}
+}
+
+// transaction runs MAIL, RCPT, DATA. fresh reports that the failure came
+// before the upstream accepted anything of the transaction.
+func (p *upstreamPool) transaction(c *smtp.Client, from, to string, size int64, body io.Reader) (string, bool, error) {
+	if max, ok := c.MaxMessageSize(); ok && max > 0 && size > int64(max) {
+		return "", true, &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
+			Message: fmt.Sprintf("message of %d bytes exceeds the upstream's size limit of %d", size, max)}
+	}
+	opts := &smtp.MailOptions{Size: size}
+	if ok, _ := c.Extension("8BITMIME"); ok {
+		opts.Body = smtp.Body8BitMIME
+	}
+	if err := c.Mail(from, opts); err != nil {
+		return "", true, err
+	}
+	if err := c.Rcpt(to, nil); err != nil {
+		return "", false, err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return "", false, err
+	}
+	if _, err := io.Copy(w, body); err != nil {
+		return "", false, err
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return "", false, err
+	}
+	return "250 " + resp.StatusText, false, nil
+}
+
+// connError is a failure to get a usable upstream connection. It hides
+// any SMTP reply inside it from permanent.
+type connError struct{ err error }
+
+func (e connError) Error() string { return e.err.Error() }
+
+// replyText renders an upstream error as the reply line the API shows.
+func replyText(err error) string {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		if se.EnhancedCode != smtp.NoEnhancedCode && se.EnhancedCode != smtp.EnhancedCodeNotSet {
+			return fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+		}
+		return fmt.Sprintf("%d %s", se.Code, se.Message)
+	}
+	return "connection error: " + err.Error()
+}
+
+// permanent reports whether an upstream failure is final: only a 5xx reply
+// is; anything not understood is retried.
+func permanent(err error) bool {
+	var se *smtp.SMTPError
+	return errors.As(err, &se) && se.Code >= 500 && se.Code < 600
+}
