@@ -1,0 +1,392 @@
+package rewrite
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"sort"
+	"strings"
+
+	"golang.org/x/net/html"
+)
+
+// maxLinkLookahead bounds how far past an <a> start tag its visible text is
+// read to decide whether the text is itself a URL. A longer link is left
+// untracked: deciding blind could make a mail client flag it as phishing.
+const maxLinkLookahead = 64 << 10
+
+// pixelStyle makes the open pixel take no space: it is out of the flow
+// (position:absolute, so it makes no line box and moves nothing), 1x1 and
+// fully transparent. It is not display:none, which many clients do not load.
+const pixelStyle = "position:absolute;display:block;width:1px;height:1px;max-width:1px;max-height:1px;" +
+	"border:0;margin:0;padding:0;opacity:0;overflow:hidden;pointer-events:none"
+
+// appendPixel appends the open pixel markup for src.
+//
+// The pixel goes right after <body ...>, not before </body>: Gmail clips a
+// message after about 102 KB and an image past the clip is never loaded.
+func appendPixel(dst []byte, src string) []byte {
+	dst = append(dst, `<img src="`...)
+	dst = appendAttrEscaped(dst, src)
+	dst = append(dst, `" width="1" height="1" alt="" border="0" style="`...)
+	dst = append(dst, pixelStyle...)
+	return append(dst, `" />`...)
+}
+
+const (
+	editLink   = iota // replace an href value with the quoted click URL of dest
+	editPixel         // insert the open pixel
+	editRemove        // delete the bytes (an old pixel, a data-notrack attribute)
+)
+
+// edit is one change to the decoded HTML of a part: doc[start:end] is
+// replaced. Links are minted when the edits are applied, in document order,
+// so that indexes follow the document even though an <a> is decided only at
+// its end tag.
+type edit struct {
+	start, end int
+	kind       int
+	dest       string // editLink
+}
+
+// htmlScan finds the edits of one HTML part.
+type htmlScan struct {
+	rules  *linkRules
+	clicks bool
+	opens  bool
+
+	edits     []edit
+	pixelDone bool
+	removed   int
+	attrs     []tagAttr
+}
+
+// quoteState follows quoted history: the quoted earlier message of a reply
+// or forward, whose links are not tracked and whose old pixels are removed.
+//
+// Markers:
+//   - <blockquote type="cite"> (Apple Mail, Thunderbird, many others) and
+//     <div class="gmail_quote">, "yahoo_quoted", "moz-forward-container":
+//     quoted until the element ends (nesting of the same element is counted);
+//   - Outlook's reply separator: <div id="divRplyFwdMsg">, <div
+//     id="appendonsend">, <hr id="stopSpelling">, and Outlook desktop's
+//     <div style="border:none;border-top:solid #E1E1E1 1.0pt;..."> (or
+//     #B5C4DF): the quoted message follows the separator rather than sitting
+//     inside it, so everything after it is history.
+type quoteState struct {
+	tag   string // element whose end closes the quote
+	depth int    // open elements named tag since the quote began
+	toEnd bool   // history until the end of the document
+	outer bool   // the enclosing document is already quoted here
+}
+
+func (q *quoteState) active() bool { return q.outer || q.toEnd || q.depth > 0 }
+
+// startTag updates the state for a start tag; raw is the whole tag.
+func (q *quoteState) startTag(s *htmlScan, name string, raw []byte) {
+	if q.depth > 0 && name == q.tag {
+		q.depth++
+		return
+	}
+	if q.active() {
+		return
+	}
+	switch name {
+	case "blockquote":
+		s.attrs = scanAttrs(raw, s.attrs[:0])
+		if a := findAttr(s.attrs, "type"); a != nil && strings.EqualFold(strings.TrimSpace(unescapeAttr(string(a.val))), "cite") {
+			q.tag, q.depth = name, 1
+		}
+	case "div":
+		s.attrs = scanAttrs(raw, s.attrs[:0])
+		if a := findAttr(s.attrs, "class"); a != nil {
+			c := strings.ToLower(unescapeAttr(string(a.val)))
+			if strings.Contains(c, "gmail_quote") || strings.Contains(c, "yahoo_quoted") || strings.Contains(c, "moz-forward-container") {
+				q.tag, q.depth = name, 1
+				return
+			}
+		}
+		if a := findAttr(s.attrs, "id"); a != nil {
+			switch strings.ToLower(strings.TrimSpace(unescapeAttr(string(a.val)))) {
+			case "divrplyfwdmsg", "appendonsend":
+				q.toEnd = true
+				return
+			}
+		}
+		if a := findAttr(s.attrs, "style"); a != nil {
+			st := strings.ToLower(strings.Map(dropSpace, unescapeAttr(string(a.val))))
+			if strings.Contains(st, "border-top:solid#e1e1e1") || strings.Contains(st, "border-top:solid#b5c4df") {
+				q.toEnd = true
+			}
+		}
+	case "hr":
+		s.attrs = scanAttrs(raw, s.attrs[:0])
+		if a := findAttr(s.attrs, "id"); a != nil && strings.EqualFold(strings.TrimSpace(unescapeAttr(string(a.val))), "stopspelling") {
+			q.toEnd = true
+		}
+	}
+}
+
+func (q *quoteState) endTag(name string) {
+	if q.depth > 0 && name == q.tag {
+		q.depth--
+	}
+}
+
+func dropSpace(r rune) rune {
+	switch r {
+	case ' ', '\t', '\n', '\r', '\f':
+		return -1
+	}
+	return r
+}
+
+// pendingLink is a tracked-looking link whose visible text is still being read.
+type pendingLink struct {
+	name  string // element whose end tag ends the link
+	start int    // offset of its start tag in the scanned document
+	edit  edit
+	text  []byte
+}
+
+// headElements may come before the body without starting it.
+var headElements = map[string]bool{
+	"html": true, "head": true, "title": true, "meta": true, "link": true, "style": true,
+	"script": true, "base": true, "noscript": true, "template": true, "basefont": true,
+	"bgsound": true, "frameset": true, "frame": true, "noframes": true,
+}
+
+// rawTextElements are followed by one text token that is not page content.
+var rawTextElements = map[string]bool{
+	"title": true, "style": true, "script": true, "textarea": true, "xmp": true,
+	"iframe": true, "noembed": true, "noframes": true, "noscript": true,
+}
+
+var errTokenGap = errors.New("rewrite: HTML tokens do not cover the document")
+
+// scan walks doc, an HTML document or the inside of a conditional comment
+// found at offset base of the part, and records its edits.
+func (s *htmlScan) scan(doc []byte, base int, inComment, quoted bool) error {
+	z := html.NewTokenizer(bytes.NewReader(doc))
+	q := quoteState{outer: quoted}
+	var pend *pendingLink
+	finish := func() {
+		if !looksLikeURL(pend.text) {
+			s.edits = append(s.edits, pend.edit)
+		}
+		pend = nil
+	}
+	afterRawText := false
+	off := 0
+	for {
+		tt := z.Next()
+		if tt == html.ErrorToken {
+			if z.Err() != io.EOF {
+				return z.Err()
+			}
+			break
+		}
+		start := off
+		off += len(z.Raw())
+		if off > len(doc) {
+			return errTokenGap
+		}
+		raw := doc[start:off] // the input, not the Tokenizer's buffer, which TagName and Text edit
+		abs := base + start
+		if pend != nil && off-pend.start > maxLinkLookahead {
+			pend = nil // too long to decide: left alone
+		}
+		wasRawText := afterRawText
+		afterRawText = false
+
+		switch tt {
+		case html.TextToken:
+			if pend != nil {
+				pend.text = append(pend.text, z.Text()...)
+			}
+			if !inComment && !wasRawText && !isAllSpace(raw) {
+				s.placePixel(abs)
+			}
+
+		case html.StartTagToken, html.SelfClosingTagToken:
+			nb, _ := z.TagName()
+			name := string(nb)
+			if !inComment && !s.pixelDone && !headElements[name] {
+				if name == "body" {
+					s.placePixel(abs + len(raw))
+				} else {
+					s.placePixel(abs)
+				}
+			}
+			afterRawText = tt == html.StartTagToken && rawTextElements[name]
+			q.startTag(s, name, raw)
+
+			switch {
+			case name == "a" || name == "area":
+				if pend != nil && name == "a" {
+					finish()
+				}
+				e, ok := s.link(raw, abs, name, q.active())
+				switch {
+				case !ok:
+				case name == "a":
+					pend = &pendingLink{name: name, start: start, edit: e}
+				default:
+					s.edits = append(s.edits, e)
+				}
+			case name == "img":
+				if q.active() && s.isOldPixel(raw) {
+					s.edits = append(s.edits, edit{start: abs, end: abs + len(raw), kind: editRemove})
+					s.removed++
+				}
+			case inComment && strings.HasPrefix(name, "v:"):
+				// Outlook's VML buttons: <v:roundrect href="..."> in <!--[if mso]>.
+				e, ok := s.link(raw, abs, name, q.active())
+				if !ok {
+					break
+				}
+				if pend != nil {
+					finish()
+				}
+				if tt == html.SelfClosingTagToken {
+					s.edits = append(s.edits, e)
+				} else {
+					pend = &pendingLink{name: name, start: start, edit: e}
+				}
+			}
+
+		case html.EndTagToken:
+			nb, _ := z.TagName()
+			name := string(nb)
+			q.endTag(name)
+			if pend != nil && name == pend.name {
+				finish()
+			}
+
+		case html.CommentToken:
+			if inner, at, ok := conditionalComment(raw); ok && !inComment {
+				if err := s.scan(inner, abs+at, true, q.active()); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if pend != nil {
+		finish()
+	}
+	if !inComment {
+		// No body content at all (an empty or head-only document): the
+		// pixel goes at the end, which is then also the start of the body.
+		s.placePixel(base + off)
+	}
+	return nil
+}
+
+// placePixel inserts the open pixel at offset at, once per part.
+func (s *htmlScan) placePixel(at int) {
+	if s.pixelDone {
+		return
+	}
+	s.pixelDone = true
+	if s.opens {
+		s.edits = append(s.edits, edit{start: at, end: at, kind: editPixel})
+	}
+}
+
+// link returns the edit that tracks the href of a link tag, if it is to be
+// tracked. It also removes a data-notrack attribute, leaving the link alone.
+func (s *htmlScan) link(raw []byte, abs int, name string, quoted bool) (edit, bool) {
+	if !s.clicks {
+		return edit{}, false
+	}
+	s.attrs = scanAttrs(raw, s.attrs[:0])
+	if a := findAttr(s.attrs, "data-notrack"); a != nil && (name == "a" || name == "area") {
+		s.edits = append(s.edits, edit{start: abs + a.prevEnd, end: abs + a.end, kind: editRemove})
+		return edit{}, false
+	}
+	a := findAttr(s.attrs, "href")
+	if quoted || a == nil {
+		return edit{}, false
+	}
+	dest, ok := s.rules.trackable(string(a.val))
+	if !ok {
+		return edit{}, false
+	}
+	return edit{start: abs + a.spanStart, end: abs + a.spanEnd, kind: editLink, dest: dest}, true
+}
+
+// isOldPixel reports whether the <img> tag raw is one of our open pixels.
+func (s *htmlScan) isOldPixel(raw []byte) bool {
+	if s.rules.pixelPrefix == "" {
+		return false
+	}
+	s.attrs = scanAttrs(raw, s.attrs[:0])
+	a := findAttr(s.attrs, "src")
+	return a != nil && hasPrefixFold(normalizeURL(unescapeAttr(string(a.val))), s.rules.pixelPrefix)
+}
+
+// conditionalComment returns the inside of a downlevel-hidden conditional
+// comment ("<!--[if mso]>...<![endif]-->") and its offset in raw.
+func conditionalComment(raw []byte) ([]byte, int, bool) {
+	if !bytes.HasPrefix(raw, []byte("<!--")) {
+		return nil, 0, false
+	}
+	inner := raw[4:]
+	switch {
+	case bytes.HasSuffix(inner, []byte("-->")):
+		inner = inner[:len(inner)-3]
+	case bytes.HasSuffix(inner, []byte("--!>")):
+		inner = inner[:len(inner)-4]
+	}
+	t := bytes.TrimLeft(inner, " \t\r\n\f")
+	if len(t) < 3 || t[0] != '[' || (t[1] != 'i' && t[1] != 'I') || (t[2] != 'f' && t[2] != 'F') {
+		return nil, 0, false
+	}
+	return inner, 4, true
+}
+
+// looksLikeURL reports whether the visible text of a link is itself a URL;
+// mail clients flag a link whose text and target differ as phishing.
+func looksLikeURL(text []byte) bool {
+	t := strings.TrimSpace(string(text))
+	return hasPrefixFold(t, "http://") || hasPrefixFold(t, "https://") || hasPrefixFold(t, "www.")
+}
+
+func isAllSpace(b []byte) bool {
+	for _, c := range b {
+		if !isHTMLSpace(c) {
+			return false
+		}
+	}
+	return true
+}
+
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
+// applyEdits returns doc with the edits made, minting click URLs in document
+// order.
+func (m *messageRewriter) applyEdits(doc []byte, edits []edit) ([]byte, error) {
+	sort.SliceStable(edits, func(i, j int) bool { return edits[i].start < edits[j].start })
+	out := make([]byte, 0, len(doc)+len(edits)*128+len(pixelStyle)+256)
+	prev := 0
+	for _, e := range edits {
+		if e.start < prev || e.end < e.start || e.end > len(doc) {
+			return nil, errors.New("rewrite: overlapping HTML edits")
+		}
+		out = append(out, doc[prev:e.start]...)
+		switch e.kind {
+		case editLink:
+			out = append(out, '"')
+			out = appendAttrEscaped(out, m.mint(e.dest))
+			out = append(out, '"')
+		case editPixel:
+			out = appendPixel(out, m.opts.Minter.OpenURL())
+			m.res.Pixels++
+		case editRemove:
+		}
+		prev = e.end
+	}
+	return append(out, doc[prev:]...), nil
+}

@@ -1,0 +1,307 @@
+package rewrite
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"mime"
+	"strings"
+)
+
+// errHeaderTooBig is returned for a header block larger than MaxHeaderBytes.
+var errHeaderTooBig = errors.New("rewrite: header exceeds maximum size")
+
+// A lineSource yields the raw lines of one entity body. The MIME walk is built
+// on lines rather than on a multipart reader because every byte, including
+// boundary lines with their padding and line endings, must be copied as it was.
+type lineSource interface {
+	// readLine returns the next line including its line ending, or a fragment
+	// of a line longer than the read buffer; start reports whether the slice
+	// begins a line. The slice is valid until the next call. At the end of the
+	// body it returns io.EOF and no data.
+	readLine() (line []byte, start bool, err error)
+}
+
+// baseSource reads lines from the message itself.
+type baseSource struct {
+	br    *bufio.Reader
+	start bool // the next slice begins a line
+}
+
+func (s *baseSource) readLine() ([]byte, bool, error) {
+	line, err := s.br.ReadSlice('\n')
+	start := s.start
+	if len(line) > 0 {
+		s.start = line[len(line)-1] == '\n'
+	}
+	switch {
+	case err == nil || err == bufio.ErrBufferFull:
+		return line, start, nil
+	case err == io.EOF && len(line) > 0:
+		return line, start, nil
+	default:
+		return nil, start, err
+	}
+}
+
+// partSource yields the lines of one part of a multipart body: it stops at
+// the next delimiter line of its boundary, which it keeps for the walk to copy.
+type partSource struct {
+	parent lineSource
+	dash   []byte // "--" + boundary
+	delim  []byte // the delimiter line that ended the part; nil at the end of the parent
+	final  bool   // delim is the close delimiter
+	done   bool
+}
+
+func (p *partSource) readLine() ([]byte, bool, error) {
+	if p.done {
+		return nil, true, io.EOF
+	}
+	line, start, err := p.parent.readLine()
+	if err != nil {
+		p.done = true
+		return nil, start, err
+	}
+	if start {
+		if kind := delimiterKind(line, p.dash); kind != notDelimiter {
+			p.done = true
+			p.delim = append(p.delim[:0], line...)
+			p.final = kind == closeDelimiter
+			return nil, true, io.EOF
+		}
+	}
+	return line, start, nil
+}
+
+// next starts the next part, after the walk copied the delimiter.
+func (p *partSource) next() {
+	p.done = false
+	p.delim = nil
+	p.final = false
+}
+
+const (
+	notDelimiter = iota
+	partDelimiter
+	closeDelimiter
+)
+
+// delimiterKind says whether line is a delimiter line of the boundary whose
+// "--boundary" is dash: RFC 2046 section 5.1.1, with transport padding
+// (spaces and tabs before the line ending) allowed, as go-message does.
+func delimiterKind(line, dash []byte) int {
+	if !bytes.HasPrefix(line, dash) {
+		return notDelimiter
+	}
+	rest := line[len(dash):]
+	kind := partDelimiter
+	if len(rest) >= 2 && rest[0] == '-' && rest[1] == '-' {
+		kind = closeDelimiter
+		rest = rest[2:]
+	}
+	for len(rest) > 0 && (rest[0] == ' ' || rest[0] == '\t') {
+		rest = rest[1:]
+	}
+	switch string(rest) {
+	case "", "\n", "\r\n":
+		return kind
+	}
+	return notDelimiter
+}
+
+// copyLines copies what is left of src to w.
+func copyLines(w *bufio.Writer, src lineSource) error {
+	for {
+		line, _, err := src.readLine()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write(line); err != nil {
+			return err
+		}
+	}
+}
+
+// header is an entity's header block as read, with its fields located.
+type header struct {
+	raw    []byte // the block including the empty line that ends it, if any
+	fields []field
+}
+
+// field is one header field; start and end delimit it in header.raw,
+// continuation lines and line ending included.
+type field struct {
+	name       string // lower case
+	value      string // unfolded, trimmed
+	start, end int
+}
+
+// readHeader reads a header block up to and including the empty line that
+// ends it (or the end of the body).
+func readHeader(src lineSource) (*header, error) {
+	var raw []byte
+	for {
+		line, start, err := src.readLine()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		raw = append(raw, line...)
+		if len(raw) > MaxHeaderBytes {
+			return nil, errHeaderTooBig
+		}
+		if start && (len(line) == 1 && line[0] == '\n' || len(line) == 2 && line[0] == '\r' && line[1] == '\n') {
+			break
+		}
+	}
+	return parseHeader(raw), nil
+}
+
+// parseHeader locates the fields of a raw header block. It is lenient: a line
+// that is neither a field nor a continuation is ignored, since the walk only
+// needs a few fields and copies the block as it is.
+func parseHeader(raw []byte) *header {
+	h := &header{raw: raw}
+	cur := -1 // index of the field being continued
+	for off := 0; off < len(raw); {
+		end := off + bytes.IndexByte(raw[off:], '\n') + 1
+		if end == off { // no line ending: last line
+			end = len(raw)
+		}
+		line := raw[off:end]
+		switch {
+		case len(bytes.TrimRight(line, "\r\n")) == 0:
+			// the empty line ending the block
+			cur = -1
+		case line[0] == ' ' || line[0] == '\t':
+			if cur >= 0 {
+				h.fields[cur].end = end
+			}
+		default:
+			cur = -1
+			if i := bytes.IndexByte(line, ':'); i > 0 {
+				name := strings.ToLower(string(bytes.TrimRight(line[:i], " \t")))
+				if name != "" {
+					h.fields = append(h.fields, field{name: name, start: off, end: end})
+					cur = len(h.fields) - 1
+				}
+			}
+		}
+		off = end
+	}
+	for i := range h.fields {
+		f := &h.fields[i]
+		v := raw[f.start:f.end]
+		v = v[bytes.IndexByte(v, ':')+1:]
+		f.value = unfold(v)
+	}
+	return h
+}
+
+// unfold joins the lines of a field value, dropping line endings and the
+// white space around them.
+func unfold(v []byte) string {
+	var b strings.Builder
+	for _, l := range bytes.Split(v, []byte("\n")) {
+		l = bytes.Trim(l, " \t\r")
+		if len(l) == 0 {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		b.Write(l)
+	}
+	return b.String()
+}
+
+// get returns the value of the first field named name (lower case).
+func (h *header) get(name string) string {
+	for _, f := range h.fields {
+		if f.name == name {
+			return f.value
+		}
+	}
+	return ""
+}
+
+// has reports whether a field named name (lower case) is present.
+func (h *header) has(name string) bool {
+	for _, f := range h.fields {
+		if f.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// contentType returns the media type (lower case; text/plain when absent)
+// and its parameters. When the parameters do not parse, the type alone is
+// returned with nil parameters: a multipart without a boundary is then copied
+// as it is.
+func (h *header) contentType() (string, map[string]string) {
+	v := h.get("content-type")
+	if v == "" {
+		return "text/plain", nil
+	}
+	mt, params, err := mime.ParseMediaType(v)
+	if err != nil {
+		mt, _, _ = strings.Cut(v, ";")
+		mt = strings.ToLower(strings.TrimSpace(mt))
+		params = nil
+	}
+	return mt, params
+}
+
+// disposition returns the lower-case disposition type ("inline",
+// "attachment", or "").
+func (h *header) disposition() string {
+	v, _, _ := strings.Cut(h.get("content-disposition"), ";")
+	return strings.ToLower(strings.TrimSpace(v))
+}
+
+// transferEncoding returns the lower-case Content-Transfer-Encoding, with
+// white space and anything after a stray ';' removed.
+func (h *header) transferEncoding() string {
+	v, _, _ := strings.Cut(h.get("content-transfer-encoding"), ";")
+	return strings.ToLower(strings.TrimSpace(v))
+}
+
+// withTransferEncoding returns a copy of the raw header block with its
+// Content-Transfer-Encoding set to enc: the existing field is replaced where
+// it stands, or a field is added before the empty line.
+func (h *header) withTransferEncoding(enc, eol string) []byte {
+	nf := "Content-Transfer-Encoding: " + enc + eol
+	for _, f := range h.fields {
+		if f.name == "content-transfer-encoding" {
+			out := make([]byte, 0, len(h.raw)+len(nf))
+			out = append(out, h.raw[:f.start]...)
+			out = append(out, nf...)
+			return append(out, h.raw[f.end:]...)
+		}
+	}
+	// Insert before the empty line that ends the block.
+	at := len(h.raw)
+	switch {
+	case bytes.HasSuffix(h.raw, []byte("\r\n")) && len(bytes.TrimRight(h.raw[lineStart(h.raw, len(h.raw)-2):], "\r\n")) == 0:
+		at = len(h.raw) - 2
+	case bytes.HasSuffix(h.raw, []byte("\n")) && len(bytes.TrimRight(h.raw[lineStart(h.raw, len(h.raw)-1):], "\r\n")) == 0:
+		at = len(h.raw) - 1
+	}
+	out := make([]byte, 0, len(h.raw)+len(nf))
+	out = append(out, h.raw[:at]...)
+	out = append(out, nf...)
+	return append(out, h.raw[at:]...)
+}
+
+// lineStart returns the offset of the start of the line holding b[i].
+func lineStart(b []byte, i int) int {
+	return bytes.LastIndexByte(b[:i], '\n') + 1
+}

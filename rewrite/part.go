@@ -1,0 +1,306 @@
+package rewrite
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"io"
+	"mime/quotedprintable"
+	"strings"
+)
+
+// htmlPart copies a text/html part, instrumenting it when it can: the body
+// is buffered (up to MaxHTMLBytes), decoded, edited and encoded again with
+// the same transfer encoding. A part it cannot handle is copied unchanged and
+// the reason is noted for Result.Skipped.
+func (m *messageRewriter) htmlPart(w *bufio.Writer, src lineSource, h *header, params map[string]string) error {
+	enc := h.transferEncoding()
+	switch enc {
+	case "", "7bit", "8bit", "binary", "quoted-printable", "base64":
+	default:
+		m.noteSkip(SkipEncoding)
+		return m.copyEntity(w, src, h)
+	}
+	if unsupportedCharset(h, params) {
+		m.noteSkip(SkipCharset)
+		return m.copyEntity(w, src, h)
+	}
+
+	body := m.buf[:0]
+	for {
+		line, _, err := src.readLine()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if len(body)+len(line) > MaxHTMLBytes {
+			m.noteSkip(SkipTooLarge)
+			for _, b := range [][]byte{h.raw, body, line} {
+				if _, err := w.Write(b); err != nil {
+					return err
+				}
+			}
+			return copyLines(w, src)
+		}
+		body = append(body, line...)
+	}
+	m.buf = body[:0]
+
+	hraw, out, changed, err := m.instrument(h, enc, body)
+	if err != nil {
+		return err
+	}
+	if !changed {
+		hraw, out = h.raw, body
+	}
+	if _, err := w.Write(hraw); err != nil {
+		return err
+	}
+	_, err = w.Write(out)
+	return err
+}
+
+// instrument returns the new header block and body of an HTML part, or
+// changed == false when the part is to be copied as it is.
+func (m *messageRewriter) instrument(h *header, enc string, body []byte) (hraw, out []byte, changed bool, err error) {
+	// The line ending before the next delimiter belongs to the delimiter
+	// (RFC 2046 section 5.1.1): it is kept aside and written back as it was.
+	content, tail := splitTail(body)
+	eol := detectEOL(body, h.raw)
+
+	var doc []byte
+	switch enc {
+	case "quoted-printable":
+		doc, err = io.ReadAll(quotedprintable.NewReader(bytes.NewReader(content)))
+	case "base64":
+		doc, err = decodeBase64(content)
+	default:
+		doc = content
+	}
+	if err != nil {
+		m.noteSkip(SkipEncoding)
+		return nil, nil, false, nil
+	}
+	if hasWideBOM(doc) {
+		m.noteSkip(SkipCharset)
+		return nil, nil, false, nil
+	}
+
+	s := htmlScan{rules: &m.rules, clicks: m.opts.Clicks, opens: m.opts.Opens}
+	if err := s.scan(doc, 0, false, false); err != nil {
+		return nil, nil, false, err
+	}
+	if len(s.edits) == 0 {
+		return nil, nil, false, nil
+	}
+	doc, err = m.applyEdits(doc, s.edits)
+	if err != nil {
+		return nil, nil, false, err
+	}
+
+	hraw = h.raw
+	switch enc {
+	case "quoted-printable":
+		out = encodeQP(make([]byte, 0, len(doc)*11/10+len(tail)), doc, eol)
+	case "base64":
+		out = encodeBase64(make([]byte, 0, len(doc)*14/10+len(tail)), doc, eol)
+	case "binary":
+		out = doc
+	default:
+		// 7bit and 8bit lines are limited to 998 bytes (RFC 5322 section
+		// 2.1.1); a long click URL may cross it. Then the part, and only it,
+		// becomes quoted-printable, which is safe for any line length.
+		if maxLineLen(doc) > 998 {
+			out = encodeQP(make([]byte, 0, len(doc)*11/10+len(tail)), doc, eol)
+			hraw = h.withTransferEncoding("quoted-printable", eol)
+		} else {
+			out = doc
+		}
+	}
+	out = append(out, tail...)
+
+	m.res.Changed = true
+	m.res.HTMLParts++
+	m.res.PixelsRemoved += s.removed
+	return hraw, out, true, nil
+}
+
+// splitTail splits the final line ending off body.
+func splitTail(body []byte) (content, tail []byte) {
+	switch {
+	case bytes.HasSuffix(body, []byte("\r\n")):
+		return body[:len(body)-2], body[len(body)-2:]
+	case bytes.HasSuffix(body, []byte("\n")):
+		return body[:len(body)-1], body[len(body)-1:]
+	}
+	return body, nil
+}
+
+// detectEOL returns the line ending the part uses: that of its body's first
+// line, else of its header, else CRLF.
+func detectEOL(body, hraw []byte) string {
+	for _, b := range [][]byte{body, hraw} {
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			if i > 0 && b[i-1] == '\r' {
+				return "\r\n"
+			}
+			return "\n"
+		}
+	}
+	return "\r\n"
+}
+
+// maxLineLen returns the length of the longest line of b, line ending excluded.
+func maxLineLen(b []byte) int {
+	longest := 0
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			i = len(b)
+		}
+		n := i
+		if n > 0 && b[n-1] == '\r' {
+			n--
+		}
+		longest = max(longest, n)
+		if i == len(b) {
+			break
+		}
+		b = b[i+1:]
+	}
+	return longest
+}
+
+// hasWideBOM reports a UTF-16 or UTF-32 byte order mark: such a body is not
+// ASCII-compatible whatever its header says.
+func hasWideBOM(b []byte) bool {
+	return bytes.HasPrefix(b, []byte{0xFE, 0xFF}) || bytes.HasPrefix(b, []byte{0xFF, 0xFE}) ||
+		bytes.HasPrefix(b, []byte{0x00, 0x00, 0xFE, 0xFF})
+}
+
+// unsupportedCharset reports whether the part's charset is not
+// ASCII-compatible, so that editing its bytes could garble it: UTF-16/32,
+// UCS-2/4, UTF-7, ISO-2022-*, HZ and EBCDIC code pages.
+func unsupportedCharset(h *header, params map[string]string) bool {
+	if params != nil {
+		return !asciiCompatible(params["charset"])
+	}
+	// The parameters did not parse: look for such a name anywhere.
+	v := strings.ToLower(h.get("content-type"))
+	for _, bad := range []string{"utf-16", "utf16", "utf-32", "utf32", "ucs-2", "ucs-4", "utf-7", "2022", "hz-gb", "ebcdic"} {
+		if strings.Contains(v, bad) {
+			return true
+		}
+	}
+	return false
+}
+
+// asciiCompatible reports whether a charset encodes ASCII as ASCII and never
+// uses ASCII bytes inside multi-byte characters in a way that could form
+// markup. Unknown names are assumed compatible, as almost all are.
+func asciiCompatible(cs string) bool {
+	cs = strings.ToLower(strings.Trim(cs, " \t\"'"))
+	for _, p := range []string{"utf-16", "utf16", "utf-32", "utf32", "ucs-2", "ucs2", "ucs-4", "ucs4",
+		"iso-2022", "iso2022", "csiso2022", "hz-gb", "ebcdic", "x-ebcdic"} {
+		if strings.HasPrefix(cs, p) {
+			return false
+		}
+	}
+	switch cs {
+	case "utf-7", "utf7", "csutf7", "unicode-1-1-utf-7", "hz", "unicode", "unicodefffe", "jis", "csunicode":
+		return false
+	}
+	// EBCDIC code pages by number: cp037, ibm037, ibm-037, ccsid00037, ...
+	num := strings.TrimLeft(cs, "abcdefghijklmnopqrstuvwxyz-_")
+	if num != cs && num != "" {
+		switch strings.TrimLeft(num, "0") {
+		case "37", "273", "277", "278", "280", "284", "285", "290", "297", "420", "423", "424",
+			"500", "833", "836", "838", "870", "871", "875", "880", "905", "924", "1025", "1026",
+			"1047", "1140", "1141", "1142", "1143", "1144", "1145", "1146", "1147", "1148", "1149":
+			return false
+		}
+	}
+	return true
+}
+
+// decodeBase64 decodes a base64 body, ignoring white space and line breaks.
+func decodeBase64(b []byte) ([]byte, error) {
+	clean := make([]byte, 0, len(b))
+	for _, c := range b {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+		default:
+			clean = append(clean, c)
+		}
+	}
+	out := make([]byte, base64.StdEncoding.DecodedLen(len(clean)))
+	n, err := base64.StdEncoding.Decode(out, clean)
+	return out[:n], err
+}
+
+// encodeBase64 appends b in base64, in lines of 76 characters separated by
+// eol (RFC 2045 section 6.8), without a final line ending.
+func encodeBase64(dst, b []byte, eol string) []byte {
+	enc := make([]byte, base64.StdEncoding.EncodedLen(len(b)))
+	base64.StdEncoding.Encode(enc, b)
+	for i := 0; i < len(enc); i += 76 {
+		if i > 0 {
+			dst = append(dst, eol...)
+		}
+		dst = append(dst, enc[i:min(i+76, len(enc))]...)
+	}
+	return dst
+}
+
+// encodeQP appends b in quoted-printable (RFC 2045 section 6.7): line breaks
+// of b (CRLF or LF) become eol, lines are at most 76 characters with soft
+// breaks, white space before a line break and every byte that is not
+// printable ASCII are escaped. No final line ending is added.
+func encodeQP(dst, b []byte, eol string) []byte {
+	const hex = "0123456789ABCDEF"
+	lineLen := 0
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if c == '\n' || c == '\r' && i+1 < len(b) && b[i+1] == '\n' {
+			if c == '\r' {
+				i++
+			}
+			dst = append(dst, eol...)
+			lineLen = 0
+			continue
+		}
+		literal := c >= '!' && c <= '~' && c != '='
+		if c == ' ' || c == '\t' {
+			// White space is literal unless it ends a line, where transports
+			// may strip it.
+			next := i + 1
+			literal = next < len(b) && b[next] != '\n' && !(b[next] == '\r' && next+1 < len(b) && b[next+1] == '\n')
+		}
+		// A '.' opening a line is escaped too, for transports that mishandle it.
+		if c == '.' && lineLen == 0 {
+			literal = false
+		}
+		n := 3
+		if literal {
+			n = 1
+		}
+		if lineLen+n > 75 {
+			dst = append(dst, '=')
+			dst = append(dst, eol...)
+			lineLen = 0
+			if c == '.' {
+				n = 3
+				literal = false
+			}
+		}
+		if literal {
+			dst = append(dst, c)
+		} else {
+			dst = append(dst, '=', hex[c>>4], hex[c&15])
+		}
+		lineLen += n
+	}
+	return dst
+}

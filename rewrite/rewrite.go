@@ -1,0 +1,244 @@
+package rewrite
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Minter mints the tracking URLs of one recipient's copy.
+type Minter interface {
+	// OpenURL returns the absolute URL of the open pixel.
+	OpenURL() string
+	// ClickURL returns the tracked URL for the index-th distinct tracked link destination of
+	// the message (0-based, document order over all HTML parts; identical destinations share one index).
+	// dest is the entity-decoded absolute http(s) URL exactly as the browser would have followed it.
+	ClickURL(index int, dest string) string
+}
+
+// Options says what to instrument.
+type Options struct {
+	Opens   bool // insert the open pixel
+	Clicks  bool // turn links into click redirects
+	Minter  Minter
+	BaseURL string // links already on BaseURL are left alone; BaseURL+"/o/" pixels inside quoted history are removed
+}
+
+// Result reports what Message did.
+type Result struct {
+	Changed   bool     // false: the output is byte-identical to the input
+	HTMLParts int      // text/html parts instrumented
+	Links     []string // tracked destinations; Links[i] was minted with index i
+	Pixels    int      // open pixels inserted
+	Skipped   string   // why nothing was changed, e.g. "dkim-signed", "no-html", "nothing-to-do"; "" when Changed
+
+	// PixelsRemoved counts earlier tracking pixels removed from quoted history.
+	PixelsRemoved int
+}
+
+// Values of Result.Skipped. They are short, fixed strings so that callers can
+// use them as metric labels.
+const (
+	// SkipDKIM: the message carries a DKIM-Signature; editing it would break it.
+	SkipDKIM = "dkim-signed"
+	// SkipNoHTML: the message has no text/html part of its own.
+	SkipNoHTML = "no-html"
+	// SkipNothingToDo: the options ask for nothing, or the HTML has nothing to
+	// instrument (no trackable link and no pixel wanted).
+	SkipNothingToDo = "nothing-to-do"
+	// SkipCharset: the only HTML is in a charset that is not ASCII-compatible.
+	SkipCharset = "unsupported-charset"
+	// SkipEncoding: the only HTML has a transfer encoding that is unknown or
+	// does not decode.
+	SkipEncoding = "unsupported-encoding"
+	// SkipTooLarge: the only HTML is larger than MaxHTMLBytes.
+	SkipTooLarge = "html-too-large"
+)
+
+// Limits. They bound memory per message, whatever its size.
+const (
+	// MaxHTMLBytes is the largest encoded text/html part that is instrumented;
+	// larger ones are copied unchanged.
+	MaxHTMLBytes = 16 << 20
+	// MaxHeaderBytes is the largest header block accepted; a larger one is an error.
+	MaxHeaderBytes = 1 << 20
+	// maxDepth bounds multipart nesting; deeper multiparts are copied unchanged.
+	maxDepth = 32
+	// readBufSize is the read buffer; longer lines are handled in fragments.
+	readBufSize = 64 << 10
+)
+
+// ErrMinter is returned when tracking is asked for without a Minter.
+var ErrMinter = errors.New("rewrite: Options.Minter is nil")
+
+// Message copies the RFC 5322 message read from r to w, instrumenting its text/html parts.
+// On error w may hold partial output: the caller then delivers the original bytes (rewriting fails open).
+func Message(w io.Writer, r io.Reader, opts Options) (res Result, err error) {
+	defer func() {
+		// Rewriting must never cost a user an email: a bug here becomes an
+		// error, and the caller delivers the original.
+		if p := recover(); p != nil {
+			res = Result{}
+			err = fmt.Errorf("rewrite: internal error: %v", p)
+		}
+	}()
+	if (opts.Opens || opts.Clicks) && opts.Minter == nil {
+		return Result{}, ErrMinter
+	}
+
+	bw := bufio.NewWriterSize(w, 32<<10)
+	src := &baseSource{br: bufio.NewReaderSize(r, readBufSize), start: true}
+
+	h, err := readHeader(src)
+	if err != nil {
+		return Result{}, err
+	}
+
+	m := newMessageRewriter(opts, h)
+	switch {
+	case h.has("dkim-signature"):
+		// The signature covers the body (and usually Content-Type); any edit
+		// breaks it. The relay may sign again after rewriting.
+		m.early = SkipDKIM
+		err = m.copyEntity(bw, src, h)
+	case !opts.Opens && !opts.Clicks:
+		m.early = SkipNothingToDo
+		err = m.copyEntity(bw, src, h)
+	default:
+		err = m.entity(bw, src, h, 0)
+	}
+	if err != nil {
+		return Result{}, err
+	}
+	if err := bw.Flush(); err != nil {
+		return Result{}, err
+	}
+	return m.result(), nil
+}
+
+// messageRewriter holds the state of one Message call: the link index shared
+// by all HTML parts and the counters of the Result.
+type messageRewriter struct {
+	opts  Options
+	rules linkRules
+
+	links   map[string]int
+	res     Result
+	sawHTML bool   // an eligible text/html part was seen
+	early   string // the whole message was passed through for this reason
+	buf     []byte // reused body buffer of HTML parts
+	skip    string // reason recorded when a part was left alone
+}
+
+func newMessageRewriter(opts Options, h *header) *messageRewriter {
+	return &messageRewriter{
+		opts:  opts,
+		rules: newLinkRules(opts, h),
+		links: make(map[string]int),
+	}
+}
+
+// result returns the Result with Skipped filled in when nothing changed.
+func (m *messageRewriter) result() Result {
+	res := m.res
+	if res.Changed {
+		res.Skipped = ""
+		return res
+	}
+	switch {
+	case m.early != "":
+		res.Skipped = m.early
+	case !m.sawHTML:
+		res.Skipped = SkipNoHTML
+	case m.skip != "":
+		res.Skipped = m.skip
+	default:
+		res.Skipped = SkipNothingToDo
+	}
+	return res
+}
+
+// noteSkip records why an HTML part was left alone (the first reason wins).
+func (m *messageRewriter) noteSkip(reason string) {
+	if m.skip == "" {
+		m.skip = reason
+	}
+}
+
+// mint returns the index of dest, minting a new one on first sight.
+func (m *messageRewriter) mint(dest string) string {
+	i, ok := m.links[dest]
+	if !ok {
+		i = len(m.res.Links)
+		m.links[dest] = i
+		m.res.Links = append(m.res.Links, dest)
+	}
+	return m.opts.Minter.ClickURL(i, dest)
+}
+
+// entity copies one entity (whose header h was already read) and its body,
+// instrumenting what it may.
+func (m *messageRewriter) entity(w *bufio.Writer, src lineSource, h *header, depth int) error {
+	mt, params := h.contentType()
+	switch {
+	case strings.HasPrefix(mt, "multipart/"):
+		boundary := params["boundary"]
+		// multipart/signed and multipart/encrypted: any edit breaks them.
+		if boundary == "" || mt == "multipart/signed" || mt == "multipart/encrypted" || depth >= maxDepth {
+			return m.copyEntity(w, src, h)
+		}
+		if _, err := w.Write(h.raw); err != nil {
+			return err
+		}
+		return m.multipart(w, src, boundary, depth)
+	case mt == "text/html" && h.disposition() != "attachment":
+		m.sawHTML = true
+		return m.htmlPart(w, src, h, params)
+	default:
+		// Includes message/rfc822: an attached message is history, not ours.
+		return m.copyEntity(w, src, h)
+	}
+}
+
+// copyEntity writes the header as read and copies the body unchanged.
+func (m *messageRewriter) copyEntity(w *bufio.Writer, src lineSource, h *header) error {
+	if _, err := w.Write(h.raw); err != nil {
+		return err
+	}
+	return copyLines(w, src)
+}
+
+// multipart copies a multipart body: preamble, parts (each walked as an
+// entity), delimiter lines and epilogue, all byte for byte.
+func (m *messageRewriter) multipart(w *bufio.Writer, src lineSource, boundary string, depth int) error {
+	ps := &partSource{parent: src, dash: []byte("--" + boundary)}
+	if err := copyLines(w, ps); err != nil { // preamble
+		return err
+	}
+	for {
+		if ps.delim == nil {
+			// The body ended without a (further) delimiter: what was there
+			// has been copied; a missing close delimiter is tolerated.
+			return nil
+		}
+		if _, err := w.Write(ps.delim); err != nil {
+			return err
+		}
+		if ps.final {
+			return copyLines(w, src) // epilogue, up to the parent's delimiter
+		}
+		ps.next()
+		h, err := readHeader(ps)
+		if err != nil {
+			return err
+		}
+		if err := m.entity(w, ps, h, depth+1); err != nil {
+			return err
+		}
+		if err := copyLines(w, ps); err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,321 @@
+package tracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func testStore(t testing.TB, opts BoltOptions) *BoltStore {
+	t.Helper()
+	s, err := OpenBolt(filepath.Join(t.TempDir(), "tracker.db"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+var testAccepted = time.Date(2025, 3, 1, 9, 0, 0, 0, time.UTC)
+
+func testMessage() Message {
+	return Message{
+		ID:         "Q1A2B3",
+		MessageID:  "abc/def+1@mail.example.com",
+		Account:    "alice",
+		From:       "alice@example.com",
+		SubmitIP:   "192.0.2.10",
+		AcceptedAt: testAccepted,
+		Mode:       "all",
+		Recipients: []Recipient{
+			{Address: "bob@example.net", Tracked: true},
+			{Address: "alice@example.com", Tracked: false},
+		},
+	}
+}
+
+func putTestMessage(t testing.TB, s Store) Message {
+	t.Helper()
+	m := testMessage()
+	ctx := context.Background()
+	if err := s.PutMessage(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetLinks(ctx, m.ID, []string{"https://example.com/quote?id=1&x=2", "https://example.com/b"}); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestBolt_putAndLookup(t *testing.T) {
+	s := testStore(t, BoltOptions{})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	// Idempotent.
+	if err := s.PutMessage(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetLinks(ctx, m.ID, []string{"https://example.com/quote?id=1&x=2", "https://example.com/b"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Message(ctx, m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.MessageID != m.MessageID || got.SubmitIP != m.SubmitIP || len(got.Recipients) != 2 || !got.AcceptedAt.Equal(m.AcceptedAt) {
+		t.Errorf("Message = %+v", got)
+	}
+	if _, err := s.Message(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown message: %v", err)
+	}
+	for _, ref := range []string{m.ID, m.MessageID, "<" + m.MessageID + ">"} {
+		v, err := s.Lookup(ctx, "alice", ref)
+		if err != nil {
+			t.Fatalf("Lookup(%q): %v", ref, err)
+		}
+		if v.ID != m.ID || len(v.Recipients) != 2 || len(v.Links) != 2 || v.Recipients[0].Delivery.Status != StatusQueued {
+			t.Errorf("Lookup(%q) = %+v", ref, v)
+		}
+	}
+	for _, ref := range []string{m.ID, m.MessageID, "missing"} {
+		if _, err := s.Lookup(ctx, "mallory", ref); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Lookup by other account (%q): %v", ref, err)
+		}
+	}
+}
+
+func TestBolt_delivery(t *testing.T) {
+	s := testStore(t, BoltOptions{})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	first := time.Date(2025, 3, 1, 9, 0, 5, 0, time.UTC)
+	if err := s.SetDelivery(ctx, m.ID, 0, Delivery{Status: StatusDeferred, Attempts: 1, LastResponse: "451 4.7.1 try later", UpdatedAt: first.Add(-time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetDelivery(ctx, m.ID, 0, Delivery{Status: StatusDelivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: first}); err != nil {
+		t.Fatal(err)
+	}
+	// Reported again after a restart: the delivery time stays the first one.
+	if err := s.SetDelivery(ctx, m.ID, 0, Delivery{Status: StatusDelivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: first.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Delivery(ctx, m.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Status != StatusDelivered || d.Attempts != 2 || !d.UpdatedAt.Equal(first) {
+		t.Errorf("Delivery = %+v", d)
+	}
+	if _, err := s.Delivery(ctx, m.ID, 1); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Delivery of unreported copy: %v", err)
+	}
+	v, err := s.Lookup(ctx, "alice", m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Recipients[0].Delivery; got.Status != StatusDelivered || got.LastResponse != "250 ok" {
+		t.Errorf("view delivery = %+v", got)
+	}
+}
+
+func TestBolt_eventsAndCounts(t *testing.T) {
+	s := testStore(t, BoltOptions{})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	at := testAccepted.Add(time.Hour)
+	events := []Event{
+		{Type: EventOpen, Recipient: 0, Link: -1, Class: ClassPrefetch, Reasons: []string{ReasonAppleMPPIP}},
+		{Type: EventOpen, Recipient: 0, Link: -1, Class: ClassHuman},
+		{Type: EventOpen, Recipient: 0, Link: -1, Class: ClassProxy},
+		{Type: EventClick, Recipient: 0, Link: 0, Class: ClassScanner, URL: "https://example.com/quote?id=1&x=2"},
+		{Type: EventClick, Recipient: 0, Link: 0, Class: ClassHuman, URL: "https://example.com/quote?id=1&x=2"},
+		{Type: EventOpen, Recipient: 1, Link: -1, Class: ClassSelf},
+	}
+	for i, e := range events {
+		e.Message = m.ID
+		e.At = at.Add(time.Duration(i) * time.Minute)
+		if err := s.AddEvent(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another message's events stay out of this one's prefix.
+	other := testMessage()
+	other.ID, other.MessageID = "Q1A2B", "other@x"
+	if err := s.PutMessage(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddEvent(ctx, Event{Type: EventOpen, Message: other.ID, Link: -1, Class: ClassHuman, At: at}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := s.Lookup(ctx, "alice", m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Events) != len(events) {
+		t.Fatalf("%d events, want %d", len(v.Events), len(events))
+	}
+	r0 := v.Recipients[0]
+	if !r0.Opened || r0.Opens != 2 || r0.Clicks != 1 || r0.FirstOpenedAt == nil || !r0.FirstOpenedAt.Equal(at.Add(time.Minute)) {
+		t.Errorf("recipient 0 = %+v", r0)
+	}
+	if r1 := v.Recipients[1]; r1.Opened || r1.Opens != 0 || r1.FirstOpenedAt != nil {
+		t.Errorf("recipient 1 (self) = %+v", r1)
+	}
+	if v.Links[0].Clicks != 1 || v.Links[1].Clicks != 0 {
+		t.Errorf("links = %+v", v.Links)
+	}
+	if e := v.Events[3]; e.Link != "https://example.com/quote?id=1&x=2" || e.Recipient != "bob@example.net" || e.Class != ClassScanner {
+		t.Errorf("event 3 = %+v", e)
+	}
+	if e := v.Events[0]; e.Link != "" || len(e.Reasons) != 1 {
+		t.Errorf("event 0 = %+v", e)
+	}
+}
+
+func TestBolt_clickBurstIsScanner(t *testing.T) {
+	s := testStore(t, BoltOptions{})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	if err := s.SetLinks(ctx, m.ID, []string{"https://a.example/", "https://b.example/", "https://c.example/", "https://d.example/"}); err != nil {
+		t.Fatal(err)
+	}
+	at := testAccepted.Add(time.Hour)
+	for i := range 4 {
+		e := Event{Type: EventClick, Message: m.ID, Recipient: 0, Link: i, Class: ClassHuman, At: at.Add(time.Duration(i) * 300 * time.Millisecond)}
+		if err := s.AddEvent(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A real click a minute later stays human.
+	if err := s.AddEvent(ctx, Event{Type: EventClick, Message: m.ID, Recipient: 0, Link: 1, Class: ClassHuman, At: at.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := s.Lookup(ctx, "alice", m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range v.Events {
+		want := ClassScanner
+		if i == 4 {
+			want = ClassHuman
+		}
+		if e.Class != want {
+			t.Errorf("event %d: class %s (%v), want %s", i, e.Class, e.Reasons, want)
+		}
+	}
+	if v.Recipients[0].Clicks != 1 {
+		t.Errorf("clicks = %d, want 1", v.Recipients[0].Clicks)
+	}
+}
+
+func TestBolt_groupCommit(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	metrics := NewMetrics(reg)
+	s := testStore(t, BoltOptions{CommitInterval: 2 * time.Millisecond, Metrics: metrics})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	const n = 200
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			errs <- s.AddEvent(ctx, Event{Type: EventOpen, Message: m.ID, Recipient: 0, Link: -1, Class: ClassHuman, At: time.Now(), UserAgent: fmt.Sprint(i)})
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	v, err := s.Lookup(ctx, "alice", m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Events) != n || v.Recipients[0].Opens != n {
+		t.Errorf("%d events, %d opens; want %d", len(v.Events), v.Recipients[0].Opens, n)
+	}
+	commits := s.commits.Load()
+	if commits >= n {
+		t.Errorf("%d commits for %d events: no grouping", commits, n)
+	}
+	t.Logf("%d events in %d commits", n, commits)
+	if got := histogramCount(t, reg, "trackrelay_store_commit_batch_size"); got != uint64(commits) {
+		t.Errorf("batch size histogram has %d observations, want %d", got, commits)
+	}
+}
+
+func TestBolt_closed(t *testing.T) {
+	s, err := OpenBolt(filepath.Join(t.TempDir(), "t.db"), BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if err := s.AddEvent(context.Background(), Event{Type: EventOpen, Message: "Q1"}); !errors.Is(err, ErrClosed) {
+		t.Errorf("AddEvent after Close: %v", err)
+	}
+	if _, err := s.Message(context.Background(), "Q1"); err == nil {
+		t.Error("Message after Close succeeded")
+	}
+}
+
+func TestBolt_lockTimeout(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.db")
+	s, err := OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	start := time.Now()
+	if s2, err := OpenBolt(path, BoltOptions{LockTimeout: 100 * time.Millisecond}); err == nil {
+		s2.Close()
+		t.Fatal("second OpenBolt succeeded while the file is locked")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("lock wait took %v", d)
+	}
+}
+
+func TestBolt_reopenKeepsData(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.db")
+	s, err := OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	if err := s.AddEvent(ctx, Event{Type: EventOpen, Message: m.ID, Link: -1, Class: ClassHuman, At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	v, err := s.Lookup(ctx, "alice", "<"+m.MessageID+">")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Events) != 1 || !v.Recipients[0].Opened {
+		t.Errorf("after reopen: %+v", v)
+	}
+}

@@ -1,0 +1,444 @@
+package tracker
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults of Config.
+const (
+	DefaultScannerWindow = 10 * time.Second
+	DefaultStoreTimeout  = time.Second
+)
+
+// maxUserAgent bounds the user agent kept with an event, in bytes.
+const maxUserAgent = 1024
+
+// Account is an API account: its name, as messages are recorded under, and
+// the hex SHA-256 of its API key.
+type Account struct {
+	Name         string
+	APIKeySHA256 string // hex
+}
+
+// Config configures the tracker's HTTP handler.
+type Config struct {
+	// BaseURL is the public URL of the tracking server.
+	BaseURL string
+	// TrustedProxies may set X-Forwarded-For; from anyone else it is ignored.
+	TrustedProxies []netip.Prefix
+	// Accounts are the API accounts.
+	Accounts []Account
+	// ScannerWindow is how soon after delivery a click counts as a link
+	// scanner's. Zero means DefaultScannerWindow; negative disables the rule.
+	ScannerWindow time.Duration
+	// Logger receives request failures; nil discards.
+	Logger *slog.Logger
+	// Metrics receives request and event counts; nil uses unregistered metrics.
+	Metrics *Metrics
+	// StoreTimeout bounds the time a hit waits for the store before the
+	// pixel or redirect is served anyway (the event then counts as lost).
+	// Zero means DefaultStoreTimeout.
+	StoreTimeout time.Duration
+	// Now returns the current time; nil means time.Now. For tests.
+	Now func() time.Time
+}
+
+type apiAccount struct {
+	name string
+	sum  [sha256.Size]byte
+}
+
+type handler struct {
+	cfg      Config
+	keys     *Keyring
+	store    Store
+	log      *slog.Logger
+	metrics  *Metrics
+	accounts []apiAccount
+	trusted  []netip.Prefix
+	now      func() time.Time
+}
+
+// NewHandler returns the tracker's HTTP handler. It serves
+//
+//	GET|HEAD /o/{token}[.gif]        open pixel
+//	GET|HEAD /c/{token}              click redirect
+//	GET      /api/v1/messages/{ref}  message status (Bearer API key)
+//	GET      /healthz                liveness
+//
+// Every hit is recorded in store before its response is sent; if the store
+// fails, the pixel and the redirect are served all the same.
+func NewHandler(cfg Config, keys *Keyring, store Store) http.Handler {
+	h := &handler{cfg: cfg, keys: keys, store: store, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.metrics == nil {
+		h.metrics = NewMetrics(nil)
+	}
+	if h.now == nil {
+		h.now = time.Now
+	}
+	if h.cfg.ScannerWindow == 0 {
+		h.cfg.ScannerWindow = DefaultScannerWindow
+	}
+	if h.cfg.StoreTimeout <= 0 {
+		h.cfg.StoreTimeout = DefaultStoreTimeout
+	}
+	for _, p := range cfg.TrustedProxies {
+		if p.Addr().Is4In6() {
+			p = netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0))
+		}
+		h.trusted = append(h.trusted, p.Masked())
+	}
+	for _, a := range cfg.Accounts {
+		b, err := hex.DecodeString(strings.TrimSpace(a.APIKeySHA256))
+		if err != nil || len(b) != sha256.Size {
+			h.log.Error("tracker: ignoring account with invalid api_key_sha256", "account", a.Name)
+			continue
+		}
+		acc := apiAccount{name: a.Name}
+		copy(acc.sum[:], b)
+		h.accounts = append(h.accounts, acc)
+	}
+	return h
+}
+
+// statusWriter remembers the status code written through it.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+const apiMessagesPrefix = "/api/v1/messages/"
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	path := r.URL.EscapedPath()
+	name := handlerOther
+	switch {
+	case strings.HasPrefix(path, "/o/"):
+		name = handlerOpen
+		h.serveHit(sw, r, KindOpen, path[len("/o/"):])
+	case strings.HasPrefix(path, "/c/"):
+		name = handlerClick
+		h.serveHit(sw, r, KindClick, path[len("/c/"):])
+	case strings.HasPrefix(path, apiMessagesPrefix):
+		name = handlerAPI
+		h.serveMessage(sw, r, path[len(apiMessagesPrefix):])
+	case path == "/healthz":
+		name = handlerHealth
+		h.serveHealth(sw, r)
+	default:
+		writeJSONError(sw, http.StatusNotFound, "not found")
+	}
+	code := sw.code
+	if code == 0 {
+		code = http.StatusOK
+	}
+	h.metrics.requests.WithLabelValues(name, strconv.Itoa(code)).Inc()
+	h.metrics.requestDuration.WithLabelValues(name).Observe(time.Since(start).Seconds())
+}
+
+func methodNotAllowed(w http.ResponseWriter, allow string) {
+	w.Header().Set("Allow", allow)
+	writeJSONError(w, http.StatusMethodNotAllowed, "method not allowed")
+}
+
+// pixelGIF is a 1×1 transparent GIF89a (43 bytes).
+var pixelGIF = []byte{
+	'G', 'I', 'F', '8', '9', 'a', // header
+	0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, // 1×1, global color table of 2 entries
+	0x00, 0x00, 0x00, 0xff, 0xff, 0xff, // black, white
+	0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, // graphic control: color 0 transparent
+	0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, // image descriptor
+	0x02, 0x02, 0x44, 0x01, 0x00, // LZW min code size 2, one data block
+	0x3b, // trailer
+}
+
+// serveHit answers /o/ and /c/.
+func (h *handler) serveHit(w http.ResponseWriter, r *http.Request, kind Kind, token string) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		methodNotAllowed(w, "GET, HEAD")
+		return
+	}
+	if strings.IndexByte(token, '%') >= 0 {
+		if u, err := url.PathUnescape(token); err == nil {
+			token = u
+		}
+	}
+	t, err := h.keys.Verify(token)
+	var dest string
+	if err == nil && t.Kind != kind {
+		err = ErrBadToken
+	}
+	if err == nil && kind == KindClick {
+		var ok bool
+		if dest, ok = redirectTarget(t.Dest); !ok {
+			err = ErrBadToken
+		}
+	}
+	if err != nil {
+		h.metrics.invalidTokens.Inc()
+		http.Error(w, "404 page not found", http.StatusNotFound)
+		return
+	}
+	h.record(r, t)
+	hd := w.Header()
+	if kind == KindOpen {
+		hd.Set("Content-Type", "image/gif")
+		hd.Set("Content-Length", strconv.Itoa(len(pixelGIF)))
+		hd.Set("Cache-Control", "no-store, no-cache, must-revalidate, private")
+		hd.Set("Pragma", "no-cache")
+		hd.Set("Expires", "0")
+		hd.Set("X-Content-Type-Options", "nosniff")
+		hd.Set("Referrer-Policy", "no-referrer")
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodGet {
+			if _, err := w.Write(pixelGIF); err != nil {
+				h.log.Debug("tracker: write pixel", "err", err)
+			}
+		}
+		return
+	}
+	hd.Set("Location", dest)
+	hd.Set("Referrer-Policy", "no-referrer")
+	hd.Set("Cache-Control", "no-store")
+	hd.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusFound)
+}
+
+// record classifies the hit of a verified token and commits it to the store,
+// waiting at most StoreTimeout. Failures are counted and logged, never
+// returned: the hit is served regardless.
+func (h *handler) record(r *http.Request, t Token) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.cfg.StoreTimeout)
+	defer cancel()
+	at := h.now().UTC()
+	ip := clientIP(r, h.trusted)
+	ua := r.UserAgent()
+	if len(ua) > maxUserAgent {
+		ua = ua[:maxUserAgent]
+	}
+	typ := EventOpen
+	if t.Kind == KindClick {
+		typ = EventClick
+	}
+	in := hit{
+		kind: t.Kind, method: r.Method, ip: ip, header: r.Header, userAgent: ua, at: at,
+		recipient: t.Recipient, window: h.cfg.ScannerWindow,
+	}
+	msg, err := h.store.Message(ctx, t.Message)
+	switch {
+	case err == nil:
+		in.message = msg
+	case errors.Is(err, ErrNotFound):
+		// Recorded all the same: the message may have been reported while
+		// the store was unavailable.
+		h.log.Debug("tracker: hit for unknown message", "msg", t.Message)
+	default:
+		h.log.Warn("tracker: read message for classification", "msg", t.Message, "err", err)
+	}
+	if t.Kind == KindClick && err == nil {
+		if dr, ok := h.store.(DeliveryReader); ok {
+			d, derr := dr.Delivery(ctx, t.Message, t.Recipient)
+			if derr == nil && d.Status == StatusDelivered {
+				in.deliveredAt = d.UpdatedAt
+			}
+		}
+	}
+	v := classify(in)
+	ipStr := ""
+	if ip.IsValid() {
+		ipStr = ip.String()
+	}
+	e := Event{
+		Type: typ, At: at, Message: t.Message, Recipient: t.Recipient, Link: t.Link,
+		IP: ipStr, UserAgent: ua, Client: v.client, Class: v.class, Reasons: v.reasons,
+	}
+	if t.Kind == KindClick {
+		e.URL = t.Dest
+	} else {
+		e.Link = -1
+	}
+	if err := h.store.AddEvent(ctx, e); err != nil {
+		h.metrics.eventsLost.Inc()
+		h.log.Error("tracker: event lost", "msg", t.Message, "rcpt", t.Recipient, "type", typ, "err", err)
+		return
+	}
+	h.metrics.events.WithLabelValues(typ, v.class).Inc()
+}
+
+// redirectTarget returns the Location for a signed destination, or false if
+// it is not an absolute http(s) URL. Like a browser, it drops tabs and line
+// breaks and trims surrounding spaces and controls; it percent-encodes bytes
+// that may not appear raw in a header (spaces, controls, non-ASCII) and keeps
+// every other byte as it is.
+func redirectTarget(dest string) (string, bool) {
+	dest = strings.TrimFunc(dest, func(r rune) bool { return r <= ' ' })
+	if strings.ContainsAny(dest, "\t\r\n") {
+		dest = strings.NewReplacer("\t", "", "\r", "", "\n", "").Replace(dest)
+	}
+	colon := strings.IndexByte(dest, ':')
+	if colon < 0 {
+		return "", false
+	}
+	scheme := strings.ToLower(dest[:colon])
+	if scheme != "http" && scheme != "https" {
+		return "", false
+	}
+	rest := dest[colon+1:]
+	if len(rest) < 3 || (rest[0] != '/' && rest[0] != '\\') || (rest[1] != '/' && rest[1] != '\\') {
+		return "", false
+	}
+	if c := rest[2]; c == '/' || c == '\\' || c == '?' || c == '#' {
+		return "", false
+	}
+	const hexDigits = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(dest); i++ {
+		c := dest[i]
+		if c > ' ' && c < 0x7f {
+			if b.Len() > 0 {
+				b.WriteByte(c)
+			}
+			continue
+		}
+		if b.Len() == 0 {
+			b.Grow(len(dest) + 16)
+			b.WriteString(dest[:i])
+		}
+		b.WriteByte('%')
+		b.WriteByte(hexDigits[c>>4])
+		b.WriteByte(hexDigits[c&15])
+	}
+	if b.Len() > 0 {
+		return b.String(), true
+	}
+	return dest, true
+}
+
+func (h *handler) serveHealth(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		methodNotAllowed(w, "GET, HEAD")
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write([]byte("ok"))
+	}
+}
+
+// authenticate returns the account whose API key is the request's Bearer
+// token. The hash of the key is compared with every account's in constant
+// time.
+func (h *handler) authenticate(r *http.Request) (string, bool) {
+	auth := r.Header.Get("Authorization")
+	scheme, key, ok := strings.Cut(strings.TrimSpace(auth), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	key = strings.TrimSpace(key)
+	if key == "" {
+		return "", false
+	}
+	sum := sha256.Sum256([]byte(key))
+	name, found := "", 0
+	for _, a := range h.accounts {
+		if subtle.ConstantTimeCompare(sum[:], a.sum[:]) == 1 {
+			name, found = a.name, found+1
+		}
+	}
+	return name, found == 1
+}
+
+// serveMessage answers GET /api/v1/messages/{ref}; escapedRef is the rest
+// of the escaped path.
+func (h *handler) serveMessage(w http.ResponseWriter, r *http.Request, escapedRef string) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		methodNotAllowed(w, "GET, HEAD")
+		return
+	}
+	account, ok := h.authenticate(r)
+	if !ok {
+		challenge := `Bearer realm="trackrelay"`
+		if r.Header.Get("Authorization") != "" {
+			challenge += `, error="invalid_token"`
+		}
+		w.Header().Set("WWW-Authenticate", challenge)
+		writeJSONError(w, http.StatusUnauthorized, "missing or invalid API key")
+		return
+	}
+	ref, err := url.PathUnescape(escapedRef)
+	if err != nil || ref == "" {
+		writeJSONError(w, http.StatusNotFound, "message not found")
+		return
+	}
+	view, err := h.store.Lookup(r.Context(), account, ref)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		writeJSONError(w, http.StatusNotFound, "message not found")
+		return
+	case err != nil:
+		h.log.Error("tracker: lookup", "account", account, "ref", ref, "err", err)
+		writeJSONError(w, http.StatusServiceUnavailable, "store unavailable, try again")
+		return
+	}
+	body, err := json.Marshal(view)
+	if err != nil {
+		h.log.Error("tracker: encode message view", "msg", view.ID, "err", err)
+		writeJSONError(w, http.StatusInternalServerError, "internal error")
+		return
+	}
+	body = append(body, '\n')
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(body)
+	}
+}
+
+// writeJSONError writes {"error": msg} with code.
+func writeJSONError(w http.ResponseWriter, code int, msg string) {
+	body, _ := json.Marshal(struct {
+		Error string `json:"error"`
+	}{msg})
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_, _ = w.Write(append(body, '\n'))
+}

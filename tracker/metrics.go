@@ -1,0 +1,98 @@
+package tracker
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the tracker's Prometheus metrics. Labels take only bounded
+// values (handler names, status codes, event types and classes).
+type Metrics struct {
+	requests        *prometheus.CounterVec
+	requestDuration *prometheus.HistogramVec
+	events          *prometheus.CounterVec
+	invalidTokens   prometheus.Counter
+	eventsLost      prometheus.Counter
+	commitDuration  prometheus.Histogram
+	commitBatch     prometheus.Histogram
+}
+
+// Handler label values.
+const (
+	handlerOpen   = "open"
+	handlerClick  = "click"
+	handlerAPI    = "api"
+	handlerHealth = "health"
+	handlerOther  = "other"
+)
+
+// NewMetrics creates the tracker's metrics and registers them on reg. A nil
+// reg leaves them unregistered (useful in tests). It panics if a metric of the
+// same name is already registered on reg, like prometheus.MustRegister.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "trackrelay",
+			Subsystem: "tracking",
+			Name:      "requests_total",
+			Help:      "HTTP requests served by the tracker, by handler (open, click, api, health, other) and status code.",
+		}, []string{"handler", "code"}),
+		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "trackrelay",
+			Subsystem: "tracking",
+			Name:      "request_duration_seconds",
+			Help:      "Time to serve a tracker HTTP request, recording included, by handler (open, click, api, health, other).",
+			Buckets:   []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"handler"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "trackrelay",
+			Subsystem: "tracking",
+			Name:      "events_total",
+			Help:      "Tracking events recorded, by type (open, click) and class (human, proxy, prefetch, scanner, self).",
+		}, []string{"type", "class"}),
+		invalidTokens: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "trackrelay",
+			Subsystem: "tracking",
+			Name:      "invalid_tokens_total",
+			Help:      "Tracking requests whose token was malformed, tampered with or signed by an unknown key.",
+		}),
+		eventsLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "trackrelay",
+			Subsystem: "tracking",
+			Name:      "events_lost_total",
+			Help:      "Tracking hits served but not recorded because the store failed or timed out.",
+		}),
+		commitDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "trackrelay",
+			Subsystem: "store",
+			Name:      "commit_duration_seconds",
+			Help:      "Time of one store commit (write and fsync) of a batch of events.",
+			Buckets:   []float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, 1},
+		}),
+		commitBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "trackrelay",
+			Subsystem: "store",
+			Name:      "commit_batch_size",
+			Help:      "Number of events written by one store commit.",
+			Buckets:   []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024},
+		}),
+	}
+	for _, h := range []string{handlerOpen, handlerClick} {
+		for _, code := range []string{"200", "302", "404", "405"} {
+			if (h == handlerOpen && code == "302") || (h == handlerClick && code == "200") {
+				continue
+			}
+			m.requests.WithLabelValues(h, code)
+		}
+		m.requestDuration.WithLabelValues(h)
+	}
+	for _, typ := range []string{EventOpen, EventClick} {
+		for _, c := range []string{ClassHuman, ClassProxy, ClassPrefetch, ClassScanner, ClassSelf} {
+			m.events.WithLabelValues(typ, c)
+		}
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.requestDuration, m.events, m.invalidTokens,
+			m.eventsLost, m.commitDuration, m.commitBatch)
+	}
+	return m
+}

@@ -1,0 +1,122 @@
+package tracker
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// ErrNotFound is returned when a message does not exist, or belongs to
+// another account.
+var ErrNotFound = errors.New("tracker: not found")
+
+// ErrClosed is returned by a store that has been closed.
+var ErrClosed = errors.New("tracker: store closed")
+
+// Event types.
+const (
+	EventOpen  = "open"
+	EventClick = "click"
+)
+
+// Event classes: who, most likely, caused a hit.
+const (
+	// ClassHuman is a person opening or clicking.
+	ClassHuman = "human"
+	// ClassProxy is a real open through a mail provider's image proxy
+	// (Gmail, Yahoo): IP and user agent are the proxy's.
+	ClassProxy = "proxy"
+	// ClassPrefetch is a privacy prefetch such as Apple Mail Privacy Protection.
+	ClassPrefetch = "prefetch"
+	// ClassScanner is a security scanner or other robot.
+	ClassScanner = "scanner"
+	// ClassSelf is the sender itself (its submitting IP, or its own copy).
+	ClassSelf = "self"
+)
+
+// Delivery statuses.
+const (
+	StatusQueued    = "queued"
+	StatusDeferred  = "deferred"
+	StatusDelivered = "delivered"
+	StatusBounced   = "bounced"
+)
+
+// Message is what the relay tells the store about an accepted message.
+type Message struct {
+	ID         string    // queue id (what tokens carry)
+	MessageID  string    // RFC 5322 Message-ID without <>
+	Account    string    // account that sent it
+	From       string    // envelope sender
+	SubmitIP   string    // IP that submitted the message (for class "self")
+	AcceptedAt time.Time // when the relay made it durable
+	Mode       string    // none|opens|clicks|all
+	Recipients []Recipient
+}
+
+// Recipient is one recipient of a Message, in envelope order; its index is
+// what tokens carry.
+type Recipient struct {
+	// Address is the recipient's address.
+	Address string
+	// Tracked is false for copies that are never instrumented (the
+	// account's self_addresses, or mode none).
+	Tracked bool
+}
+
+// Delivery is the state of one recipient's copy.
+type Delivery struct {
+	Status       string // queued|deferred|delivered|bounced
+	Attempts     int
+	LastResponse string
+	UpdatedAt    time.Time
+}
+
+// Event is one recorded tracking hit.
+type Event struct {
+	Type      string // "open" | "click"
+	At        time.Time
+	Message   string // queue id
+	Recipient int
+	Link      int // click: link index; open: -1
+	IP        string
+	UserAgent string
+	Client    string // readable client name, e.g. "Apple Mail"
+	Class     string // human|proxy|prefetch|scanner|self
+	Reasons   []string
+	// URL is the destination of a click, as signed in its token.
+	URL string
+}
+
+// Store is the tracker's ledger: messages, their links, the delivery state of
+// each copy and the tracking events. The bbolt implementation is BoltStore;
+// other backends implement the same interface. All methods are safe for
+// concurrent use.
+type Store interface {
+	// PutMessage records an accepted message. Idempotent.
+	PutMessage(ctx context.Context, m Message) error
+	// SetLinks records the tracked link destinations of a message, by index.
+	// Idempotent.
+	SetLinks(ctx context.Context, message string, links []string) error
+	// SetDelivery records the state of one recipient's copy.
+	SetDelivery(ctx context.Context, message string, recipient int, d Delivery) error
+	// AddEvent records a hit and returns only once it is durably committed.
+	AddEvent(ctx context.Context, e Event) error
+	// Lookup returns the API view of a message of account; ref is the queue
+	// id or the Message-ID, with or without <>. A message of another account
+	// is ErrNotFound.
+	Lookup(ctx context.Context, account, ref string) (*MessageView, error)
+	// Message returns a message by queue id, or ErrNotFound.
+	Message(ctx context.Context, id string) (*Message, error)
+	// Close releases the store; pending AddEvent calls fail with ErrClosed.
+	Close() error
+}
+
+// DeliveryReader is implemented by stores that can return the delivery state
+// of one copy. The HTTP handler uses it, when present, to tell link scanners
+// (which click right after delivery) from people.
+type DeliveryReader interface {
+	// Delivery returns the state of one recipient's copy, or ErrNotFound.
+	// When the status is delivered, UpdatedAt is the time of delivery.
+	Delivery(ctx context.Context, message string, recipient int) (Delivery, error)
+}

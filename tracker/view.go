@@ -1,0 +1,217 @@
+package tracker
+
+import (
+	"slices"
+	"time"
+)
+
+// MessageView is the JSON answer of GET /api/v1/messages/{ref}.
+type MessageView struct {
+	ID         string          `json:"id"`
+	MessageID  string          `json:"message_id"`
+	Account    string          `json:"account"`
+	From       string          `json:"from"`
+	AcceptedAt time.Time       `json:"accepted_at"`
+	Mode       string          `json:"mode"`
+	Recipients []RecipientView `json:"recipients"`
+	Links      []LinkView      `json:"links"`
+	Events     []EventView     `json:"events"`
+}
+
+// RecipientView is one recipient of a MessageView. Opened, FirstOpenedAt,
+// Opens and Clicks count only what a person did (classes human and proxy).
+type RecipientView struct {
+	Address  string       `json:"address"`
+	Tracked  bool         `json:"tracked"`
+	Delivery DeliveryView `json:"delivery"`
+	// Opened is true once a counted open or click was seen (a click implies
+	// the message was opened, even with images blocked).
+	Opened bool `json:"opened"`
+	// FirstOpenedAt is the time of the first counted open or click; null
+	// when not opened.
+	FirstOpenedAt *time.Time `json:"first_opened_at"`
+	Opens         int        `json:"opens"`
+	Clicks        int        `json:"clicks"`
+}
+
+// DeliveryView is the delivery state of one recipient's copy.
+type DeliveryView struct {
+	Status       string    `json:"status"`
+	Attempts     int       `json:"attempts"`
+	LastResponse string    `json:"last_response"`
+	UpdatedAt    time.Time `json:"updated_at"`
+}
+
+// LinkView is one tracked link of a message, with its counted clicks.
+type LinkView struct {
+	Index  int    `json:"index"`
+	URL    string `json:"url"`
+	Clicks int    `json:"clicks"`
+}
+
+// EventView is one tracking event as the API shows it, with its current
+// class and the reasons for it.
+type EventView struct {
+	Type      string    `json:"type"`
+	At        time.Time `json:"at"`
+	Recipient string    `json:"recipient"`
+	Link      string    `json:"link,omitempty"`
+	IP        string    `json:"ip"`
+	UserAgent string    `json:"user_agent"`
+	Client    string    `json:"client"`
+	Class     string    `json:"class"`
+	Reasons   []string  `json:"reasons"`
+}
+
+// counted reports whether an event of class c is something a person did.
+func counted(class string) bool { return class == ClassHuman || class == ClassProxy }
+
+// Burst detection: clicks on burstLinks or more distinct links of one copy
+// within burstWindow are a scanner following every link, whatever each click
+// looked like on its own.
+const (
+	burstLinks  = 3
+	burstWindow = 5 * time.Second
+)
+
+// buildView assembles the API view of m. deliveries is indexed by recipient
+// (missing entries are queued), events are in commit order. events is
+// modified in place (current classes).
+func buildView(m *Message, links []string, deliveries map[int]Delivery, events []Event) *MessageView {
+	reclassifyBursts(events)
+	v := &MessageView{
+		ID:         m.ID,
+		MessageID:  m.MessageID,
+		Account:    m.Account,
+		From:       m.From,
+		AcceptedAt: m.AcceptedAt.UTC(),
+		Mode:       m.Mode,
+		Recipients: make([]RecipientView, len(m.Recipients)),
+		Links:      make([]LinkView, len(links)),
+		Events:     make([]EventView, 0, len(events)),
+	}
+	for i, r := range m.Recipients {
+		d, ok := deliveries[i]
+		if !ok {
+			d = Delivery{Status: StatusQueued, UpdatedAt: m.AcceptedAt}
+		}
+		v.Recipients[i] = RecipientView{
+			Address: r.Address,
+			Tracked: r.Tracked,
+			Delivery: DeliveryView{
+				Status:       d.Status,
+				Attempts:     d.Attempts,
+				LastResponse: d.LastResponse,
+				UpdatedAt:    d.UpdatedAt.UTC(),
+			},
+		}
+	}
+	for i, u := range links {
+		v.Links[i] = LinkView{Index: i, URL: u}
+	}
+	for _, e := range events {
+		// A click on a link the store has no URL for (links not reported)
+		// still shows its destination, taken from the signed token.
+		if e.Type == EventClick && e.Link >= len(v.Links) && e.Link < len(v.Links)+1024 {
+			for j := len(v.Links); j <= e.Link; j++ {
+				v.Links = append(v.Links, LinkView{Index: j})
+			}
+		}
+		if e.Type == EventClick && e.Link >= 0 && e.Link < len(v.Links) && v.Links[e.Link].URL == "" {
+			v.Links[e.Link].URL = e.URL
+		}
+	}
+	for _, e := range events {
+		ev := EventView{
+			Type:      e.Type,
+			At:        e.At.UTC(),
+			IP:        e.IP,
+			UserAgent: e.UserAgent,
+			Client:    e.Client,
+			Class:     e.Class,
+			Reasons:   e.Reasons,
+		}
+		if ev.Reasons == nil {
+			ev.Reasons = []string{}
+		}
+		var rv *RecipientView
+		if e.Recipient >= 0 && e.Recipient < len(v.Recipients) {
+			rv = &v.Recipients[e.Recipient]
+			ev.Recipient = rv.Address
+		}
+		if e.Type == EventClick {
+			ev.Link = e.URL
+			if e.Link >= 0 && e.Link < len(v.Links) {
+				if v.Links[e.Link].URL != "" {
+					ev.Link = v.Links[e.Link].URL
+				}
+				if counted(e.Class) {
+					v.Links[e.Link].Clicks++
+				}
+			}
+		}
+		v.Events = append(v.Events, ev)
+		if rv == nil || !counted(e.Class) {
+			continue
+		}
+		switch e.Type {
+		case EventOpen:
+			rv.Opens++
+		case EventClick:
+			rv.Clicks++
+		}
+		rv.Opened = true
+		if rv.FirstOpenedAt == nil || ev.At.Before(*rv.FirstOpenedAt) {
+			at := ev.At
+			rv.FirstOpenedAt = &at
+		}
+	}
+	return v
+}
+
+// reclassifyBursts marks as scanner every click that belongs to a burst: a
+// recipient's clicks on burstLinks or more distinct links within
+// burstWindow. Self clicks are left alone. The stored events are not
+// rewritten; the verdict is recomputed from the evidence on every read.
+func reclassifyBursts(events []Event) {
+	byRcpt := map[int][]int{}
+	for i, e := range events {
+		if e.Type == EventClick && e.Class != ClassSelf {
+			byRcpt[e.Recipient] = append(byRcpt[e.Recipient], i)
+		}
+	}
+	for _, idx := range byRcpt {
+		if len(idx) < burstLinks {
+			continue
+		}
+		slices.SortStableFunc(idx, func(a, b int) int { return events[a].At.Compare(events[b].At) })
+		inBurst := make([]bool, len(idx))
+		lo := 0
+		for hi := range idx {
+			for events[idx[hi]].At.Sub(events[idx[lo]].At) > burstWindow {
+				lo++
+			}
+			distinct := map[int]struct{}{}
+			for _, j := range idx[lo : hi+1] {
+				distinct[events[j].Link] = struct{}{}
+			}
+			if len(distinct) >= burstLinks {
+				for k := lo; k <= hi; k++ {
+					inBurst[k] = true
+				}
+			}
+		}
+		for k, i := range idx {
+			if !inBurst[k] {
+				continue
+			}
+			e := &events[i]
+			if e.Class != ClassScanner {
+				e.Class = ClassScanner
+			}
+			if !slices.Contains(e.Reasons, ReasonClickBurst) {
+				e.Reasons = append(slices.Clip(e.Reasons), ReasonClickBurst)
+			}
+		}
+	}
+}
