@@ -11,6 +11,17 @@ import (
 // bounce queues an RFC 3464 delivery status notification of a failed copy
 // to the envelope sender. Never to the null sender, never for a bounce.
 func (d *Deliverer) bounce(env *Envelope, rc Recipient) error {
+	return d.notify(env, rc, actionFailed)
+}
+
+// DSN actions (RFC 3464 section 2.3.3) the relay reports.
+const (
+	actionFailed  = "failed"
+	actionDelayed = "delayed"
+)
+
+// notify queues a delivery status notification with the given action.
+func (d *Deliverer) notify(env *Envelope, rc Recipient, action string) error {
 	if env.From == "" || env.Bounce {
 		d.log.Info("bounce not sent: null sender or bounce of a bounce", "queue_id", env.ID)
 		return nil
@@ -25,7 +36,7 @@ func (d *Deliverer) bounce(env *Envelope, rc Recipient) error {
 			}
 		}
 	}
-	msg := buildDSN(d.cfg.Hostname, env, rc, orig, time.Now())
+	msg := buildDSN(d.cfg.Hostname, env, rc, action, orig, time.Now())
 	dsn := &Envelope{
 		Account:    env.Account,
 		From:       "",
@@ -38,27 +49,41 @@ func (d *Deliverer) bounce(env *Envelope, rc Recipient) error {
 	if err := d.spool.Enqueue(dsn, msg); err != nil {
 		return err
 	}
-	d.metrics.bounces.Inc()
-	d.log.Info("bounce queued", "queue_id", env.ID, "dsn_queue_id", dsn.ID, "to", env.From)
+	if action == actionFailed {
+		d.metrics.bounces.Inc()
+	}
+	d.log.Info("delivery status notification queued", "action", action, "queue_id", env.ID, "dsn_queue_id", dsn.ID, "to", env.From)
 	d.Submit(dsn, true)
 	return nil
 }
 
 // buildDSN renders the multipart/report of RFC 3464: a readable
 // explanation, the machine-readable status, and the original header.
-func buildDSN(host string, env *Envelope, rc Recipient, origHeader []byte, now time.Time) []byte {
+func buildDSN(host string, env *Envelope, rc Recipient, action string, origHeader []byte, now time.Time) []byte {
 	boundary := "dsn-" + NewID()
 	status, diag := "5.0.0", rc.LastResponse
-	if f := strings.Fields(rc.LastResponse); len(f) > 1 && isEnhancedCode(f[1]) && f[1][0] == '5' {
+	f := strings.Fields(rc.LastResponse)
+	switch {
+	case action == actionDelayed:
+		status = "4.0.0"
+		if len(f) > 1 && isEnhancedCode(f[1]) && f[1][0] == '4' {
+			status = f[1]
+		}
+	case len(f) > 1 && isEnhancedCode(f[1]) && f[1][0] == '5':
 		status = f[1]
-	} else if strings.HasPrefix(rc.LastResponse, "message expired") {
+	case strings.HasPrefix(rc.LastResponse, "message expired"):
 		status = "4.4.7"
+	}
+	subject, intro := "Undelivered Mail Returned to Sender", "Your message could not be delivered to one or more recipients."
+	if action == actionDelayed {
+		subject = "Delayed Mail (still being retried)"
+		intro = "Your message has not been delivered yet to one or more recipients. It is still being retried; you do not need to send it again."
 	}
 	var b bytes.Buffer
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format+"\r\n", a...) }
 	w("From: Mail Delivery System <MAILER-DAEMON@%s>", host)
 	w("To: <%s>", env.From)
-	w("Subject: Undelivered Mail Returned to Sender")
+	w("Subject: %s", subject)
 	w("Date: %s", now.Format(time.RFC1123Z))
 	w("Message-ID: <%s.dsn@%s>", NewID(), host)
 	w("Auto-Submitted: auto-replied")
@@ -73,7 +98,7 @@ func buildDSN(host string, env *Envelope, rc Recipient, origHeader []byte, now t
 	w("")
 	w("This is the mail system at host %s.", host)
 	w("")
-	w("Your message could not be delivered to one or more recipients.")
+	w("%s", intro)
 	w("")
 	w("<%s>: %s", rc.Address, oneLine(rc.LastResponse))
 	w("")
@@ -86,7 +111,7 @@ func buildDSN(host string, env *Envelope, rc Recipient, origHeader []byte, now t
 	w("Arrival-Date: %s", env.AcceptedAt.Format(time.RFC1123Z))
 	w("")
 	w("Final-Recipient: rfc822; %s", rc.Address)
-	w("Action: failed")
+	w("Action: %s", action)
 	w("Status: %s", status)
 	if strings.HasPrefix(diag, "4") || strings.HasPrefix(diag, "5") {
 		w("Diagnostic-Code: smtp; %s", oneLine(diag))

@@ -33,6 +33,9 @@ type DeliveryConfig struct {
 	RetryMax     time.Duration
 	// Lifetime is how long a copy is retried before it bounces.
 	Lifetime time.Duration
+	// DelayWarning: a copy still not delivered this long after acceptance
+	// makes the sender a "delayed" notice, once. Zero: never.
+	DelayWarning time.Duration
 	// BaseURL is the tracking base URL (links on it are not re-tracked).
 	BaseURL string
 	// MemoryCopyLimit: copies up to this size are instrumented in memory,
@@ -331,6 +334,18 @@ func (d *Deliverer) run(j job) {
 	} else if err := d.ledger.Delivery(context.Background(), env.ID, j.rcpt, rc); err != nil {
 		d.metrics.ledgerErrors.Inc()
 		log.Error("ledger: recording delivery status failed", "err", err)
+	}
+	warn := rc.Status == StatusDeferred && !rc.Warned && d.cfg.DelayWarning > 0 &&
+		now.Sub(env.AcceptedAt) >= d.cfg.DelayWarning && !env.Bounce && env.From != ""
+	if warn {
+		if err := d.notify(env, rc, actionDelayed); err != nil {
+			log.Error("could not queue the delayed notice", "err", err)
+		} else if _, err := d.spool.Update(env.ID, func(e *Envelope) error {
+			e.Recipients[j.rcpt].Warned = true
+			return nil
+		}); err != nil {
+			log.Error("recording the delayed notice", "err", err)
+		}
 	}
 	switch rc.Status {
 	case StatusDeferred:

@@ -89,6 +89,10 @@ type Spool struct {
 
 	// mu serialises read-modify-write of records within this process.
 	mu sync.Mutex
+
+	// writeFault, when set, fails every message write: the tests' stand-in
+	// for a full or failing disk.
+	writeFault error
 }
 
 // OpenSpool opens (creating if needed) the spool in dir.
@@ -157,6 +161,9 @@ func (in *Incoming) ID() string { return in.id }
 
 // Write appends message bytes.
 func (in *Incoming) Write(p []byte) (int, error) {
+	if in.s.writeFault != nil {
+		return 0, in.s.writeFault
+	}
 	n, err := in.f.Write(p)
 	in.size += int64(n)
 	return n, err

@@ -85,6 +85,7 @@ type DeliveryConfig struct {
 	RetryInitial Duration `yaml:"retry_initial"`
 	RetryMax     Duration `yaml:"retry_max"`
 	Lifetime     Duration `yaml:"lifetime"`
+	DelayWarning Duration `yaml:"delay_warning"` // 0: no "delayed" notices
 	ShutdownWait Duration `yaml:"shutdown_grace"`
 }
 
@@ -158,6 +159,7 @@ func defaultConfig() *Config {
 			RetryInitial: Duration(time.Minute),
 			RetryMax:     Duration(time.Hour),
 			Lifetime:     Duration(5 * 24 * time.Hour),
+			DelayWarning: Duration(4 * time.Hour),
 			ShutdownWait: Duration(30 * time.Second),
 		},
 		Log: LogConfig{Format: "text", Level: "info"},
@@ -376,6 +378,12 @@ func (c *Config) validate() []error {
 	}
 	if c.Delivery.Lifetime <= 0 {
 		bad("delivery.lifetime", "must be positive")
+	}
+	if c.Delivery.DelayWarning < 0 || (c.Delivery.DelayWarning > 0 && c.Delivery.DelayWarning >= c.Delivery.Lifetime) {
+		bad("delivery.delay_warning", "must be 0 (off) or shorter than delivery.lifetime")
+	}
+	if c.Delivery.ShutdownWait <= 0 {
+		bad("delivery.shutdown_grace", "must be positive")
 	}
 	switch c.Log.Format {
 	case "text", "json":

@@ -96,7 +96,7 @@ type sinkSess struct {
 }
 
 func (ss *sinkSess) Mail(f string, _ *smtp.MailOptions) error { ss.from = f; return nil }
-func (ss *sinkSess) Rcpt(t string, _ *smtp.RcptOptions) error  { ss.to = append(ss.to, t); return nil }
+func (ss *sinkSess) Rcpt(t string, _ *smtp.RcptOptions) error { ss.to = append(ss.to, t); return nil }
 func (ss *sinkSess) Data(r io.Reader) error {
 	b, err := io.ReadAll(r)
 	ss.s.mu.Lock()

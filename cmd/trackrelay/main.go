@@ -5,6 +5,7 @@
 //	trackrelay serve [-config FILE]
 //	trackrelay check-config -config FILE
 //	trackrelay hash-password < password
+//	trackrelay queue [-config FILE] list|show|retry|delete
 //	trackrelay version
 package main
 
@@ -29,6 +30,7 @@ commands:
   serve [-config FILE]         run the relay (embedded defaults without -config)
   check-config -config FILE    validate a config file; exit 0 when valid
   hash-password                read a password on stdin, print its bcrypt hash
+  queue [-config FILE] CMD     list, show, retry or delete queued messages
   version                      print the version
 `
 
@@ -46,6 +48,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdServe(args[1:], stdout, stderr)
 	case "check-config":
 		return cmdCheckConfig(args[1:], stdout, stderr)
+	case "queue":
+		return cmdQueue(args[1:], stdout, stderr)
 	case "hash-password":
 		return cmdHashPassword(stdin, stdout, stderr)
 	case "version", "-version", "--version":

@@ -111,6 +111,7 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 		RetryInitial: cfg.Delivery.RetryInitial.D(),
 		RetryMax:     cfg.Delivery.RetryMax.D(),
 		Lifetime:     cfg.Delivery.Lifetime.D(),
+		DelayWarning: cfg.Delivery.DelayWarning.D(),
 		BaseURL:      strings.TrimRight(cfg.Tracking.BaseURL, "/"),
 	}
 	if u := cfg.Upstream; u != nil {
@@ -185,6 +186,18 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	}
 
+	adminLn, err := listenAdmin(cfg.DataDir)
+	if err != nil {
+		smtpLn.Close()
+		httpLn.Close()
+		if metricsLn != nil {
+			metricsLn.Close()
+		}
+		return err
+	}
+	adminSrv := &http.Server{Handler: deliverer.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go adminSrv.Serve(adminLn)
+
 	errc := make(chan error, 3)
 	go func() { errc <- smtpSrv.Serve(smtpLn) }()
 	go func() {
@@ -222,11 +235,29 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 	hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer hcancel()
 	httpSrv.Shutdown(hctx)
+	adminSrv.Shutdown(hctx)
 	if metricsSrv != nil {
 		metricsSrv.Shutdown(hctx)
 	}
 	log.Info("stopped")
 	return runErr
+}
+
+// listenAdmin opens the operator's queue socket, readable by the owner only.
+func listenAdmin(dataDir string) (net.Listener, error) {
+	path := adminSocket(dataDir)
+	// A socket left by a process that died; the spool's lock on queue.db
+	// already guarantees no other server runs on this data dir.
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	return ln, nil
 }
 
 func serverConfig(cfg *Config) (relay.ServerConfig, error) {

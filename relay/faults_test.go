@@ -1,0 +1,311 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// scriptedUpstream is a raw TCP SMTP server whose n-th connection is
+// handled by behave(n, conn): for failures go-smtp would never produce.
+func scriptedUpstream(t *testing.T, behave func(n int, c net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var n atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				behave(int(n.Add(1)), c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// speak runs a minimal SMTP dialogue up to DATA's 354 and returns the
+// reader positioned at the message data.
+func speak(c net.Conn) *bufio.Reader {
+	r := bufio.NewReader(c)
+	c.Write([]byte("220 scripted ESMTP\r\n"))
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return nil
+		}
+		cmd := strings.ToUpper(strings.TrimSpace(line))
+		switch {
+		case strings.HasPrefix(cmd, "EHLO"):
+			c.Write([]byte("250-scripted\r\n250 8BITMIME\r\n"))
+		case cmd == "DATA":
+			c.Write([]byte("354 go ahead\r\n"))
+			return r
+		case cmd == "QUIT":
+			c.Write([]byte("221 bye\r\n"))
+			return nil
+		default:
+			c.Write([]byte("250 ok\r\n"))
+		}
+	}
+}
+
+func deliveryHarness(t *testing.T, up UpstreamConfig) (*Deliverer, *Spool, *memLedger) {
+	t.Helper()
+	spool, err := OpenSpool(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ledger := newMemLedger()
+	up.TLS = TLSNone
+	d := NewDeliverer(DeliveryConfig{Upstream: &up, RetryInitial: 100 * time.Millisecond, RetryMax: 200 * time.Millisecond},
+		spool, ledger, testMinters{}, testLogger(t), nil)
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.Shutdown(t.Context())
+		spool.Close()
+	})
+	return d, spool, ledger
+}
+
+func enqueue(t *testing.T, d *Deliverer, s *Spool, from string, rcpts ...string) *Envelope {
+	t.Helper()
+	env := &Envelope{From: from, Mode: ModeAll, AcceptedAt: time.Now().UTC()}
+	for _, r := range rcpts {
+		env.Recipients = append(env.Recipients, Recipient{Address: r, Tracked: true, Status: StatusQueued})
+	}
+	if err := s.Enqueue(env, []byte(crlf(htmlMsg))); err != nil {
+		t.Fatal(err)
+	}
+	d.Submit(env, true)
+	return env
+}
+
+func TestDelivery_connectionDroppedMidData(t *testing.T) {
+	var got atomic.Value
+	addr := scriptedUpstream(t, func(n int, c net.Conn) {
+		r := speak(c)
+		if r == nil {
+			return
+		}
+		if n == 1 {
+			buf := make([]byte, 100)
+			r.Read(buf) // take part of the message, then vanish
+			return
+		}
+		var b bytes.Buffer
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if line == ".\r\n" {
+				break
+			}
+			b.WriteString(line)
+		}
+		got.Store(b.String())
+		c.Write([]byte("250 2.0.0 kept\r\n"))
+		speak(c)
+	})
+	d, s, ledger := deliveryHarness(t, UpstreamConfig{Address: addr})
+	env := enqueue(t, d, s, "alice@example.com", "bob@example.net")
+	r := ledger.waitStatus(t, env.ID, 0, StatusDelivered)
+	if r.Attempts != 2 {
+		t.Errorf("attempts %d, want 2 (one cut off, one delivered)", r.Attempts)
+	}
+	if v, _ := got.Load().(string); !strings.Contains(v, "Subject: Your quote") {
+		t.Errorf("second attempt delivered %q", v)
+	}
+}
+
+func TestDelivery_hungUpstreamTimesOut(t *testing.T) {
+	addr := scriptedUpstream(t, func(n int, c net.Conn) {
+		time.Sleep(3 * time.Second) // says nothing at all
+	})
+	d, s, ledger := deliveryHarness(t, UpstreamConfig{Address: addr, CommandTimeout: 300 * time.Millisecond, DialTimeout: 300 * time.Millisecond})
+	env := enqueue(t, d, s, "alice@example.com", "bob@example.net")
+	start := time.Now()
+	r := ledger.waitStatus(t, env.ID, 0, StatusDeferred)
+	if time.Since(start) > 2*time.Second {
+		t.Errorf("a hung upstream held the attempt %v", time.Since(start))
+	}
+	if !strings.Contains(r.LastResponse, "timeout") {
+		t.Errorf("last response %q", r.LastResponse)
+	}
+}
+
+func TestDelivery_421ThenAccepted(t *testing.T) {
+	addr := scriptedUpstream(t, func(n int, c net.Conn) {
+		if n == 1 {
+			c.Write([]byte("421 4.3.2 busy, come back later\r\n"))
+			return
+		}
+		r := speak(c)
+		if r == nil {
+			return
+		}
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil || line == ".\r\n" {
+				break
+			}
+		}
+		c.Write([]byte("250 2.0.0 ok\r\n"))
+		speak(c)
+	})
+	d, s, ledger := deliveryHarness(t, UpstreamConfig{Address: addr})
+	env := enqueue(t, d, s, "alice@example.com", "bob@example.net")
+	r := ledger.waitStatus(t, env.ID, 0, StatusDelivered)
+	if r.Attempts != 2 {
+		t.Errorf("attempts %d, want 2", r.Attempts)
+	}
+}
+
+func TestDelivery_delayedNoticeOnce(t *testing.T) {
+	h := newHarness(t, harnessOpts{upstream: true})
+	h.d.cfg.DelayWarning = time.Millisecond
+	h.sink.reply = func(rcpt string, n int) error {
+		if rcpt == "bob@example.net" {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1}, Message: "greylisted"}
+		}
+		return nil
+	}
+	reply, err := h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := queueID(t, reply)
+	msgs := h.sink.waitFor(t, 1)
+	if msgs[0].To != "alice@example.com" || !bytes.Contains(msgs[0].Data, []byte("Action: delayed")) || !bytes.Contains(msgs[0].Data, []byte("Status: 4.4.1")) {
+		t.Fatalf("delayed notice:\n%s", msgs[0].Data)
+	}
+	// More failed attempts, but no second notice.
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		if r, _ := h.ledger.get(id, 0); r.Attempts >= 3 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := len(h.sink.messages()); n != 1 {
+		t.Fatalf("%d notices, want 1", n)
+	}
+}
+
+func TestDelivery_expiryBounces(t *testing.T) {
+	h := newHarness(t, harnessOpts{upstream: true, lifetime: time.Millisecond})
+	h.sink.reply = func(rcpt string, n int) error {
+		if rcpt == "bob@example.net" {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1}, Message: "later"}
+		}
+		return nil
+	}
+	reply, err := h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := h.ledger.waitStatus(t, queueID(t, reply), 0, StatusBounced)
+	if !strings.HasPrefix(r.LastResponse, "message expired") {
+		t.Errorf("last response %q", r.LastResponse)
+	}
+	msgs := h.sink.waitFor(t, 1)
+	if !bytes.Contains(msgs[0].Data, []byte("Status: 4.4.7")) || !bytes.Contains(msgs[0].Data, []byte("Action: failed")) {
+		t.Errorf("expiry bounce:\n%s", msgs[0].Data)
+	}
+}
+
+func TestServer_diskFailureDuringAccept(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	h.spool.writeFault = errors.New("no space left on device")
+	_, err := h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg))
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 451 || strings.Contains(se.Message, "space") {
+		t.Fatalf("want a 451 that does not leak the cause, got %v", err)
+	}
+	h.spool.writeFault = nil
+	entries, _ := os.ReadDir(filepath.Join(h.dir, "spool", "msg"))
+	envs, _ := h.spool.List()
+	if len(entries) != 0 || len(envs) != 0 {
+		t.Fatalf("half-stored message: %d files, %d records", len(entries), len(envs))
+	}
+	// The next message goes through.
+	if _, err := h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAdmin_queueCommands(t *testing.T) {
+	h := newHarness(t, harnessOpts{upstream: true, retry: time.Hour})
+	h.sink.reply = func(rcpt string, n int) error {
+		if n == 0 && rcpt != "alice@example.com" {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "later"}
+		}
+		return nil
+	}
+	reply1, _ := h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg))
+	reply2, _ := h.send("alice@example.com", []string{"carol@example.net"}, crlf(htmlMsg))
+	id1, id2 := queueID(t, reply1), queueID(t, reply2)
+	h.ledger.waitStatus(t, id1, 0, StatusDeferred)
+	h.ledger.waitStatus(t, id2, 0, StatusDeferred)
+
+	srv := httptest.NewServer(h.d.AdminHandler())
+	defer srv.Close()
+	var list []Envelope
+	resp, _ := http.Get(srv.URL + "/queue")
+	json.NewDecoder(resp.Body).Decode(&list)
+	resp.Body.Close()
+	if len(list) != 2 {
+		t.Fatalf("queue list: %d entries", len(list))
+	}
+	if resp, _ := http.Get(srv.URL + "/queue/NOPE"); resp.StatusCode != 404 {
+		t.Errorf("show unknown: %d", resp.StatusCode)
+	}
+	// Retry one now: it goes through on its second attempt without waiting an hour.
+	resp, _ = http.Post(srv.URL+"/queue/"+id1+"/retry", "", nil)
+	resp.Body.Close()
+	h.ledger.waitStatus(t, id1, 0, StatusDelivered)
+	// Delete the other with a bounce.
+	resp, _ = http.Post(srv.URL+"/queue/"+id2+"/delete?bounce=true", "", nil)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("delete: %d", resp.StatusCode)
+	}
+	r := h.ledger.waitStatus(t, id2, 0, StatusBounced)
+	if !strings.Contains(r.LastResponse, "operator") {
+		t.Errorf("last response %q", r.LastResponse)
+	}
+	if _, err := h.spool.Get(id2); !errors.Is(err, ErrNoSuchMessage) {
+		t.Errorf("deleted message still queued: %v", err)
+	}
+	var dsn bool
+	for _, m := range h.sink.waitFor(t, 2) {
+		if m.To == "alice@example.com" && bytes.Contains(m.Data, []byte("carol@example.net")) {
+			dsn = true
+		}
+	}
+	if !dsn {
+		t.Error("no bounce for the deleted message")
+	}
+}
