@@ -341,10 +341,17 @@ func redirectTarget(dest string) (string, bool) {
 		b.WriteByte(hexDigits[c>>4])
 		b.WriteByte(hexDigits[c&15])
 	}
+	loc := dest
 	if b.Len() > 0 {
-		return b.String(), true
+		loc = b.String()
 	}
-	return dest, true
+	// Browsers read a backslash as a slash in http(s) URLs. When Go can
+	// parse the URL, it must name a host; when it cannot (e.g. a stray '%'
+	// in the path, which browsers accept), the checks above have to do.
+	if u, err := url.Parse(strings.ReplaceAll(loc, "\\", "/")); err == nil && u.Hostname() == "" {
+		return "", false
+	}
+	return loc, true
 }
 
 func (h *handler) serveHealth(w http.ResponseWriter, r *http.Request) {

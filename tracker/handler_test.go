@@ -539,3 +539,60 @@ func TestHealthz(t *testing.T) {
 		t.Errorf("healthz: %d %q", resp.StatusCode, body)
 	}
 }
+
+func TestPixel_concurrentHitsAllLand(t *testing.T) {
+	e := newTestEnv(t, nil, nil)
+	const n = 100
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			resp, err := http.Get(e.mint.OpenURL())
+			if err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+				if cerr := resp.Body.Close(); err == nil {
+					err = cerr
+				}
+				if err == nil && resp.StatusCode != http.StatusOK {
+					err = errors.New(resp.Status)
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := len(e.view(t).Events); got != n {
+		t.Errorf("%d events recorded, want %d", got, n)
+	}
+	if got := counterValue(t, e.reg, "trackrelay_tracking_events_lost_total"); got != 0 {
+		t.Errorf("events_lost_total = %v", got)
+	}
+}
+
+func FuzzRedirectTarget(f *testing.F) {
+	for _, s := range []string{"https://a.example/x?y=1&z=%20", " http://a b\t/\n", "javascript:x", "https:/x", "http://é"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, dest string) {
+		loc, ok := redirectTarget(dest)
+		if !ok {
+			return
+		}
+		lower := strings.ToLower(loc)
+		if !strings.HasPrefix(lower, "http:") && !strings.HasPrefix(lower, "https:") {
+			t.Fatalf("%q -> %q: not http(s)", dest, loc)
+		}
+		for i := 0; i < len(loc); i++ {
+			if loc[i] <= ' ' || loc[i] >= 0x7f {
+				t.Fatalf("%q -> %q: raw byte %#x", dest, loc, loc[i])
+			}
+		}
+		u, err := url.Parse(strings.ReplaceAll(loc, "\\", "/"))
+		if err == nil && u.Hostname() == "" {
+			t.Fatalf("%q -> %q: no host", dest, loc)
+		}
+	})
+}

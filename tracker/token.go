@@ -159,7 +159,7 @@ func (k *Keyring) Verify(token string) (Token, error) {
 	if i := strings.LastIndexByte(token, '.'); i >= 0 {
 		token = token[:i]
 	}
-	if len(token) == 0 || len(token) > MaxTokenLen {
+	if len(token) == 0 || len(token) > MaxTokenLen || !isTokenAlphabet(token) {
 		return Token{}, ErrBadToken
 	}
 	b, err := tokenEncoding.DecodeString(token)
@@ -200,6 +200,18 @@ func (k *Keyring) Verify(token string) (Token, error) {
 		return Token{}, ErrBadToken
 	}
 	return t, nil
+}
+
+// isTokenAlphabet reports whether s has only URL-safe base64 characters (the
+// decoder itself would skip line breaks, giving one token many spellings).
+func isTokenAlphabet(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func readString(p []byte) (string, []byte, bool) {

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Delivery benchmark of the built binary, end to end: Postfix's smtp-source
+# (8 sessions) submits into trackrelay, which spools durably, instruments
+# each copy (tracking on) and delivers it to Postfix's smtp-sink. In the same
+# run, smtp-source straight into smtp-sink gives the ceiling.
+#
+#   bash bench/delivery.sh [RUNS]        (default 3 runs; medians reported)
+#
+# Needs Debian's postfix package (smtp-source, smtp-sink) and the sample
+# messages in ../shared/bench. Everything listens on 127.0.0.1.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+RUNS=${1:-3}
+SHARED=${SHARED:-../shared/bench}
+WORK=$(mktemp -d /tmp/trackrelay-bench.XXXXXX)
+SINK_PID=""
+RELAY_PID=""
+cleanup() {
+    [ -n "$RELAY_PID" ] && kill -9 "$RELAY_PID" 2>/dev/null || true
+    [ -n "$SINK_PID" ] && kill -9 "$SINK_PID" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+for tool in smtp-source smtp-sink; do
+    command -v "$tool" >/dev/null || PATH="$PATH:/usr/sbin"
+    command -v "$tool" >/dev/null || { echo "bench: $tool not found (apt-get install postfix)"; exit 1; }
+done
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+
+go build -o "$WORK/trackrelay" ./cmd/trackrelay
+SINK_PORT=$(free_port)
+# smtp-sink as root needs -u; -c would print a counter, we count at the relay.
+smtp-sink -u nobody 127.0.0.1:"$SINK_PORT" 256 >/dev/null 2>&1 &
+SINK_PID=$!
+sleep 0.3
+
+# delivered_count reads the relay's counter of delivered copies.
+delivered_count() {
+    curl -s "http://127.0.0.1:$METRICS_PORT/metrics" |
+        awk '/^trackrelay_delivery_attempts_total\{result="delivered"\}/ {print $2; f=1} END {if (!f) print 0}'
+}
+
+start_relay() {
+    SMTP_PORT=$(free_port); HTTP_PORT=$(free_port); METRICS_PORT=$(free_port)
+    rm -rf "$WORK/data"
+    cat >"$WORK/config.yaml" <<EOF
+data_dir: $WORK/data
+smtp:
+  listen: 127.0.0.1:$SMTP_PORT
+  hostname: relay.bench
+  max_connections_per_ip: 1000
+upstream:
+  address: 127.0.0.1:$SINK_PORT
+  tls: none
+  max_connections: 8
+http:
+  listen: 127.0.0.1:$HTTP_PORT
+metrics:
+  listen: 127.0.0.1:$METRICS_PORT
+tracking:
+  base_url: https://t.example.com
+  mode: all
+log:
+  level: warn
+accounts:
+  - name: bench
+    networks: [127.0.0.0/8]
+EOF
+    "$WORK/trackrelay" serve -config "$WORK/config.yaml" >"$WORK/relay.log" 2>&1 &
+    RELAY_PID=$!
+    for _ in $(seq 100); do
+        curl -s "http://127.0.0.1:$METRICS_PORT/metrics" >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    echo "bench: relay did not start"; cat "$WORK/relay.log"; exit 1
+}
+
+stop_relay() {
+    kill -TERM "$RELAY_PID"
+    wait "$RELAY_PID" 2>/dev/null || true
+    RELAY_PID=""
+}
+
+# ceiling FILE M [-d]: msgs/s of smtp-source straight into smtp-sink.
+ceiling() {
+    local t0 t1
+    t0=$(now)
+    smtp-source -s 8 -m "$2" $3 -f sender@bench.test -t rcpt@example.net -F "$1" 127.0.0.1:"$SINK_PORT"
+    t1=$(now)
+    python3 -c "print(f'{$2/($t1-$t0):.1f}')"
+}
+
+# relayed FILE M [-d]: msgs/s from the first submission to the last copy
+# delivered upstream; also records the relay's peak RSS in $WORK/rss.
+relayed() {
+    local t0 t1 n
+    start_relay
+    t0=$(now)
+    smtp-source -s 8 -m "$2" $3 -f sender@bench.test -t rcpt@example.net -F "$1" 127.0.0.1:"$SMTP_PORT"
+    for _ in $(seq 6000); do
+        n=$(delivered_count)
+        [ "${n%.*}" -ge "$2" ] && break
+        sleep 0.01
+    done
+    t1=$(now)
+    awk '/VmHWM/ {print $2}' "/proc/$RELAY_PID/status" >"$WORK/rss"
+    stop_relay
+    [ "${n%.*}" -ge "$2" ] || { echo "bench: only $n of $2 delivered"; exit 1; }
+    python3 -c "print(f'{$2/($t1-$t0):.1f}')"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+report() { # name file M flags
+    local c=() r=() rss=()
+    for _ in $(seq "$RUNS"); do
+        c+=("$(ceiling "$2" "$3" "$4")")
+        r+=("$(relayed "$2" "$3" "$4")")
+        rss+=("$(cat "$WORK/rss")")
+    done
+    local cm rm rssm
+    cm=$(printf '%s\n' "${c[@]}" | median)
+    rm=$(printf '%s\n' "${r[@]}" | median)
+    rssm=$(printf '%s\n' "${rss[@]}" | sort -n | tail -n1)
+    printf '%-28s ceiling %8s msg/s   trackrelay %8s msg/s   %5.1f%% of ceiling   peak RSS %d MB   (runs: ceiling %s; trackrelay %s)\n' \
+        "$1" "$cm" "$rm" "$(python3 -c "print(100*$rm/$cm)")" $((rssm / 1024)) "${c[*]}" "${r[*]}"
+}
+
+echo "bench: $(nproc) cores, $RUNS runs each, medians; peak RSS is the largest of the runs"
+report "20 KB, M=2000" "$SHARED/msg-html-20k.eml" 2000 ""
+report "20 KB, M=2000, reuse (-d)" "$SHARED/msg-html-20k.eml" 2000 "-d"
+report "5 MB, M=50" "$SHARED/msg-attach-5m.eml" 50 ""
