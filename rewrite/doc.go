@@ -38,6 +38,11 @@
 //     are ASCII. Parts in UTF-16/32, UTF-7, ISO-2022-*, HZ or EBCDIC code pages
 //     are left untouched.
 //   - <base href> is ignored: relative links stay relative and untracked.
+//   - data-notrack attributes are removed when clicks are tracked; with
+//     click tracking off the links are not touched at all.
+//   - A header block that ends at a broken line instead of an empty line is
+//     read the way mail clients read it (the body starts at that line), but
+//     an HTML body there is not edited: other readers may see header lines.
 //   - The pixel is placed right after <body ...> (or before the first body
 //     content when there is no <body> tag), not at the end, so that it still
 //     loads when Gmail clips a long message. See pixelMarkup.

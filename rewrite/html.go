@@ -162,6 +162,48 @@ var rawTextElements = map[string]bool{
 	"iframe": true, "noembed": true, "noframes": true, "noscript": true,
 }
 
+// knownTags are the names the scan compares against, interned so that
+// converting a tag name to a string does not allocate for them.
+var knownTags = func() map[string]string {
+	m := make(map[string]string)
+	for _, n := range []string{"a", "area", "img", "body", "div", "blockquote", "hr", "p", "span",
+		"table", "tbody", "tr", "td", "th", "font", "b", "i", "u", "strong", "em", "br", "center",
+		"h1", "h2", "h3", "h4", "ul", "ol", "li", "o:p", "meta", "link", "style", "title", "head",
+		"html", "script", "noscript", "sup", "sub", "small", "pre", "code", "v:roundrect", "v:rect"} {
+		m[n] = n
+	}
+	for n := range headElements {
+		m[n] = n
+	}
+	for n := range rawTextElements {
+		m[n] = n
+	}
+	return m
+}()
+
+// rawTagName returns the lower-case name of the tag whose name starts b,
+// read with the Tokenizer's rule (up to white space, '/' or '>'). It does
+// not allocate for common names, unlike Tokenizer.TagName.
+func rawTagName(b []byte) string {
+	n := 0
+	for n < len(b) && !isHTMLSpace(b[n]) && b[n] != '/' && b[n] != '>' {
+		n++
+	}
+	var buf [16]byte
+	if n <= len(buf) {
+		for i, c := range b[:n] {
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			buf[i] = c
+		}
+		if name, ok := knownTags[string(buf[:n])]; ok {
+			return name
+		}
+	}
+	return lowerASCII(b[:n])
+}
+
 var errTokenGap = errors.New("rewrite: HTML tokens do not cover the document")
 
 // scan walks doc, an HTML document or the inside of a conditional comment
@@ -209,8 +251,7 @@ func (s *htmlScan) scan(doc []byte, base int, inComment, quoted bool) error {
 			}
 
 		case html.StartTagToken, html.SelfClosingTagToken:
-			nb, _ := z.TagName()
-			name := string(nb)
+			name := rawTagName(raw[1:])
 			if !inComment && !s.pixelDone && !headElements[name] {
 				if name == "body" {
 					s.placePixel(abs + len(raw))
@@ -256,8 +297,7 @@ func (s *htmlScan) scan(doc []byte, base int, inComment, quoted bool) error {
 			}
 
 		case html.EndTagToken:
-			nb, _ := z.TagName()
-			name := string(nb)
+			name := rawTagName(raw[2:])
 			q.endTag(name)
 			if pend != nil && name == pend.name {
 				finish()

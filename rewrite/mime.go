@@ -129,8 +129,10 @@ func copyLines(w *bufio.Writer, src lineSource) error {
 
 // header is an entity's header block as read, with its fields located.
 type header struct {
-	raw    []byte // the block including the empty line that ends it, if any
-	fields []field
+	raw      []byte // the block including the empty line that ends it, if any
+	fields   []field
+	lateDKIM bool // a DKIM-Signature field follows a broken line of the block
+	noBody   bool // no empty line ended the block: what follows is not safely a body to edit
 }
 
 // field is one header field; start and end delimit it in header.raw,
@@ -142,8 +144,11 @@ type field struct {
 }
 
 // readHeader reads a header block up to and including the empty line that
-// ends it (or the end of the body).
-func readHeader(src lineSource) (*header, error) {
+// ends it (or the end of the body). Like Python's email package and most mail
+// clients, it also ends the block at a line that is neither a field nor a
+// continuation (a missing empty line): that line is then the first line of
+// the body, and the returned lineSource yields it before the rest of src.
+func readHeader(src lineSource) (*header, lineSource, error) {
 	var raw []byte
 	for {
 		line, start, err := src.readLine()
@@ -151,22 +156,98 @@ func readHeader(src lineSource) (*header, error) {
 			break
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+		if start && !isHeaderLine(line, len(raw) > 0) {
+			return endHeaderEarly(raw, line, src)
 		}
 		raw = append(raw, line...)
 		if len(raw) > MaxHeaderBytes {
-			return nil, errHeaderTooBig
+			return nil, nil, errHeaderTooBig
 		}
 		if start && (len(line) == 1 && line[0] == '\n' || len(line) == 2 && line[0] == '\r' && line[1] == '\n') {
-			break
+			return parseHeader(raw), src, nil
 		}
 	}
-	return parseHeader(raw), nil
+	h := parseHeader(raw)
+	h.noBody = true
+	return h, src, nil
 }
 
-// parseHeader locates the fields of a raw header block. It is lenient: a line
-// that is neither a field nor a continuation is ignored, since the walk only
-// needs a few fields and copies the block as it is.
+// isHeaderLine reports whether line can belong to a header block: the empty
+// line ending it, a continuation (not first), or "name:" with a name of
+// printable ASCII (RFC 5322 section 2.2; white space before the colon and an
+// empty name are tolerated, as go-message does).
+func isHeaderLine(line []byte, notFirst bool) bool {
+	t := bytes.TrimRight(line, "\r\n")
+	if len(t) == 0 {
+		return true
+	}
+	if t[0] == ' ' || t[0] == '\t' {
+		return notFirst
+	}
+	i := bytes.IndexByte(t, ':')
+	if i < 0 {
+		return false
+	}
+	for _, c := range bytes.TrimRight(t[:i], " \t") {
+		if c < 33 || c > 126 {
+			return false
+		}
+	}
+	return true
+}
+
+// endHeaderEarly ends a header block at line, which is not a header line.
+// It reads ahead to the empty line that was meant to end the block, only to
+// see whether a DKIM-Signature stands there: a signed message must not be
+// edited however its header is broken. The lines read are replayed as body.
+func endHeaderEarly(raw, line []byte, src lineSource) (*header, lineSource, error) {
+	h := parseHeader(raw)
+	h.noBody = true
+	ahead := append([]byte(nil), line...)
+	for len(ahead) <= MaxHeaderBytes {
+		if hasPrefixFold(string(line), "dkim-signature:") {
+			h.lateDKIM = true
+		}
+		if len(bytes.TrimRight(line, "\r\n")) == 0 {
+			break
+		}
+		var err error
+		line, _, err = src.readLine()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		ahead = append(ahead, line...)
+	}
+	return h, &prefixSource{buf: ahead, start: true, rest: src}, nil
+}
+
+// prefixSource yields saved bytes as lines, then the rest of a source.
+type prefixSource struct {
+	buf   []byte
+	start bool // the next line of buf begins a line
+	rest  lineSource
+}
+
+func (p *prefixSource) readLine() ([]byte, bool, error) {
+	if len(p.buf) == 0 {
+		return p.rest.readLine()
+	}
+	n := bytes.IndexByte(p.buf, '\n') + 1
+	if n == 0 {
+		n = len(p.buf)
+	}
+	line, start := p.buf[:n], p.start
+	p.buf = p.buf[n:]
+	p.start = line[len(line)-1] == '\n'
+	return line, start, nil
+}
+
+// parseHeader locates the fields of a raw header block.
 func parseHeader(raw []byte) *header {
 	h := &header{raw: raw}
 	cur := -1 // index of the field being continued
@@ -178,8 +259,7 @@ func parseHeader(raw []byte) *header {
 		line := raw[off:end]
 		switch {
 		case len(bytes.TrimRight(line, "\r\n")) == 0:
-			// the empty line ending the block
-			cur = -1
+			cur = -1 // the empty line ending the block
 		case line[0] == ' ' || line[0] == '\t':
 			if cur >= 0 {
 				h.fields[cur].end = end
@@ -187,11 +267,12 @@ func parseHeader(raw []byte) *header {
 		default:
 			cur = -1
 			if i := bytes.IndexByte(line, ':'); i > 0 {
-				name := strings.ToLower(string(bytes.TrimRight(line[:i], " \t")))
-				if name != "" {
-					h.fields = append(h.fields, field{name: name, start: off, end: end})
-					cur = len(h.fields) - 1
-				}
+				h.fields = append(h.fields, field{
+					name:  strings.ToLower(string(bytes.TrimRight(line[:i], " \t"))),
+					start: off,
+					end:   end,
+				})
+				cur = len(h.fields) - 1
 			}
 		}
 		off = end
@@ -199,8 +280,7 @@ func parseHeader(raw []byte) *header {
 	for i := range h.fields {
 		f := &h.fields[i]
 		v := raw[f.start:f.end]
-		v = v[bytes.IndexByte(v, ':')+1:]
-		f.value = unfold(v)
+		f.value = unfold(v[bytes.IndexByte(v, ':')+1:])
 	}
 	return h
 }

@@ -17,6 +17,9 @@ func (m *messageRewriter) htmlPart(w *bufio.Writer, src lineSource, h *header, p
 	enc := h.transferEncoding()
 	switch enc {
 	case "", "7bit", "8bit", "binary", "quoted-printable", "base64":
+	case "7-bit", "8-bit", "7bits", "8bits":
+		// Misspellings seen in the wild of encodings that leave bytes as they are.
+		enc = "8bit"
 	default:
 		m.noteSkip(SkipEncoding)
 		return m.copyEntity(w, src, h)
@@ -47,6 +50,12 @@ func (m *messageRewriter) htmlPart(w *bufio.Writer, src lineSource, h *header, p
 		body = append(body, line...)
 	}
 	m.buf = body[:0]
+	if len(body) == 0 {
+		// Nothing to instrument; and in a multipart, the line ending before
+		// the next delimiter was the header's empty line, so any byte added
+		// here would run into the delimiter.
+		return m.copyEntity(w, src, h)
+	}
 
 	hraw, out, changed, err := m.instrument(h, enc, body)
 	if err != nil {
@@ -73,7 +82,10 @@ func (m *messageRewriter) instrument(h *header, enc string, body []byte) (hraw, 
 	var doc []byte
 	switch enc {
 	case "quoted-printable":
-		doc, err = io.ReadAll(quotedprintable.NewReader(bytes.NewReader(content)))
+		var b bytes.Buffer
+		b.Grow(len(content))
+		_, err = b.ReadFrom(quotedprintable.NewReader(bytes.NewReader(content)))
+		doc = b.Bytes()
 	case "base64":
 		doc, err = decodeBase64(content)
 	default:
@@ -88,15 +100,8 @@ func (m *messageRewriter) instrument(h *header, enc string, body []byte) (hraw, 
 		return nil, nil, false, nil
 	}
 
-	s := htmlScan{rules: &m.rules, clicks: m.opts.Clicks, opens: m.opts.Opens}
-	if err := s.scan(doc, 0, false, false); err != nil {
-		return nil, nil, false, err
-	}
-	if len(s.edits) == 0 {
-		return nil, nil, false, nil
-	}
-	doc, err = m.applyEdits(doc, s.edits)
-	if err != nil {
+	doc, changed, err = m.rewriteHTML(doc)
+	if err != nil || !changed {
 		return nil, nil, false, err
 	}
 
@@ -123,8 +128,24 @@ func (m *messageRewriter) instrument(h *header, enc string, body []byte) (hraw, 
 
 	m.res.Changed = true
 	m.res.HTMLParts++
-	m.res.PixelsRemoved += s.removed
 	return hraw, out, true, nil
+}
+
+// rewriteHTML returns the instrumented copy of one decoded HTML document, or
+// changed == false when there is nothing to do in it.
+func (m *messageRewriter) rewriteHTML(doc []byte) (out []byte, changed bool, err error) {
+	s := htmlScan{rules: &m.rules, clicks: m.opts.Clicks, opens: m.opts.Opens, attrs: m.attrs}
+	err = s.scan(doc, 0, false, false)
+	m.attrs = s.attrs[:0]
+	if err != nil || len(s.edits) == 0 {
+		return nil, false, err
+	}
+	out, err = m.applyEdits(doc, s.edits)
+	if err != nil {
+		return nil, false, err
+	}
+	m.res.PixelsRemoved += s.removed
+	return out, true, nil
 }
 
 // splitTail splits the final line ending off body.

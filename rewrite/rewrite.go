@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 )
 
 // Minter mints the tracking URLs of one recipient's copy.
@@ -55,6 +56,9 @@ const (
 	SkipEncoding = "unsupported-encoding"
 	// SkipTooLarge: the only HTML is larger than MaxHTMLBytes.
 	SkipTooLarge = "html-too-large"
+	// SkipMalformed: the only HTML has a header block not ended by an empty
+	// line, so where its body starts is a guess.
+	SkipMalformed = "malformed-header"
 )
 
 // Limits. They bound memory per message, whatever its size.
@@ -70,6 +74,16 @@ const (
 	readBufSize = 64 << 10
 )
 
+// The read and write buffers are reused across messages: a relay rewrites
+// one copy per recipient, and 96 KiB per call would dominate its garbage.
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
+)
+
+// errInternal wraps a panic turned into an error.
+var errInternal = errors.New("rewrite: internal error")
+
 // ErrMinter is returned when tracking is asked for without a Minter.
 var ErrMinter = errors.New("rewrite: Options.Minter is nil")
 
@@ -81,33 +95,42 @@ func Message(w io.Writer, r io.Reader, opts Options) (res Result, err error) {
 		// error, and the caller delivers the original.
 		if p := recover(); p != nil {
 			res = Result{}
-			err = fmt.Errorf("rewrite: internal error: %v", p)
+			err = fmt.Errorf("%w: %v", errInternal, p)
 		}
 	}()
 	if (opts.Opens || opts.Clicks) && opts.Minter == nil {
 		return Result{}, ErrMinter
 	}
 
-	bw := bufio.NewWriterSize(w, 32<<10)
-	src := &baseSource{br: bufio.NewReaderSize(r, readBufSize), start: true}
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(w)
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(r)
+	defer func() {
+		bw.Reset(nil)
+		writerPool.Put(bw)
+		br.Reset(nil)
+		readerPool.Put(br)
+	}()
+	src := &baseSource{br: br, start: true}
 
-	h, err := readHeader(src)
+	h, body, err := readHeader(src)
 	if err != nil {
 		return Result{}, err
 	}
 
 	m := newMessageRewriter(opts, h)
 	switch {
-	case h.has("dkim-signature"):
+	case h.has("dkim-signature") || h.lateDKIM:
 		// The signature covers the body (and usually Content-Type); any edit
 		// breaks it. The relay may sign again after rewriting.
 		m.early = SkipDKIM
-		err = m.copyEntity(bw, src, h)
+		err = m.copyEntity(bw, body, h)
 	case !opts.Opens && !opts.Clicks:
 		m.early = SkipNothingToDo
-		err = m.copyEntity(bw, src, h)
+		err = m.copyEntity(bw, body, h)
 	default:
-		err = m.entity(bw, src, h, 0)
+		err = m.entity(bw, body, h, 0)
 	}
 	if err != nil {
 		return Result{}, err
@@ -126,10 +149,11 @@ type messageRewriter struct {
 
 	links   map[string]int
 	res     Result
-	sawHTML bool   // an eligible text/html part was seen
-	early   string // the whole message was passed through for this reason
-	buf     []byte // reused body buffer of HTML parts
-	skip    string // reason recorded when a part was left alone
+	sawHTML bool      // an eligible text/html part was seen
+	early   string    // the whole message was passed through for this reason
+	buf     []byte    // reused body buffer of HTML parts
+	attrs   []tagAttr // reused attribute scratch
+	skip    string    // reason recorded when a part was left alone
 }
 
 func newMessageRewriter(opts Options, h *header) *messageRewriter {
@@ -195,6 +219,10 @@ func (m *messageRewriter) entity(w *bufio.Writer, src lineSource, h *header, dep
 		return m.multipart(w, src, boundary, depth)
 	case mt == "text/html" && h.disposition() != "attachment":
 		m.sawHTML = true
+		if h.noBody {
+			m.noteSkip(SkipMalformed)
+			return m.copyEntity(w, src, h)
+		}
 		return m.htmlPart(w, src, h, params)
 	default:
 		// Includes message/rfc822: an attached message is history, not ours.
@@ -230,11 +258,11 @@ func (m *messageRewriter) multipart(w *bufio.Writer, src lineSource, boundary st
 			return copyLines(w, src) // epilogue, up to the parent's delimiter
 		}
 		ps.next()
-		h, err := readHeader(ps)
+		h, body, err := readHeader(ps)
 		if err != nil {
 			return err
 		}
-		if err := m.entity(w, ps, h, depth+1); err != nil {
+		if err := m.entity(w, body, h, depth+1); err != nil {
 			return err
 		}
 		if err := copyLines(w, ps); err != nil {

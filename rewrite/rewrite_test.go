@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"golang.org/x/net/html"
 )
 
 // htmlMessage wraps an HTML body into a single-part CRLF message.
@@ -652,8 +654,16 @@ func TestScanAttrsAgreesWithTokenizer(t *testing.T) {
 		`<a href="x"title='t'>`,
 		`<a b c=d e = "f" g='h'i=j>`,
 		`<area href>`,
+		`<V:RoundRect href="x">`,
+		`<BlockQuote Type=cite>`,
+		`<averyveryverylongtagname-beyond-sixteen href=x>`,
 		"<a\thref\n=\n\"x y\"\f>",
 	} {
+		z := html.NewTokenizer(strings.NewReader(tag))
+		z.Next()
+		if name, _ := z.TagName(); rawTagName([]byte(tag[1:])) != string(name) {
+			t.Errorf("%q: name %q, want %q", tag, rawTagName([]byte(tag[1:])), name)
+		}
 		got := scanAttrs([]byte(tag), nil)
 		want := tokenizerAttrs(tag)
 		if len(got) != len(want) {
@@ -688,5 +698,32 @@ func TestUnescapeAttr(t *testing.T) {
 		if got := unescapeAttr(in); got != want {
 			t.Errorf("unescapeAttr(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestBrokenHeaderBlocks(t *testing.T) {
+	body := `<body><a href="https://x.example/1">1</a></body>`
+	// No empty line after the top-level header: the first line that is not a
+	// field starts the body; the parts below are still found.
+	in := crlf("From: a@example.com\nContent-Type: multipart/alternative; boundary=b\nThis is a multi-part message in MIME format.\n--b\nContent-Type: text/html\n\n" + body + "\n--b--\n")
+	out, res := rewrite(t, in, allOpts(newRecMinter()))
+	if res.HTMLParts != 1 || !strings.HasPrefix(out, in[:strings.Index(in, "<body>")]) {
+		t.Errorf("no separator, multipart: %+v", res)
+	}
+	// A text/html entity without that empty line is not edited: what follows
+	// could still be read as header.
+	in = crlf("From: a@example.com\nContent-Type: text/html\n" + body + "\n")
+	if out, res := rewrite(t, in, allOpts(newRecMinter())); res.Changed || out != in || res.Skipped != SkipMalformed {
+		t.Errorf("no separator, html: %+v", res)
+	}
+	// A DKIM-Signature after a broken header line still counts.
+	in = crlf("From: a@example.com\nReceived: from x\nby y; Mon\nDKIM-Signature: v=1; d=example.com\nContent-Type: text/html\n\n" + body + "\n")
+	if _, res := rewrite(t, in, allOpts(newRecMinter())); res.Skipped != SkipDKIM {
+		t.Errorf("late DKIM: %+v", res)
+	}
+	// An empty html part right before the close delimiter stays as it is.
+	in = "Content-Type: multipart/related; boundary=\"r\"\n\n--r\nContent-Type: text/html\n\n--r--"
+	if out, res := rewrite(t, in, allOpts(newRecMinter())); res.Changed || out != in {
+		t.Errorf("empty part: %+v", res)
 	}
 }
