@@ -131,6 +131,7 @@ report() { # name file M flags
 }
 
 echo "bench: $(nproc) cores, $RUNS runs each, medians; peak RSS is the largest of the runs"
-report "20 KB, M=2000" "$SHARED/msg-html-20k.eml" 2000 ""
-report "20 KB, M=2000, reuse (-d)" "$SHARED/msg-html-20k.eml" 2000 "-d"
-report "5 MB, M=50" "$SHARED/msg-attach-5m.eml" 50 ""
+# ONLY=20k, ONLY=20k-reuse or ONLY=5m runs one case.
+case "${ONLY:-all}" in all|20k) report "20 KB, M=2000" "$SHARED/msg-html-20k.eml" 2000 "" ;; esac
+case "${ONLY:-all}" in all|20k-reuse) report "20 KB, M=2000, reuse (-d)" "$SHARED/msg-html-20k.eml" 2000 "-d" ;; esac
+case "${ONLY:-all}" in all|5m) report "5 MB, M=50" "$SHARED/msg-attach-5m.eml" 50 "" ;; esac

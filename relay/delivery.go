@@ -57,6 +57,9 @@ type Deliverer struct {
 	mu        sync.Mutex
 	jobs      jobHeap
 	pending   map[string]bool // messages whose ledger record is still to be written
+	linked    map[string]bool // messages whose links the ledger has
+	announceQ chan *Envelope
+	outbox    *dirSyncer
 	sending   int
 	wake      chan struct{}
 	stopping  bool
@@ -113,9 +116,12 @@ func NewDeliverer(cfg DeliveryConfig, spool *Spool, ledger Ledger, minters Minte
 	}
 	d := &Deliverer{
 		cfg: cfg, spool: spool, ledger: ledger, minters: minters, log: log, metrics: m,
-		pending:  map[string]bool{},
-		wake:     make(chan struct{}, 1),
-		stopWork: make(chan struct{}),
+		pending:   map[string]bool{},
+		linked:    map[string]bool{},
+		announceQ: make(chan *Envelope, 4096),
+		outbox:    newDirSyncer(cfg.CaptureDir),
+		wake:      make(chan struct{}, 1),
+		stopWork:  make(chan struct{}),
 	}
 	if cfg.Upstream != nil {
 		up := *cfg.Upstream
@@ -162,6 +168,11 @@ func (d *Deliverer) Start() error {
 			d.wg.Add(1)
 			go d.worker()
 		}
+		// Announcers write the ledger records of new messages off the SMTP
+		// path; their stores group concurrent writes into one commit.
+		for range 4 {
+			go d.announcer()
+		}
 	})
 	return nil
 }
@@ -172,6 +183,10 @@ func (d *Deliverer) Submit(env *Envelope, announced bool) {
 	d.mu.Lock()
 	if !announced {
 		d.pending[env.ID] = true
+		select {
+		case d.announceQ <- env:
+		default: // the worker announces it before its first attempt
+		}
 	}
 	for i := range env.Recipients {
 		r := &env.Recipients[i]
@@ -318,37 +333,40 @@ func (d *Deliverer) run(j job) {
 	d.metrics.attempts.WithLabelValues(result).Inc()
 	d.metrics.attemptDuration.WithLabelValues(result).Observe(time.Since(start).Seconds())
 
-	updated, err := d.spool.Update(env.ID, func(e *Envelope) error {
-		e.Recipients[j.rcpt] = rc
-		return nil
-	})
+	// Notices first, then the ledger, then the spool record: a crash in
+	// between repeats a step (a second notice, a second attempt), it never
+	// loses one.
+	if rc.Status == StatusDeferred && !rc.Warned && d.cfg.DelayWarning > 0 &&
+		now.Sub(env.AcceptedAt) >= d.cfg.DelayWarning && !env.Bounce && env.From != "" {
+		if err := d.notify(env, rc, actionDelayed); err != nil {
+			log.Error("could not queue the delayed notice", "err", err)
+		} else {
+			rc.Warned = true
+		}
+	}
+	if rc.Status == StatusBounced {
+		if err := d.bounce(env, rc); err != nil {
+			log.Error("bounce: could not queue the delivery status notification", "err", err)
+		}
+	}
+	log.Info("delivery "+result, "to", rc.Address, "attempt", rc.Attempts, "response", rc.LastResponse)
+	if !env.Bounce { // the relay's own notifications are not the app's messages
+		if err := d.ledger.Delivery(context.Background(), env.ID, j.rcpt, rc); err != nil {
+			d.metrics.ledgerErrors.Inc()
+			log.Error("ledger: recording delivery status failed", "err", err)
+		}
+	}
+	done, err := d.spool.Record(env.ID, j.rcpt, rc)
 	if err != nil {
-		// Not recorded: the copy is tried again, at least once is kept.
+		if errors.Is(err, ErrNoSuchMessage) {
+			return // deleted by the operator meanwhile
+		}
+		// Not recorded: the copy is tried again; at least once is kept.
 		log.Error("delivery: recording outcome failed; will retry", "err", err)
 		d.retryLater(j, time.Minute)
 		return
 	}
-	log.Info("delivery "+result, "to", rc.Address, "attempt", rc.Attempts, "response", rc.LastResponse)
-	if env.Bounce {
-		// The relay's own notifications are not messages of the app.
-	} else if err := d.ledger.Delivery(context.Background(), env.ID, j.rcpt, rc); err != nil {
-		d.metrics.ledgerErrors.Inc()
-		log.Error("ledger: recording delivery status failed", "err", err)
-	}
-	warn := rc.Status == StatusDeferred && !rc.Warned && d.cfg.DelayWarning > 0 &&
-		now.Sub(env.AcceptedAt) >= d.cfg.DelayWarning && !env.Bounce && env.From != ""
-	if warn {
-		if err := d.notify(env, rc, actionDelayed); err != nil {
-			log.Error("could not queue the delayed notice", "err", err)
-		} else if _, err := d.spool.Update(env.ID, func(e *Envelope) error {
-			e.Recipients[j.rcpt].Warned = true
-			return nil
-		}); err != nil {
-			log.Error("recording the delayed notice", "err", err)
-		}
-	}
-	switch rc.Status {
-	case StatusDeferred:
+	if rc.Status == StatusDeferred {
 		d.mu.Lock()
 		heap.Push(&d.jobs, job{id: env.ID, rcpt: j.rcpt, due: rc.NextAttempt})
 		d.mu.Unlock()
@@ -356,17 +374,11 @@ func (d *Deliverer) run(j job) {
 		case d.wake <- struct{}{}:
 		default:
 		}
-	case StatusBounced:
-		if err := d.bounce(env, rc); err != nil {
-			log.Error("bounce: could not queue the delivery status notification", "err", err)
-		}
 	}
-	if updated.Done() {
-		if err := d.spool.Remove(env.ID); err != nil {
-			log.Error("spool: removing delivered message", "err", err)
-		}
+	if done {
 		d.mu.Lock()
 		delete(d.pending, env.ID)
+		delete(d.linked, env.ID)
 		d.mu.Unlock()
 	}
 }
@@ -376,6 +388,17 @@ func (d *Deliverer) retryLater(j job, after time.Duration) {
 	j.due = time.Now().Add(after)
 	heap.Push(&d.jobs, j)
 	d.mu.Unlock()
+}
+
+func (d *Deliverer) announcer() {
+	for {
+		select {
+		case env := <-d.announceQ:
+			d.announce(env)
+		case <-d.stopWork:
+			return
+		}
+	}
 }
 
 // announce writes the ledger record of a message whose acceptance could not
@@ -497,10 +520,18 @@ func (d *Deliverer) instrument(env *Envelope, idx int, f *os.File, log *slog.Log
 	}
 	d.metrics.rewrites.WithLabelValues("rewritten").Inc()
 	d.metrics.linksRewritten.Add(float64(len(res.Links)))
-	if len(res.Links) > 0 {
+	d.mu.Lock()
+	linked := d.linked[env.ID]
+	d.mu.Unlock()
+	if len(res.Links) > 0 && !linked {
+		// Every copy has the same links: the ledger needs them once.
 		if err := d.ledger.Links(context.Background(), env.ID, res.Links); err != nil {
 			d.metrics.ledgerErrors.Inc()
 			log.Error("ledger: recording links failed", "err", err)
+		} else {
+			d.mu.Lock()
+			d.linked[env.ID] = true
+			d.mu.Unlock()
 		}
 	}
 	size, err := out.Seek(0, io.SeekCurrent)
@@ -561,7 +592,7 @@ func (d *Deliverer) capture(env *Envelope, idx int, rcpt string, body io.Reader)
 		err = os.Rename(tmp.Name(), filepath.Join(d.cfg.CaptureDir, name))
 	}
 	if err == nil {
-		err = syncDir(d.cfg.CaptureDir)
+		err = d.outbox.sync()
 	}
 	if err != nil {
 		return "", fmt.Errorf("capture: %w", err)

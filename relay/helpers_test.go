@@ -270,7 +270,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 			SelfAddresses: o.selfAddrs,
 		}},
 	}
-	h.srv = NewServer(sc, h.spool, h.d, h.ledger, testLogger(t), nil)
+	h.srv = NewServer(sc, h.spool, h.d, testLogger(t), nil)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

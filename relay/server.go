@@ -36,7 +36,6 @@ type Server struct {
 	cfg      ServerConfig
 	smtp     *smtp.Server
 	spool    *Spool
-	ledger   Ledger
 	deliver  *Deliverer
 	log      *slog.Logger
 	metrics  *Metrics
@@ -51,15 +50,12 @@ type Server struct {
 
 // NewServer returns an SMTP server that spools into spool and hands each
 // accepted message to d.
-func NewServer(cfg ServerConfig, spool *Spool, d *Deliverer, ledger Ledger, log *slog.Logger, m *Metrics) *Server {
+func NewServer(cfg ServerConfig, spool *Spool, d *Deliverer, log *slog.Logger, m *Metrics) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if m == nil {
 		m = NewMetrics(nil)
-	}
-	if ledger == nil {
-		ledger = NopLedger{}
 	}
 	if cfg.Hostname == "" {
 		cfg.Hostname = "localhost"
@@ -79,7 +75,6 @@ func NewServer(cfg ServerConfig, spool *Spool, d *Deliverer, ledger Ledger, log 
 	s := &Server{
 		cfg:      cfg,
 		spool:    spool,
-		ledger:   ledger,
 		deliver:  d,
 		log:      log,
 		metrics:  m,

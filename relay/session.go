@@ -3,7 +3,6 @@ package relay
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -209,13 +208,9 @@ func (s *session) Data(r io.Reader) error {
 	if err := in.Commit(env); err != nil {
 		return s.fail("spool_error", in.ID(), err)
 	}
-	announced := true
-	if err := s.srv.ledger.Accepted(context.Background(), env); err != nil {
-		// The message is safe in the spool; delivery announces it again.
-		announced = false
-		s.log.Error("ledger: recording accepted message failed", "queue_id", env.ID, "err", err)
-	}
-	s.srv.deliver.Submit(env, announced)
+	// The ledger learns of the message off the SMTP path: the spool is
+	// the record that matters, and delivery announces it before any attempt.
+	s.srv.deliver.Submit(env, false)
 	s.srv.metrics.messages.WithLabelValues("accepted", "").Inc()
 	s.srv.metrics.acceptedBytes.Add(float64(env.Size))
 	s.log.Info("accepted", "queue_id", env.ID, "account", acct.Name, "from", env.From,

@@ -86,6 +86,7 @@ type Spool struct {
 	msgDir string
 	db     *bolt.DB
 	log    *slog.Logger
+	dirs   *dirSyncer
 
 	// mu serialises read-modify-write of records within this process.
 	mu sync.Mutex
@@ -117,7 +118,7 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 		db.Close()
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	return &Spool{dir: dir, msgDir: msgDir, db: db, log: log}, nil
+	return &Spool{dir: dir, msgDir: msgDir, db: db, log: log, dirs: newDirSyncer(msgDir)}, nil
 }
 
 // Close closes the record store.
@@ -195,7 +196,7 @@ func (in *Incoming) Commit(env *Envelope) error {
 		err = cerr
 	}
 	if err == nil {
-		err = syncDir(in.s.msgDir)
+		err = in.s.dirs.sync()
 	}
 	if err == nil {
 		err = in.s.put(env, true)
@@ -219,18 +220,6 @@ func (s *Spool) Enqueue(env *Envelope, body []byte) error {
 		return fmt.Errorf("spool: write: %w", err)
 	}
 	return in.Commit(env)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 func (s *Spool) put(env *Envelope, batch bool) error {
@@ -271,6 +260,43 @@ func (s *Spool) Update(id string, fn func(*Envelope) error) (*Envelope, error) {
 		return nil, err
 	}
 	return env, s.put(env, true)
+}
+
+// Record stores the state of copy idx of id in one grouped commit. When
+// every copy is then final, the record is deleted in the same transaction
+// and the message file removed after it: done reports that.
+func (s *Spool) Record(id string, idx int, rc Recipient) (done bool, err error) {
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(queueBucket)
+		v := b.Get([]byte(id))
+		if v == nil {
+			return ErrNoSuchMessage
+		}
+		env := new(Envelope)
+		if err := json.Unmarshal(v, env); err != nil {
+			return err
+		}
+		if idx >= len(env.Recipients) {
+			return fmt.Errorf("spool: %s has no recipient %d", id, idx)
+		}
+		env.Recipients[idx] = rc
+		done = env.Done()
+		if done {
+			return b.Delete([]byte(id))
+		}
+		nv, err := json.Marshal(env)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(id), nv)
+	})
+	if err != nil || !done {
+		return done, err
+	}
+	if err := os.Remove(s.path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return true, err
+	}
+	return true, nil
 }
 
 // Open opens the message file of id for reading.

@@ -136,7 +136,7 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 	if err != nil {
 		return err
 	}
-	smtpSrv := relay.NewServer(scfg, spool, deliverer, ledger, log.With("part", "smtp"), rm)
+	smtpSrv := relay.NewServer(scfg, spool, deliverer, log.With("part", "smtp"), rm)
 
 	tcfg := tracker.Config{
 		BaseURL:       dcfg.BaseURL,
