@@ -24,8 +24,9 @@ type DeliveryConfig struct {
 	// copy is written as a .eml file under CaptureDir.
 	Upstream   *UpstreamConfig
 	CaptureDir string
-	// Workers is the number of copies delivered in parallel (in upstream
-	// mode, the upstream's MaxConnections).
+	// Workers is the number of copies in hand at once (default 16, and at
+	// least four per upstream connection): a worker spends most of an
+	// attempt waiting on commits, and only the send holds a connection.
 	Workers int
 	// RetryInitial is the wait after the first failed attempt; it doubles
 	// after each failure up to RetryMax, with jitter.
@@ -130,11 +131,11 @@ func NewDeliverer(cfg DeliveryConfig, spool *Spool, ledger Ledger, minters Minte
 		}
 		d.up = newUpstreamPool(up, m)
 		if d.cfg.Workers == 0 {
-			d.cfg.Workers = d.up.cfg.MaxConnections
+			d.cfg.Workers = max(16, 4*d.up.cfg.MaxConnections)
 		}
 	}
 	if d.cfg.Workers <= 0 {
-		d.cfg.Workers = 4
+		d.cfg.Workers = 16
 	}
 	return d
 }

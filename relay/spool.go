@@ -87,6 +87,7 @@ type Spool struct {
 	db     *bolt.DB
 	log    *slog.Logger
 	dirs   *dirSyncer
+	group  *groupCommitter // concurrent writers share commits
 
 	// mu serialises read-modify-write of records within this process.
 	mu sync.Mutex
@@ -109,8 +110,6 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: open queue.db: %w (is another trackrelay running on this data_dir?)", err)
 	}
-	// Group commit: concurrent SMTP sessions share fsyncs through db.Batch.
-	db.MaxBatchDelay = 2 * time.Millisecond
 	if err := db.Update(func(tx *bolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(queueBucket)
 		return err
@@ -118,7 +117,8 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 		db.Close()
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	return &Spool{dir: dir, msgDir: msgDir, db: db, log: log, dirs: newDirSyncer(msgDir)}, nil
+	return &Spool{dir: dir, msgDir: msgDir, db: db, log: log, dirs: newDirSyncer(msgDir),
+		group: &groupCommitter{db: db}}, nil
 }
 
 // Close closes the record store.
@@ -199,7 +199,7 @@ func (in *Incoming) Commit(env *Envelope) error {
 		err = in.s.dirs.sync()
 	}
 	if err == nil {
-		err = in.s.put(env, true)
+		err = in.s.put(env)
 	}
 	in.done = true
 	if err != nil {
@@ -222,16 +222,12 @@ func (s *Spool) Enqueue(env *Envelope, body []byte) error {
 	return in.Commit(env)
 }
 
-func (s *Spool) put(env *Envelope, batch bool) error {
+func (s *Spool) put(env *Envelope) error {
 	v, err := json.Marshal(env)
 	if err != nil {
 		return err
 	}
-	fn := func(tx *bolt.Tx) error { return tx.Bucket(queueBucket).Put([]byte(env.ID), v) }
-	if batch {
-		return s.db.Batch(fn)
-	}
-	return s.db.Update(fn)
+	return s.group.update(func(tx *bolt.Tx) error { return tx.Bucket(queueBucket).Put([]byte(env.ID), v) })
 }
 
 // Get returns the record of a queued message.
@@ -259,14 +255,14 @@ func (s *Spool) Update(id string, fn func(*Envelope) error) (*Envelope, error) {
 	if err := fn(env); err != nil {
 		return nil, err
 	}
-	return env, s.put(env, true)
+	return env, s.put(env)
 }
 
 // Record stores the state of copy idx of id in one grouped commit. When
 // every copy is then final, the record is deleted in the same transaction
 // and the message file removed after it: done reports that.
 func (s *Spool) Record(id string, idx int, rc Recipient) (done bool, err error) {
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.group.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(queueBucket)
 		v := b.Get([]byte(id))
 		if v == nil {
@@ -310,7 +306,7 @@ func (s *Spool) Open(id string) (*os.File, error) {
 func (s *Spool) Remove(id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.db.Batch(func(tx *bolt.Tx) error {
+	if err := s.group.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(queueBucket).Delete([]byte(id))
 	}); err != nil {
 		return err

@@ -1,0 +1,90 @@
+package relay
+
+import (
+	"sync"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// groupCommitter runs the spool's writes in shared transactions: a write
+// that arrives while the store is idle commits at once, and the writes that
+// arrive during a commit (its fsync, mostly) all go into the next one. No
+// timer, so a lone SMTP session never waits for company, and a busy server
+// pays one fsync for many messages. bbolt's own Batch waits a fixed delay
+// before every commit.
+type groupCommitter struct {
+	db *bolt.DB
+
+	mu      sync.Mutex
+	pending []*commitReq
+	running bool
+}
+
+type commitReq struct {
+	fn   func(*bolt.Tx) error
+	err  error
+	done chan struct{}
+}
+
+// maxGroup bounds one transaction, so that one failing write costs a
+// bounded number of retries.
+const maxGroup = 256
+
+// update runs fn in a shared read-write transaction and returns once that
+// transaction is durable. fn may run twice (alone, after a shared
+// transaction failed), so it must be idempotent.
+func (g *groupCommitter) update(fn func(*bolt.Tx) error) error {
+	r := &commitReq{fn: fn, done: make(chan struct{})}
+	g.mu.Lock()
+	g.pending = append(g.pending, r)
+	if !g.running {
+		g.running = true
+		go g.loop()
+	}
+	g.mu.Unlock()
+	<-r.done
+	return r.err
+}
+
+func (g *groupCommitter) loop() {
+	for {
+		g.mu.Lock()
+		batch := g.pending
+		if len(batch) > maxGroup {
+			batch = batch[:maxGroup]
+		}
+		g.pending = g.pending[len(batch):]
+		if len(batch) == 0 {
+			g.running = false
+			g.pending = nil
+			g.mu.Unlock()
+			return
+		}
+		g.mu.Unlock()
+		g.commit(batch)
+	}
+}
+
+func (g *groupCommitter) commit(batch []*commitReq) {
+	err := g.db.Update(func(tx *bolt.Tx) error {
+		for _, r := range batch {
+			if err := r.fn(tx); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && len(batch) > 1 {
+		// One write failed, or the commit did: each write is tried alone,
+		// so that one bad write does not fail the others.
+		for _, r := range batch {
+			r.err = g.db.Update(r.fn)
+			close(r.done)
+		}
+		return
+	}
+	for _, r := range batch {
+		r.err = err
+		close(r.done)
+	}
+}
