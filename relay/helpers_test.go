@@ -39,7 +39,7 @@ type sunk struct {
 	Data     []byte
 }
 
-func newSink(t *testing.T) *sink {
+func newSink(t testing.TB) *sink {
 	t.Helper()
 	s, err := trySinkAt(t, "127.0.0.1:0")
 	if err != nil {
@@ -48,7 +48,7 @@ func newSink(t *testing.T) *sink {
 	return s
 }
 
-func trySinkAt(t *testing.T, addr string) (*sink, error) {
+func trySinkAt(t testing.TB, addr string) (*sink, error) {
 	s := &sink{tries: map[string]int{}}
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		s.mu.Lock()
@@ -151,7 +151,7 @@ func (m testMinter) ClickURL(i int, dest string) string {
 }
 
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	spool  *Spool
 	d      *Deliverer
 	srv    *Server
@@ -231,9 +231,10 @@ type harnessOpts struct {
 	noStart    bool
 	selfAddrs  []string
 	tlsRequire bool
+	upConns    int
 }
 
-func newHarness(t *testing.T, o harnessOpts) *harness {
+func newHarness(t testing.TB, o harnessOpts) *harness {
 	t.Helper()
 	h := &harness{t: t, ledger: newMemLedger()}
 	h.dir = o.dir
@@ -252,6 +253,9 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	if o.upstream {
 		h.sink = newSink(t)
 		dc.Upstream = &UpstreamConfig{Address: h.sink.addr, TLS: TLSNone, MaxConnections: 2}
+		if o.upConns > 0 {
+			dc.Upstream.MaxConnections = o.upConns
+		}
 	} else {
 		dc.CaptureDir = h.dir + "/outbox"
 	}
@@ -353,11 +357,14 @@ func crlf(s string) string {
 }
 
 // testLogger sends the relay's log to the test's log, shown on failure.
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
+	if _, ok := t.(*testing.B); ok {
+		return slog.New(slog.DiscardHandler)
+	}
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
