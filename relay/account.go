@@ -67,13 +67,29 @@ func (a *Account) isSelf(addr string) bool {
 // wrong, so that nothing tells a guesser which user names exist.
 var errBadCredentials = errors.New("bad credentials")
 
-// dummyHash is compared against when the user is unknown, so that unknown
-// users cost the same bcrypt time as known ones.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("trackrelay-dummy-password"), 10)
-
 // accounts is the account table with its lookups.
 type accounts struct {
 	list []Account
+
+	dummyOnce sync.Once
+	dummy     []byte
+}
+
+// dummyHash is compared against when the user is unknown or has no
+// password, so that such logins cost the same bcrypt time as known ones: it
+// has the highest cost of the accounts' hashes (at least 10), since a
+// cheaper one would tell a guesser which user names exist.
+func (as *accounts) dummyHash() []byte {
+	as.dummyOnce.Do(func() {
+		cost := 10
+		for _, a := range as.list {
+			if c, err := bcrypt.Cost(a.PasswordHash); err == nil && c > cost {
+				cost = c
+			}
+		}
+		as.dummy, _ = bcrypt.GenerateFromPassword([]byte("trackrelay-dummy-password"), cost)
+	})
+	return as.dummy
 }
 
 func (as *accounts) authenticate(user, pass string) (*Account, error) {
@@ -83,7 +99,7 @@ func (as *accounts) authenticate(user, pass string) (*Account, error) {
 			acct = &as.list[i]
 		}
 	}
-	hash := dummyHash
+	hash := as.dummyHash()
 	if acct != nil && len(acct.PasswordHash) > 0 {
 		hash = acct.PasswordHash
 	}
@@ -109,8 +125,11 @@ func (as *accounts) byNetwork(ip netip.Addr) *Account {
 	return best
 }
 
-// authLimiter rate-limits failed logins per client IP: a burst of attempts,
-// then one every interval. Entries are forgotten once idle.
+// authLimiter rate-limits failed logins per client (clientKey): a burst of
+// attempts, then one every interval. Attempts under way count against the
+// budget until they end, so that guesses sent on many connections at once
+// cannot all be checked before the first failure is recorded. Entries are
+// forgotten once idle.
 type authLimiter struct {
 	mu       sync.Mutex
 	perIP    map[netip.Addr]*limiterEntry
@@ -120,43 +139,70 @@ type authLimiter struct {
 }
 
 type limiterEntry struct {
-	lim  *rate.Limiter
-	seen time.Time
+	lim      *rate.Limiter
+	seen     time.Time
+	inflight int // attempts begun and not yet ended
 }
 
 func newAuthLimiter(burst int, every time.Duration) *authLimiter {
 	return &authLimiter{perIP: map[netip.Addr]*limiterEntry{}, every: every, burst: burst}
 }
 
-// blocked reports whether ip has used up its failed attempts.
-func (l *authLimiter) blocked(ip netip.Addr) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	e := l.perIP[ip]
-	return e != nil && e.lim.Tokens() < 1
-}
-
-// failed records a failed attempt from ip.
-func (l *authLimiter) failed(ip netip.Addr) {
+// begin starts a login attempt from ip. It returns false, and the attempt
+// must be refused, when the client has used up its failed attempts,
+// counting those under way. Otherwise end must be called once the attempt
+// is decided.
+func (l *authLimiter) begin(ip netip.Addr) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
-	e := l.perIP[ip]
+	k := clientKey(ip)
+	e := l.perIP[k]
 	if e == nil {
 		e = &limiterEntry{lim: rate.NewLimiter(rate.Every(l.every), l.burst)}
-		l.perIP[ip] = e
+		l.perIP[k] = e
 	}
 	e.seen = now
-	e.lim.AllowN(now, 1)
+	if e.lim.TokensAt(now)-float64(e.inflight) < 1 {
+		return false
+	}
+	e.inflight++
+	return true
+}
+
+// end finishes an attempt begun by begin; a failed one is charged.
+func (l *authLimiter) end(ip netip.Addr, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if e := l.perIP[clientKey(ip)]; e != nil {
+		e.inflight--
+		e.seen = now
+		if !ok {
+			e.lim.AllowN(now, 1)
+		}
+	}
 	if now.Sub(l.lastScan) > time.Minute {
 		l.lastScan = now
 		idle := l.every * time.Duration(l.burst+1)
 		for k, v := range l.perIP {
-			if now.Sub(v.seen) > idle {
+			if v.inflight == 0 && now.Sub(v.seen) > idle {
 				delete(l.perIP, k)
 			}
 		}
 	}
+}
+
+// clientKey is what per-client limits count by: an IPv4 address, or the
+// /64 of an IPv6 address, since one IPv6 client is given a whole /64 and
+// could otherwise take a new address for every attempt.
+func clientKey(ip netip.Addr) netip.Addr {
+	if ip.Is6() && !ip.Is4In6() {
+		if p, err := ip.Prefix(64); err == nil {
+			return p.Addr()
+		}
+	}
+	return ip
 }
 
 // loginServer is the server side of SASL LOGIN (draft-murchison-sasl-login),

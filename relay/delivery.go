@@ -42,6 +42,9 @@ type DeliveryConfig struct {
 	// MemoryCopyLimit: copies up to this size are instrumented in memory,
 	// larger ones through a temporary file in the spool.
 	MemoryCopyLimit int64
+	// DKIM, when set, signs each copy for the domain of its From after
+	// instrumenting it (see DKIMSigner); nil: copies go unsigned.
+	DKIM *DKIMSigner
 }
 
 // Deliverer runs the delivery jobs: one per recipient copy, retried on a
@@ -446,6 +449,9 @@ func (d *Deliverer) attempt(env *Envelope, idx int, log *slog.Logger) (string, e
 		return "", err
 	}
 	defer release()
+	if body, size, err = d.signCopy(body, size, log); err != nil {
+		return "", err
+	}
 
 	rc := env.Recipients[idx]
 	if d.up == nil {
@@ -467,6 +473,10 @@ func (d *Deliverer) instrument(env *Envelope, idx int, f *os.File, log *slog.Log
 	if !rc.Tracked || env.Bounce || (!opens && !clicks) || d.minters == nil {
 		d.metrics.rewrites.WithLabelValues("untracked").Inc()
 		return f, env.Size, nop, nil
+	}
+	src, err := d.dkimSource(f)
+	if err != nil {
+		return nil, 0, nil, err
 	}
 	start := time.Now()
 	var out interface {
@@ -496,7 +506,7 @@ func (d *Deliverer) instrument(env *Envelope, idx int, f *os.File, log *slog.Log
 		out = tmp
 		release = func() { tmp.Close() }
 	}
-	res, err := rewrite.Message(out, f, rewrite.Options{
+	res, err := rewrite.Message(out, src, rewrite.Options{
 		Opens:   opens,
 		Clicks:  clicks,
 		Minter:  d.minters.Minter(env.ID, idx),

@@ -1,8 +1,10 @@
 package relay
 
 import (
+	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 )
@@ -27,6 +29,7 @@ func (cl *connLimiter) wrap(l net.Listener, m *Metrics) net.Listener {
 }
 
 func (cl *connLimiter) acquire(ip netip.Addr) bool {
+	ip = clientKey(ip)
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	if cl.max > 0 && cl.total >= cl.max {
@@ -41,6 +44,7 @@ func (cl *connLimiter) acquire(ip netip.Addr) bool {
 }
 
 func (cl *connLimiter) release(ip netip.Addr) {
+	ip = clientKey(ip)
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	cl.total--
@@ -82,6 +86,24 @@ type limitConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+
+	timedOut error // the read timeout that ended the session
+}
+
+// Read makes a read timeout final. On a timeout bufio hands go-smtp the
+// part of a line read so far as if it were a whole line, and go-smtp resets
+// the deadline and reads on: a client trickling bytes would have its
+// fragments run as commands and never be cut. After a timeout every read
+// fails, so the session ends with 421. Reads are never concurrent.
+func (c *limitConn) Read(b []byte) (int, error) {
+	if c.timedOut != nil {
+		return 0, c.timedOut
+	}
+	n, err := c.Conn.Read(b)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		c.timedOut = err
+	}
+	return n, err
 }
 
 func (c *limitConn) Close() error {

@@ -21,6 +21,7 @@ type Metrics struct {
 	queueGauge      *prometheus.GaugeVec
 	upstreamDials   *prometheus.CounterVec
 	ledgerErrors    prometheus.Counter
+	dkimSignatures  *prometheus.CounterVec
 }
 
 // NewMetrics creates the relay's metrics and registers them on reg (nil:
@@ -85,11 +86,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "trackrelay_ledger_errors_total",
 			Help: "Failures to record acceptance or delivery status in the tracking store.",
 		}),
+		dkimSignatures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trackrelay_dkim_signatures_total",
+			Help: "DKIM signing of outgoing copies, by result (signed; error: delivered unsigned).",
+		}, []string{"result"}),
+	}
+	for _, r := range []string{"signed", "error"} {
+		m.dkimSignatures.WithLabelValues(r)
 	}
 	if reg != nil {
 		reg.MustRegister(m.sessions, m.connRejected, m.authFailures, m.messages, m.acceptedBytes,
 			m.attempts, m.attemptDuration, m.rewrites, m.rewriteDuration, m.linksRewritten,
-			m.bounces, m.queueGauge, m.upstreamDials, m.ledgerErrors)
+			m.bounces, m.queueGauge, m.upstreamDials, m.ledgerErrors, m.dkimSignatures)
 	}
 	return m
 }

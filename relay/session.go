@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/mail"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -35,6 +36,8 @@ var (
 		Message: "Line too long"}
 	errHeaderTooLarge = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
 		Message: "Message header too large"}
+	errDataTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+		Message: "Timeout receiving the message, closing connection"}
 )
 
 // session is one SMTP connection's state.
@@ -96,15 +99,15 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 }
 
 func (s *session) authenticate(user, pass string) error {
-	if s.srv.limiter.blocked(s.ip) {
+	if !s.srv.limiter.begin(s.ip) {
 		s.srv.metrics.authFailures.WithLabelValues("rate_limited").Inc()
 		s.log.Warn("AUTH refused: too many failed logins", "user", user)
 		time.Sleep(time.Second) // slow the guesser down, not just refuse it
 		return errAuthRateLimited
 	}
 	acct, err := s.srv.accounts.authenticate(user, pass)
+	s.srv.limiter.end(s.ip, err == nil)
 	if err != nil {
-		s.srv.limiter.failed(s.ip)
 		s.srv.metrics.authFailures.WithLabelValues("bad_credentials").Inc()
 		s.log.Warn("AUTH failed", "user", user)
 		return smtp.ErrAuthFailed
@@ -199,6 +202,9 @@ func (s *session) Data(r io.Reader) error {
 		if errors.Is(err, smtp.ErrTooLongLine) {
 			err = errLineTooLong
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = errDataTimeout
+		}
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
 			return s.reject(rejectReason(se), se)
@@ -226,6 +232,8 @@ func rejectReason(se *smtp.SMTPError) string {
 		return "too_large"
 	case se == errLineTooLong:
 		return "line_too_long"
+	case se == errDataTimeout:
+		return "timeout"
 	default:
 		return "bad_message"
 	}

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/base32"
@@ -143,6 +144,7 @@ type Incoming struct {
 	s    *Spool
 	id   string
 	f    *os.File
+	w    *bufio.Writer // header fields arrive a few bytes at a time
 	size int64
 	done bool
 }
@@ -154,7 +156,7 @@ func (s *Spool) Create() (*Incoming, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: create message file: %w", err)
 	}
-	return &Incoming{s: s, id: id, f: f}, nil
+	return &Incoming{s: s, id: id, f: f, w: bufio.NewWriterSize(f, 64<<10)}, nil
 }
 
 // ID is the queue id the message will have.
@@ -165,7 +167,7 @@ func (in *Incoming) Write(p []byte) (int, error) {
 	if in.s.writeFault != nil {
 		return 0, in.s.writeFault
 	}
-	n, err := in.f.Write(p)
+	n, err := in.w.Write(p)
 	in.size += int64(n)
 	return n, err
 }
@@ -191,7 +193,10 @@ func (in *Incoming) Commit(env *Envelope) error {
 	}
 	env.ID = in.id
 	env.Size = in.size
-	err := in.f.Sync()
+	err := in.w.Flush()
+	if err == nil {
+		err = in.f.Sync()
+	}
 	if cerr := in.f.Close(); err == nil {
 		err = cerr
 	}

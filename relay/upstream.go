@@ -44,6 +44,8 @@ type upstreamPool struct {
 	idle   []*upConn
 	closed bool
 	sem    chan struct{}
+
+	health upstreamHealth
 }
 
 type upConn struct {
@@ -86,10 +88,12 @@ func (p *upstreamPool) dial() (*smtp.Client, error) {
 	conn, err := d.Dial("tcp", p.cfg.Address)
 	if err != nil {
 		p.metrics.upstreamDials.WithLabelValues("error").Inc()
+		p.health.failed()
 		return nil, err
 	}
 	fail := func(err error) (*smtp.Client, error) {
 		p.metrics.upstreamDials.WithLabelValues("error").Inc()
+		p.health.failed()
 		return nil, err
 	}
 	var c *smtp.Client
@@ -129,6 +133,7 @@ func (p *upstreamPool) dial() (*smtp.Client, error) {
 		}
 	}
 	p.metrics.upstreamDials.WithLabelValues("ok").Inc()
+	p.health.ok()
 	return c, nil
 }
 
@@ -187,12 +192,14 @@ func (p *upstreamPool) send(from, to string, size int64, body io.ReadSeeker) (st
 		}
 		resp, fresh, err := p.transaction(c, from, to, size, body)
 		if err == nil {
+			p.health.ok()
 			p.put(c)
 			return resp, nil
 		}
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
 			// The connection is fine, the transaction was refused.
+			p.health.ok()
 			if c.Reset() == nil {
 				p.put(c)
 			} else {

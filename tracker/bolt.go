@@ -3,10 +3,13 @@ package tracker
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,20 +20,37 @@ import (
 
 // Bucket names of the bbolt layout.
 //
-//	messages    queue id                      -> JSON storedMessage
-//	msgids      account NUL Message-ID        -> queue id
-//	links       queue id                      -> JSON []string
-//	deliveries  queue id NUL uint32 recipient -> JSON storedDelivery
-//	events      queue id NUL uint64 sequence  -> JSON storedEvent
+//	messages    queue id                        -> JSON storedMessage
+//	msgids      account NUL Message-ID          -> queue id
+//	links       queue id                        -> JSON []string
+//	deliveries  queue id NUL uint32 recipient   -> JSON storedDelivery
+//	events      queue id NUL uint64 sequence    -> JSON storedEvent
+//	recipients  queue id NUL uint32 recipient   -> JSON storedRcpt (counters, recent clicks)
+//	feed        account NUL uint64 sequence     -> JSON storedFeedEntry
+//	msgfeed     queue id NUL uint64 feed seq    -> account (delivery entries, for Erase)
+//	outbox      uint64 due unix ns, uint64 feed seq -> JSON storedOutbox
+//	erased      queue id                        -> erase time (RFC 3339)
+//	marks       uint64 unix seconds             -> uint64 event seq, uint64 feed seq
+//	meta        "id"                            -> 8 random bytes naming this store
 //
-// Integers in keys are big-endian, so a message's deliveries and events are
-// one ordered prefix scan.
+// Integers in keys are big-endian, so a message's deliveries and events,
+// an account's feed and the outbox by due time are ordered prefix scans.
 var (
 	bucketMessages   = []byte("messages")
 	bucketMsgIDs     = []byte("msgids")
 	bucketLinks      = []byte("links")
 	bucketDeliveries = []byte("deliveries")
 	bucketEvents     = []byte("events")
+	bucketRecipients = []byte("recipients")
+	bucketFeed       = []byte("feed")
+	bucketMsgFeed    = []byte("msgfeed")
+	bucketOutbox     = []byte("outbox")
+	bucketErased     = []byte("erased")
+	bucketMarks      = []byte("marks")
+	bucketMeta       = []byte("meta")
+
+	allBuckets = [][]byte{bucketMessages, bucketMsgIDs, bucketLinks, bucketDeliveries, bucketEvents,
+		bucketRecipients, bucketFeed, bucketMsgFeed, bucketOutbox, bucketErased, bucketMarks, bucketMeta}
 )
 
 // maxIDLen bounds queue ids and Message-IDs used as keys.
@@ -38,72 +58,122 @@ const maxIDLen = 998
 
 // Defaults of BoltOptions.
 const (
-	DefaultCommitInterval = time.Millisecond
-	DefaultMaxBatch       = 256
-	DefaultLockTimeout    = 5 * time.Second
+	DefaultMaxBatch                 = 1024
+	DefaultLockTimeout              = 5 * time.Second
+	DefaultMaxEventsPerRecipient    = 100
+	DefaultRetentionInterval        = time.Hour
+	defaultQueueLen                 = 4096
+	retentionChunk                  = 2000
+	retentionScan                   = 50000
+	maxRecentClicks                 = 16
+	reasonClickBeforeOpen           = "click-before-open"
+	reasonOpenedBeforeClick         = "opened-before-click"
+	feedKindOpen, feedKindClick     = EventOpen, EventClick
+	feedKindDelivery, feedKindRecls = EventDelivery, EventReclassified
 )
 
 // BoltOptions tunes a BoltStore. Zero fields take the defaults.
 type BoltOptions struct {
-	// CommitInterval is how long the event collector waits, after the first
-	// event of a batch, for more events to commit with it.
-	CommitInterval time.Duration
-	// MaxBatch is the most events committed in one transaction.
+	// MaxBatch is the most events committed in one transaction. The
+	// collector never waits to fill a batch: it commits what has arrived
+	// as soon as the previous commit is done.
 	MaxBatch int
+	// MaxEventsPerRecipient is how many events are kept in detail per
+	// recipient copy; later ones only increase its counters, so that a
+	// script hammering one pixel cannot fill the disk.
+	MaxEventsPerRecipient int
+	// CacheSize is the number of messages kept in memory for classifying
+	// hits without a read transaction.
+	CacheSize int
+	// Retention, when positive, deletes events (and feed entries) older
+	// than this, checking every RetentionInterval. Counters stay.
+	Retention         time.Duration
+	RetentionInterval time.Duration
+	// WebhookAccounts are the accounts whose feed entries are also queued
+	// in the durable webhook outbox.
+	WebhookAccounts []string
 	// Metrics receives commit latency and batch size; nil records nothing.
 	Metrics *Metrics
 	// LockTimeout bounds the wait for the database file lock, held by any
 	// other process that has the file open.
 	LockTimeout time.Duration
+	// Logger receives background errors (retention); nil discards.
+	Logger interface {
+		Error(msg string, args ...any)
+	}
 }
 
 // BoltStore is the embedded Store, in one bbolt file. Events are written by
 // one collector goroutine that commits them in batches (group commit): one
-// transaction and one fsync for many concurrent AddEvent calls.
+// transaction and one fsync for all the AddEvent calls that arrived while
+// the previous batch was being written.
 type BoltStore struct {
 	db       *bolt.DB
 	opts     BoltOptions
+	storeID  string // hex, in event and feed ids
+	cache    *metaCache
+	webhooks map[string]bool
 	reqs     chan *eventReq
 	closing  chan struct{}
 	stopped  chan struct{}
+	bg       sync.WaitGroup
 	closeErr error
 	once     sync.Once
 	commits  atomic.Int64
+	outboxN  atomic.Int64
+	path     string
+	alloc    int64         // bytes of the file known to be preallocated
+	wake     chan struct{} // an outbox entry was added
 }
 
 var _ Store = (*BoltStore)(nil)
 var _ DeliveryReader = (*BoltStore)(nil)
 
-type eventReq struct {
-	prefix []byte // queue id NUL
-	value  []byte // JSON storedEvent
-	done   chan error
-}
-
 // OpenBolt opens (creating if needed) the bbolt store at path and starts its
 // event collector. It fails if another process holds the file for longer
 // than opts.LockTimeout.
 func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
-	if opts.CommitInterval <= 0 {
-		opts.CommitInterval = DefaultCommitInterval
-	}
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = DefaultMaxBatch
 	}
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = DefaultLockTimeout
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
+	if opts.MaxEventsPerRecipient <= 0 {
+		opts.MaxEventsPerRecipient = DefaultMaxEventsPerRecipient
+	}
+	if opts.CacheSize <= 0 {
+		opts.CacheSize = DefaultCacheSize
+	}
+	if opts.RetentionInterval <= 0 {
+		opts.RetentionInterval = DefaultRetentionInterval
+	}
+	// The freelist is rebuilt on open rather than written by every commit.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, NoFreelistSync: true,
+		FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return nil, fmt.Errorf("tracker: open store %s: %w", path, err)
 	}
+	var storeID []byte
+	var outboxN int
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMessages, bucketMsgIDs, bucketLinks, bucketDeliveries, bucketEvents} {
+		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("bucket %s: %w", b, err)
 			}
 		}
-		return nil
+		meta := tx.Bucket(bucketMeta)
+		if storeID = bytes.Clone(meta.Get([]byte("id"))); storeID == nil {
+			storeID = make([]byte, 8)
+			if _, err := rand.Read(storeID); err != nil {
+				return err
+			}
+			if err := meta.Put([]byte("id"), storeID); err != nil {
+				return err
+			}
+		}
+		outboxN = tx.Bucket(bucketOutbox).Stats().KeyN
+		return putMark(tx, time.Now())
 	})
 	if err != nil {
 		if cerr := db.Close(); cerr != nil {
@@ -112,22 +182,68 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 		return nil, fmt.Errorf("tracker: init store %s: %w", path, err)
 	}
 	s := &BoltStore{
-		db:      db,
-		opts:    opts,
-		reqs:    make(chan *eventReq),
-		closing: make(chan struct{}),
-		stopped: make(chan struct{}),
+		db:       db,
+		opts:     opts,
+		storeID:  hex.EncodeToString(storeID),
+		cache:    newMetaCache(opts.CacheSize),
+		webhooks: map[string]bool{},
+		reqs:     make(chan *eventReq, defaultQueueLen),
+		closing:  make(chan struct{}),
+		stopped:  make(chan struct{}),
+		wake:     make(chan struct{}, 1),
+		path:     path,
+	}
+	s.preallocate(0)
+	s.outboxN.Store(int64(outboxN))
+	for _, a := range opts.WebhookAccounts {
+		s.webhooks[a] = true
+	}
+	if m := opts.Metrics; m != nil {
+		m.setOutboxFunc(func() float64 { return float64(s.outboxN.Load()) })
 	}
 	go s.collect()
+	if opts.Retention > 0 {
+		s.bg.Add(1)
+		go s.retentionLoop()
+	}
 	return s, nil
 }
 
-// Close stops the collector, after committing the batch it holds, and closes
-// the database. Later calls return the first call's result.
+// Preallocation of the database file, ahead of its use.
+const (
+	preallocAhead = 64 << 20
+	preallocMin   = 16 << 20
+)
+
+// preallocate keeps at least preallocMin bytes allocated past used; only
+// the collector calls it after OpenBolt. Failing is harmless (commits are
+// slower), so it is only logged.
+func (s *BoltStore) preallocate(used int64) {
+	if used+preallocMin <= s.alloc {
+		return
+	}
+	want := used + preallocAhead
+	if fi, err := os.Stat(s.path); err == nil && fi.Size() > want {
+		want = fi.Size()
+	}
+	if err := preallocate(s.path, want); err != nil {
+		if s.opts.Logger != nil {
+			s.opts.Logger.Error("tracker: preallocate store file", "err", err)
+		}
+		s.alloc = 1 << 62 // do not retry
+		return
+	}
+	s.alloc = want
+}
+
+// Close stops the collector, after committing the events it has been
+// given, stops the background sweep and closes the database. Later calls
+// return the first call's result.
 func (s *BoltStore) Close() error {
 	s.once.Do(func() {
 		close(s.closing)
 		<-s.stopped
+		s.bg.Wait()
 		s.closeErr = s.db.Close()
 	})
 	return s.closeErr
@@ -170,6 +286,59 @@ type storedEvent struct {
 	Reasons   []string  `json:"why,omitempty"`
 }
 
+// storedRcpt is the running state of one recipient's copy: how many events
+// are kept in detail, the counters of those that are not (over the cap, or
+// expired), and its recent clicks, for burst detection.
+type storedRcpt struct {
+	Kept   int           `json:"k,omitempty"`
+	Opened bool          `json:"o,omitempty"` // a counted open was seen
+	Recent []recentClick `json:"rc,omitempty"`
+	Tally  *tally        `json:"t,omitempty"`
+}
+
+type recentClick struct {
+	Seq   uint64 `json:"s,omitempty"` // event sequence; 0: not kept in detail
+	Link  int    `json:"l"`
+	At    int64  `json:"a"` // unix ms
+	Class string `json:"c"`
+	Burst bool   `json:"b,omitempty"`
+}
+
+// tally counts events that are not kept in detail. Opens, Clicks, Links,
+// First and Last count only what a person did.
+type tally struct {
+	Events int         `json:"n"`
+	Opens  int         `json:"o,omitempty"`
+	Clicks int         `json:"c,omitempty"`
+	Links  map[int]int `json:"l,omitempty"`
+	First  *time.Time  `json:"f,omitempty"`
+	Last   *time.Time  `json:"z,omitempty"`
+}
+
+func (t *tally) add(typ, class string, link int, at time.Time) {
+	t.Events++
+	if !counted(class) {
+		return
+	}
+	switch typ {
+	case EventOpen:
+		t.Opens++
+	case EventClick:
+		t.Clicks++
+		if t.Links == nil {
+			t.Links = map[int]int{}
+		}
+		t.Links[link]++
+	}
+	at = at.UTC()
+	if t.First == nil || at.Before(*t.First) {
+		t.First = &at
+	}
+	if t.Last == nil || at.After(*t.Last) {
+		t.Last = &at
+	}
+}
+
 func validID(id string) error {
 	if id == "" || len(id) > maxIDLen || strings.IndexByte(id, 0) >= 0 {
 		return fmt.Errorf("tracker: invalid queue id %q", id)
@@ -194,7 +363,38 @@ func deliveryKey(id string, recipient int) []byte {
 	return binary.BigEndian.AppendUint32(prefixKey(id), uint32(recipient))
 }
 
-// PutMessage implements Store. Putting the same message again replaces it.
+func eventKey(id string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(prefixKey(id), seq)
+}
+
+func feedKey(account string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(prefixKey(account), seq)
+}
+
+// keySeq returns the big-endian integer that ends key k.
+func keySeq(k []byte) uint64 {
+	if len(k) < 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(k[len(k)-8:])
+}
+
+// eventID and entryID name events and feed entries; the store's random id
+// makes them unique across stores, as webhook receivers dedupe on them.
+func (s *BoltStore) eventID(seq uint64) string {
+	return "ev_" + s.storeID + fmt.Sprintf("%016x", seq)
+}
+
+func (s *BoltStore) entryID(prefix string, seq uint64) string {
+	return prefix + s.storeID + fmt.Sprintf("%016x", seq)
+}
+
+func isErased(tx *bolt.Tx, id string) bool {
+	return tx.Bucket(bucketErased).Get([]byte(id)) != nil
+}
+
+// PutMessage implements Store. Putting the same message again replaces it;
+// a message whose data was erased stays erased.
 func (s *BoltStore) PutMessage(ctx context.Context, m Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -219,6 +419,9 @@ func (s *BoltStore) PutMessage(ctx context.Context, m Message) error {
 		return fmt.Errorf("tracker: encode message %s: %w", m.ID, err)
 	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
+		if isErased(tx, m.ID) {
+			return nil
+		}
 		mb := tx.Bucket(bucketMessages)
 		ib := tx.Bucket(bucketMsgIDs)
 		if old := mb.Get([]byte(m.ID)); old != nil {
@@ -241,6 +444,7 @@ func (s *BoltStore) PutMessage(ctx context.Context, m Message) error {
 		}
 		return nil
 	})
+	s.cache.invalidate(m.ID)
 	if err != nil {
 		return fmt.Errorf("tracker: put message %s: %w", m.ID, err)
 	}
@@ -263,6 +467,9 @@ func (s *BoltStore) SetLinks(ctx context.Context, message string, links []string
 		return fmt.Errorf("tracker: encode links of %s: %w", message, err)
 	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
+		if isErased(tx, message) {
+			return nil
+		}
 		return tx.Bucket(bucketLinks).Put([]byte(message), val)
 	})
 	if err != nil {
@@ -273,7 +480,8 @@ func (s *BoltStore) SetLinks(ctx context.Context, message string, links []string
 
 // SetDelivery implements Store. Once a copy is delivered, reporting it
 // delivered again keeps the first delivery time, which is what scanner
-// detection measures clicks against.
+// detection measures clicks against. A change of status or of the number
+// of attempts is also an entry of the account's feed.
 func (s *BoltStore) SetDelivery(ctx context.Context, message string, recipient int, d Delivery) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -286,141 +494,121 @@ func (s *BoltStore) SetDelivery(ctx context.Context, message string, recipient i
 	}
 	rec := storedDelivery{Status: d.Status, Attempts: d.Attempts, LastResponse: d.LastResponse, UpdatedAt: d.UpdatedAt.UTC()}
 	key := deliveryKey(message, recipient)
+	wake := false
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		if isErased(tx, message) {
+			return nil
+		}
 		b := tx.Bucket(bucketDeliveries)
-		if old := b.Get(key); old != nil && rec.Status == StatusDelivered {
-			var prev storedDelivery
-			if json.Unmarshal(old, &prev) == nil && prev.Status == StatusDelivered && prev.UpdatedAt.Before(rec.UpdatedAt) {
-				rec.UpdatedAt = prev.UpdatedAt
+		var prev storedDelivery
+		old := b.Get(key)
+		if old != nil {
+			if err := json.Unmarshal(old, &prev); err != nil {
+				old = nil
 			}
+		}
+		if old != nil && rec.Status == StatusDelivered && prev.Status == StatusDelivered && prev.UpdatedAt.Before(rec.UpdatedAt) {
+			rec.UpdatedAt = prev.UpdatedAt
 		}
 		val, err := json.Marshal(rec)
 		if err != nil {
 			return err
 		}
-		return b.Put(key, val)
+		if err := b.Put(key, val); err != nil {
+			return err
+		}
+		if old != nil && prev.Status == rec.Status && prev.Attempts == rec.Attempts {
+			return nil
+		}
+		acct, ok, err := accountOf(tx, message)
+		if err != nil || !ok {
+			return err
+		}
+		seq, err := s.putFeed(tx, acct, storedFeedEntry{
+			Kind: feedKindDelivery, Message: message, Recipient: recipient, At: rec.UpdatedAt, Delivery: &rec,
+		})
+		if err != nil {
+			return err
+		}
+		if wake = s.webhooks[acct]; wake {
+			s.outboxN.Add(1)
+		}
+		return tx.Bucket(bucketMsgFeed).Put(binary.BigEndian.AppendUint64(prefixKey(message), seq), []byte(acct))
 	})
+	s.cache.invalidate(message)
 	if err != nil {
 		return fmt.Errorf("tracker: set delivery of %s/%d: %w", message, recipient, err)
+	}
+	if wake {
+		s.wakeOutbox()
 	}
 	return nil
 }
 
-// Delivery implements DeliveryReader.
-func (s *BoltStore) Delivery(ctx context.Context, message string, recipient int) (Delivery, error) {
-	if err := ctx.Err(); err != nil {
-		return Delivery{}, err
+// accountOf returns the account of a stored message.
+func accountOf(tx *bolt.Tx, id string) (string, bool, error) {
+	v := tx.Bucket(bucketMessages).Get([]byte(id))
+	if v == nil {
+		return "", false, nil
 	}
-	if validID(message) != nil || recipient < 0 || int64(recipient) > int64(^uint32(0)) {
-		return Delivery{}, ErrNotFound
+	var rec struct {
+		Account string `json:"acct"`
 	}
-	var rec storedDelivery
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return "", false, err
+	}
+	return rec.Account, true, nil
+}
+
+// meta returns what classification needs about a message, from the cache
+// or, on a miss, from one read transaction.
+func (s *BoltStore) meta(id string) (*metaEntry, error) {
+	if e, ok := s.cache.get(id); ok {
+		return e, nil
+	}
+	gen := s.cache.begin()
+	e := &metaEntry{id: id}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketDeliveries).Get(deliveryKey(message, recipient))
+		if isErased(tx, id) {
+			e.erased = true
+			return nil
+		}
+		v := tx.Bucket(bucketMessages).Get([]byte(id))
 		if v == nil {
-			return ErrNotFound
+			return nil
 		}
-		return json.Unmarshal(v, &rec)
-	})
-	if err != nil {
-		return Delivery{}, err
-	}
-	return Delivery(rec), nil
-}
-
-// AddEvent implements Store: it hands e to the collector and waits until the
-// batch holding it is committed and synced. If ctx ends first, AddEvent
-// returns ctx's error, though the event may still be committed later.
-func (s *BoltStore) AddEvent(ctx context.Context, e Event) error {
-	if err := validID(e.Message); err != nil {
-		return err
-	}
-	val, err := json.Marshal(storedEvent{
-		Type: e.Type, At: e.At.UTC(), Recipient: e.Recipient, Link: e.Link, URL: e.URL,
-		IP: e.IP, UserAgent: e.UserAgent, Client: e.Client, Class: e.Class, Reasons: e.Reasons,
-	})
-	if err != nil {
-		return fmt.Errorf("tracker: encode event: %w", err)
-	}
-	r := &eventReq{prefix: prefixKey(e.Message), value: val, done: make(chan error, 1)}
-	select {
-	case s.reqs <- r:
-	case <-s.closing:
-		return ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-r.done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// collect is the single writer of events. It takes a first request, gathers
-// more for up to CommitInterval or MaxBatch, commits them in one transaction
-// and answers every waiter with the result.
-func (s *BoltStore) collect() {
-	defer close(s.stopped)
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	batch := make([]*eventReq, 0, s.opts.MaxBatch)
-	for {
-		select {
-		case r := <-s.reqs:
-			batch = append(batch[:0], r)
-		case <-s.closing:
-			return
+		var rec storedMessage
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return err
 		}
-		timer.Reset(s.opts.CommitInterval)
-	gather:
-		for len(batch) < s.opts.MaxBatch {
-			select {
-			case r := <-s.reqs:
-				batch = append(batch, r)
-			case <-timer.C:
-				break gather
-			case <-s.closing:
-				break gather
+		e.msg = rec.message()
+		e.delivered = make([]time.Time, len(rec.Recipients))
+		prefix := prefixKey(id)
+		c := tx.Bucket(bucketDeliveries).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			if len(k) != len(prefix)+4 {
+				continue
 			}
-		}
-		timer.Stop()
-		err := s.commit(batch)
-		for i, r := range batch {
-			r.done <- err
-			batch[i] = nil
-		}
-	}
-}
-
-func (s *BoltStore) commit(batch []*eventReq) error {
-	start := time.Now()
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketEvents)
-		for _, r := range batch {
-			seq, err := b.NextSequence()
-			if err != nil {
+			i := int(binary.BigEndian.Uint32(k[len(prefix):]))
+			var d storedDelivery
+			if err := json.Unmarshal(v, &d); err != nil {
 				return err
 			}
-			if err := b.Put(binary.BigEndian.AppendUint64(r.prefix, seq), r.value); err != nil {
-				return err
+			if i < len(e.delivered) && d.Status == StatusDelivered {
+				e.delivered[i] = d.UpdatedAt
 			}
 		}
 		return nil
 	})
-	s.commits.Add(1)
-	if m := s.opts.Metrics; m != nil {
-		m.commitDuration.Observe(time.Since(start).Seconds())
-		m.commitBatch.Observe(float64(len(batch)))
-	}
 	if err != nil {
-		return fmt.Errorf("tracker: commit %d events: %w", len(batch), err)
+		return nil, err
 	}
-	return nil
+	s.cache.add(gen, e)
+	return e, nil
 }
 
-// Message implements Store.
+// Message implements Store. It is served from memory for recently seen
+// messages.
 func (s *BoltStore) Message(ctx context.Context, id string) (*Message, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -428,18 +616,35 @@ func (s *BoltStore) Message(ctx context.Context, id string) (*Message, error) {
 	if validID(id) != nil {
 		return nil, ErrNotFound
 	}
-	var rec storedMessage
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketMessages).Get([]byte(id))
-		if v == nil {
-			return ErrNotFound
-		}
-		return json.Unmarshal(v, &rec)
-	})
-	if err != nil {
+	e, err := s.meta(id)
+	switch {
+	case err != nil:
 		return nil, err
+	case e.erased:
+		return nil, ErrErased
+	case e.msg == nil:
+		return nil, ErrNotFound
 	}
-	return rec.message(), nil
+	return e.msg, nil
+}
+
+// Delivery implements DeliveryReader. It only knows delivered copies (the
+// time of delivery); other states are ErrNotFound.
+func (s *BoltStore) Delivery(ctx context.Context, message string, recipient int) (Delivery, error) {
+	if err := ctx.Err(); err != nil {
+		return Delivery{}, err
+	}
+	if validID(message) != nil || recipient < 0 {
+		return Delivery{}, ErrNotFound
+	}
+	e, err := s.meta(message)
+	if err != nil {
+		return Delivery{}, err
+	}
+	if recipient >= len(e.delivered) || e.delivered[recipient].IsZero() {
+		return Delivery{}, ErrNotFound
+	}
+	return Delivery{Status: StatusDelivered, UpdatedAt: e.delivered[recipient]}, nil
 }
 
 func (rec *storedMessage) message() *Message {
@@ -454,6 +659,37 @@ func (rec *storedMessage) message() *Message {
 	return m
 }
 
+// resolve finds the message of account named by ref (queue id or
+// Message-ID, with or without <>).
+func resolve(tx *bolt.Tx, account, ref string) (storedMessage, error) {
+	var rec storedMessage
+	mb := tx.Bucket(bucketMessages)
+	if v := mb.Get([]byte(ref)); v != nil {
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return rec, err
+		}
+		if rec.Account == account {
+			return rec, nil
+		}
+	}
+	id := tx.Bucket(bucketMsgIDs).Get(msgIDKey(account, trimAngles(ref)))
+	if id == nil {
+		return rec, ErrNotFound
+	}
+	v := mb.Get(id)
+	if v == nil {
+		return rec, ErrNotFound
+	}
+	rec = storedMessage{}
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return rec, err
+	}
+	if rec.Account != account {
+		return rec, ErrNotFound
+	}
+	return rec, nil
+}
+
 // Lookup implements Store.
 func (s *BoltStore) Lookup(ctx context.Context, account, ref string) (*MessageView, error) {
 	if err := ctx.Err(); err != nil {
@@ -466,34 +702,13 @@ func (s *BoltStore) Lookup(ctx context.Context, account, ref string) (*MessageVi
 		rec        storedMessage
 		links      []string
 		deliveries = map[int]Delivery{}
+		tallies    = map[int]*tally{}
 		events     []Event
 	)
 	err := s.db.View(func(tx *bolt.Tx) error {
-		mb := tx.Bucket(bucketMessages)
-		v := mb.Get([]byte(ref))
-		if v != nil {
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return err
-			}
-			if rec.Account != account {
-				v = nil
-			}
-		}
-		if v == nil {
-			id := tx.Bucket(bucketMsgIDs).Get(msgIDKey(account, trimAngles(ref)))
-			if id == nil {
-				return ErrNotFound
-			}
-			if v = mb.Get(id); v == nil {
-				return ErrNotFound
-			}
-			rec = storedMessage{}
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return err
-			}
-			if rec.Account != account {
-				return ErrNotFound
-			}
+		var err error
+		if rec, err = resolve(tx, account, ref); err != nil {
+			return err
 		}
 		if v := tx.Bucket(bucketLinks).Get([]byte(rec.ID)); v != nil {
 			if err := json.Unmarshal(v, &links); err != nil {
@@ -512,6 +727,19 @@ func (s *BoltStore) Lookup(ctx context.Context, account, ref string) (*MessageVi
 			}
 			deliveries[int(binary.BigEndian.Uint32(k[len(prefix):]))] = Delivery(d)
 		}
+		c = tx.Bucket(bucketRecipients).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			if len(k) != len(prefix)+4 {
+				continue
+			}
+			var r storedRcpt
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			if r.Tally != nil {
+				tallies[int(binary.BigEndian.Uint32(k[len(prefix):]))] = r.Tally
+			}
+		}
 		c = tx.Bucket(bucketEvents).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			if len(k) != len(prefix)+8 {
@@ -522,6 +750,7 @@ func (s *BoltStore) Lookup(ctx context.Context, account, ref string) (*MessageVi
 				return err
 			}
 			events = append(events, Event{
+				ID:   s.eventID(keySeq(k)),
 				Type: e.Type, At: e.At, Message: rec.ID, Recipient: e.Recipient, Link: e.Link,
 				IP: e.IP, UserAgent: e.UserAgent, Client: e.Client, Class: e.Class,
 				Reasons: e.Reasons, URL: e.URL,
@@ -535,7 +764,81 @@ func (s *BoltStore) Lookup(ctx context.Context, account, ref string) (*MessageVi
 		}
 		return nil, fmt.Errorf("tracker: lookup %q: %w", ref, err)
 	}
-	return buildView(rec.message(), links, deliveries, events), nil
+	return buildView(rec.message(), links, deliveries, events, tallies), nil
+}
+
+// Erase implements Store.
+func (s *BoltStore) Erase(ctx context.Context, account, ref string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if ref == "" || len(ref) > maxIDLen+2 {
+		return ErrNotFound
+	}
+	var id string
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		rec, err := resolve(tx, account, ref)
+		if err != nil {
+			return err
+		}
+		id = rec.ID
+		prefix := prefixKey(id)
+		for _, name := range [][]byte{bucketEvents, bucketDeliveries, bucketRecipients} {
+			if err := deletePrefix(tx.Bucket(name), prefix); err != nil {
+				return err
+			}
+		}
+		// Delivery entries of the feed hold upstream responses: remove
+		// them. Event entries only point at events, which are gone.
+		mf := tx.Bucket(bucketMsgFeed)
+		feed := tx.Bucket(bucketFeed)
+		c := mf.Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			if err := feed.Delete(feedKey(string(v), keySeq(k))); err != nil {
+				return err
+			}
+		}
+		if err := deletePrefix(mf, prefix); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketLinks).Delete([]byte(id)); err != nil {
+			return err
+		}
+		if rec.MessageID != "" {
+			if err := tx.Bucket(bucketMsgIDs).Delete(msgIDKey(rec.Account, rec.MessageID)); err != nil {
+				return err
+			}
+		}
+		if err := tx.Bucket(bucketMessages).Delete([]byte(id)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketErased).Put([]byte(id), []byte(time.Now().UTC().Format(time.RFC3339)))
+	})
+	if id != "" {
+		s.cache.invalidate(id)
+	}
+	if errors.Is(err, ErrNotFound) {
+		return ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("tracker: erase %q: %w", ref, err)
+	}
+	return nil
+}
+
+// deletePrefix deletes every key of b that starts with prefix.
+func deletePrefix(b *bolt.Bucket, prefix []byte) error {
+	var keys [][]byte
+	c := b.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		keys = append(keys, bytes.Clone(k))
+	}
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // trimAngles removes one pair of surrounding angle brackets and spaces.

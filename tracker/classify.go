@@ -1,17 +1,28 @@
 package tracker
 
 import (
+	"bufio"
+	"embed"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
-// Reasons recorded with an event's class. Besides these, a click within the
-// scanner window of delivery is recorded with the reason
-// "click-<elapsed>-after-delivery", e.g. "click-2s-after-delivery".
+// Reasons recorded with an event's class. Every event has at least one.
+// Besides these, a click within the scanner window of delivery is recorded
+// with the reason "click-<elapsed>-after-delivery", e.g.
+// "click-2s-after-delivery", and a click records the order of pixel and
+// click: "opened-before-click" or "click-before-open".
 const (
+	ReasonNoMachineSignals = "no-machine-signals"  // human: nothing points at a machine
+	ReasonGoogleProxyIP    = "google-proxy-ip"     // from Gmail's image proxy networks (ipranges/)
+	ReasonYahooProxyIP     = "yahoo-proxy-ip"      // from Yahoo Mail's image proxy networks (ipranges/)
+	ReasonClickFromProxyIP = "click-from-proxy-ip" // a click from a mail provider's fetcher network
+
 	ReasonSubmitterIP    = "submitter-ip"          // hit from the IP that submitted the message
 	ReasonUntrackedCopy  = "untracked-copy"        // hit on a copy that was not to be tracked (sender's own)
 	ReasonAppleMPPIP     = "apple-mpp-ip"          // Apple's 17.0.0.0/8 (Mail Privacy Protection)
@@ -45,12 +56,58 @@ type verdict struct {
 	reasons []string
 }
 
-var appleMPP = netip.MustParsePrefix("17.0.0.0/8")
+// The IP ranges of prefetchers and image proxies are data, kept with
+// their sources in ipranges/.
+//
+//go:embed ipranges/*.txt
+var ipRangeFiles embed.FS
+
+var (
+	appleMPP     = mustRanges("ipranges/apple-mpp.txt")
+	googleProxy  = mustRanges("ipranges/google-image-proxy.txt")
+	yahooProxy   = mustRanges("ipranges/yahoo-mail-proxy.txt")
+	prefetchHdrs = []string{"Sec-Purpose", "Purpose", "X-Moz", "X-Purpose"}
+)
+
+// parseRanges reads one CIDR prefix per line; '#' starts a comment.
+func parseRanges(text string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	sc := bufio.NewScanner(strings.NewReader(text))
+	for n := 1; sc.Scan(); n++ {
+		line, _, _ := strings.Cut(sc.Text(), "#")
+		if line = strings.TrimSpace(line); line == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(line)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, sc.Err()
+}
+
+func mustRanges(name string) []netip.Prefix {
+	b, err := ipRangeFiles.ReadFile(name)
+	if err != nil {
+		panic(err)
+	}
+	p, err := parseRanges(string(b))
+	if err != nil {
+		panic(fmt.Sprintf("tracker: %s: %v", name, err))
+	}
+	return p
+}
 
 // scannerAgents are lower-case substrings of the user agents of security
 // scanners, link checkers and HTTP libraries: robots, not people.
 var scannerAgents = []struct{ sub, name string }{
 	{"barracuda", "Barracuda"},
+	{"ms-safelinks", "Microsoft Defender"},
+	{"microsoft office protocol discovery", "Microsoft Office"},
+	{"symantec messagelabs", "Symantec"},
+	{"appengine-google", "Google App Engine"},
+	{"google-safety", "Google"},
 	{"mimecast", "Mimecast"},
 	{"proofpoint", "Proofpoint"},
 	{"urldefense", "Proofpoint"},
@@ -96,7 +153,8 @@ var scannerAgents = []struct{ sub, name string }{
 // Evidence is collected first; the class is the strongest one found, in the
 // order self, scanner, prefetch, proxy, human.
 func classify(h hit) verdict {
-	v := verdict{client: clientName(h.userAgent)}
+	ui := lookupUA(h.userAgent)
+	v := verdict{client: ui.client}
 	var self, scanner, prefetch, proxy bool
 	add := func(flag *bool, reason string) {
 		*flag = true
@@ -115,34 +173,46 @@ func classify(h hit) verdict {
 	if h.method == http.MethodHead {
 		add(&scanner, ReasonHeadRequest)
 	}
-	ua := strings.ToLower(h.userAgent)
 	switch {
-	case strings.TrimSpace(ua) == "":
+	case ui.empty:
 		add(&scanner, ReasonEmptyUA)
-	default:
-		for _, s := range scannerAgents {
-			if strings.Contains(ua, s.sub) {
-				add(&scanner, ReasonScannerUA)
-				break
-			}
-		}
+	case ui.scanner:
+		add(&scanner, ReasonScannerUA)
 	}
 	if h.kind == KindClick && !h.deliveredAt.IsZero() && h.window > 0 {
 		if d := h.at.Sub(h.deliveredAt); d >= 0 && d < h.window {
 			add(&scanner, "click-"+shortDuration(d)+"-after-delivery")
 		}
 	}
-	if h.ip.IsValid() && appleMPP.Contains(h.ip.Unmap()) {
+	ip := h.ip.Unmap()
+	if h.ip.IsValid() && inPrefixes(ip, appleMPP) {
 		add(&prefetch, ReasonAppleMPPIP)
 	}
 	if isPrefetchRequest(h.header) {
 		add(&prefetch, ReasonPrefetchHeader)
 	}
+	googleUA, yahooUA := ui.googleProxy, ui.yahooProxy
+	googleIP := h.ip.IsValid() && inPrefixes(ip, googleProxy)
+	yahooIP := h.ip.IsValid() && inPrefixes(ip, yahooProxy)
 	switch {
-	case strings.Contains(ua, "googleimageproxy"):
-		add(&proxy, ReasonGoogleProxyUA)
-	case strings.Contains(ua, "yahoomailproxy"):
-		add(&proxy, ReasonYahooProxyUA)
+	case h.kind == KindClick && (googleUA || yahooUA || googleIP || yahooIP):
+		// The proxies fetch images; a person's click comes from their
+		// browser, not from the proxy.
+		add(&scanner, ReasonClickFromProxyIP)
+	case googleUA || googleIP:
+		if googleUA {
+			add(&proxy, ReasonGoogleProxyUA)
+		}
+		if googleIP {
+			add(&proxy, ReasonGoogleProxyIP)
+		}
+	case yahooUA || yahooIP:
+		if yahooUA {
+			add(&proxy, ReasonYahooProxyUA)
+		}
+		if yahooIP {
+			add(&proxy, ReasonYahooProxyIP)
+		}
 	}
 	switch {
 	case self:
@@ -155,14 +225,61 @@ func classify(h hit) verdict {
 		v.class = ClassProxy
 	default:
 		v.class = ClassHuman
+		v.reasons = append(v.reasons, ReasonNoMachineSignals)
 	}
 	return v
+}
+
+// uaInfo is what classification reads from a user agent.
+type uaInfo struct {
+	client                  string
+	empty, scanner          bool
+	googleProxy, yahooProxy bool
+}
+
+// uaCache remembers the uaInfo of recent user agents: hits come from few
+// distinct ones, and matching each against every table entry is the
+// costliest part of classifying a hit.
+var uaCache = struct {
+	sync.Mutex
+	m map[string]uaInfo
+}{m: map[string]uaInfo{}}
+
+const uaCacheSize = 4096
+
+func lookupUA(userAgent string) uaInfo {
+	uaCache.Lock()
+	ui, ok := uaCache.m[userAgent]
+	uaCache.Unlock()
+	if ok {
+		return ui
+	}
+	ua := strings.ToLower(userAgent)
+	ui = uaInfo{
+		client:      clientName(userAgent),
+		empty:       strings.TrimSpace(ua) == "",
+		googleProxy: strings.Contains(ua, "googleimageproxy"),
+		yahooProxy:  strings.Contains(ua, "yahoomailproxy"),
+	}
+	for _, s := range scannerAgents {
+		if strings.Contains(ua, s.sub) {
+			ui.scanner = true
+			break
+		}
+	}
+	uaCache.Lock()
+	if len(uaCache.m) >= uaCacheSize {
+		clear(uaCache.m)
+	}
+	uaCache.m[userAgent] = ui
+	uaCache.Unlock()
+	return ui
 }
 
 // isPrefetchRequest reports whether a request announces itself as a
 // prefetch or preview rather than a navigation.
 func isPrefetchRequest(h http.Header) bool {
-	for _, name := range []string{"Sec-Purpose", "Purpose", "X-Moz", "X-Purpose"} {
+	for _, name := range prefetchHdrs {
 		for _, v := range h.Values(name) {
 			v = strings.ToLower(v)
 			if strings.Contains(v, "prefetch") || strings.Contains(v, "preview") || strings.Contains(v, "prerender") {
@@ -225,8 +342,11 @@ func clientName(userAgent string) string {
 	switch {
 	case apple && has("applewebkit/") && has("version/") && has("safari/"):
 		return "Safari"
+	case apple && has("applewebkit/") && !has("safari/") && (has("iphone") || has("ipad") || has("ipod")):
+		// Mail on iOS and iPadOS embeds WebKit without Safari's tokens.
+		return "iOS Mail"
 	case apple && has("applewebkit/") && !has("safari/"):
-		// Mail on macOS and iOS embeds WebKit without Safari's tokens.
+		// So does Mail on macOS.
 		return "Apple Mail"
 	case has("safari/") && has("version/"):
 		return "Safari"

@@ -8,7 +8,29 @@ import (
 	"time"
 )
 
-// Real user agents.
+// Real user agents, and where their shape is documented:
+//   - Gmail's proxy: "... (via ggpht.com GoogleImageProxy)", as Google's
+//     proxy announces itself (https://support.google.com/a/answer/3299041
+//     describes the proxy; the string is the one logged by every sender).
+//   - Yahoo's proxy: the user agent names its own help page,
+//     https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html.
+//   - Apple Mail (macOS, iOS): WebKit's user agent without the "Version/"
+//     and "Safari/" tokens that only Safari adds (WebKit's
+//     Source/WebCore/platform/cocoa/UserAgentCocoa.mm builds both).
+//   - Outlook for Windows: "Microsoft Office/16.0 (...; Microsoft Outlook
+//     16.0.x; Pro)" and, rendering with Word, the MSIE 7 compatible agent
+//     with "ms-office; MSOffice 16".
+//   - Browsers: the formats of https://www.chromium.org/updates/ua-reduction/
+//     (Chrome, Edge "Edg/", Samsung "SamsungBrowser/") and MDN's
+//     https://developer.mozilla.org/docs/Web/HTTP/Headers/User-Agent/Firefox.
+//   - Headless Chrome: "HeadlessChrome/" replaces "Chrome/" (Chromium's
+//     headless mode); link scanners that render pages use it.
+//   - curl: "curl/VERSION" (curl's --user-agent default).
+//
+// Scanners such as Microsoft Defender Safe Links, Mimecast and Proofpoint
+// mostly fetch with ordinary browser agents; what gives them away is timing
+// (seconds after delivery), bursts over every link and HEAD requests, which
+// the cases below and TestReclassifiedBurst cover.
 const (
 	uaAppleMail       = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)"
 	uaIOSMail         = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148"
@@ -32,7 +54,7 @@ const (
 func TestClientName(t *testing.T) {
 	for ua, want := range map[string]string{
 		uaAppleMail:       "Apple Mail",
-		uaIOSMail:         "Apple Mail",
+		uaIOSMail:         "iOS Mail",
 		uaGmailProxy:      "Gmail",
 		uaYahooProxy:      "Yahoo Mail",
 		uaOutlookDesktop:  "Outlook",
@@ -96,6 +118,20 @@ func TestClassify(t *testing.T) {
 		{name: "sender's own ip", ua: uaOutlookDesktop, ip: "192.0.2.10", class: ClassSelf, reason: ReasonSubmitterIP},
 		{name: "sender's ip beats apple", ua: uaAppleMail, ip: "192.0.2.10", method: http.MethodHead, class: ClassSelf, reason: ReasonSubmitterIP},
 		{name: "sender's own copy", ua: uaChrome, recipient: 1, class: ClassSelf, reason: ReasonUntrackedCopy},
+		{name: "gmail proxy from google's network", ua: uaGmailProxy, ip: "66.249.84.17", class: ClassProxy, reason: ReasonGoogleProxyIP},
+		{name: "yahoo proxy from yahoo's network", ua: uaYahooProxy, ip: "98.137.10.1", class: ClassProxy, reason: ReasonYahooProxyIP},
+		{name: "click through gmail's proxy network", kind: KindClick, ua: uaChrome, ip: "66.249.84.17", class: ClassScanner, reason: ReasonClickFromProxyIP},
+		{name: "click with the proxy's agent", kind: KindClick, ua: uaGmailProxy, class: ClassScanner, reason: ReasonClickFromProxyIP},
+		{name: "apple mpp prefetch of a click", kind: KindClick, ua: uaIOSMail, ip: "17.120.3.4", class: ClassPrefetch, reason: ReasonAppleMPPIP},
+		// Chrome's speculation rules send "Sec-Purpose: prefetch"
+		// (https://wicg.github.io/nav-speculation/prefetch.html); older
+		// Chrome and Safari send "Purpose: prefetch"; Firefox's link
+		// prefetching sends "X-Moz: prefetch" (MDN, Link prefetching FAQ).
+		{name: "purpose prefetch", kind: KindClick, ua: uaSafari, header: http.Header{"Purpose": {"prefetch"}}, class: ClassPrefetch, reason: ReasonPrefetchHeader},
+		{name: "safari top sites preview", ua: uaSafari, header: http.Header{"X-Purpose": {"preview"}}, class: ClassPrefetch, reason: ReasonPrefetchHeader},
+		{name: "curl HEAD link check", kind: KindClick, method: http.MethodHead, ua: uaCurl, class: ClassScanner, reason: ReasonHeadRequest},
+		{name: "ios mail open", ua: uaIOSMail, class: ClassHuman},
+		{name: "samsung internet click", kind: KindClick, ua: uaSamsungInternet, class: ClassHuman},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := hit{kind: KindOpen, method: http.MethodGet, ip: home, header: http.Header{}, userAgent: tc.ua,
@@ -122,10 +158,33 @@ func TestClassify(t *testing.T) {
 			if tc.reason != "" && !slices.Contains(v.reasons, tc.reason) {
 				t.Errorf("reasons %v lack %s", v.reasons, tc.reason)
 			}
-			if tc.class == ClassHuman && len(v.reasons) != 0 {
+			if len(v.reasons) == 0 {
+				t.Errorf("no reasons")
+			}
+			if tc.class == ClassHuman && !slices.Equal(v.reasons, []string{ReasonNoMachineSignals}) {
 				t.Errorf("human with reasons %v", v.reasons)
 			}
 		})
+	}
+}
+
+func TestIPRangeFiles(t *testing.T) {
+	for name, want := range map[string]string{
+		"ipranges/apple-mpp.txt":          "17.0.0.0/8",
+		"ipranges/google-image-proxy.txt": "66.249.64.0/19",
+		"ipranges/yahoo-mail-proxy.txt":   "98.136.0.0/14",
+	} {
+		b, err := ipRangeFiles.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps, err := parseRanges(string(b))
+		if err != nil || len(ps) == 0 || !slices.Contains(ps, netip.MustParsePrefix(want)) {
+			t.Errorf("%s: %v %v", name, ps, err)
+		}
+	}
+	if _, err := parseRanges("10.0.0.0/8\nnot-a-prefix\n"); err == nil {
+		t.Error("bad line accepted")
 	}
 }
 

@@ -11,7 +11,22 @@
 //
 // A hit is committed to the Store before its response is sent; BoltStore
 // batches concurrent events into one transaction and one fsync (group
-// commit). The Store interface is the seam for other backends.
+// commit): a lone hit is committed at once, and the hits that arrive during
+// a commit form the next batch. Classification reads message data from an
+// in-memory LRU, so a hit needs no read transaction. The Store interface is
+// the seam for other backends.
+//
+// Each event carries its class with reasons. Evidence that only a sequence
+// shows (a burst of clicks over several links, a click before any open) is
+// added when the event is committed; an earlier event whose class changes
+// gets a "reclassified" entry in the account's feed (GET /api/v1/events),
+// which also lists delivery changes. Feed entries of accounts with a
+// webhook go to a durable outbox in the store, which WebhookSender POSTs,
+// signed, with retries for 24 hours. Privacy: events older than the
+// retention period are swept (their counts stay), the recorded IP may be
+// truncated or dropped, a copy keeps at most MaxEventsPerRecipient
+// detailed events, and DELETE /api/v1/messages/{ref} erases a message's
+// tracking data while its links keep working.
 //
 // What the package must never do:
 //   - redirect anywhere but to an http(s) destination signed by its own keys

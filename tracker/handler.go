@@ -51,8 +51,44 @@ type Config struct {
 	// pixel or redirect is served anyway (the event then counts as lost).
 	// Zero means DefaultStoreTimeout.
 	StoreTimeout time.Duration
+	// IPMode is what is kept of a client's IP address: IPFull (default),
+	// IPTruncate (the /24 of IPv4, the /48 of IPv6) or IPNone.
+	// Classification always sees the full address; only the record changes.
+	IPMode string
+	// NoRecord serves hits without recording them. For benchmarks only:
+	// it measures the ceiling a recording server is compared with.
+	NoRecord bool
 	// Now returns the current time; nil means time.Now. For tests.
 	Now func() time.Time
+}
+
+// IP modes of Config.IPMode (tracking.ip_mode).
+const (
+	IPFull     = "full"
+	IPTruncate = "truncate"
+	IPNone     = "none"
+)
+
+// recordedIP renders ip as mode keeps it.
+func recordedIP(ip netip.Addr, mode string) string {
+	if !ip.IsValid() {
+		return ""
+	}
+	switch mode {
+	case IPNone:
+		return ""
+	case IPTruncate:
+		bits := 48
+		if ip.Is4() {
+			bits = 24
+		}
+		p, err := ip.Prefix(bits)
+		if err != nil {
+			return ""
+		}
+		return p.Addr().String()
+	}
+	return ip.String()
 }
 
 type apiAccount struct {
@@ -76,6 +112,8 @@ type handler struct {
 //	GET|HEAD /o/{token}[.gif]        open pixel
 //	GET|HEAD /c/{token}              click redirect
 //	GET      /api/v1/messages/{ref}  message status (Bearer API key)
+//	DELETE   /api/v1/messages/{ref}  erase its tracking data (Bearer API key)
+//	GET      /api/v1/events          the account's feed (Bearer API key)
 //	GET      /healthz                liveness
 //
 // Every hit is recorded in store before its response is sent; if the store
@@ -138,7 +176,10 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-const apiMessagesPrefix = "/api/v1/messages/"
+const (
+	apiMessagesPrefix = "/api/v1/messages/"
+	apiEventsPath     = "/api/v1/events"
+)
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
@@ -155,6 +196,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(path, apiMessagesPrefix):
 		name = handlerAPI
 		h.serveMessage(sw, r, path[len(apiMessagesPrefix):])
+	case path == apiEventsPath:
+		name = handlerEvents
+		h.serveEvents(sw, r)
 	case path == "/healthz":
 		name = handlerHealth
 		h.serveHealth(sw, r)
@@ -233,6 +277,7 @@ func (h *handler) serveHit(w http.ResponseWriter, r *http.Request, kind Kind, to
 	hd.Set("Location", dest)
 	hd.Set("Referrer-Policy", "no-referrer")
 	hd.Set("Cache-Control", "no-store")
+	hd.Set("X-Content-Type-Options", "nosniff")
 	hd.Set("Content-Length", "0")
 	w.WriteHeader(http.StatusFound)
 }
@@ -261,6 +306,9 @@ func (h *handler) record(r *http.Request, t Token) {
 	switch {
 	case err == nil:
 		in.message = msg
+	case errors.Is(err, ErrErased):
+		// The sender erased this message's tracking data: serve, don't record.
+		return
 	case errors.Is(err, ErrNotFound):
 		// Recorded all the same: the message may have been reported while
 		// the store was unavailable.
@@ -277,18 +325,17 @@ func (h *handler) record(r *http.Request, t Token) {
 		}
 	}
 	v := classify(in)
-	ipStr := ""
-	if ip.IsValid() {
-		ipStr = ip.String()
-	}
 	e := Event{
 		Type: typ, At: at, Message: t.Message, Recipient: t.Recipient, Link: t.Link,
-		IP: ipStr, UserAgent: ua, Client: v.client, Class: v.class, Reasons: v.reasons,
+		IP: recordedIP(ip, h.cfg.IPMode), UserAgent: ua, Client: v.client, Class: v.class, Reasons: v.reasons,
 	}
 	if t.Kind == KindClick {
 		e.URL = t.Dest
 	} else {
 		e.Link = -1
+	}
+	if h.cfg.NoRecord {
+		return
 	}
 	if err := h.store.AddEvent(ctx, e); err != nil {
 		h.metrics.eventsLost.Inc()
@@ -393,23 +440,21 @@ func (h *handler) authenticate(r *http.Request) (string, bool) {
 // serveMessage answers GET /api/v1/messages/{ref}; escapedRef is the rest
 // of the escaped path.
 func (h *handler) serveMessage(w http.ResponseWriter, r *http.Request, escapedRef string) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		methodNotAllowed(w, "GET, HEAD")
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && r.Method != http.MethodDelete {
+		methodNotAllowed(w, "GET, HEAD, DELETE")
 		return
 	}
-	account, ok := h.authenticate(r)
+	account, ok := h.requireAccount(w, r)
 	if !ok {
-		challenge := `Bearer realm="trackrelay"`
-		if r.Header.Get("Authorization") != "" {
-			challenge += `, error="invalid_token"`
-		}
-		w.Header().Set("WWW-Authenticate", challenge)
-		writeJSONError(w, http.StatusUnauthorized, "missing or invalid API key")
 		return
 	}
 	ref, err := url.PathUnescape(escapedRef)
 	if err != nil || ref == "" {
 		writeJSONError(w, http.StatusNotFound, "message not found")
+		return
+	}
+	if r.Method == http.MethodDelete {
+		h.eraseMessage(w, r, account, ref)
 		return
 	}
 	view, err := h.store.Lookup(r.Context(), account, ref)
@@ -422,15 +467,84 @@ func (h *handler) serveMessage(w http.ResponseWriter, r *http.Request, escapedRe
 		writeJSONError(w, http.StatusServiceUnavailable, "store unavailable, try again")
 		return
 	}
-	body, err := json.Marshal(view)
+	h.writeJSON(w, r, view)
+}
+
+// requireAccount authenticates an API request, answering 401 when it fails.
+func (h *handler) requireAccount(w http.ResponseWriter, r *http.Request) (string, bool) {
+	account, ok := h.authenticate(r)
+	if !ok {
+		challenge := `Bearer realm="trackrelay"`
+		if r.Header.Get("Authorization") != "" {
+			challenge += `, error="invalid_token"`
+		}
+		w.Header().Set("WWW-Authenticate", challenge)
+		writeJSONError(w, http.StatusUnauthorized, "missing or invalid API key")
+	}
+	return account, ok
+}
+
+// eraseMessage answers DELETE /api/v1/messages/{ref}: 204 once erased.
+func (h *handler) eraseMessage(w http.ResponseWriter, r *http.Request, account, ref string) {
+	err := h.store.Erase(r.Context(), account, ref)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		writeJSONError(w, http.StatusNotFound, "message not found")
+	case err != nil:
+		h.log.Error("tracker: erase", "account", account, "ref", ref, "err", err)
+		writeJSONError(w, http.StatusServiceUnavailable, "store unavailable, try again")
+	default:
+		h.log.Info("tracker: tracking data erased", "account", account, "ref", ref)
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// serveEvents answers GET /api/v1/events?after=CURSOR&limit=N.
+func (h *handler) serveEvents(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		methodNotAllowed(w, "GET, HEAD")
+		return
+	}
+	account, ok := h.requireAccount(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	limit := DefaultFeedLimit
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxFeedLimit {
+			writeJSONError(w, http.StatusBadRequest, "limit must be 1 to "+strconv.Itoa(MaxFeedLimit))
+			return
+		}
+		limit = n
+	}
+	page, err := h.store.Feed(r.Context(), account, q.Get("after"), limit)
+	switch {
+	case errors.Is(err, ErrBadCursor):
+		writeJSONError(w, http.StatusBadRequest, "invalid cursor")
+		return
+	case err != nil:
+		h.log.Error("tracker: feed", "account", account, "err", err)
+		writeJSONError(w, http.StatusServiceUnavailable, "store unavailable, try again")
+		return
+	}
+	h.writeJSON(w, r, page)
+}
+
+// writeJSON answers 200 with v as JSON.
+func (h *handler) writeJSON(w http.ResponseWriter, r *http.Request, v any) {
+	body, err := json.Marshal(v)
 	if err != nil {
-		h.log.Error("tracker: encode message view", "msg", view.ID, "err", err)
+		h.log.Error("tracker: encode answer", "err", err)
 		writeJSONError(w, http.StatusInternalServerError, "internal error")
 		return
 	}
 	body = append(body, '\n')
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodGet {

@@ -459,19 +459,19 @@ func TestAPI(t *testing.T) {
 	if err := json.Unmarshal(body, &doc); err != nil {
 		t.Fatal(err)
 	}
-	assertKeys(t, "message", doc, "id", "message_id", "account", "from", "accepted_at", "mode", "recipients", "links", "events")
+	assertKeys(t, "message", doc, "id", "message_id", "account", "from", "accepted_at", "mode", "recipients", "links", "events", "stats")
 	recips := doc["recipients"].([]any)
 	r0 := recips[0].(map[string]any)
-	assertKeys(t, "recipient", r0, "address", "tracked", "delivery", "opened", "first_opened_at", "opens", "clicks")
+	assertKeys(t, "recipient", r0, "address", "tracked", "delivery", "opened", "first_opened_at", "last_opened_at", "opens", "clicks", "events_total")
 	assertKeys(t, "delivery", r0["delivery"].(map[string]any), "status", "attempts", "last_response", "updated_at")
 	links := doc["links"].([]any)
-	assertKeys(t, "link", links[0].(map[string]any), "index", "url", "clicks")
+	assertKeys(t, "link", links[0].(map[string]any), "index", "url", "clicks", "unique_clicks")
 	events := doc["events"].([]any)
 	if len(events) != 3 {
 		t.Fatalf("%d events", len(events))
 	}
-	assertKeys(t, "open event", events[0].(map[string]any), "type", "at", "recipient", "ip", "user_agent", "client", "class", "reasons")
-	assertKeys(t, "click event", events[1].(map[string]any), "type", "at", "recipient", "link", "ip", "user_agent", "client", "class", "reasons")
+	assertKeys(t, "open event", events[0].(map[string]any), "id", "type", "at", "recipient", "ip", "user_agent", "client", "class", "reasons")
+	assertKeys(t, "click event", events[1].(map[string]any), "id", "type", "at", "recipient", "link", "ip", "user_agent", "client", "class", "reasons")
 
 	var v MessageView
 	if err := json.Unmarshal(body, &v); err != nil {
@@ -490,7 +490,7 @@ func TestAPI(t *testing.T) {
 	if r1 := recips[1].(map[string]any); r1["first_opened_at"] != nil || r1["opened"] != false || r1["tracked"] != false {
 		t.Errorf("recipient 1 = %v", r1)
 	}
-	if v.Links[0] != (LinkView{Index: 0, URL: "https://example.com/quote?id=1&x=2", Clicks: 1}) {
+	if v.Links[0] != (LinkView{Index: 0, URL: "https://example.com/quote?id=1&x=2", Clicks: 1, UniqueClicks: 1}) {
 		t.Errorf("links = %+v", v.Links)
 	}
 	ev := v.Events[2]
@@ -506,7 +506,7 @@ func TestAPI(t *testing.T) {
 		}
 	}
 	// Other methods.
-	req, _ := http.NewRequest(http.MethodDelete, e.srv.URL+"/api/v1/messages/"+e.msg.ID, nil)
+	req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/api/v1/messages/"+e.msg.ID, nil)
 	req.Header.Set("Authorization", "Bearer "+aliceKey)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -514,7 +514,17 @@ func TestAPI(t *testing.T) {
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusMethodNotAllowed {
-		t.Errorf("DELETE: %d", resp.StatusCode)
+		t.Errorf("POST: %d", resp.StatusCode)
+	}
+	st := v.Stats
+	if st.Opens != 1 || st.UniqueOpens != 1 || st.Clicks != 1 || st.UniqueClicks != 1 || st.Events != 3 ||
+		st.FirstOpenedAt == nil || st.LastOpenedAt == nil || st.LastOpenedAt.Before(*st.FirstOpenedAt) {
+		t.Errorf("stats = %+v", st)
+	}
+	for _, ev := range v.Events {
+		if !strings.HasPrefix(ev.ID, "ev_") || len(ev.Reasons) == 0 {
+			t.Errorf("event without id or reasons: %+v", ev)
+		}
 	}
 }
 

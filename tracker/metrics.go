@@ -1,6 +1,8 @@
 package tracker
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -14,13 +16,24 @@ type Metrics struct {
 	eventsLost      prometheus.Counter
 	commitDuration  prometheus.Histogram
 	commitBatch     prometheus.Histogram
+	eventsDropped   *prometheus.CounterVec
+	reclassified    *prometheus.CounterVec
+	eventsExpired   prometheus.Counter
+	outbox          prometheus.GaugeFunc
+	outboxFn        atomic.Pointer[func() float64]
+	webhookAttempts *prometheus.CounterVec
+	webhookDuration prometheus.Histogram
+	webhookExpired  prometheus.Counter
 }
+
+func (m *Metrics) setOutboxFunc(f func() float64) { m.outboxFn.Store(&f) }
 
 // Handler label values.
 const (
 	handlerOpen   = "open"
 	handlerClick  = "click"
 	handlerAPI    = "api"
+	handlerEvents = "events"
 	handlerHealth = "health"
 	handlerOther  = "other"
 )
@@ -34,13 +47,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "trackrelay",
 			Subsystem: "tracking",
 			Name:      "requests_total",
-			Help:      "HTTP requests served by the tracker, by handler (open, click, api, health, other) and status code.",
+			Help:      "HTTP requests served by the tracker, by handler (open, click, api, events, health, other) and status code.",
 		}, []string{"handler", "code"}),
 		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "trackrelay",
 			Subsystem: "tracking",
 			Name:      "request_duration_seconds",
-			Help:      "Time to serve a tracker HTTP request, recording included, by handler (open, click, api, health, other).",
+			Help:      "Time to serve a tracker HTTP request, recording included, by handler (open, click, api, events, health, other).",
 			Buckets:   []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"handler"}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -76,6 +89,60 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets:   []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024},
 		}),
 	}
+	m.eventsDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "trackrelay",
+		Subsystem: "store",
+		Name:      "events_unlisted_total",
+		Help:      "Hits served but not kept as detailed events, by reason: over_cap (the copy reached tracking.max_events_per_recipient; its counters still count it) or erased (the message's tracking data was deleted).",
+	}, []string{"reason"})
+	m.reclassified = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "trackrelay",
+		Subsystem: "tracking",
+		Name:      "reclassified_total",
+		Help:      "Events whose class changed as later evidence arrived, by new class (human, proxy, prefetch, scanner, self).",
+	}, []string{"class"})
+	m.eventsExpired = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "trackrelay",
+		Subsystem: "store",
+		Name:      "events_expired_total",
+		Help:      "Events deleted by the retention sweep (tracking.retention); their counts stay.",
+	})
+	m.outbox = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "trackrelay",
+		Subsystem: "webhook",
+		Name:      "outbox_entries",
+		Help:      "Webhook deliveries waiting in the durable outbox.",
+	}, func() float64 {
+		if f := m.outboxFn.Load(); f != nil {
+			return (*f)()
+		}
+		return 0
+	})
+	m.webhookAttempts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "trackrelay",
+		Subsystem: "webhook",
+		Name:      "attempts_total",
+		Help:      "Webhook POST attempts, by result (success: a 2xx answer; failure: anything else, retried with backoff).",
+	}, []string{"result"})
+	m.webhookDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "trackrelay",
+		Subsystem: "webhook",
+		Name:      "attempt_duration_seconds",
+		Help:      "Time of one webhook POST attempt.",
+		Buckets:   []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	})
+	m.webhookExpired = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "trackrelay",
+		Subsystem: "webhook",
+		Name:      "expired_total",
+		Help:      "Webhook deliveries abandoned after failing for the whole retry period (24 hours).",
+	})
+	for _, r := range []string{"over_cap", "erased"} {
+		m.eventsDropped.WithLabelValues(r)
+	}
+	for _, r := range []string{"success", "failure"} {
+		m.webhookAttempts.WithLabelValues(r)
+	}
 	for _, h := range []string{handlerOpen, handlerClick} {
 		for _, code := range []string{"200", "302", "404", "405"} {
 			if (h == handlerOpen && code == "302") || (h == handlerClick && code == "200") {
@@ -92,7 +159,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.requestDuration, m.events, m.invalidTokens,
-			m.eventsLost, m.commitDuration, m.commitBatch)
+			m.eventsLost, m.commitDuration, m.commitBatch, m.eventsDropped, m.reclassified,
+			m.eventsExpired, m.outbox, m.webhookAttempts, m.webhookDuration, m.webhookExpired)
 	}
 	return m
 }

@@ -13,10 +13,19 @@ var ErrNotFound = errors.New("tracker: not found")
 // ErrClosed is returned by a store that has been closed.
 var ErrClosed = errors.New("tracker: store closed")
 
+// ErrErased is returned by Store.Message for a message whose tracking data
+// was erased (DELETE /api/v1/messages/{ref}): its hits are not recorded.
+var ErrErased = errors.New("tracker: message erased")
+
 // Event types.
 const (
 	EventOpen  = "open"
 	EventClick = "click"
+	// EventDelivery is a feed entry for a change of a copy's delivery state.
+	EventDelivery = "delivery"
+	// EventReclassified is a feed entry announcing that an earlier event's
+	// class changed as evidence arrived.
+	EventReclassified = "reclassified"
 )
 
 // Event classes: who, most likely, caused a hit.
@@ -74,6 +83,9 @@ type Delivery struct {
 
 // Event is one recorded tracking hit.
 type Event struct {
+	// ID is set by the store when it reads an event back ("ev_..."); it is
+	// the id of the event in the API, the feed and webhooks.
+	ID        string
 	Type      string // "open" | "click"
 	At        time.Time
 	Message   string // queue id
@@ -106,8 +118,19 @@ type Store interface {
 	// id or the Message-ID, with or without <>. A message of another account
 	// is ErrNotFound.
 	Lookup(ctx context.Context, account, ref string) (*MessageView, error)
-	// Message returns a message by queue id, or ErrNotFound.
+	// Message returns a message by queue id, ErrNotFound, or ErrErased when
+	// its tracking data was erased. The result is shared: callers must not
+	// modify it.
 	Message(ctx context.Context, id string) (*Message, error)
+	// Feed returns the account's events and delivery changes committed
+	// after the opaque cursor after ("" for the beginning), oldest first,
+	// at most limit of them, and the cursor to pass next time.
+	Feed(ctx context.Context, account, after string, limit int) (*FeedPage, error)
+	// Erase deletes the tracking data of a message of account (events,
+	// counters, deliveries, links, the message record). Later hits on its
+	// links are served but not recorded. A message of another account is
+	// ErrNotFound.
+	Erase(ctx context.Context, account, ref string) error
 	// Close releases the store; pending AddEvent calls fail with ErrClosed.
 	Close() error
 }

@@ -16,6 +16,23 @@ type MessageView struct {
 	Recipients []RecipientView `json:"recipients"`
 	Links      []LinkView      `json:"links"`
 	Events     []EventView     `json:"events"`
+	// Stats sums the recipients' counts.
+	Stats StatsView `json:"stats"`
+}
+
+// StatsView counts what people did with a message, over all recipients:
+// totals, and unique counts (recipients who opened, who clicked).
+type StatsView struct {
+	Opens         int        `json:"opens"`
+	UniqueOpens   int        `json:"unique_opens"`
+	Clicks        int        `json:"clicks"`
+	UniqueClicks  int        `json:"unique_clicks"`
+	FirstOpenedAt *time.Time `json:"first_opened_at"`
+	LastOpenedAt  *time.Time `json:"last_opened_at"`
+	// Events counts every event recorded, of any class, including those
+	// no longer listed in detail (over the per-recipient cap, or past
+	// retention).
+	Events int `json:"events_total"`
 }
 
 // RecipientView is one recipient of a MessageView. Opened, FirstOpenedAt,
@@ -30,8 +47,13 @@ type RecipientView struct {
 	// FirstOpenedAt is the time of the first counted open or click; null
 	// when not opened.
 	FirstOpenedAt *time.Time `json:"first_opened_at"`
-	Opens         int        `json:"opens"`
-	Clicks        int        `json:"clicks"`
+	// LastOpenedAt is the time of the latest counted open or click.
+	LastOpenedAt *time.Time `json:"last_opened_at"`
+	Opens        int        `json:"opens"`
+	Clicks       int        `json:"clicks"`
+	// EventsTotal counts every event of this copy, of any class, listed
+	// or not.
+	EventsTotal int `json:"events_total"`
 }
 
 // DeliveryView is the delivery state of one recipient's copy.
@@ -47,11 +69,14 @@ type LinkView struct {
 	Index  int    `json:"index"`
 	URL    string `json:"url"`
 	Clicks int    `json:"clicks"`
+	// UniqueClicks is the number of recipients who clicked it.
+	UniqueClicks int `json:"unique_clicks"`
 }
 
 // EventView is one tracking event as the API shows it, with its current
 // class and the reasons for it.
 type EventView struct {
+	ID        string    `json:"id"`
 	Type      string    `json:"type"`
 	At        time.Time `json:"at"`
 	Recipient string    `json:"recipient"`
@@ -75,9 +100,10 @@ const (
 )
 
 // buildView assembles the API view of m. deliveries is indexed by recipient
-// (missing entries are queued), events are in commit order. events is
-// modified in place (current classes).
-func buildView(m *Message, links []string, deliveries map[int]Delivery, events []Event) *MessageView {
+// (missing entries are queued), events are in commit order, tallies count
+// each recipient's events not kept in detail. events is modified in place
+// (current classes).
+func buildView(m *Message, links []string, deliveries map[int]Delivery, events []Event, tallies map[int]*tally) *MessageView {
 	reclassifyBursts(events)
 	v := &MessageView{
 		ID:         m.ID,
@@ -121,8 +147,13 @@ func buildView(m *Message, links []string, deliveries map[int]Delivery, events [
 			v.Links[e.Link].URL = e.URL
 		}
 	}
+	clicked := make([]map[int]bool, len(v.Recipients)) // links each recipient clicked
+	for i := range clicked {
+		clicked[i] = map[int]bool{}
+	}
 	for _, e := range events {
 		ev := EventView{
+			ID:        e.ID,
 			Type:      e.Type,
 			At:        e.At.UTC(),
 			IP:        e.IP,
@@ -151,7 +182,11 @@ func buildView(m *Message, links []string, deliveries map[int]Delivery, events [
 			}
 		}
 		v.Events = append(v.Events, ev)
-		if rv == nil || !counted(e.Class) {
+		if rv == nil {
+			continue
+		}
+		rv.EventsTotal++
+		if !counted(e.Class) {
 			continue
 		}
 		switch e.Type {
@@ -159,14 +194,68 @@ func buildView(m *Message, links []string, deliveries map[int]Delivery, events [
 			rv.Opens++
 		case EventClick:
 			rv.Clicks++
+			if e.Link >= 0 && e.Link < len(v.Links) {
+				clicked[e.Recipient][e.Link] = true
+			}
 		}
-		rv.Opened = true
-		if rv.FirstOpenedAt == nil || ev.At.Before(*rv.FirstOpenedAt) {
-			at := ev.At
-			rv.FirstOpenedAt = &at
+		rv.seen(ev.At)
+	}
+	for i, t := range tallies {
+		if i < 0 || i >= len(v.Recipients) {
+			continue
+		}
+		rv := &v.Recipients[i]
+		rv.EventsTotal += t.Events
+		rv.Opens += t.Opens
+		rv.Clicks += t.Clicks
+		for l, n := range t.Links {
+			if l >= 0 && l < len(v.Links) && n > 0 {
+				v.Links[l].Clicks += n
+				clicked[i][l] = true
+			}
+		}
+		if t.First != nil {
+			rv.seen(*t.First)
+		}
+		if t.Last != nil {
+			rv.seen(*t.Last)
+		}
+	}
+	for i := range v.Recipients {
+		rv := &v.Recipients[i]
+		st := &v.Stats
+		st.Events += rv.EventsTotal
+		st.Opens += rv.Opens
+		st.Clicks += rv.Clicks
+		if rv.Opened {
+			st.UniqueOpens++
+			if st.FirstOpenedAt == nil || rv.FirstOpenedAt.Before(*st.FirstOpenedAt) {
+				st.FirstOpenedAt = rv.FirstOpenedAt
+			}
+			if st.LastOpenedAt == nil || rv.LastOpenedAt.After(*st.LastOpenedAt) {
+				st.LastOpenedAt = rv.LastOpenedAt
+			}
+		}
+		if rv.Clicks > 0 {
+			st.UniqueClicks++
+		}
+		for l := range clicked[i] {
+			v.Links[l].UniqueClicks++
 		}
 	}
 	return v
+}
+
+// seen records a counted open or click at at.
+func (rv *RecipientView) seen(at time.Time) {
+	at = at.UTC()
+	rv.Opened = true
+	if rv.FirstOpenedAt == nil || at.Before(*rv.FirstOpenedAt) {
+		rv.FirstOpenedAt = &at
+	}
+	if rv.LastOpenedAt == nil || at.After(*rv.LastOpenedAt) {
+		rv.LastOpenedAt = &at
+	}
 }
 
 // reclassifyBursts marks as scanner every click that belongs to a burst: a
@@ -210,7 +299,7 @@ func reclassifyBursts(events []Event) {
 				e.Class = ClassScanner
 			}
 			if !slices.Contains(e.Reasons, ReasonClickBurst) {
-				e.Reasons = append(slices.Clip(e.Reasons), ReasonClickBurst)
+				e.Reasons = append(slices.DeleteFunc(slices.Clone(e.Reasons), func(r string) bool { return r == ReasonNoMachineSignals }), ReasonClickBurst)
 			}
 		}
 	}

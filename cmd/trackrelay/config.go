@@ -15,6 +15,8 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 	"gopkg.in/yaml.v3"
+
+	"github.com/trackrelay/trackrelay/relay"
 )
 
 // Config is the YAML configuration file. The struct is the schema: each
@@ -29,6 +31,16 @@ type Config struct {
 	Delivery DeliveryConfig  `yaml:"delivery"`
 	Log      LogConfig       `yaml:"log"`
 	Accounts []AccountConfig `yaml:"accounts"`
+	DKIM     []DKIMConfig    `yaml:"dkim"`
+}
+
+// DKIMConfig is one DKIM signing key: copies whose From is in Domain (or a
+// subdomain of it) are signed with KeyFile, published at
+// Selector._domainkey.Domain (see `trackrelay dkim-keygen`).
+type DKIMConfig struct {
+	Domain   string `yaml:"domain"`
+	Selector string `yaml:"selector"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // SMTPConfig is the submission server.
@@ -73,11 +85,23 @@ type MetricsConfig struct {
 
 // TrackingConfig is how messages are instrumented and hits recorded.
 type TrackingConfig struct {
-	BaseURL        string   `yaml:"base_url"`
-	SecretFile     string   `yaml:"secret_file"`
-	Mode           string   `yaml:"mode"`
-	TrustedProxies []string `yaml:"trusted_proxies"`
-	ScannerWindow  Duration `yaml:"scanner_window"`
+	BaseURL    string `yaml:"base_url"`
+	SecretFile string `yaml:"secret_file"`
+	// PreviousSecretFiles still verify tokens after a rotation; only
+	// SecretFile signs.
+	PreviousSecretFiles []string `yaml:"previous_secret_files"`
+	Mode                string   `yaml:"mode"`
+	TrustedProxies      []string `yaml:"trusted_proxies"`
+	ScannerWindow       Duration `yaml:"scanner_window"`
+	// Retention deletes events older than this (e.g. 90d); 0 keeps them.
+	// Links keep working and counts stay.
+	Retention Duration `yaml:"retention"`
+	// IPMode is what is kept of a client's IP: full, truncate (/24 of
+	// IPv4, /48 of IPv6) or none.
+	IPMode string `yaml:"ip_mode"`
+	// MaxEventsPerRecipient is how many events are kept in detail per
+	// recipient copy; later hits only add to its counts.
+	MaxEventsPerRecipient int `yaml:"max_events_per_recipient"`
 }
 
 // DeliveryConfig is the retry schedule.
@@ -103,6 +127,10 @@ type AccountConfig struct {
 	Networks      []string `yaml:"networks"`
 	Mode          string   `yaml:"mode"`
 	SelfAddresses []string `yaml:"self_addresses"`
+	// WebhookURL receives each tracking event and delivery change as a
+	// signed JSON POST; WebhookSecretFile holds the signing secret.
+	WebhookURL        string `yaml:"webhook_url"`
+	WebhookSecretFile string `yaml:"webhook_secret_file"`
 }
 
 // Duration is a time.Duration written as "5m", "36h" or "7d".
@@ -154,7 +182,7 @@ func defaultConfig() *Config {
 		},
 		HTTP:     HTTPConfig{Listen: "127.0.0.1:8080"},
 		Metrics:  MetricsConfig{Listen: "127.0.0.1:9725"},
-		Tracking: TrackingConfig{BaseURL: "http://127.0.0.1:8080", Mode: "all", ScannerWindow: Duration(10 * time.Second)},
+		Tracking: TrackingConfig{BaseURL: "http://127.0.0.1:8080", Mode: "all", ScannerWindow: Duration(10 * time.Second), IPMode: "full", MaxEventsPerRecipient: 100},
 		Delivery: DeliveryConfig{
 			RetryInitial: Duration(time.Minute),
 			RetryMax:     Duration(time.Hour),
@@ -345,7 +373,7 @@ func (c *Config) validate() []error {
 		default:
 			bad("upstream.tls", "%q is not one of starttls, implicit, none", u.TLS)
 		}
-		if u.Username != "" && u.PasswordFile == "" {
+		if u.Username != "" && u.PasswordFile == "" && os.Getenv(envUpstreamPassword) == "" {
 			bad("upstream.password_file", "required with upstream.username")
 		}
 		if u.PasswordFile != "" {
@@ -359,6 +387,17 @@ func (c *Config) validate() []error {
 	}
 	if u, err := url.Parse(c.Tracking.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		bad("tracking.base_url", "%q is not an absolute http(s) URL without query", c.Tracking.BaseURL)
+	}
+	switch c.Tracking.IPMode {
+	case "full", "truncate", "none":
+	default:
+		bad("tracking.ip_mode", "%q is not one of full, truncate, none", c.Tracking.IPMode)
+	}
+	if c.Tracking.MaxEventsPerRecipient <= 0 {
+		bad("tracking.max_events_per_recipient", "must be positive")
+	}
+	if c.Tracking.Retention != 0 && c.Tracking.Retention < Duration(time.Hour) {
+		bad("tracking.retention", "must be 0 (keep events) or at least 1h")
 	}
 	if !validModes[c.Tracking.Mode] {
 		bad("tracking.mode", "%q is not one of none, opens, clicks, all", c.Tracking.Mode)
@@ -430,11 +469,72 @@ func (c *Config) validate() []error {
 				bad(fmt.Sprintf("%s.self_addresses[%d]", key, j), "%q is not an address", s)
 			}
 		}
+		if a.WebhookURL != "" {
+			if u, err := url.Parse(a.WebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				bad(key+".webhook_url", "%q is not an absolute http(s) URL", a.WebhookURL)
+			}
+			if a.WebhookSecretFile == "" {
+				bad(key+".webhook_secret_file", "required with webhook_url")
+			} else if b, err := os.ReadFile(a.WebhookSecretFile); err != nil {
+				bad(key+".webhook_secret_file", "%v", err)
+			} else if len(strings.TrimSpace(string(b))) < 16 {
+				bad(key+".webhook_secret_file", "holds fewer than 16 bytes")
+			}
+		} else if a.WebhookSecretFile != "" {
+			bad(key+".webhook_secret_file", "set without webhook_url")
+		}
 		if a.PasswordHash == "" && len(a.Networks) == 0 {
 			bad(key, "account %q can neither AUTH (password_hash) nor send from a network (networks)", a.Name)
 		}
 	}
+	errs = append(errs, validateDKIM(c.DKIM)...)
 	return errs
+}
+
+// validateDKIM checks the dkim list: names, one key per domain, and key
+// files that load (RSA of at least 2048 bits, or Ed25519).
+func validateDKIM(keys []DKIMConfig) []error {
+	var errs []error
+	seen := map[string]bool{}
+	for i, k := range keys {
+		key := fmt.Sprintf("dkim[%d]", i)
+		d := strings.TrimSuffix(strings.ToLower(k.Domain), ".")
+		switch {
+		case !validDNSName(d) || !strings.Contains(d, "."):
+			errs = append(errs, fmt.Errorf("config: %s.domain: %q is not a domain name", key, k.Domain))
+		case seen[d]:
+			errs = append(errs, fmt.Errorf("config: %s.domain: a second key for %s", key, d))
+		}
+		seen[d] = true
+		if !validDNSName(k.Selector) {
+			errs = append(errs, fmt.Errorf("config: %s.selector: %q is not a DKIM selector (DNS labels: letters, digits, hyphens)", key, k.Selector))
+		}
+		if k.KeyFile == "" {
+			errs = append(errs, fmt.Errorf("config: %s.key_file: required", key))
+		} else if _, err := relay.LoadDKIMKey(k.KeyFile); err != nil {
+			errs = append(errs, fmt.Errorf("config: %s.key_file: %v", key, err))
+		}
+	}
+	return errs
+}
+
+// validDNSName reports whether s is dot-separated labels of letters,
+// digits and inner hyphens (underscores allowed, as some selectors have).
+func validDNSName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(s, ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, c := range l {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // parsePrefix accepts a CIDR prefix or a bare address (a /32 or /128).

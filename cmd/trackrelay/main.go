@@ -6,6 +6,7 @@
 //	trackrelay check-config -config FILE
 //	trackrelay hash-password < password
 //	trackrelay queue [-config FILE] list|show|retry|delete
+//	trackrelay dkim-keygen -domain D -selector S [-type rsa|ed25519] [-bits N] [-out FILE]
 //	trackrelay version
 package main
 
@@ -31,6 +32,8 @@ commands:
   check-config -config FILE    validate a config file; exit 0 when valid
   hash-password                read a password on stdin, print its bcrypt hash
   queue [-config FILE] CMD     list, show, retry or delete queued messages
+  dkim-keygen -domain D -selector S [-type rsa|ed25519] [-bits 2048] [-out FILE]
+                               write a DKIM private key, print its DNS TXT record
   version                      print the version
 `
 
@@ -52,6 +55,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdQueue(args[1:], stdout, stderr)
 	case "hash-password":
 		return cmdHashPassword(stdin, stdout, stderr)
+	case "dkim-keygen":
+		return cmdDKIMKeygen(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "trackrelay", version)
 		return 0

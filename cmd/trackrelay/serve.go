@@ -80,13 +80,9 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 			return err
 		}
 	}
-	secret, err := loadSecret(cfg)
+	keys, err := loadKeyring(cfg)
 	if err != nil {
 		return err
-	}
-	keys, err := tracker.NewKeyring(tracker.Key{ID: keyID(secret), Secret: secret})
-	if err != nil {
-		return fmt.Errorf("tracking.secret_file: %w", err)
 	}
 
 	reg := prometheus.NewRegistry()
@@ -94,11 +90,24 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 	tm := tracker.NewMetrics(reg)
 	rm := relay.NewMetrics(reg)
 
-	store, err := tracker.OpenBolt(filepath.Join(cfg.DataDir, "tracking.db"), tracker.BoltOptions{Metrics: tm})
+	hooks, err := webhooks(cfg)
+	if err != nil {
+		return err
+	}
+	bopts := tracker.BoltOptions{Metrics: tm, Retention: cfg.Tracking.Retention.D(),
+		MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient, Logger: log.With("part", "store")}
+	for _, h := range hooks {
+		bopts.WebhookAccounts = append(bopts.WebhookAccounts, h.Account)
+	}
+	store, err := tracker.OpenBolt(filepath.Join(cfg.DataDir, "tracking.db"), bopts)
 	if err != nil {
 		return fmt.Errorf("tracking store: %w", err)
 	}
 	defer store.Close()
+	if len(hooks) > 0 {
+		sender := tracker.StartWebhooks(store, tracker.WebhookOptions{Hooks: hooks, Logger: log.With("part", "webhook"), Metrics: tm})
+		defer sender.Close()
+	}
 
 	spool, err := relay.OpenSpool(filepath.Join(cfg.DataDir, "spool"), log.With("part", "spool"))
 	if err != nil {
@@ -125,6 +134,9 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 		dcfg.CaptureDir = filepath.Join(cfg.DataDir, "outbox")
 		log.Info("capture mode: no upstream; delivered copies are written to the outbox", "dir", dcfg.CaptureDir)
 	}
+	if dcfg.DKIM, err = dkimSigner(cfg, log); err != nil {
+		return err
+	}
 	ledger := storeLedger{store: store}
 	mint := keyMinters{keys: keys, baseURL: dcfg.BaseURL}
 	deliverer := relay.NewDeliverer(dcfg, spool, ledger, mint, log.With("part", "delivery"), rm)
@@ -143,6 +155,13 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 		ScannerWindow: cfg.Tracking.ScannerWindow.D(),
 		Logger:        log.With("part", "http"),
 		Metrics:       tm,
+		IPMode:        cfg.Tracking.IPMode,
+	}
+	// Benchmark-only: serve hits without recording them, to measure the
+	// ceiling that bench/tracking.sh compares recording with.
+	if os.Getenv("TRACKRELAY_BENCH_NO_RECORD") == "1" {
+		tcfg.NoRecord = true
+		log.Warn("TRACKRELAY_BENCH_NO_RECORD=1: tracking hits are NOT recorded (benchmark only)")
 	}
 	for _, p := range cfg.Tracking.TrustedProxies {
 		pfx, _ := parsePrefix(p)
@@ -153,8 +172,13 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 			tcfg.Accounts = append(tcfg.Accounts, tracker.Account{Name: a.Name, APIKeySHA256: strings.ToLower(a.APIKeySHA256)})
 		}
 	}
+	var upstreamHealth func() (time.Time, time.Time)
+	if cfg.Upstream != nil {
+		upstreamHealth = deliverer.UpstreamHealth
+	}
+	ready := newReadiness(store, filepath.Join(cfg.DataDir, "spool"), upstreamHealth)
 	httpSrv := &http.Server{
-		Handler:           tracker.NewHandler(tcfg, keys, store),
+		Handler:           withReadyz(tracker.NewHandler(tcfg, keys, store), ready),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -311,18 +335,32 @@ func upstreamConfig(cfg *Config) (*relay.UpstreamConfig, error) {
 	if up.TLS == "" {
 		up.TLS = relay.TLSStartTLS
 	}
-	if u.PasswordFile != "" {
-		b, err := os.ReadFile(u.PasswordFile)
-		if err != nil {
-			return nil, fmt.Errorf("upstream.password_file: %w", err)
-		}
-		up.Password = strings.TrimRight(string(b), "\r\n")
+	pass, err := upstreamPassword(u)
+	if err != nil {
+		return nil, err
 	}
+	up.Password = pass
 	if u.InsecureSkipVerify {
 		host, _, _ := net.SplitHostPort(u.Address)
 		up.TLSConfig = &tls.Config{ServerName: host, InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}
 	}
 	return up, nil
+}
+
+// webhooks reads the accounts' webhook secrets.
+func webhooks(cfg *Config) ([]tracker.Webhook, error) {
+	var hooks []tracker.Webhook
+	for i, a := range cfg.Accounts {
+		if a.WebhookURL == "" {
+			continue
+		}
+		b, err := os.ReadFile(a.WebhookSecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("accounts[%d].webhook_secret_file: %w", i, err)
+		}
+		hooks = append(hooks, tracker.Webhook{Account: a.Name, URL: a.WebhookURL, Secret: []byte(strings.TrimSpace(string(b)))})
+	}
+	return hooks, nil
 }
 
 // loadSecret reads tracking.secret_file, or the secret kept in the data

@@ -1,0 +1,764 @@
+package rewrite
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/draw"
+	"image/png"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-message"
+	"golang.org/x/net/html"
+)
+
+// chromiumPath is Debian's chromium (apt-get install chromium).
+const chromiumPath = "/usr/bin/chromium"
+
+// Rendering parameters of the browser test. The viewport is that of a
+// desktop mail client's reading pane; screenshots cover the whole page.
+const (
+	browserWidth     = 800
+	mobileWidth      = 375 // templates are also compared in a phone's width (their media queries)
+	browserHeight    = 600
+	browserMaxHeight = 16384 // taller pages are compared over their first 16384 px
+	browserWorkers   = 3     // pages rendered at once
+)
+
+// TestBrowserNoVisibleChange proves that instrumenting a message changes
+// nothing a reader can see: for every corpus message the rewriter changes,
+// each text/html part it changed is rendered before and after in headless
+// chromium, and the two full-page screenshots must be identical pixel for
+// pixel. The open pixel is served by a local HTTP server as a real 1x1
+// transparent GIF, and the test checks that the browser loaded it. Remote
+// images (unreachable here) are pointed, identically in both documents, at a
+// local placeholder image, so that layouts with images are compared too;
+// every other remote host fails to resolve at once.
+func TestBrowserNoVisibleChange(t *testing.T) {
+	if _, err := os.Stat(chromiumPath); err != nil {
+		t.Skipf("%s not installed (apt-get install chromium): rendering comparison skipped", chromiumPath)
+	}
+	srv := newRenderServer()
+	defer srv.Close()
+
+	// Collect the changed HTML parts.
+	var cases []*renderCase
+	templates := map[string]int{}
+	for _, f := range corpusFiles(t) {
+		name := filepath.Base(f)
+		in, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(name, "template--") {
+			templates[name] += 0
+		}
+		id := fmt.Sprintf("m%03d", len(srv.names))
+		srv.names = append(srv.names, name)
+		var out bytes.Buffer
+		res, err := Message(&out, bytes.NewReader(in), Options{Opens: true, Clicks: true, Minter: browserMinter{base: srv.URL, id: id}, BaseURL: srv.URL})
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if !res.Changed {
+			continue
+		}
+		before, err1 := htmlParts(in)
+		after, err2 := htmlParts(out.Bytes())
+		if err1 != nil || err2 != nil {
+			before, err1 = htmlParts(repairHeader(in))
+			after, err2 = htmlParts(repairHeader(out.Bytes()))
+		}
+		if err1 != nil || err2 != nil || len(before) != len(after) {
+			// The corpus property test covers messages go-message cannot read.
+			t.Logf("%s: not compared (go-message: %v / %v)", name, err1, err2)
+			continue
+		}
+		for i := range before {
+			if bytes.Equal(before[i].body, after[i].body) {
+				continue
+			}
+			c := &renderCase{name: name, part: i, pixelID: id, width: browserWidth}
+			c.orig = srv.add(fmt.Sprintf("%s-%d-orig", id, i), after[i].charset, srv.localImages(before[i].body))
+			c.edited = srv.add(fmt.Sprintf("%s-%d-edited", id, i), after[i].charset, srv.localImages(after[i].body))
+			cases = append(cases, c)
+			if _, ok := templates[name]; ok {
+				templates[name]++
+				m := *c
+				m.width = mobileWidth
+				cases = append(cases, &m)
+			}
+			if name == controlTemplate {
+				// The control: the same pixel without its style, as a naive
+				// tracker inserts it. The comparison must see it.
+				naive := bytes.Replace(after[i].body, []byte(` style="`+pixelStyle+`"`), nil, 1)
+				m := *c
+				m.control = true
+				m.edited = srv.add(fmt.Sprintf("%s-%d-control", id, i), after[i].charset, srv.localImages(naive))
+				cases = append(cases, &m)
+			}
+		}
+	}
+	for name, n := range templates {
+		if n == 0 {
+			t.Errorf("%s: no changed HTML part to compare", name)
+		}
+	}
+	if len(cases) == 0 {
+		t.Fatal("nothing to compare")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	br, err := startBrowser(ctx, t.TempDir())
+	if err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	defer br.close()
+
+	start := time.Now()
+	work := make(chan *renderCase)
+	var wg sync.WaitGroup
+	for range browserWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tb, err := br.newTab(ctx)
+			for c := range work {
+				if err != nil {
+					c.err = err
+					continue
+				}
+				c.run(ctx, tb, srv)
+			}
+			if err == nil {
+				tb.close()
+			}
+		}()
+	}
+	for _, c := range cases {
+		work <- c
+	}
+	close(work)
+	wg.Wait()
+
+	identical, controls := 0, 0
+	for _, c := range cases {
+		switch {
+		case c.control:
+			controls++
+			if c.err == nil && c.diff == "" {
+				t.Errorf("control %s part %d: an unstyled 1x1 pixel rendered identically: the comparison sees nothing", c.name, c.part)
+			} else {
+				t.Logf("control %s part %d (unstyled pixel): %v%s", c.name, c.part, c.err, c.diff)
+			}
+		case c.err != nil:
+			t.Errorf("%s part %d: %v", c.name, c.part, c.err)
+		case c.diff != "":
+			t.Errorf("%s part %d: screenshots differ: %s", c.name, c.part, c.diff)
+		default:
+			identical++
+			t.Logf("%s part %d: identical at width %d, %dx%d px, pixel loaded (%s)", c.name, c.part, c.width, c.w, c.h, c.took.Round(time.Millisecond))
+		}
+	}
+	t.Logf("browser: %d renderings of changed HTML parts (corpus messages, and the %d templates also at width %d) compared in %s: %d identical, %d different; %d control(s) detected",
+		len(cases)-controls, len(templates), mobileWidth, time.Since(start).Round(time.Millisecond), identical, len(cases)-controls-identical, controls)
+}
+
+// controlTemplate is the corpus message on which the test checks that it
+// does see a visible change.
+const controlTemplate = "template--postmark-welcome.eml"
+
+// browserMinter mints URLs on the local render server: the pixel of message
+// id is /o/<id>.gif, so the server can tell which pixels were loaded.
+type browserMinter struct{ base, id string }
+
+func (m browserMinter) OpenURL() string { return m.base + "/o/" + m.id + ".gif" }
+func (m browserMinter) ClickURL(i int, dest string) string {
+	return fmt.Sprintf("%s/c/%s/%d", m.base, m.id, i)
+}
+
+// htmlPart is a decoded text/html leaf (transfer encoding removed, charset
+// not converted) and its charset.
+type htmlPart struct {
+	body    []byte
+	charset string
+}
+
+// htmlParts returns the text/html leaves of msg that are not attachments, as
+// go-message reads them.
+func htmlParts(msg []byte) ([]htmlPart, error) {
+	e, err := message.Read(bytes.NewReader(msg))
+	if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
+		return nil, err
+	}
+	var out []htmlPart
+	err = e.Walk(func(_ []int, p *message.Entity, err error) error {
+		if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
+			return err
+		}
+		mt, params, _ := p.Header.ContentType()
+		disp, _, _ := p.Header.ContentDisposition()
+		if p.MultipartReader() != nil || mt != "text/html" || disp == "attachment" {
+			return nil
+		}
+		body := p.Body
+		if message.IsUnknownEncoding(err) {
+			// As mail clients do, and the rewriter: "quoted-printable;" is quoted-printable.
+			h := p.Header.Copy()
+			enc, _, _ := strings.Cut(h.Get("Content-Transfer-Encoding"), ";")
+			h.Set("Content-Transfer-Encoding", strings.TrimSpace(enc))
+			if e, err := message.New(h, body); err == nil || message.IsUnknownCharset(err) {
+				body = e.Body
+			}
+		}
+		b, err := io.ReadAll(body)
+		if err != nil {
+			return err
+		}
+		out = append(out, htmlPart{body: b, charset: params["charset"]})
+		return nil
+	})
+	return out, err
+}
+
+// repairHeader ends the top header block with an empty line where it breaks
+// off, which is where the rewriter and mail clients take the body to start,
+// so that go-message can read a message whose header lacks that line. It is
+// applied to the original and the rewritten message alike.
+func repairHeader(msg []byte) []byte {
+	for off := 0; off < len(msg); {
+		n := bytes.IndexByte(msg[off:], '\n')
+		if n < 0 {
+			break
+		}
+		line := msg[off : off+n+1]
+		if len(bytes.TrimRight(line, "\r\n")) == 0 {
+			break
+		}
+		if !isHeaderLine(line, off > 0) {
+			out := append([]byte(nil), msg[:off]...)
+			out = append(out, "\r\n"...)
+			return append(out, msg[off:]...)
+		}
+		off += n + 1
+	}
+	return msg
+}
+
+// renderCase is one HTML part rendered before and after rewriting.
+type renderCase struct {
+	name, pixelID string
+	part          int
+	width         int    // viewport width
+	orig, edited  string // URLs on the render server
+	control       bool   // a deliberately visible change: must differ
+
+	w, h int
+	took time.Duration
+	diff string
+	err  error
+}
+
+func (c *renderCase) run(ctx context.Context, br *tab, srv *renderServer) {
+	t0 := time.Now()
+	defer func() { c.took = time.Since(t0) }()
+	a, err := br.screenshot(ctx, c.orig, c.width)
+	if err != nil {
+		c.err = fmt.Errorf("original: %w", err)
+		return
+	}
+	b, err := br.screenshot(ctx, c.edited, c.width)
+	if err != nil {
+		c.err = fmt.Errorf("rewritten: %w", err)
+		return
+	}
+	if srv.pixelHits(c.pixelID) == 0 {
+		c.err = errors.New("the rewritten page did not load the open pixel")
+		return
+	}
+	c.w, c.h = a.Bounds().Dx(), a.Bounds().Dy()
+	c.diff = imageDiff(a, b)
+	if c.diff != "" && !c.control {
+		dir := os.TempDir()
+		base := filepath.Join(dir, fmt.Sprintf("trackrelay-browser-%s-%d", strings.TrimSuffix(c.name, ".eml"), c.part))
+		for suffix, img := range map[string]image.Image{"-orig.png": a, "-rewritten.png": b} {
+			if f, err := os.Create(base + suffix); err == nil {
+				png.Encode(f, img)
+				f.Close()
+			}
+		}
+		c.diff += " (screenshots in " + base + "-{orig,rewritten}.png)"
+	}
+}
+
+// imageDiff compares two screenshots pixel for pixel and describes the
+// difference, or returns "" when they are identical.
+func imageDiff(a, b *image.RGBA) string {
+	if a.Bounds() != b.Bounds() {
+		return fmt.Sprintf("size %v became %v", a.Bounds().Size(), b.Bounds().Size())
+	}
+	r := a.Bounds()
+	n := 0
+	box := image.Rectangle{}
+	for y := r.Min.Y; y < r.Max.Y; y++ {
+		ra := a.Pix[a.PixOffset(r.Min.X, y):a.PixOffset(r.Max.X, y)]
+		rb := b.Pix[b.PixOffset(r.Min.X, y):b.PixOffset(r.Max.X, y)]
+		if bytes.Equal(ra, rb) {
+			continue
+		}
+		for x := 0; x < r.Dx(); x++ {
+			if !bytes.Equal(ra[4*x:4*x+4], rb[4*x:4*x+4]) {
+				n++
+				box = box.Union(image.Rect(r.Min.X+x, y, r.Min.X+x+1, y+1))
+			}
+		}
+	}
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d pixels differ within %v", n, box)
+}
+
+// renderServer serves the documents, the open pixels and a placeholder for
+// remote images, on 127.0.0.1.
+type renderServer struct {
+	*httptest.Server
+	names []string // corpus file of each message id
+
+	mu   sync.Mutex
+	docs map[string]renderDoc
+	hits map[string]int // pixel loads per message id
+}
+
+type renderDoc struct {
+	charset string
+	body    []byte
+}
+
+// transparentGIF is a 1x1 transparent GIF, as the tracker serves.
+var transparentGIF = []byte("GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+
+func newRenderServer() *renderServer {
+	s := &renderServer{docs: map[string]renderDoc{}, hits: map[string]int{}}
+	placeholder := placeholderPNG()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/doc/", func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		d, ok := s.docs[strings.TrimPrefix(r.URL.Path, "/doc/")]
+		s.mu.Unlock()
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		ct := "text/html"
+		if d.charset != "" {
+			ct += "; charset=" + d.charset
+		}
+		w.Header().Set("Content-Type", ct)
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write(d.body)
+	})
+	mux.HandleFunc("/o/", func(w http.ResponseWriter, r *http.Request) {
+		id := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/o/"), ".gif")
+		s.mu.Lock()
+		s.hits[id]++
+		s.mu.Unlock()
+		w.Header().Set("Content-Type", "image/gif")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write(transparentGIF)
+	})
+	mux.HandleFunc("/img/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "image/png")
+		w.Write(placeholder)
+	})
+	s.Server = httptest.NewServer(mux)
+	return s
+}
+
+// add serves body at /doc/<key> and returns its URL.
+func (s *renderServer) add(key, charset string, body []byte) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.docs[key] = renderDoc{charset: charset, body: body}
+	return s.URL + "/doc/" + key
+}
+
+func (s *renderServer) pixelHits(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hits[id]
+}
+
+// localImages returns doc with the http(s) src and background attributes
+// that are not on the render server pointed at its placeholder image. It is
+// applied identically to the original and the rewritten document.
+func (s *renderServer) localImages(doc []byte) []byte {
+	var out []byte
+	z := html.NewTokenizer(bytes.NewReader(doc))
+	off, prev := 0, 0
+	var attrs []tagAttr
+	for {
+		tt := z.Next()
+		if tt == html.ErrorToken {
+			break
+		}
+		start := off
+		off += len(z.Raw())
+		if tt != html.StartTagToken && tt != html.SelfClosingTagToken {
+			continue
+		}
+		raw := doc[start:off]
+		attrs = scanAttrs(raw, attrs[:0])
+		for _, a := range attrs {
+			if a.key != "src" && a.key != "background" {
+				continue
+			}
+			v := strings.TrimSpace(unescapeAttr(string(a.val)))
+			if !hasPrefixFold(v, "http://") && !hasPrefixFold(v, "https://") || strings.HasPrefix(v, s.URL) {
+				continue
+			}
+			out = append(out, doc[prev:start+a.spanStart]...)
+			out = append(out, `"`+s.URL+`/img/placeholder.png"`...)
+			prev = start + a.spanEnd
+		}
+	}
+	return append(out, doc[prev:]...)
+}
+
+// placeholderPNG is a 160x90 gradient: content shifted by one pixel over it
+// would show.
+func placeholderPNG() []byte {
+	img := image.NewNRGBA(image.Rect(0, 0, 160, 90))
+	for y := range 90 {
+		for x := range 160 {
+			img.SetNRGBA(x, y, color.NRGBA{R: uint8(x), G: uint8(y * 2), B: uint8(255 - x), A: 255})
+		}
+	}
+	var b bytes.Buffer
+	png.Encode(&b, img)
+	return b.Bytes()
+}
+
+// browser is one headless chromium driven over the DevTools protocol
+// through --remote-debugging-pipe (file descriptors 3 and 4, messages ended
+// by NUL), so no extra dependency and no port are needed.
+type browser struct {
+	cmd  *exec.Cmd
+	in   *os.File // our end of chromium's fd 3
+	wmu  sync.Mutex
+	next atomic.Int64
+
+	mu      sync.Mutex
+	pending map[int64]chan cdpMessage
+	events  map[string]chan cdpMessage // by session id
+	dead    error
+	stderr  bytes.Buffer
+}
+
+type cdpMessage struct {
+	ID        int64           `json:"id,omitempty"`
+	Method    string          `json:"method,omitempty"`
+	SessionID string          `json:"sessionId,omitempty"`
+	Params    json.RawMessage `json:"params,omitempty"`
+	Result    json.RawMessage `json:"result,omitempty"`
+	Error     *struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	} `json:"error,omitempty"`
+}
+
+func startBrowser(ctx context.Context, dir string) (*browser, error) {
+	cmdR, cmdW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	b := &browser{in: cmdW, pending: map[int64]chan cdpMessage{}, events: map[string]chan cdpMessage{}}
+	b.cmd = exec.CommandContext(ctx, chromiumPath,
+		"--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+		"--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+		"--hide-scrollbars", "--mute-audio", "--disable-extensions", "--disable-dev-shm-usage",
+		"--force-device-scale-factor=1", "--user-data-dir="+filepath.Join(dir, "profile"),
+		fmt.Sprintf("--window-size=%d,%d", browserWidth, browserHeight),
+		// Only the render server resolves; every other host fails at once.
+		"--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+		"--remote-debugging-pipe", "about:blank")
+	b.cmd.ExtraFiles = []*os.File{cmdR, outW} // fd 3: commands in, fd 4: replies out
+	b.cmd.Stderr = &lockedWriter{w: &b.stderr, mu: &b.mu}
+	if err := b.cmd.Start(); err != nil {
+		return nil, err
+	}
+	cmdR.Close()
+	outW.Close()
+	go b.read(outR)
+	return b, nil
+}
+
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (b *browser) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	b.call(ctx, "", "Browser.close", nil, nil)
+	b.in.Close()
+	done := make(chan struct{})
+	go func() { b.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		b.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func (b *browser) read(r io.Reader) {
+	br := bufio.NewReaderSize(r, 1<<20)
+	for {
+		raw, err := br.ReadBytes(0)
+		if err != nil {
+			b.mu.Lock()
+			b.dead = fmt.Errorf("chromium exited: %v; stderr: %s", err, lastLines(b.stderr.String(), 5))
+			for id, ch := range b.pending {
+				close(ch)
+				delete(b.pending, id)
+			}
+			b.mu.Unlock()
+			return
+		}
+		var m cdpMessage
+		if err := json.Unmarshal(raw[:len(raw)-1], &m); err != nil {
+			continue
+		}
+		b.mu.Lock()
+		if m.ID != 0 {
+			if ch, ok := b.pending[m.ID]; ok {
+				ch <- m
+				delete(b.pending, m.ID)
+			}
+		} else if ch, ok := b.events[m.SessionID]; ok {
+			select {
+			case ch <- m:
+			default: // an unwatched flood; the ones waited for are few
+			}
+		}
+		b.mu.Unlock()
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// call sends one DevTools command and decodes its result into result.
+func (b *browser) call(ctx context.Context, session, method string, params, result any) error {
+	p, err := json.Marshal(params)
+	if err != nil {
+		return err
+	}
+	if params == nil {
+		p = []byte("{}")
+	}
+	id := b.next.Add(1)
+	msg, err := json.Marshal(cdpMessage{ID: id, Method: method, SessionID: session, Params: p})
+	if err != nil {
+		return err
+	}
+	ch := make(chan cdpMessage, 1)
+	b.mu.Lock()
+	if b.dead != nil {
+		b.mu.Unlock()
+		return b.dead
+	}
+	b.pending[id] = ch
+	b.mu.Unlock()
+	b.wmu.Lock()
+	_, err = b.in.Write(append(msg, 0))
+	b.wmu.Unlock()
+	if err != nil {
+		return err
+	}
+	select {
+	case m, ok := <-ch:
+		if !ok {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			return b.dead
+		}
+		if m.Error != nil {
+			return fmt.Errorf("%s: %s", method, m.Error.Message)
+		}
+		if result != nil {
+			return json.Unmarshal(m.Result, result)
+		}
+		return nil
+	case <-ctx.Done():
+		b.mu.Lock()
+		delete(b.pending, id)
+		b.mu.Unlock()
+		return fmt.Errorf("%s: %w", method, ctx.Err())
+	}
+}
+
+// tab is one page of the browser, reused for many renders (a new tab per
+// render would start a renderer process each time).
+type tab struct {
+	b       *browser
+	target  string
+	session string
+	events  chan cdpMessage
+	width   int // viewport width set
+}
+
+// newTab opens a tab with scripts off, as in mail clients.
+func (b *browser) newTab(ctx context.Context) (*tab, error) {
+	var target struct {
+		TargetID string `json:"targetId"`
+	}
+	if err := b.call(ctx, "", "Target.createTarget", map[string]any{"url": "about:blank"}, &target); err != nil {
+		return nil, err
+	}
+	var att struct {
+		SessionID string `json:"sessionId"`
+	}
+	if err := b.call(ctx, "", "Target.attachToTarget", map[string]any{"targetId": target.TargetID, "flatten": true}, &att); err != nil {
+		return nil, err
+	}
+	t := &tab{b: b, target: target.TargetID, session: att.SessionID, events: make(chan cdpMessage, 256)}
+	b.mu.Lock()
+	b.events[t.session] = t.events
+	b.mu.Unlock()
+	for _, c := range []struct {
+		method string
+		params any
+	}{
+		{"Page.enable", nil},
+		{"Page.setLifecycleEventsEnabled", map[string]any{"enabled": true}},
+		{"Emulation.setScriptExecutionDisabled", map[string]any{"value": true}},
+	} {
+		if err := b.call(ctx, t.session, c.method, c.params, nil); err != nil {
+			t.close()
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+func (t *tab) close() {
+	t.b.mu.Lock()
+	delete(t.b.events, t.session)
+	t.b.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	t.b.call(ctx, "", "Target.closeTarget", map[string]any{"targetId": t.target}, nil)
+}
+
+// screenshot loads url, waits for its load event (which includes its
+// images) and returns a screenshot of the whole page.
+func (t *tab) screenshot(ctx context.Context, url string, width int) (*image.RGBA, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	b, s, events := t.b, t.session, t.events
+	if width != t.width {
+		if err := b.call(ctx, s, "Emulation.setDeviceMetricsOverride", map[string]any{"width": width, "height": browserHeight, "deviceScaleFactor": 1, "mobile": width < browserWidth}, nil); err != nil {
+			return nil, err
+		}
+		t.width = width
+	}
+	for drained := false; !drained; {
+		select {
+		case <-events:
+		default:
+			drained = true
+		}
+	}
+	var nav struct {
+		FrameID   string `json:"frameId"`
+		LoaderID  string `json:"loaderId"`
+		ErrorText string `json:"errorText"`
+	}
+	if err := b.call(ctx, s, "Page.navigate", map[string]any{"url": url}, &nav); err != nil {
+		return nil, err
+	}
+	if nav.ErrorText != "" {
+		return nil, fmt.Errorf("navigate: %s", nav.ErrorText)
+	}
+	// Wait for this navigation's load event: the document and its images.
+	for loaded := false; !loaded; {
+		select {
+		case m := <-events:
+			if m.Method != "Page.lifecycleEvent" {
+				continue
+			}
+			var ev struct {
+				FrameID  string `json:"frameId"`
+				LoaderID string `json:"loaderId"`
+				Name     string `json:"name"`
+			}
+			if json.Unmarshal(m.Params, &ev) == nil && ev.Name == "load" && ev.FrameID == nav.FrameID && ev.LoaderID == nav.LoaderID {
+				loaded = true
+			}
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for load: %w", ctx.Err())
+		}
+	}
+	var lm struct {
+		ContentSize struct {
+			Width  float64 `json:"width"`
+			Height float64 `json:"height"`
+		} `json:"cssContentSize"`
+	}
+	if err := b.call(ctx, s, "Page.getLayoutMetrics", nil, &lm); err != nil {
+		return nil, err
+	}
+	w := max(width, int(lm.ContentSize.Width+0.5))
+	h := min(browserMaxHeight, max(browserHeight, int(lm.ContentSize.Height+0.5)))
+	var shot struct {
+		Data []byte `json:"data"` // base64 in JSON
+	}
+	if err := b.call(ctx, s, "Page.captureScreenshot", map[string]any{
+		"format": "png", "captureBeyondViewport": true, "fromSurface": true,
+		"clip": map[string]any{"x": 0, "y": 0, "width": w, "height": h, "scale": 1},
+	}, &shot); err != nil {
+		return nil, err
+	}
+	img, err := png.Decode(bytes.NewReader(shot.Data))
+	if err != nil {
+		return nil, err
+	}
+	if rgba, ok := img.(*image.RGBA); ok {
+		return rgba, nil
+	}
+	rgba := image.NewRGBA(img.Bounds())
+	draw.Draw(rgba, rgba.Bounds(), img, img.Bounds().Min, draw.Src)
+	return rgba, nil
+}

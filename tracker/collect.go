@@ -1,0 +1,443 @@
+package tracker
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+type eventReq struct {
+	ev    Event
+	value []byte // JSON storedEvent as classified by the handler
+	done  chan error
+}
+
+// AddEvent implements Store: it hands e to the collector and waits until the
+// batch holding it is committed and synced. If ctx ends first, AddEvent
+// returns ctx's error, though the event may still be committed later.
+//
+// The collector may add evidence that only the sequence of a copy's events
+// shows (a burst of clicks on several links; whether an open came before a
+// click), and reclassify earlier events, which the feed reports as
+// "reclassified" entries. Past MaxEventsPerRecipient events of one copy, an
+// event only adds to the copy's counters. An event for an erased message is
+// dropped.
+func (s *BoltStore) AddEvent(ctx context.Context, e Event) error {
+	if err := validID(e.Message); err != nil {
+		return err
+	}
+	e.At = e.At.UTC()
+	val, err := json.Marshal(storedEvent{
+		Type: e.Type, At: e.At, Recipient: e.Recipient, Link: e.Link, URL: e.URL,
+		IP: e.IP, UserAgent: e.UserAgent, Client: e.Client, Class: e.Class, Reasons: e.Reasons,
+	})
+	if err != nil {
+		return fmt.Errorf("tracker: encode event: %w", err)
+	}
+	r := &eventReq{ev: e, value: val, done: make(chan error, 1)}
+	select {
+	case <-s.closing:
+		return ErrClosed
+	default:
+	}
+	select {
+	case s.reqs <- r:
+	case <-s.closing:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-s.stopped:
+		// The collector answers everything it took before it stops.
+		select {
+		case err := <-r.done:
+			return err
+		default:
+			return ErrClosed
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// collect is the single writer of events. It waits for a first request,
+// takes every other request already queued (up to MaxBatch) without
+// waiting for more, commits them in one transaction and answers every
+// waiter. Requests that arrive during a commit form the next batch, so the
+// batch size follows the load and an idle store commits a lone hit at once.
+func (s *BoltStore) collect() {
+	defer close(s.stopped)
+	batch := make([]*eventReq, 0, s.opts.MaxBatch)
+	for {
+		select {
+		case r := <-s.reqs:
+			batch = append(batch[:0], r)
+		case <-s.closing:
+			s.drain(batch[:0])
+			return
+		}
+	gather:
+		for len(batch) < s.opts.MaxBatch {
+			select {
+			case r := <-s.reqs:
+				batch = append(batch, r)
+			default:
+				break gather
+			}
+		}
+		s.answer(batch, s.commit(batch))
+	}
+}
+
+// drain commits what is still queued when the store closes.
+func (s *BoltStore) drain(batch []*eventReq) {
+	for {
+		select {
+		case r := <-s.reqs:
+			batch = append(batch, r)
+			if len(batch) < s.opts.MaxBatch {
+				continue
+			}
+		default:
+		}
+		if len(batch) == 0 {
+			return
+		}
+		s.answer(batch, s.commit(batch))
+		batch = batch[:0]
+	}
+}
+
+func (s *BoltStore) answer(batch []*eventReq, err error) {
+	for i, r := range batch {
+		r.done <- err
+		batch[i] = nil
+	}
+}
+
+func (s *BoltStore) commit(batch []*eventReq) error {
+	start := time.Now()
+	var ct *commitTx
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		ct = &commitTx{s: s, tx: tx, rcpts: map[string]*storedRcpt{}, accts: map[string]string{}}
+		for _, r := range batch {
+			if err := ct.add(r); err != nil {
+				return err
+			}
+		}
+		if err := ct.flush(); err != nil {
+			return err
+		}
+		ct.size = tx.Size()
+		return nil
+	})
+	s.commits.Add(1)
+	if err == nil {
+		s.preallocate(ct.size)
+	}
+	if m := s.opts.Metrics; m != nil {
+		m.commitDuration.Observe(time.Since(start).Seconds())
+		m.commitBatch.Observe(float64(len(batch)))
+	}
+	if err != nil {
+		return fmt.Errorf("tracker: commit %d events: %w", len(batch), err)
+	}
+	if m := s.opts.Metrics; m != nil {
+		if ct.overCap > 0 {
+			m.eventsDropped.WithLabelValues("over_cap").Add(float64(ct.overCap))
+		}
+		if ct.erased > 0 {
+			m.eventsDropped.WithLabelValues("erased").Add(float64(ct.erased))
+		}
+		for _, rc := range ct.reclassified {
+			m.reclassified.WithLabelValues(rc).Inc()
+		}
+	}
+	if ct.outboxAdded > 0 {
+		s.outboxN.Add(int64(ct.outboxAdded))
+		s.wakeOutbox()
+	}
+	return nil
+}
+
+// commitTx is the state of one group commit: the recipients' running state
+// and the messages' accounts, read once per batch.
+type commitTx struct {
+	s            *BoltStore
+	tx           *bolt.Tx
+	rcpts        map[string]*storedRcpt // by string(recipient key)
+	accts        map[string]string      // queue id -> account; "" unknown
+	overCap      int
+	erased       int
+	outboxAdded  int
+	reclassified []string // new classes, for metrics
+	size         int64    // of the database after the commit
+}
+
+func (c *commitTx) account(id string) (string, error) {
+	if a, ok := c.accts[id]; ok {
+		return a, nil
+	}
+	if e, ok := c.s.cache.get(id); ok && e.msg != nil {
+		c.accts[id] = e.msg.Account
+		return e.msg.Account, nil
+	}
+	a, _, err := accountOf(c.tx, id)
+	if err != nil {
+		return "", err
+	}
+	c.accts[id] = a
+	return a, nil
+}
+
+func (c *commitTx) rcpt(key []byte) (*storedRcpt, error) {
+	if r, ok := c.rcpts[string(key)]; ok {
+		return r, nil
+	}
+	r := &storedRcpt{}
+	if v := c.tx.Bucket(bucketRecipients).Get(key); v != nil {
+		if err := json.Unmarshal(v, r); err != nil {
+			return nil, err
+		}
+	}
+	c.rcpts[string(key)] = r
+	return r, nil
+}
+
+func (c *commitTx) flush() error {
+	b := c.tx.Bucket(bucketRecipients)
+	for k, r := range c.rcpts {
+		v, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		if err := b.Put([]byte(k), v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reclass is an earlier event whose class changes.
+type reclass struct {
+	seq   uint64
+	link  int
+	prev  string
+	class string
+}
+
+func (c *commitTx) add(r *eventReq) error {
+	e := &r.ev
+	if isErased(c.tx, e.Message) {
+		c.erased++
+		return nil
+	}
+	acct, err := c.account(e.Message)
+	if err != nil {
+		return err
+	}
+	if e.Recipient < 0 || int64(e.Recipient) > int64(^uint32(0)) {
+		return fmt.Errorf("invalid recipient %d", e.Recipient)
+	}
+	rs, err := c.rcpt(deliveryKey(e.Message, e.Recipient))
+	if err != nil {
+		return err
+	}
+	changed, recls := sequenceEvidence(rs, e)
+	kept := rs.Kept < c.s.opts.MaxEventsPerRecipient
+	var seq uint64
+	if kept {
+		value := r.value
+		if changed {
+			if value, err = json.Marshal(storedEvent{
+				Type: e.Type, At: e.At, Recipient: e.Recipient, Link: e.Link, URL: e.URL,
+				IP: e.IP, UserAgent: e.UserAgent, Client: e.Client, Class: e.Class, Reasons: e.Reasons,
+			}); err != nil {
+				return err
+			}
+		}
+		events := c.tx.Bucket(bucketEvents)
+		if seq, err = events.NextSequence(); err != nil {
+			return err
+		}
+		if err := events.Put(eventKey(e.Message, seq), value); err != nil {
+			return err
+		}
+		rs.Kept++
+		if acct != "" {
+			if _, err := c.feed(acct, storedFeedEntry{Kind: e.Type, Message: e.Message, Recipient: e.Recipient, Event: seq, At: e.At}); err != nil {
+				return err
+			}
+		}
+	} else {
+		c.overCap++
+		if rs.Tally == nil {
+			rs.Tally = &tally{}
+		}
+		rs.Tally.add(e.Type, e.Class, e.Link, e.At)
+	}
+	if e.Type == EventClick && e.Class != ClassSelf {
+		rs.Recent = append(rs.Recent, recentClick{Seq: seq, Link: e.Link, At: e.At.UnixMilli(), Class: e.Class,
+			Burst: slices.Contains(e.Reasons, ReasonClickBurst)})
+		if n := len(rs.Recent); n > maxRecentClicks {
+			rs.Recent = slices.Delete(rs.Recent, 0, n-maxRecentClicks)
+		}
+	}
+	for _, rc := range recls {
+		if err := c.reclassify(acct, e, rs, rc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reclassify marks an earlier click of the same copy as part of a burst.
+func (c *commitTx) reclassify(acct string, e *Event, rs *storedRcpt, rc reclass) error {
+	if rc.seq == 0 {
+		// Not kept in detail: correct the counters instead.
+		if t := rs.Tally; t != nil && counted(rc.prev) && !counted(rc.class) {
+			t.Clicks = max(t.Clicks-1, 0)
+			if t.Links[rc.link] > 0 {
+				t.Links[rc.link]--
+			}
+		}
+		return nil
+	}
+	events := c.tx.Bucket(bucketEvents)
+	key := eventKey(e.Message, rc.seq)
+	v := events.Get(key)
+	if v == nil {
+		return nil // expired
+	}
+	var se storedEvent
+	if err := json.Unmarshal(v, &se); err != nil {
+		return err
+	}
+	se.Class = rc.class
+	if !slices.Contains(se.Reasons, ReasonClickBurst) {
+		se.Reasons = append(slices.DeleteFunc(se.Reasons, func(r string) bool { return r == ReasonNoMachineSignals }), ReasonClickBurst)
+	}
+	nv, err := json.Marshal(se)
+	if err != nil {
+		return err
+	}
+	if err := events.Put(key, nv); err != nil {
+		return err
+	}
+	if rc.prev == rc.class || acct == "" {
+		return nil
+	}
+	c.reclassified = append(c.reclassified, rc.class)
+	_, err = c.feed(acct, storedFeedEntry{
+		Kind: feedKindRecls, Message: e.Message, Recipient: e.Recipient, Event: rc.seq, At: e.At,
+		Class: rc.class, Prev: rc.prev, Reasons: se.Reasons,
+	})
+	return err
+}
+
+// sequenceEvidence adds to e what the copy's earlier events show, and
+// returns whether e changed and which earlier clicks change class:
+//   - a click records whether a counted open came before it
+//     ("opened-before-click") or not ("click-before-open": many people
+//     read with images blocked, so this alone decides nothing);
+//   - clicks on burstLinks or more distinct links within burstWindow are a
+//     scanner following every link: all of them become scanner
+//     ("click-burst"), the earlier ones through reclassification.
+func sequenceEvidence(rs *storedRcpt, e *Event) (bool, []reclass) {
+	if e.Type == EventOpen {
+		if counted(e.Class) {
+			rs.Opened = true
+		}
+		return false, nil
+	}
+	if e.Type != EventClick || e.Class == ClassSelf {
+		return false, nil
+	}
+	order := reasonClickBeforeOpen
+	if rs.Opened {
+		order = reasonOpenedBeforeClick
+	}
+	e.Reasons = append(slices.Clip(e.Reasons), order)
+	changed := true
+	at := e.At.UnixMilli()
+	win := burstWindow.Milliseconds()
+	rs.Recent = slices.DeleteFunc(rs.Recent, func(rc recentClick) bool { return at-rc.At > win || rc.At-at > win })
+	links := map[int]bool{e.Link: true}
+	for _, rc := range rs.Recent {
+		links[rc.Link] = true
+	}
+	if len(links) < burstLinks {
+		return changed, nil
+	}
+	var recls []reclass
+	for i := range rs.Recent {
+		rc := &rs.Recent[i]
+		if rc.Burst {
+			continue
+		}
+		recls = append(recls, reclass{seq: rc.Seq, link: rc.Link, prev: rc.Class, class: ClassScanner})
+		rc.Class, rc.Burst = ClassScanner, true
+	}
+	e.Class = ClassScanner
+	e.Reasons = append(slices.DeleteFunc(e.Reasons, func(r string) bool { return r == ReasonNoMachineSignals }), ReasonClickBurst)
+	return changed, recls
+}
+
+// putFeed appends an entry to the account's feed, and to the webhook outbox
+// when the account has a webhook. It returns the entry's sequence.
+func (s *BoltStore) putFeed(tx *bolt.Tx, acct string, fe storedFeedEntry) (uint64, error) {
+	feed := tx.Bucket(bucketFeed)
+	seq, err := feed.NextSequence()
+	if err != nil {
+		return 0, err
+	}
+	v, err := json.Marshal(fe)
+	if err != nil {
+		return 0, err
+	}
+	if err := feed.Put(feedKey(acct, seq), v); err != nil {
+		return 0, err
+	}
+	if s.webhooks[acct] {
+		if err := putOutbox(tx, time.Now(), seq, storedOutbox{Account: acct, First: time.Now().Unix()}); err != nil {
+			return 0, err
+		}
+	}
+	return seq, nil
+}
+
+func (c *commitTx) feed(acct string, fe storedFeedEntry) (uint64, error) {
+	seq, err := c.s.putFeed(c.tx, acct, fe)
+	if err == nil && c.s.webhooks[acct] {
+		c.outboxAdded++
+	}
+	return seq, err
+}
+
+func outboxKey(due time.Time, seq uint64) []byte {
+	k := binary.BigEndian.AppendUint64(make([]byte, 0, 16), uint64(due.UnixNano()))
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+func putOutbox(tx *bolt.Tx, due time.Time, seq uint64, o storedOutbox) error {
+	v, err := json.Marshal(o)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketOutbox).Put(outboxKey(due, seq), v)
+}
+
+func (s *BoltStore) wakeOutbox() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,514 @@
+package tracker
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
+)
+
+// api calls the tracker's API as alice (or with key) and decodes the answer.
+func (e *testEnv) api(t *testing.T, method, path, key string, out any) int {
+	t.Helper()
+	req, err := http.NewRequest(method, e.srv.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != nil && resp.StatusCode == http.StatusOK {
+		if err := json.Unmarshal(body, out); err != nil {
+			t.Fatalf("%s %s: %v: %s", method, path, err, body)
+		}
+	}
+	return resp.StatusCode
+}
+
+func (e *testEnv) feed(t *testing.T, after string, limit int) FeedPage {
+	t.Helper()
+	var p FeedPage
+	path := "/api/v1/events?after=" + after
+	if limit > 0 {
+		path += "&limit=" + strconv.Itoa(limit)
+	}
+	if code := e.api(t, http.MethodGet, path, aliceKey, &p); code != http.StatusOK {
+		t.Fatalf("feed: %d", code)
+	}
+	return p
+}
+
+func TestFeed_eventsAndDeliveriesInOrder(t *testing.T) {
+	e := newTestEnv(t, nil, nil)
+	ctx := context.Background()
+	delivered := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, Delivery{Status: StatusDeferred, Attempts: 1, LastResponse: "451 later", UpdatedAt: delivered.Add(-time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, Delivery{Status: StatusDelivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: delivered}); err != nil {
+		t.Fatal(err)
+	}
+	// The same state reported again is not a change.
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, Delivery{Status: StatusDelivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: delivered}); err != nil {
+		t.Fatal(err)
+	}
+	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
+	e.do(t, http.MethodGet, e.mint.ClickURL(0, "https://example.com/quote?id=1&x=2"), nil)
+	// Another account's message is not in alice's feed.
+	other := testMessage()
+	other.ID, other.MessageID, other.Account = "QBOB1", "bob-1@example.org", "bob"
+	if err := e.store.PutMessage(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	e.do(t, http.MethodGet, e.keys.Minter(e.srv.URL, other.ID, 0).OpenURL(), nil)
+
+	all := e.feed(t, "", 0)
+	var types []string
+	for _, fe := range all.Events {
+		types = append(types, fe.Type)
+		if fe.Message != e.msg.ID || fe.MessageID != e.msg.MessageID || fe.Recipient != "bob@example.net" || fe.ID == "" {
+			t.Errorf("entry %+v", fe)
+		}
+	}
+	if want := []string{"delivery", "delivery", "open", "click"}; !slices.Equal(types, want) {
+		t.Fatalf("types %v, want %v", types, want)
+	}
+	if d := all.Events[1].Delivery; d == nil || d.Status != StatusDelivered || d.Attempts != 2 || d.LastResponse != "250 ok" {
+		t.Errorf("delivery entry %+v", all.Events[1].Delivery)
+	}
+	click := all.Events[3]
+	if click.Link != "https://example.com/quote?id=1&x=2" || click.LinkIndex == nil || *click.LinkIndex != 0 ||
+		click.Class != ClassHuman || click.Client != "Chrome" || click.IP != "127.0.0.1" || len(click.Reasons) == 0 {
+		t.Errorf("click entry %+v", click)
+	}
+	// The feed's event ids are the message view's.
+	v := e.view(t)
+	if v.Events[0].ID != all.Events[2].ID || v.Events[1].ID != click.ID {
+		t.Errorf("ids differ: view %s %s, feed %s %s", v.Events[0].ID, v.Events[1].ID, all.Events[2].ID, click.ID)
+	}
+
+	// Paging: two by two, then nothing new, with a cursor to poll with.
+	p1 := e.feed(t, "", 2)
+	p2 := e.feed(t, p1.Next, 2)
+	p3 := e.feed(t, p2.Next, 2)
+	if len(p1.Events) != 2 || len(p2.Events) != 2 || len(p3.Events) != 0 || p3.Next != p2.Next {
+		t.Fatalf("pages of %d, %d, %d; next %q %q", len(p1.Events), len(p2.Events), len(p3.Events), p2.Next, p3.Next)
+	}
+	if p2.Events[1].ID != click.ID {
+		t.Errorf("page 2 ends with %s", p2.Events[1].ID)
+	}
+	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
+	if p4 := e.feed(t, p3.Next, 2); len(p4.Events) != 1 || p4.Events[0].Type != EventOpen {
+		t.Errorf("new event after the cursor: %+v", p4.Events)
+	}
+
+	// Bob sees his own message only.
+	var bobs FeedPage
+	if code := e.api(t, http.MethodGet, "/api/v1/events", bobKey, &bobs); code != http.StatusOK || len(bobs.Events) != 1 || bobs.Events[0].Message != "QBOB1" {
+		t.Errorf("bob's feed: %d %+v", code, bobs.Events)
+	}
+	for _, tc := range []struct {
+		path, key string
+		code      int
+	}{
+		{"/api/v1/events", "", http.StatusUnauthorized},
+		{"/api/v1/events", "wrong", http.StatusUnauthorized},
+		{"/api/v1/events?after=xyz", aliceKey, http.StatusBadRequest},
+		{"/api/v1/events?limit=0", aliceKey, http.StatusBadRequest},
+		{"/api/v1/events?limit=100000", aliceKey, http.StatusBadRequest},
+	} {
+		if code := e.api(t, http.MethodGet, tc.path, tc.key, nil); code != tc.code {
+			t.Errorf("GET %s with %q: %d, want %d", tc.path, tc.key, code, tc.code)
+		}
+	}
+}
+
+func TestErase(t *testing.T) {
+	e := newTestEnv(t, nil, nil)
+	ctx := context.Background()
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, Delivery{Status: StatusDelivered, UpdatedAt: time.Now().Add(-time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	click := e.mint.ClickURL(0, "https://example.com/quote?id=1&x=2")
+	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
+	e.do(t, http.MethodGet, click, nil)
+	if n := len(e.feed(t, "", 0).Events); n != 3 {
+		t.Fatalf("%d feed entries before erasing", n)
+	}
+	// Bob cannot erase alice's message; alice can, by Message-ID too.
+	if code := e.api(t, http.MethodDelete, "/api/v1/messages/"+e.msg.ID, bobKey, nil); code != http.StatusNotFound {
+		t.Errorf("bob's DELETE: %d", code)
+	}
+	if code := e.api(t, http.MethodDelete, "/api/v1/messages/%3C"+strings.ReplaceAll(e.msg.MessageID, "/", "%2F")+"%3E", aliceKey, nil); code != http.StatusNoContent {
+		t.Fatalf("DELETE: %d", code)
+	}
+	if code := e.api(t, http.MethodGet, "/api/v1/messages/"+e.msg.ID, aliceKey, nil); code != http.StatusNotFound {
+		t.Errorf("GET after DELETE: %d", code)
+	}
+	if code := e.api(t, http.MethodDelete, "/api/v1/messages/"+e.msg.ID, aliceKey, nil); code != http.StatusNotFound {
+		t.Errorf("second DELETE: %d", code)
+	}
+	if p := e.feed(t, "", 0); len(p.Events) != 0 {
+		t.Errorf("feed after erase: %+v", p.Events)
+	}
+	// Links keep working; hits are not recorded, and not lost either.
+	if resp, _ := e.do(t, http.MethodGet, click, nil); resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != "https://example.com/quote?id=1&x=2" {
+		t.Errorf("click after erase: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if resp, _ := e.do(t, http.MethodGet, e.mint.OpenURL(), nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("pixel after erase: %d", resp.StatusCode)
+	}
+	// Late reports from the relay do not bring it back.
+	if err := e.store.PutMessage(ctx, e.msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, Delivery{Status: StatusDelivered, UpdatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	// An event already on its way when the message was erased is dropped.
+	if err := e.store.AddEvent(ctx, Event{Type: EventOpen, Message: e.msg.ID, Link: -1, Class: ClassHuman, At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.Lookup(ctx, "alice", e.msg.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("lookup after late reports: %v", err)
+	}
+	if p := e.feed(t, "", 0); len(p.Events) != 0 {
+		t.Errorf("feed after late reports: %+v", p.Events)
+	}
+	if got := counterValue(t, e.reg, "trackrelay_tracking_events_lost_total"); got != 0 {
+		t.Errorf("events_lost_total = %v", got)
+	}
+	bs := e.store.(*BoltStore)
+	if err := bs.db.View(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketEvents, bucketDeliveries, bucketRecipients, bucketLinks, bucketMsgFeed} {
+			c := tx.Bucket(b).Cursor()
+			for k, _ := c.First(); k != nil; k, _ = c.Next() {
+				if strings.HasPrefix(string(k), e.msg.ID) {
+					t.Errorf("bucket %s still has %q", b, k)
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReclassifiedBurst(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	metrics := NewMetrics(reg)
+	e := newTestEnv(t, testStore(t, BoltOptions{Metrics: metrics}), func(c *Config) { c.Metrics = metrics })
+	ctx := context.Background()
+	links := []string{"https://example.com/a", "https://example.com/b", "https://example.com/c"}
+	if err := e.store.SetLinks(ctx, e.msg.ID, links); err != nil {
+		t.Fatal(err)
+	}
+	// A scanner that disguises itself as a browser follows every link
+	// within a second, long after delivery.
+	for i, l := range links {
+		e.do(t, http.MethodGet, e.mint.ClickURL(i, l), nil)
+	}
+	p := e.feed(t, "", 0)
+	var got []string
+	for _, fe := range p.Events {
+		s := fe.Type + ":" + fe.Class
+		if fe.Type == EventReclassified {
+			s += "<-" + fe.PreviousClass
+			if fe.EventID == "" || fe.EventType != EventClick || !slices.Contains(fe.Reasons, ReasonClickBurst) {
+				t.Errorf("reclassified entry %+v", fe)
+			}
+		}
+		got = append(got, s)
+	}
+	want := []string{"click:scanner", "click:scanner", "click:scanner", "reclassified:scanner<-human", "reclassified:scanner<-human"}
+	if !slices.Equal(got, want) {
+		t.Errorf("feed %v, want %v", got, want)
+	}
+	if p.Events[3].EventID != p.Events[0].ID || p.Events[4].EventID != p.Events[1].ID {
+		t.Errorf("reclassified entries name %s %s", p.Events[3].EventID, p.Events[4].EventID)
+	}
+	v := e.view(t)
+	for _, ev := range v.Events {
+		if ev.Class != ClassScanner || !slices.Contains(ev.Reasons, ReasonClickBurst) || slices.Contains(ev.Reasons, ReasonNoMachineSignals) {
+			t.Errorf("view event %+v", ev)
+		}
+	}
+	if v.Recipients[0].Clicks != 0 || v.Stats.UniqueClicks != 0 || v.Stats.Events != 3 {
+		t.Errorf("counts %+v %+v", v.Recipients[0], v.Stats)
+	}
+	if got := counterValue(t, reg, "trackrelay_tracking_reclassified_total", "class", "scanner"); got != 2 {
+		t.Errorf("reclassified_total = %v", got)
+	}
+}
+
+func TestClickOrderReasons(t *testing.T) {
+	e := newTestEnv(t, nil, nil)
+	click := e.mint.ClickURL(0, "https://example.com/a")
+	e.do(t, http.MethodGet, click, nil)
+	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
+	e.do(t, http.MethodGet, click, nil)
+	v := e.view(t)
+	if r := v.Events[0].Reasons; !slices.Equal(r, []string{ReasonNoMachineSignals, reasonClickBeforeOpen}) {
+		t.Errorf("first click reasons %v", r)
+	}
+	if r := v.Events[2].Reasons; !slices.Equal(r, []string{ReasonNoMachineSignals, reasonOpenedBeforeClick}) {
+		t.Errorf("second click reasons %v", r)
+	}
+	if v.Events[0].Class != ClassHuman || v.Events[2].Class != ClassHuman {
+		t.Errorf("classes %s %s", v.Events[0].Class, v.Events[2].Class)
+	}
+}
+
+func TestCapPerRecipient(t *testing.T) {
+	s := testStore(t, BoltOptions{MaxEventsPerRecipient: 3})
+	e := newTestEnv(t, s, nil)
+	for range 10 {
+		e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
+	}
+	v := e.view(t)
+	if len(v.Events) != 3 || v.Recipients[0].Opens != 10 || v.Recipients[0].EventsTotal != 10 || v.Stats.Opens != 10 || v.Stats.UniqueOpens != 1 {
+		t.Errorf("%d events listed, %+v, %+v", len(v.Events), v.Recipients[0], v.Stats)
+	}
+	if v.Recipients[0].LastOpenedAt == nil || v.Recipients[0].LastOpenedAt.Before(v.Events[2].At) {
+		t.Errorf("last_opened_at %v", v.Recipients[0].LastOpenedAt)
+	}
+	if n := len(e.feed(t, "", 0).Events); n != 3 {
+		t.Errorf("%d feed entries", n)
+	}
+	if got := counterValue(t, e.reg, "trackrelay_tracking_events_lost_total"); got != 0 {
+		t.Errorf("events_lost_total = %v", got)
+	}
+}
+
+func TestRetentionSweep(t *testing.T) {
+	s := testStore(t, BoltOptions{})
+	e := newTestEnv(t, s, nil)
+	ctx := context.Background()
+	if err := s.SetLinks(ctx, e.msg.ID, []string{"https://example.com/quote?id=1&x=2"}); err != nil {
+		t.Fatal(err)
+	}
+	click := e.mint.ClickURL(0, "https://example.com/quote?id=1&x=2")
+	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
+	e.do(t, http.MethodGet, click, nil)
+	const retention = 90 * 24 * time.Hour
+	later := time.Now().Add(24 * time.Hour)
+	// The first sweep marks where the events end; nothing is old yet.
+	if n, err := s.Sweep(ctx, later, retention); err != nil || n != 0 {
+		t.Fatalf("first sweep: %d, %v", n, err)
+	}
+	if n, err := s.Sweep(ctx, later.Add(retention+time.Hour), retention); err != nil || n != 2 {
+		t.Fatalf("second sweep: %d, %v", n, err)
+	}
+	v := e.view(t)
+	r := v.Recipients[0]
+	if len(v.Events) != 0 || r.Opens != 1 || r.Clicks != 1 || !r.Opened || r.FirstOpenedAt == nil || r.EventsTotal != 2 || v.Links[0].Clicks != 1 || v.Links[0].UniqueClicks != 1 {
+		t.Errorf("after sweep: %d events, %+v, links %+v", len(v.Events), r, v.Links)
+	}
+	if p := e.feed(t, "", 0); len(p.Events) != 0 {
+		t.Errorf("feed after sweep: %+v", p.Events)
+	}
+	if resp, _ := e.do(t, http.MethodGet, click, nil); resp.StatusCode != http.StatusFound {
+		t.Errorf("click after sweep: %d", resp.StatusCode)
+	}
+}
+
+func TestIPMode(t *testing.T) {
+	for _, tc := range []struct{ mode, ip, want string }{
+		{IPFull, "203.0.113.77", "203.0.113.77"},
+		{"", "203.0.113.77", "203.0.113.77"},
+		{IPTruncate, "203.0.113.77", "203.0.113.0"},
+		{IPTruncate, "2001:db8:1234:5678::1", "2001:db8:1234::"},
+		{IPNone, "203.0.113.77", ""},
+	} {
+		if got := recordedIP(parseHostAddr(tc.ip), tc.mode); got != tc.want {
+			t.Errorf("recordedIP(%s, %q) = %q, want %q", tc.ip, tc.mode, got, tc.want)
+		}
+	}
+	// Classification still sees the full address: the sender's own IP is
+	// recognized though only its /24 is recorded.
+	e := newTestEnv(t, nil, func(c *Config) {
+		c.IPMode = IPTruncate
+		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	})
+	e.do(t, http.MethodGet, e.mint.OpenURL(), http.Header{"X-Forwarded-For": {"192.0.2.10"}})
+	ev := e.view(t).Events[0]
+	if ev.IP != "192.0.2.0" || ev.Class != ClassSelf {
+		t.Errorf("event %+v", ev)
+	}
+}
+
+func TestNoRecord(t *testing.T) {
+	e := newTestEnv(t, nil, func(c *Config) { c.NoRecord = true })
+	if resp, _ := e.do(t, http.MethodGet, e.mint.OpenURL(), nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("pixel: %d", resp.StatusCode)
+	}
+	if n := len(e.view(t).Events); n != 0 {
+		t.Errorf("%d events recorded", n)
+	}
+}
+
+// receiver is a webhook endpoint on loopback that refuses the first fail
+// requests, then records what it gets.
+type receiver struct {
+	mu     sync.Mutex
+	fail   int
+	tries  int
+	secret []byte
+	got    map[string]FeedEntry
+	errs   []string
+}
+
+func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.tries++
+	if rc.tries <= rc.fail {
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+		return
+	}
+	sig := r.Header.Get(SignatureHeader)
+	ts, mac, ok := strings.Cut(sig, ",v1=")
+	ts, ok2 := strings.CutPrefix(ts, "t=")
+	m := hmac.New(sha256.New, rc.secret)
+	m.Write([]byte(ts + "." + string(body)))
+	if !ok || !ok2 || !hmac.Equal([]byte(mac), []byte(hex.EncodeToString(m.Sum(nil)))) {
+		rc.errs = append(rc.errs, "bad signature "+sig)
+	}
+	var fe FeedEntry
+	if err := json.Unmarshal(body, &fe); err != nil || fe.ID == "" {
+		rc.errs = append(rc.errs, "bad body "+string(body))
+	}
+	if r.Header.Get("Trackrelay-Event-Id") != fe.ID {
+		rc.errs = append(rc.errs, "event id header")
+	}
+	rc.got[fe.ID] = fe
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func TestWebhooks_retryUntilDelivered(t *testing.T) {
+	rc := &receiver{fail: 3, secret: []byte("whsec-0123456789abcdef"), got: map[string]FeedEntry{}}
+	srv := httptest.NewServer(rc) // 127.0.0.1
+	defer srv.Close()
+	path := filepath.Join(t.TempDir(), "t.db")
+	s, err := OpenBolt(path, BoltOptions{WebhookAccounts: []string{"alice"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newTestEnv(t, s, nil)
+	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
+	e.do(t, http.MethodGet, e.mint.ClickURL(0, "https://example.com/a"), nil)
+	if err := s.SetDelivery(context.Background(), e.msg.ID, 0, Delivery{Status: StatusDelivered, UpdatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	// Close before anything is sent: the outbox is durable.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = OpenBolt(path, BoltOptions{WebhookAccounts: []string{"alice"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	metrics := NewMetrics(nil)
+	ws := StartWebhooks(s, WebhookOptions{
+		Hooks:      []Webhook{{Account: "alice", URL: srv.URL + "/hook", Secret: rc.secret}},
+		BackoffMin: 20 * time.Millisecond, BackoffMax: 50 * time.Millisecond, Metrics: metrics,
+	})
+	defer ws.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rc.mu.Lock()
+		n := len(rc.got)
+		rc.mu.Unlock()
+		if n == 3 && s.outboxN.Load() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 3 delivered, outbox %d", n, s.outboxN.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if len(rc.errs) > 0 {
+		t.Errorf("receiver: %v", rc.errs)
+	}
+	var types []string
+	for _, fe := range rc.got {
+		types = append(types, fe.Type)
+	}
+	slices.Sort(types)
+	if !slices.Equal(types, []string{"click", "delivery", "open"}) {
+		t.Errorf("delivered %v", types)
+	}
+	if rc.tries != 6 {
+		t.Errorf("%d tries, want 3 failures and 3 deliveries", rc.tries)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(metrics.webhookAttempts)
+	if f, ok := counterValue(t, reg, "trackrelay_webhook_attempts_total", "result", "failure"), counterValue(t, reg, "trackrelay_webhook_attempts_total", "result", "success"); f != 3 || ok != 3 {
+		t.Errorf("attempts: %v failures, %v successes", f, ok)
+	}
+}
+
+func TestWebhooks_expire(t *testing.T) {
+	rc := &receiver{fail: 1 << 30, secret: []byte("s"), got: map[string]FeedEntry{}}
+	srv := httptest.NewServer(rc)
+	defer srv.Close()
+	s := testStore(t, BoltOptions{WebhookAccounts: []string{"alice"}})
+	e := newTestEnv(t, s, nil)
+	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	ws := StartWebhooks(s, WebhookOptions{Hooks: []Webhook{{Account: "alice", URL: srv.URL, Secret: rc.secret}},
+		BackoffMin: time.Millisecond, BackoffMax: time.Millisecond, Now: clock})
+	defer ws.Close()
+	time.Sleep(50 * time.Millisecond)
+	mu.Lock()
+	now = now.Add(DefaultWebhookMaxAge + time.Minute)
+	mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.outboxN.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("entry not abandoned after 24h")
+		}
+		s.wakeOutbox()
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestSign(t *testing.T) {
+	// t=1700000000, body {"id":"x"}, secret "secret":
+	// printf '1700000000.{"id":"x"}' | openssl dgst -sha256 -hmac secret
+	got := Sign([]byte("secret"), time.Unix(1700000000, 0), []byte(`{"id":"x"}`))
+	m := hmac.New(sha256.New, []byte("secret"))
+	m.Write([]byte(`1700000000.{"id":"x"}`))
+	if want := "t=1700000000,v1=" + hex.EncodeToString(m.Sum(nil)); got != want {
+		t.Errorf("Sign = %s, want %s", got, want)
+	}
+}

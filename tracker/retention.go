@@ -1,0 +1,176 @@
+package tracker
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Retention works with marks: each sweep (and each open) records the
+// current event and feed sequences with the time. Everything with a
+// sequence at or below the newest mark older than the retention period was
+// committed before that mark, so it is older than the period. Keys need no
+// time index and values are only read for what is deleted. A mark is taken
+// at least every RetentionInterval, which is the precision of retention.
+
+func putMark(tx *bolt.Tx, now time.Time) error {
+	v := binary.BigEndian.AppendUint64(nil, tx.Bucket(bucketEvents).Sequence())
+	v = binary.BigEndian.AppendUint64(v, tx.Bucket(bucketFeed).Sequence())
+	return tx.Bucket(bucketMarks).Put(binary.BigEndian.AppendUint64(nil, uint64(now.Unix())), v)
+}
+
+func (s *BoltStore) retentionLoop() {
+	defer s.bg.Done()
+	t := time.NewTicker(s.opts.RetentionInterval)
+	defer t.Stop()
+	for {
+		if _, err := s.Sweep(context.Background(), time.Now(), s.opts.Retention); err != nil && s.opts.Logger != nil {
+			s.opts.Logger.Error("tracker: retention sweep", "err", err)
+		}
+		select {
+		case <-t.C:
+		case <-s.closing:
+			return
+		}
+	}
+}
+
+// Sweep records a mark at now and deletes the events and feed entries
+// committed before the newest mark older than retention. A deleted event
+// is added to its copy's counters, so counts and first and last open times
+// stay; its IP address, user agent and time are gone. It returns the
+// number of events deleted. Sweeping runs in short transactions, so hits
+// keep being committed meanwhile.
+func (s *BoltStore) Sweep(ctx context.Context, now time.Time, retention time.Duration) (int, error) {
+	var evCut, feedCut uint64
+	var markKey []byte
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := putMark(tx, now); err != nil {
+			return err
+		}
+		c := tx.Bucket(bucketMarks).Cursor()
+		cutoff := binary.BigEndian.AppendUint64(nil, uint64(now.Add(-retention).Unix())+1)
+		k, v := c.Seek(cutoff)
+		if k == nil {
+			k, v = c.Last()
+		} else {
+			k, v = c.Prev()
+		}
+		if k == nil || bytes.Compare(k, cutoff) >= 0 || len(v) != 16 {
+			return nil
+		}
+		markKey = bytes.Clone(k)
+		evCut, feedCut = binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:])
+		// Older marks are no longer needed.
+		var old [][]byte
+		for k, _ := c.Prev(); k != nil; k, _ = c.Prev() {
+			old = append(old, bytes.Clone(k))
+		}
+		for _, k := range old {
+			if err := tx.Bucket(bucketMarks).Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil || markKey == nil {
+		return 0, err
+	}
+	deleted, err := s.sweepBucket(ctx, bucketEvents, evCut, true)
+	if err != nil {
+		return deleted, err
+	}
+	if _, err := s.sweepBucket(ctx, bucketFeed, feedCut, false); err != nil {
+		return deleted, err
+	}
+	if _, err := s.sweepBucket(ctx, bucketMsgFeed, feedCut, false); err != nil {
+		return deleted, err
+	}
+	if m := s.opts.Metrics; m != nil && deleted > 0 {
+		m.eventsExpired.Add(float64(deleted))
+	}
+	return deleted, nil
+}
+
+// sweepBucket deletes the keys of bucket whose trailing sequence is at most
+// cut, in transactions of at most retentionChunk deletions and
+// retentionScan keys. With tallyEvents, each deleted event is added to its
+// copy's counters first.
+func (s *BoltStore) sweepBucket(ctx context.Context, bucket []byte, cut uint64, tallyEvents bool) (int, error) {
+	var resume []byte
+	total := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		done := false
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucket)
+			c := b.Cursor()
+			var k, v []byte
+			if resume == nil {
+				k, v = c.First()
+			} else {
+				k, v = c.Seek(resume)
+			}
+			type kv struct{ k, v []byte }
+			var del []kv
+			scanned := 0
+			for ; k != nil && len(del) < retentionChunk && scanned < retentionScan; k, v = c.Next() {
+				scanned++
+				if len(k) >= 9 && keySeq(k) <= cut {
+					del = append(del, kv{bytes.Clone(k), bytes.Clone(v)})
+				}
+			}
+			if k == nil {
+				done = true
+			} else {
+				resume = bytes.Clone(k)
+			}
+			rcpts := map[string]*storedRcpt{}
+			for _, d := range del {
+				if tallyEvents {
+					var se storedEvent
+					if json.Unmarshal(d.v, &se) == nil && se.Recipient >= 0 {
+						rk := string(deliveryKey(string(d.k[:len(d.k)-9]), se.Recipient))
+						rs, ok := rcpts[rk]
+						if !ok {
+							rs = &storedRcpt{}
+							if rv := tx.Bucket(bucketRecipients).Get([]byte(rk)); rv != nil {
+								if err := json.Unmarshal(rv, rs); err != nil {
+									return err
+								}
+							}
+							rcpts[rk] = rs
+						}
+						if rs.Tally == nil {
+							rs.Tally = &tally{}
+						}
+						rs.Tally.add(se.Type, se.Class, se.Link, se.At)
+					}
+				}
+				if err := b.Delete(d.k); err != nil {
+					return err
+				}
+			}
+			for rk, rs := range rcpts {
+				rv, err := json.Marshal(rs)
+				if err != nil {
+					return err
+				}
+				if err := tx.Bucket(bucketRecipients).Put([]byte(rk), rv); err != nil {
+					return err
+				}
+			}
+			total += len(del)
+			return nil
+		})
+		if err != nil || done {
+			return total, err
+		}
+	}
+}
