@@ -96,8 +96,11 @@ import email, re, sys
 from email import policy
 m = email.message_from_binary_file(open(sys.argv[1], "rb"), policy=policy.default)
 html = m.get_body(("html",)).get_content()
-o = re.search(r'src="([^"]*/o/[^"]+)"', html).group(1)
-c = re.search(r'href="([^"]*/c/[^"]+)"', html).group(1)
+o = re.search(r'(https?://[^"\'\s<>]+/o/[^"\'\s<>]+)', html)
+c = re.search(r'(https?://[^"\'\s<>]+/c/[^"\'\s<>]+)', html)
+if not o or not c:
+    sys.exit("bench: no tracking URLs in the delivered copy:\n" + html)
+o, c = o.group(1), c.group(1)
 print(o.replace("&amp;", "&"), c.replace("&amp;", "&"))
 PY
 )
