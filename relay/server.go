@@ -73,7 +73,7 @@ func NewServer(cfg ServerConfig, spool *Spool, d *Deliverer, log *slog.Logger, m
 		cfg.DefaultMode = ModeAll
 	}
 	// TLS 1.2 at least, whatever the caller's config or GODEBUG say.
-	if cfg.TLSConfig != nil && cfg.TLSConfig.MinVersion < tls.VersionTLS10 {
+	if cfg.TLSConfig != nil && cfg.TLSConfig.MinVersion < tls.VersionTLS12 {
 		cfg.TLSConfig = cfg.TLSConfig.Clone()
 		cfg.TLSConfig.MinVersion = tls.VersionTLS12
 	}
