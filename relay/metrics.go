@@ -42,7 +42,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"reason"}),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trackrelay_smtp_messages_total",
-			Help: "Messages by result (accepted, rejected) and rejection reason (auth_required, tls_required, bad_address, too_large, bad_message, spool_error).",
+			Help: "Messages by result (accepted, rejected) and rejection reason (auth_required, tls_required, bad_address, too_large, line_too_long, bad_message, timeout, spool_error).",
 		}, []string{"result", "reason"}),
 		acceptedBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "trackrelay_smtp_accepted_bytes_total",
