@@ -127,7 +127,7 @@ func newAttackServer(t *testing.T, o attackOpts) *attackServer {
 	go a.srv.Serve(l)
 	t.Cleanup(func() {
 		a.srv.smtp.Close()
-		d.Shutdown(t.Context())
+		d.Shutdown(shutdownCtx(t))
 		spool.Close()
 	})
 	return a

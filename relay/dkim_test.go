@@ -596,51 +596,58 @@ func BenchmarkDKIMSign(b *testing.B) {
 }
 
 // BenchmarkRelay_submitAndDeliverDKIM is BenchmarkRelay_submitAndDeliver
-// with every copy DKIM-signed (RSA-2048), to compare messages per second.
+// with every copy DKIM-signed, to compare messages per second.
 func BenchmarkRelay_submitAndDeliverDKIM(b *testing.B) {
 	msg, err := os.ReadFile("../../shared/bench/msg-html-20k.eml")
 	if err != nil {
 		b.Skip("sample message not found:", err)
 	}
-	s, err := NewDKIMSigner([]DKIMKey{{Domain: "lindqvist-cycling.example.com", Selector: "s", Signer: testRSAKey()}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	h := newHarness(b, harnessOpts{upstream: true, upConns: 8, noStart: true, networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
-	h.d.cfg.DKIM = s
-	if err := h.d.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.SetBytes(int64(len(msg)))
-	b.ResetTimer()
-	start := time.Now()
-	var wg sync.WaitGroup
-	per := b.N/8 + 1
-	for range 8 {
-		wg.Go(func() {
-			c, err := smtp.Dial(h.addr)
+	for _, k := range []struct {
+		name string
+		key  crypto.Signer
+	}{{"rsa2048", testRSAKey()}, {"ed25519", testEdKey()}} {
+		b.Run(k.name, func(b *testing.B) {
+			s, err := NewDKIMSigner([]DKIMKey{{Domain: "lindqvist-cycling.example.com", Selector: "s", Signer: k.key}})
 			if err != nil {
-				b.Error(err)
-				return
+				b.Fatal(err)
 			}
-			defer c.Close()
-			for range per {
-				if _, err := sendOn(c, "sender@bench.test", []string{"rcpt@example.net"}, string(msg)); err != nil {
-					b.Error(err)
-					return
+			h := newHarness(b, harnessOpts{upstream: true, upConns: 8, noStart: true, networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+			h.d.cfg.DKIM = s
+			if err := h.d.Start(); err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(msg)))
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			per := b.N/8 + 1
+			for range 8 {
+				wg.Go(func() {
+					c, err := smtp.Dial(h.addr)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					defer c.Close()
+					for range per {
+						if _, err := sendOn(c, "sender@bench.test", []string{"rcpt@example.net"}, string(msg)); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			total := per * 8
+			for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				if len(h.sink.messages()) >= total {
+					break
 				}
 			}
+			b.ReportMetric(float64(total)/time.Since(start).Seconds(), "msgs/s")
+			if n := dkimCount(h, "signed"); n < float64(total) {
+				b.Errorf("signed %v of %d copies", n, total)
+			}
 		})
-	}
-	wg.Wait()
-	total := per * 8
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		if len(h.sink.messages()) >= total {
-			break
-		}
-	}
-	b.ReportMetric(float64(total)/time.Since(start).Seconds(), "msgs/s")
-	if n := dkimCount(h, "signed"); n < float64(total) {
-		b.Errorf("signed %v of %d copies", n, total)
 	}
 }

@@ -83,7 +83,7 @@ func deliveryHarness(t *testing.T, up UpstreamConfig) (*Deliverer, *Spool, *memL
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		d.Shutdown(t.Context())
+		d.Shutdown(shutdownCtx(t))
 		spool.Close()
 	})
 	return d, spool, ledger

@@ -283,7 +283,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	go h.srv.Serve(ln)
 	t.Cleanup(func() {
 		h.srv.smtp.Close()
-		h.d.Shutdown(t.Context())
+		h.d.Shutdown(shutdownCtx(t))
 		h.spool.Close()
 	})
 	return h
@@ -369,4 +369,13 @@ type testWriter struct{ t testing.TB }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// shutdownCtx bounds a cleanup's wait for the delivery workers. It is not
+// t.Context(): that one is already cancelled when cleanups run, and workers
+// still writing would race the removal of the test's temporary directory.
+func shutdownCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
 }
