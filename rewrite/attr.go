@@ -9,18 +9,24 @@ import (
 // tagAttr locates one attribute inside the raw bytes of a start tag.
 //
 // x/net/html's Tokenizer reports attribute keys and values but not where they
-// are, and the HTML is edited in place, so scanAttrs reads the raw tag again
-// with the Tokenizer's own rules (readTag, readTagAttrKey, readTagAttrVal in
-// token.go): both agree on which bytes are the value of which key.
+// are, and the HTML is edited in place, so the lexer (lex.go) reads tags with
+// the Tokenizer's own rules (readTag, readTagAttrKey, readTagAttrVal in
+// token.go) and records where each part is: both agree on which bytes are
+// the value of which key. Offsets are relative to the slice the tag was read
+// from.
 type tagAttr struct {
-	key       string // lower case
+	key       []byte // as written; compare with is
 	prevEnd   int    // end of what precedes the attribute: its leading white space starts here
 	keyStart  int    // start of the key
 	val       []byte // the raw value, quotes excluded, entities not decoded
 	spanStart int    // the value as written, quotes included
 	spanEnd   int
 	end       int // end of the attribute (keyEnd when it has no value)
+	tokValEnd int // where the Tokenizer's value span ends (for its self-closing test)
 }
+
+// is reports whether the attribute's key is the lower-case name, in any case.
+func (a *tagAttr) is(name string) bool { return equalFoldASCII(a.key, name) }
 
 func isHTMLSpace(c byte) bool {
 	return c == ' ' || c == '\n' || c == '\r' || c == '\t' || c == '\f'
@@ -33,96 +39,16 @@ func skipHTMLSpace(raw []byte, p int) int {
 	return p
 }
 
-// scanAttrs appends the attributes of the start tag raw ("<name ...>") to
-// attrs. Like the Tokenizer (and browsers), it keeps the first of duplicate
-// keys and drops empty keys.
+// scanAttrs returns the attributes of the start tag raw ("<name ...>") in
+// attrs[:0]. Like the Tokenizer (and browsers), it keeps the first of
+// duplicate keys and drops empty keys.
 func scanAttrs(raw []byte, attrs []tagAttr) []tagAttr {
-	n := len(raw)
-	if n < 2 || raw[0] != '<' {
-		return attrs
+	if len(raw) < 2 || raw[0] != '<' {
+		return attrs[:0]
 	}
-	// The tag name: raw[1] is its first letter.
-	p := 2
-	for p < n && !isHTMLSpace(raw[p]) && raw[p] != '/' && raw[p] != '>' {
-		p++
-	}
-	prevEnd := p
-	p = skipHTMLSpace(raw, p)
-	first := len(attrs)
-	for p < n && raw[p] != '>' {
-		keyStart := p
-		for p < n {
-			c := raw[p]
-			p++
-			if c == '=' && p == keyStart+1 {
-				// An '=' before the name begins is part of the name.
-				continue
-			}
-			if c == '=' || isHTMLSpace(c) || c == '/' || c == '>' {
-				p--
-				break
-			}
-		}
-		keyEnd := p
-		a := tagAttr{keyStart: keyStart, prevEnd: prevEnd, spanStart: keyEnd, spanEnd: keyEnd, end: keyEnd}
-		q := skipHTMLSpace(raw, p)
-		switch {
-		case q >= n:
-			p = q
-		case raw[q] == '/':
-			p = q + 1
-		case raw[q] != '=':
-			p = q
-		default:
-			q = skipHTMLSpace(raw, q+1)
-			switch {
-			case q >= n:
-				p = q
-			case raw[q] == '>':
-				p = q
-			case raw[q] == '"' || raw[q] == '\'':
-				quote := raw[q]
-				e := q + 1
-				for e < n && raw[e] != quote {
-					e++
-				}
-				a.val = raw[q+1 : e]
-				a.spanStart = q
-				if e < n {
-					e++ // the closing quote
-				}
-				a.spanEnd, a.end, p = e, e, e
-			default:
-				e := q
-				for e < n && !isHTMLSpace(raw[e]) && raw[e] != '>' {
-					e++
-				}
-				a.val = raw[q:e]
-				a.spanStart, a.spanEnd, a.end, p = q, e, e, e
-			}
-		}
-		if keyEnd > keyStart {
-			a.key = lowerASCII(raw[keyStart:keyEnd])
-			dup := false
-			for _, b := range attrs[first:] {
-				if b.key == a.key {
-					dup = true
-					break
-				}
-			}
-			if !dup {
-				attrs = append(attrs, a)
-			}
-		}
-		if keyEnd > keyStart {
-			prevEnd = a.end
-		}
-		if p == keyStart { // no progress: never loop forever
-			p++
-		}
-		p = skipHTMLSpace(raw, p)
-	}
-	return attrs
+	l := lexer{doc: raw, pos: 2, attrs: attrs}
+	l.readTag(true)
+	return l.attrs
 }
 
 // lowerASCII returns b as a lower-case string.
@@ -138,7 +64,17 @@ func lowerASCII(b []byte) string {
 // findAttr returns the attribute named key (lower case), or nil.
 func findAttr(attrs []tagAttr, key string) *tagAttr {
 	for i := range attrs {
-		if attrs[i].key == key {
+		if attrs[i].is(key) {
+			return &attrs[i]
+		}
+	}
+	return nil
+}
+
+// findAttrBytes returns the attribute whose key equals key ignoring case, or nil.
+func findAttrBytes(attrs []tagAttr, key []byte) *tagAttr {
+	for i := range attrs {
+		if equalFoldBytes(attrs[i].key, key) {
 			return &attrs[i]
 		}
 	}

@@ -427,7 +427,7 @@ func (s *renderServer) localImages(doc []byte) []byte {
 		raw := doc[start:off]
 		attrs = scanAttrs(raw, attrs[:0])
 		for _, a := range attrs {
-			if a.key != "src" && a.key != "background" {
+			if !a.is("src") && !a.is("background") {
 				continue
 			}
 			v := strings.TrimSpace(unescapeAttr(string(a.val)))

@@ -426,7 +426,7 @@ func withoutHref(tok string) string {
 	out := tok
 	for k := len(attrs) - 1; k >= 0; k-- {
 		a := attrs[k]
-		switch a.key {
+		switch lowerASCII(a.key) {
 		case "href":
 			out = out[:a.spanStart] + out[a.spanEnd:]
 		case "data-notrack":

@@ -3,11 +3,11 @@ package rewrite
 import (
 	"bytes"
 	"errors"
-	"io"
+	"html"
+	"slices"
 	"sort"
 	"strings"
-
-	"golang.org/x/net/html"
+	"unicode"
 )
 
 // maxLinkLookahead bounds how far past an <a> start tag its visible text is
@@ -82,8 +82,8 @@ type quoteState struct {
 
 func (q *quoteState) active() bool { return q.outer || q.toEnd || q.depth > 0 }
 
-// startTag updates the state for a start tag; raw is the whole tag.
-func (q *quoteState) startTag(s *htmlScan, name string, raw []byte) {
+// startTag updates the state for a start tag with the attributes attrs.
+func (q *quoteState) startTag(attrs []tagAttr, name string) {
 	if q.depth > 0 && name == q.tag {
 		q.depth++
 		return
@@ -93,38 +93,82 @@ func (q *quoteState) startTag(s *htmlScan, name string, raw []byte) {
 	}
 	switch name {
 	case "blockquote":
-		s.attrs = scanAttrs(raw, s.attrs[:0])
-		if a := findAttr(s.attrs, "type"); a != nil && strings.EqualFold(strings.TrimSpace(unescapeAttr(string(a.val))), "cite") {
+		if a := findAttr(attrs, "type"); a != nil && attrValueIs(a.val, "cite") {
 			q.tag, q.depth = name, 1
 		}
 	case "div":
-		s.attrs = scanAttrs(raw, s.attrs[:0])
-		if a := findAttr(s.attrs, "class"); a != nil {
-			c := strings.ToLower(unescapeAttr(string(a.val)))
-			if strings.Contains(c, "gmail_quote") || strings.Contains(c, "yahoo_quoted") || strings.Contains(c, "moz-forward-container") {
+		if a := findAttr(attrs, "class"); a != nil {
+			c := a.val
+			if bytes.IndexByte(c, '&') >= 0 {
+				c = []byte(unescapeAttr(string(c)))
+			}
+			if containsFold(c, "gmail_quote") || containsFold(c, "yahoo_quoted") || containsFold(c, "moz-forward-container") {
 				q.tag, q.depth = name, 1
 				return
 			}
 		}
-		if a := findAttr(s.attrs, "id"); a != nil {
-			switch strings.ToLower(strings.TrimSpace(unescapeAttr(string(a.val)))) {
-			case "divrplyfwdmsg", "appendonsend":
-				q.toEnd = true
-				return
-			}
+		if a := findAttr(attrs, "id"); a != nil && (attrValueIs(a.val, "divrplyfwdmsg") || attrValueIs(a.val, "appendonsend")) {
+			q.toEnd = true
+			return
 		}
-		if a := findAttr(s.attrs, "style"); a != nil {
-			st := strings.ToLower(strings.Map(dropSpace, unescapeAttr(string(a.val))))
-			if strings.Contains(st, "border-top:solid#e1e1e1") || strings.Contains(st, "border-top:solid#b5c4df") {
+		if a := findAttr(attrs, "style"); a != nil {
+			st := a.val
+			if bytes.IndexByte(st, '&') >= 0 {
+				st = []byte(unescapeAttr(string(st)))
+			}
+			if containsFoldNoSpace(st, "border-top:solid#e1e1e1") || containsFoldNoSpace(st, "border-top:solid#b5c4df") {
 				q.toEnd = true
 			}
 		}
 	case "hr":
-		s.attrs = scanAttrs(raw, s.attrs[:0])
-		if a := findAttr(s.attrs, "id"); a != nil && strings.EqualFold(strings.TrimSpace(unescapeAttr(string(a.val))), "stopspelling") {
+		if a := findAttr(attrs, "id"); a != nil && attrValueIs(a.val, "stopspelling") {
 			q.toEnd = true
 		}
 	}
+}
+
+// attrValueIs reports whether the raw attribute value val, entity-decoded and
+// trimmed of white space, is the lower-case word w in any case.
+func attrValueIs(val []byte, w string) bool {
+	if bytes.IndexByte(val, '&') >= 0 {
+		return strings.EqualFold(strings.TrimSpace(unescapeAttr(string(val))), w)
+	}
+	return equalFoldASCII(bytes.TrimSpace(val), w)
+}
+
+// containsFold reports whether b contains the lower-case ASCII pattern pat,
+// ignoring the case of b.
+func containsFold(b []byte, pat string) bool {
+	for i := 0; i+len(pat) <= len(b); i++ {
+		if equalFoldASCII(b[i:i+len(pat)], pat) {
+			return true
+		}
+	}
+	return false
+}
+
+// containsFoldNoSpace is containsFold with the HTML white space of b ignored.
+func containsFoldNoSpace(b []byte, pat string) bool {
+	for i := range b {
+		k, j := 0, i
+		for ; k < len(pat) && j < len(b); j++ {
+			c := b[j]
+			if isHTMLSpace(c) {
+				continue
+			}
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != pat[k] {
+				break
+			}
+			k++
+		}
+		if k == len(pat) {
+			return true
+		}
+	}
+	return false
 }
 
 func (q *quoteState) endTag(name string) {
@@ -133,33 +177,24 @@ func (q *quoteState) endTag(name string) {
 	}
 }
 
-func dropSpace(r rune) rune {
-	switch r {
-	case ' ', '\t', '\n', '\r', '\f':
-		return -1
-	}
-	return r
-}
-
 // pendingLink is a tracked-looking link whose visible text is still being read.
 type pendingLink struct {
 	name  string // element whose end tag ends the link
 	start int    // offset of its start tag in the scanned document
 	edit  edit
-	text  []byte
+	text  []byte // the start of its visible text
+	full  bool   // enough text to decide
 }
 
-// headElements may come before the body without starting it.
-var headElements = map[string]bool{
-	"html": true, "head": true, "title": true, "meta": true, "link": true, "style": true,
-	"script": true, "base": true, "noscript": true, "template": true, "basefont": true,
-	"bgsound": true, "frameset": true, "frame": true, "noframes": true,
-}
-
-// rawTextElements are followed by one text token that is not page content.
-var rawTextElements = map[string]bool{
-	"title": true, "style": true, "script": true, "textarea": true, "xmp": true,
-	"iframe": true, "noembed": true, "noframes": true, "noscript": true,
+// isHeadElement reports whether an element may come before the body
+// without starting it.
+func isHeadElement(name string) bool {
+	switch name {
+	case "html", "head", "title", "meta", "link", "style", "script", "base", "noscript", "template",
+		"basefont", "bgsound", "frameset", "frame", "noframes":
+		return true
+	}
+	return false
 }
 
 // knownTags are the names the scan compares against, interned so that
@@ -167,15 +202,14 @@ var rawTextElements = map[string]bool{
 var knownTags = func() map[string]string {
 	m := make(map[string]string)
 	for _, n := range []string{"a", "area", "img", "body", "div", "blockquote", "hr", "p", "span",
-		"table", "tbody", "tr", "td", "th", "font", "b", "i", "u", "strong", "em", "br", "center",
-		"h1", "h2", "h3", "h4", "ul", "ol", "li", "o:p", "meta", "link", "style", "title", "head",
-		"html", "script", "noscript", "sup", "sub", "small", "pre", "code", "v:roundrect", "v:rect"} {
-		m[n] = n
-	}
-	for n := range headElements {
-		m[n] = n
-	}
-	for n := range rawTextElements {
+		"table", "tbody", "thead", "tfoot", "tr", "td", "th", "font", "b", "i", "u", "s", "strong", "em", "br",
+		"center", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "li", "o:p", "meta", "link", "style", "title",
+		"head", "html", "script", "noscript", "sup", "sub", "small", "pre", "code", "v:roundrect", "v:rect",
+		"v:fill", "v:textbox", "v:oval", "v:image", "w:anchorlock", "center", "base", "template", "basefont",
+		"bgsound", "frameset", "frame", "noframes", "textarea", "xmp", "iframe", "noembed", "col", "colgroup",
+		"caption", "button", "label", "input", "form", "section", "article", "header", "footer", "nav", "main",
+		"picture", "source", "figure", "figcaption", "abbr", "cite", "q", "dl", "dt", "dd", "address", "wbr",
+		"nobr", "big", "tt", "strike", "del", "ins", "mark", "time", "svg", "path", "map", "mj-column"} {
 		m[n] = n
 	}
 	return m
@@ -204,108 +238,104 @@ func rawTagName(b []byte) string {
 	return lowerASCII(b[:n])
 }
 
-var errTokenGap = errors.New("rewrite: HTML tokens do not cover the document")
-
 // scan walks doc, an HTML document or the inside of a conditional comment
 // found at offset base of the part, and records its edits.
 func (s *htmlScan) scan(doc []byte, base int, inComment, quoted bool) error {
-	z := html.NewTokenizer(bytes.NewReader(doc))
+	l := newLexer(doc, s.attrs)
+	defer func() { s.attrs = l.attrs[:0] }()
 	q := quoteState{outer: quoted}
-	var pend *pendingLink
+	var pend *pendingLink // nil, or &pl
+	var pl pendingLink
 	finish := func() {
 		if !looksLikeURL(pend.text) {
 			s.edits = append(s.edits, pend.edit)
 		}
 		pend = nil
 	}
-	afterRawText := false
-	off := 0
 	for {
-		tt := z.Next()
-		if tt == html.ErrorToken {
-			if z.Err() != io.EOF {
-				return z.Err()
-			}
+		tt := l.next()
+		if tt == tokEOF {
 			break
 		}
-		start := off
-		off += len(z.Raw())
-		if off > len(doc) {
-			return errTokenGap
-		}
-		raw := doc[start:off] // the input, not the Tokenizer's buffer, which TagName and Text edit
+		start := l.start
+		raw := l.raw()
 		abs := base + start
-		if pend != nil && off-pend.start > maxLinkLookahead {
+		if pend != nil && l.pos-pend.start > maxLinkLookahead {
 			pend = nil // too long to decide: left alone
 		}
-		wasRawText := afterRawText
-		afterRawText = false
 
 		switch tt {
-		case html.TextToken:
+		case tokText:
 			if pend != nil {
-				pend.text = append(pend.text, z.Text()...)
+				pend.addText(raw, l.textRaw)
 			}
-			if !inComment && !wasRawText && !isAllSpace(raw) {
+			if !inComment && !l.textRaw && !isAllSpace(raw) {
 				s.placePixel(abs)
 			}
 
-		case html.StartTagToken, html.SelfClosingTagToken:
+		case tokStartTag, tokSelfClosing:
 			name := rawTagName(raw[1:])
-			if !inComment && !s.pixelDone && !headElements[name] {
+			if !inComment && !s.pixelDone && !isHeadElement(name) {
 				if name == "body" {
 					s.placePixel(abs + len(raw))
 				} else {
 					s.placePixel(abs)
 				}
 			}
-			afterRawText = tt == html.StartTagToken && rawTextElements[name]
-			q.startTag(s, name, raw)
+			q.startTag(l.attrs, name)
 
 			switch {
 			case name == "a" || name == "area":
 				if pend != nil && name == "a" {
 					finish()
 				}
-				e, ok := s.link(raw, abs, name, q.active())
+				e, ok := s.link(l.attrs, base, name, q.active())
 				switch {
 				case !ok:
 				case name == "a":
-					pend = &pendingLink{name: name, start: start, edit: e}
+					pl = pendingLink{name: name, start: start, edit: e, text: pl.text[:0]}
+					pend = &pl
 				default:
 					s.edits = append(s.edits, e)
 				}
 			case name == "img":
-				if q.active() && s.isOldPixel(raw) {
+				if q.active() && s.isOldPixel(l.attrs) {
 					s.edits = append(s.edits, edit{start: abs, end: abs + len(raw), kind: editRemove})
 					s.removed++
 				}
 			case inComment && strings.HasPrefix(name, "v:"):
 				// Outlook's VML buttons: <v:roundrect href="..."> in <!--[if mso]>.
-				e, ok := s.link(raw, abs, name, q.active())
+				e, ok := s.link(l.attrs, base, name, q.active())
 				if !ok {
 					break
 				}
 				if pend != nil {
 					finish()
 				}
-				if tt == html.SelfClosingTagToken {
+				if tt == tokSelfClosing {
 					s.edits = append(s.edits, e)
 				} else {
-					pend = &pendingLink{name: name, start: start, edit: e}
+					pl = pendingLink{name: name, start: start, edit: e, text: pl.text[:0]}
+					pend = &pl
 				}
 			}
 
-		case html.EndTagToken:
+		case tokEndTag:
 			name := rawTagName(raw[2:])
 			q.endTag(name)
 			if pend != nil && name == pend.name {
 				finish()
 			}
 
-		case html.CommentToken:
+		case tokComment:
 			if inner, at, ok := conditionalComment(raw); ok && !inComment {
-				if err := s.scan(inner, abs+at, true, q.active()); err != nil {
+				// The lexer's attribute scratch is in use: the inner scan
+				// gets its own.
+				saved := s.attrs
+				s.attrs = nil
+				err := s.scan(inner, abs+at, true, q.active())
+				s.attrs = saved
+				if err != nil {
 					return err
 				}
 			}
@@ -317,9 +347,25 @@ func (s *htmlScan) scan(doc []byte, base int, inComment, quoted bool) error {
 	if !inComment {
 		// No body content at all (an empty or head-only document): the
 		// pixel goes at the end, which is then also the start of the body.
-		s.placePixel(base + off)
+		s.placePixel(base + l.start)
 	}
 	return nil
+}
+
+// addText adds the text of a token inside the link. Only the start of the
+// visible text matters (does it begin like a URL?), so it stops collecting
+// once that is decided.
+func (p *pendingLink) addText(raw []byte, rawText bool) {
+	if p.full {
+		return
+	}
+	if !rawText && bytes.IndexByte(raw, '&') >= 0 {
+		p.text = append(p.text, html.UnescapeString(string(raw))...)
+	} else {
+		p.text = append(p.text, raw...)
+	}
+	// "https://" is the longest prefix looked for.
+	p.full = len(bytes.TrimLeftFunc(p.text, unicode.IsSpace)) >= len("https://")
 }
 
 // placePixel inserts the open pixel at offset at, once per part.
@@ -333,35 +379,49 @@ func (s *htmlScan) placePixel(at int) {
 	}
 }
 
-// link returns the edit that tracks the href of a link tag, if it is to be
-// tracked. It also removes a data-notrack attribute, leaving the link alone.
-func (s *htmlScan) link(raw []byte, abs int, name string, quoted bool) (edit, bool) {
+// link returns the edit that tracks the href of a link tag with the
+// attributes attrs (whose offsets are relative to base), if it is to be
+// tracked. It also removes a data-notrack
+// attribute, leaving the link alone.
+func (s *htmlScan) link(attrs []tagAttr, base int, name string, quoted bool) (edit, bool) {
 	if !s.clicks {
 		return edit{}, false
 	}
-	s.attrs = scanAttrs(raw, s.attrs[:0])
-	if a := findAttr(s.attrs, "data-notrack"); a != nil && (name == "a" || name == "area") {
-		s.edits = append(s.edits, edit{start: abs + a.prevEnd, end: abs + a.end, kind: editRemove})
+	if a := findAttr(attrs, "data-notrack"); a != nil && (name == "a" || name == "area") {
+		s.edits = append(s.edits, edit{start: base + a.prevEnd, end: base + a.end, kind: editRemove})
 		return edit{}, false
 	}
-	a := findAttr(s.attrs, "href")
-	if quoted || a == nil {
+	a := findAttr(attrs, "href")
+	if quoted || a == nil || !mayBeHTTP(a.val) {
 		return edit{}, false
 	}
 	dest, ok := s.rules.trackable(string(a.val))
 	if !ok {
 		return edit{}, false
 	}
-	return edit{start: abs + a.spanStart, end: abs + a.spanEnd, kind: editLink, dest: dest}, true
+	return edit{start: base + a.spanStart, end: base + a.spanEnd, kind: editLink, dest: dest}, true
 }
 
-// isOldPixel reports whether the <img> tag raw is one of our open pixels.
-func (s *htmlScan) isOldPixel(raw []byte) bool {
+// mayBeHTTP is a quick test, without allocating, that rules out most hrefs
+// that are not http(s) (mailto:, #top, relative paths): after leading
+// C0 controls and spaces it must start with 'h' or an entity.
+func mayBeHTTP(val []byte) bool {
+	for _, c := range val {
+		if c <= ' ' {
+			continue
+		}
+		return c == 'h' || c == 'H' || c == '&'
+	}
+	return false
+}
+
+// isOldPixel reports whether the <img> tag with the attributes attrs is one
+// of our open pixels.
+func (s *htmlScan) isOldPixel(attrs []tagAttr) bool {
 	if s.rules.pixelPrefix == "" {
 		return false
 	}
-	s.attrs = scanAttrs(raw, s.attrs[:0])
-	a := findAttr(s.attrs, "src")
+	a := findAttr(attrs, "src")
 	return a != nil && hasPrefixFold(normalizeURL(unescapeAttr(string(a.val))), s.rules.pixelPrefix)
 }
 
@@ -409,7 +469,8 @@ func hasPrefixFold(s, prefix string) bool {
 // order.
 func (m *messageRewriter) applyEdits(doc []byte, edits []edit) ([]byte, error) {
 	sort.SliceStable(edits, func(i, j int) bool { return edits[i].start < edits[j].start })
-	out := make([]byte, 0, len(doc)+len(edits)*128+len(pixelStyle)+256)
+	out := slices.Grow(m.sc.doc[:0], len(doc)+len(edits)*128+len(pixelStyle)+256)
+	defer func() { m.sc.doc = out[:0] }()
 	prev := 0
 	for _, e := range edits {
 		if e.start < prev || e.end < e.start || e.end > len(doc) {

@@ -136,11 +136,20 @@ type header struct {
 }
 
 // field is one header field; start and end delimit it in header.raw,
-// continuation lines and line ending included.
+// continuation lines and line ending included. Its value is unfolded only
+// when asked for: most fields are copied and never read.
 type field struct {
-	name       string // lower case
-	value      string // unfolded, trimmed
+	name       []byte // as written, white space before the colon removed
 	start, end int
+}
+
+// is reports whether the field is named name (lower case), in any case.
+func (f *field) is(name string) bool { return equalFoldASCII(f.name, name) }
+
+// value returns the field's value, unfolded and trimmed.
+func (h *header) value(f *field) string {
+	v := h.raw[f.start:f.end]
+	return unfold(v[bytes.IndexByte(v, ':')+1:])
 }
 
 // readHeader reads a header block up to and including the empty line that
@@ -268,7 +277,7 @@ func parseHeader(raw []byte) *header {
 			cur = -1
 			if i := bytes.IndexByte(line, ':'); i > 0 {
 				h.fields = append(h.fields, field{
-					name:  strings.ToLower(string(bytes.TrimRight(line[:i], " \t"))),
+					name:  bytes.TrimRight(line[:i], " \t"),
 					start: off,
 					end:   end,
 				})
@@ -277,17 +286,15 @@ func parseHeader(raw []byte) *header {
 		}
 		off = end
 	}
-	for i := range h.fields {
-		f := &h.fields[i]
-		v := raw[f.start:f.end]
-		f.value = unfold(v[bytes.IndexByte(v, ':')+1:])
-	}
 	return h
 }
 
 // unfold joins the lines of a field value, dropping line endings and the
 // white space around them.
 func unfold(v []byte) string {
+	if t := bytes.Trim(v, " \t\r\n"); bytes.IndexByte(t, '\n') < 0 {
+		return string(t) // one line
+	}
 	var b strings.Builder
 	for _, l := range bytes.Split(v, []byte("\n")) {
 		l = bytes.Trim(l, " \t\r")
@@ -304,9 +311,9 @@ func unfold(v []byte) string {
 
 // get returns the value of the first field named name (lower case).
 func (h *header) get(name string) string {
-	for _, f := range h.fields {
-		if f.name == name {
-			return f.value
+	for i := range h.fields {
+		if h.fields[i].is(name) {
+			return h.value(&h.fields[i])
 		}
 	}
 	return ""
@@ -314,8 +321,8 @@ func (h *header) get(name string) string {
 
 // has reports whether a field named name (lower case) is present.
 func (h *header) has(name string) bool {
-	for _, f := range h.fields {
-		if f.name == name {
+	for i := range h.fields {
+		if h.fields[i].is(name) {
 			return true
 		}
 	}
@@ -360,7 +367,7 @@ func (h *header) transferEncoding() string {
 func (h *header) withTransferEncoding(enc, eol string) []byte {
 	nf := "Content-Transfer-Encoding: " + enc + eol
 	for _, f := range h.fields {
-		if f.name == "content-transfer-encoding" {
+		if f.is("content-transfer-encoding") {
 			out := make([]byte, 0, len(h.raw)+len(nf))
 			out = append(out, h.raw[:f.start]...)
 			out = append(out, nf...)

@@ -4,8 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"io"
-	"mime/quotedprintable"
+	"slices"
 	"strings"
 )
 
@@ -29,7 +30,7 @@ func (m *messageRewriter) htmlPart(w *bufio.Writer, src lineSource, h *header, p
 		return m.copyEntity(w, src, h)
 	}
 
-	body := m.buf[:0]
+	body := m.sc.body[:0]
 	for {
 		line, _, err := src.readLine()
 		if err == io.EOF {
@@ -49,7 +50,7 @@ func (m *messageRewriter) htmlPart(w *bufio.Writer, src lineSource, h *header, p
 		}
 		body = append(body, line...)
 	}
-	m.buf = body[:0]
+	m.sc.body = body[:0]
 	if len(body) == 0 {
 		// Nothing to instrument; and in a multipart, the line ending before
 		// the next delimiter was the header's empty line, so any byte added
@@ -82,12 +83,11 @@ func (m *messageRewriter) instrument(h *header, enc string, body []byte) (hraw, 
 	var doc []byte
 	switch enc {
 	case "quoted-printable":
-		var b bytes.Buffer
-		b.Grow(len(content))
-		_, err = b.ReadFrom(quotedprintable.NewReader(bytes.NewReader(content)))
-		doc = b.Bytes()
+		doc, err = decodeQP(m.sc.dec[:0], content)
+		m.sc.dec = doc[:0]
 	case "base64":
-		doc, err = decodeBase64(content)
+		doc, err = decodeBase64(m.sc.dec[:0], content)
+		m.sc.dec = doc[:0]
 	default:
 		doc = content
 	}
@@ -108,9 +108,9 @@ func (m *messageRewriter) instrument(h *header, enc string, body []byte) (hraw, 
 	hraw = h.raw
 	switch enc {
 	case "quoted-printable":
-		out = encodeQP(make([]byte, 0, len(doc)*11/10+len(tail)), doc, eol)
+		out = encodeQP(m.sc.enc[:0], doc, eol)
 	case "base64":
-		out = encodeBase64(make([]byte, 0, len(doc)*14/10+len(tail)), doc, eol)
+		out = encodeBase64(m.sc.enc[:0], doc, eol)
 	case "binary":
 		out = doc
 	default:
@@ -118,13 +118,19 @@ func (m *messageRewriter) instrument(h *header, enc string, body []byte) (hraw, 
 		// 2.1.1); a long click URL may cross it. Then the part, and only it,
 		// becomes quoted-printable, which is safe for any line length.
 		if maxLineLen(doc) > 998 {
-			out = encodeQP(make([]byte, 0, len(doc)*11/10+len(tail)), doc, eol)
+			out = encodeQP(m.sc.enc[:0], doc, eol)
 			hraw = h.withTransferEncoding("quoted-printable", eol)
 		} else {
 			out = doc
 		}
 	}
-	out = append(out, tail...)
+	if len(out) > 0 && len(doc) > 0 && &out[0] == &doc[0] {
+		out = append(out, tail...)
+		m.sc.doc = out[:0]
+	} else {
+		out = append(out, tail...)
+		m.sc.enc = out[:0]
+	}
 
 	m.res.Changed = true
 	m.res.HTMLParts++
@@ -134,9 +140,9 @@ func (m *messageRewriter) instrument(h *header, enc string, body []byte) (hraw, 
 // rewriteHTML returns the instrumented copy of one decoded HTML document, or
 // changed == false when there is nothing to do in it.
 func (m *messageRewriter) rewriteHTML(doc []byte) (out []byte, changed bool, err error) {
-	s := htmlScan{rules: &m.rules, clicks: m.opts.Clicks, opens: m.opts.Opens, attrs: m.attrs}
+	s := htmlScan{rules: &m.rules, clicks: m.opts.Clicks, opens: m.opts.Opens, attrs: m.sc.attrs, edits: m.sc.edits[:0]}
 	err = s.scan(doc, 0, false, false)
-	m.attrs = s.attrs[:0]
+	m.sc.attrs, m.sc.edits = s.attrs[:0], s.edits[:0]
 	if err != nil || len(s.edits) == 0 {
 		return nil, false, err
 	}
@@ -246,9 +252,13 @@ func asciiCompatible(cs string) bool {
 	return true
 }
 
-// decodeBase64 decodes a base64 body, ignoring white space and line breaks.
-func decodeBase64(b []byte) ([]byte, error) {
-	clean := make([]byte, 0, len(b))
+// decodeBase64 appends the decoded base64 body b to dst, ignoring white
+// space and line breaks.
+func decodeBase64(dst, b []byte) ([]byte, error) {
+	n, dl := len(dst), base64.StdEncoding.DecodedLen(len(b))
+	// The room after dst: the output first, then the cleaned text.
+	dst = slices.Grow(dst, dl+len(b))
+	clean := dst[n+dl : n+dl : cap(dst)]
 	for _, c := range b {
 		switch c {
 		case ' ', '\t', '\r', '\n':
@@ -256,21 +266,164 @@ func decodeBase64(b []byte) ([]byte, error) {
 			clean = append(clean, c)
 		}
 	}
-	out := make([]byte, base64.StdEncoding.DecodedLen(len(clean)))
-	n, err := base64.StdEncoding.Decode(out, clean)
-	return out[:n], err
+	out := dst[n : n+base64.StdEncoding.DecodedLen(len(clean))]
+	k, err := base64.StdEncoding.Decode(out, clean)
+	return dst[:n+k], err
+}
+
+// errQP is returned for a quoted-printable body that mime/quotedprintable
+// would not decode either.
+var errQP = errors.New("rewrite: invalid quoted-printable")
+
+// decodeQP appends the quoted-printable body src, decoded, to dst. It
+// decodes exactly as mime/quotedprintable's Reader does (whose leniencies
+// mail clients share: "=\n" soft breaks, '=' not followed by two hex
+// digits kept literally, bytes >= 0x80 accepted, trailing white space
+// dropped), and fails where that Reader fails, including on a line longer
+// than its 4096-byte buffer; but it works over the slice, without a reader.
+// TestDecodeQPAgreesWithStdlib and FuzzDecodeQP hold it to the Reader.
+func decodeQP(dst, src []byte) ([]byte, error) {
+	const maxLine = 4096 // bufio.NewReader's buffer, in the Reader
+	dst = slices.Grow(dst, len(src))
+	for len(src) > 0 {
+		var line []byte
+		eof := false
+		i := bytes.IndexByte(src, '\n')
+		switch {
+		case i >= 0 && i < maxLine:
+			line, src = src[:i+1], src[i+1:]
+		case i < 0 && len(src) < maxLine:
+			line, src, eof = src, nil, true
+		default:
+			return dst, errQP
+		}
+		hasLF := line[len(line)-1] == '\n'
+		hasCR := hasLF && len(line) >= 2 && line[len(line)-2] == '\r'
+		whole := line
+		for len(line) > 0 {
+			c := line[len(line)-1]
+			if c != '\n' && c != '\r' && c != ' ' && c != '\t' {
+				break
+			}
+			line = line[:len(line)-1]
+		}
+		var hard []byte // the hard line break to append
+		if len(line) > 0 && line[len(line)-1] == '=' {
+			rest := bytes.TrimLeft(whole[len(line):], " \t")
+			line = line[:len(line)-1]
+			if !bytes.HasPrefix(rest, []byte("\n")) && !bytes.HasPrefix(rest, []byte("\r\n")) &&
+				!(len(rest) == 0 && len(line) > 0 && eof) {
+				return dst, errQP
+			}
+		} else if hasLF {
+			if hasCR {
+				hard = []byte("\r\n")
+			} else {
+				hard = []byte("\n")
+			}
+		}
+		// line, then hard, are decoded; '=' escapes may not span into hard
+		// except to fail as the Reader does.
+		for k := 0; k < len(line); k++ {
+			c := line[k]
+			if qpDecodeLiteral[c] {
+				// A run of bytes that decode to themselves.
+				j := k + 1
+				for j < len(line) && qpDecodeLiteral[line[j]] {
+					j++
+				}
+				dst = append(dst, line[k:j]...)
+				k = j - 1
+				continue
+			}
+			switch {
+			case c == '=':
+				// The Reader looks at the two bytes after '=' in line+hard.
+				var h1, h2 byte
+				n := 0
+				for _, b := range [2]int{k + 1, k + 2} {
+					switch {
+					case b < len(line):
+						if n == 0 {
+							h1 = line[b]
+						} else {
+							h2 = line[b]
+						}
+						n++
+					case b-len(line) < len(hard):
+						if n == 0 {
+							h1 = hard[b-len(line)]
+						} else {
+							h2 = hard[b-len(line)]
+						}
+						n++
+					}
+				}
+				if n == 2 && isHex(h1) && isHex(h2) {
+					dst = append(dst, unhex(h1)<<4|unhex(h2))
+					k += 2
+					if k >= len(line) {
+						// The escape used bytes of the line break: the
+						// Reader consumes them likewise.
+						hard = hard[k-len(line)+1:]
+					}
+					continue
+				}
+				if n >= 1 && h1 != '\r' && h1 != '\n' {
+					dst = append(dst, '=') // taken literally
+					continue
+				}
+				return dst, errQP
+			case c == '\t' || c == '\r' || c == '\n' || c >= 0x80:
+			case c < ' ' || c > '~':
+				return dst, errQP
+			}
+			dst = append(dst, c)
+		}
+		dst = append(dst, hard...)
+	}
+	return dst, nil
+}
+
+// qpDecodeLiteral: bytes that quoted-printable decoding passes through.
+var qpDecodeLiteral = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c != '=' && (c >= ' ' && c <= '~' || c == '\t' || c == '\r' || c == '\n' || c >= 0x80)
+	}
+	return t
+}()
+
+// qpPlain: bytes that quoted-printable encoding writes as they are, with
+// no context to look at (not white space, not '=').
+var qpPlain = func() (t [256]bool) {
+	for c := '!'; c <= '~'; c++ {
+		t[c] = c != '='
+	}
+	return t
+}()
+
+func isHex(c byte) bool { return isDigit(c) || 'A' <= c && c <= 'F' || 'a' <= c && c <= 'f' }
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
 }
 
 // encodeBase64 appends b in base64, in lines of 76 characters separated by
 // eol (RFC 2045 section 6.8), without a final line ending.
 func encodeBase64(dst, b []byte, eol string) []byte {
-	enc := make([]byte, base64.StdEncoding.EncodedLen(len(b)))
-	base64.StdEncoding.Encode(enc, b)
-	for i := 0; i < len(enc); i += 76 {
+	const perLine = 57 // bytes in 76 characters
+	dst = slices.Grow(dst, base64.StdEncoding.EncodedLen(len(b))+(len(b)/perLine+1)*len(eol))
+	for i := 0; i < len(b); i += perLine {
 		if i > 0 {
 			dst = append(dst, eol...)
 		}
-		dst = append(dst, enc[i:min(i+76, len(enc))]...)
+		dst = base64.StdEncoding.AppendEncode(dst, b[i:min(i+perLine, len(b))])
 	}
 	return dst
 }
@@ -281,9 +434,21 @@ func encodeBase64(dst, b []byte, eol string) []byte {
 // printable ASCII are escaped. No final line ending is added.
 func encodeQP(dst, b []byte, eol string) []byte {
 	const hex = "0123456789ABCDEF"
+	dst = slices.Grow(dst, len(b)+len(b)/8+64)
 	lineLen := 0
 	for i := 0; i < len(b); i++ {
 		c := b[i]
+		if qpPlain[c] && (c != '.' || lineLen > 0) && lineLen < 75 {
+			// A run of plain bytes, up to the end of the line's room.
+			j, end := i+1, min(len(b), i+75-lineLen)
+			for j < end && qpPlain[b[j]] {
+				j++
+			}
+			dst = append(dst, b[i:j]...)
+			lineLen += j - i
+			i = j - 1
+			continue
+		}
 		if c == '\n' || c == '\r' && i+1 < len(b) && b[i+1] == '\n' {
 			if c == '\r' {
 				i++

@@ -120,6 +120,7 @@ func Message(w io.Writer, r io.Reader, opts Options) (res Result, err error) {
 	}
 
 	m := newMessageRewriter(opts, h)
+	defer m.sc.release()
 	switch {
 	case h.has("dkim-signature") || h.lateDKIM:
 		// The signature covers the body (and usually Content-Type); any edit
@@ -141,6 +142,35 @@ func Message(w io.Writer, r io.Reader, opts Options) (res Result, err error) {
 	return m.result(), nil
 }
 
+// scratch holds the buffers of one Message call; they are reused across
+// calls, so that rewriting allocates for what it creates (links, their URLs)
+// and not in proportion to the message.
+type scratch struct {
+	body  []byte // the encoded HTML part
+	dec   []byte // the decoded HTML
+	doc   []byte // the edited HTML
+	enc   []byte // the edited HTML, encoded again
+	attrs []tagAttr
+	edits []edit
+}
+
+// maxPooledBytes bounds the buffers kept for reuse: a rare huge part does
+// not pin its memory.
+const maxPooledBytes = 1 << 20
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+func (sc *scratch) release() {
+	for _, b := range []*[]byte{&sc.body, &sc.dec, &sc.doc, &sc.enc} {
+		if cap(*b) > maxPooledBytes {
+			*b = nil
+		}
+	}
+	clear(sc.edits[:cap(sc.edits)]) // drop the destination strings
+	clear(sc.attrs[:cap(sc.attrs)]) // and the references to the input
+	scratchPool.Put(sc)
+}
+
 // messageRewriter holds the state of one Message call: the link index shared
 // by all HTML parts and the counters of the Result.
 type messageRewriter struct {
@@ -149,11 +179,10 @@ type messageRewriter struct {
 
 	links   map[string]int
 	res     Result
-	sawHTML bool      // an eligible text/html part was seen
-	early   string    // the whole message was passed through for this reason
-	buf     []byte    // reused body buffer of HTML parts
-	attrs   []tagAttr // reused attribute scratch
-	skip    string    // reason recorded when a part was left alone
+	sawHTML bool     // an eligible text/html part was seen
+	early   string   // the whole message was passed through for this reason
+	sc      *scratch // reused buffers
+	skip    string   // reason recorded when a part was left alone
 }
 
 func newMessageRewriter(opts Options, h *header) *messageRewriter {
@@ -161,6 +190,7 @@ func newMessageRewriter(opts Options, h *header) *messageRewriter {
 		opts:  opts,
 		rules: newLinkRules(opts, h),
 		links: make(map[string]int),
+		sc:    scratchPool.Get().(*scratch),
 	}
 }
 

@@ -19,11 +19,11 @@ func newLinkRules(opts Options, h *header) linkRules {
 	}
 	// RFC 2369: List-Unsubscribe: <https://...>, <mailto:...>. Unsubscribing
 	// must work without the tracker and must not count as a click.
-	for _, f := range h.fields {
-		if f.name != "list-unsubscribe" {
+	for i := range h.fields {
+		if !h.fields[i].is("list-unsubscribe") {
 			continue
 		}
-		v := f.value
+		v := h.value(&h.fields[i])
 		for {
 			i := strings.IndexByte(v, '<')
 			if i < 0 {
