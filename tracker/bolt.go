@@ -285,6 +285,8 @@ type storedEvent struct {
 	IP        string    `json:"ip,omitempty"`
 	UserAgent string    `json:"ua,omitempty"`
 	Client    string    `json:"cl,omitempty"`
+	Country   string    `json:"cc,omitempty"`
+	City      string    `json:"ci,omitempty"`
 	Class     string    `json:"c"`
 	Reasons   []string  `json:"why,omitempty"`
 }
@@ -755,8 +757,8 @@ func (s *BoltStore) Lookup(ctx context.Context, account, ref string) (*MessageVi
 			events = append(events, Event{
 				ID:   s.eventID(keySeq(k)),
 				Type: e.Type, At: e.At, Message: rec.ID, Recipient: e.Recipient, Link: e.Link,
-				IP: e.IP, UserAgent: e.UserAgent, Client: e.Client, Class: e.Class,
-				Reasons: e.Reasons, URL: e.URL,
+				IP: e.IP, UserAgent: e.UserAgent, Client: e.Client, Country: e.Country, City: e.City,
+				Class: e.Class, Reasons: e.Reasons, URL: e.URL,
 			})
 		}
 		return nil

@@ -34,7 +34,8 @@ func (s *BoltStore) AddEvent(ctx context.Context, e Event) error {
 	e.At = e.At.UTC()
 	val, err := json.Marshal(storedEvent{
 		Type: e.Type, At: e.At, Recipient: e.Recipient, Link: e.Link, URL: e.URL,
-		IP: e.IP, UserAgent: e.UserAgent, Client: e.Client, Class: e.Class, Reasons: e.Reasons,
+		IP: e.IP, UserAgent: e.UserAgent, Client: e.Client, Country: e.Country, City: e.City,
+		Class: e.Class, Reasons: e.Reasons,
 	})
 	if err != nil {
 		return fmt.Errorf("tracker: encode event: %w", err)
@@ -259,7 +260,8 @@ func (c *commitTx) add(r *eventReq) error {
 		if changed {
 			if value, err = json.Marshal(storedEvent{
 				Type: e.Type, At: e.At, Recipient: e.Recipient, Link: e.Link, URL: e.URL,
-				IP: e.IP, UserAgent: e.UserAgent, Client: e.Client, Class: e.Class, Reasons: e.Reasons,
+				IP: e.IP, UserAgent: e.UserAgent, Client: e.Client, Country: e.Country, City: e.City,
+				Class: e.Class, Reasons: e.Reasons,
 			}); err != nil {
 				return err
 			}

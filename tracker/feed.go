@@ -62,6 +62,8 @@ type FeedEntry struct {
 	IP        string   `json:"ip,omitempty"`
 	UserAgent string   `json:"user_agent,omitempty"`
 	Client    string   `json:"client,omitempty"`
+	Country   string   `json:"country,omitempty"`
+	City      string   `json:"city,omitempty"`
 	Class     string   `json:"class,omitempty"`
 	Reasons   []string `json:"reasons,omitempty"`
 	// Reclassified entries: the event whose class changed, its type and
@@ -157,6 +159,7 @@ func (fr *feedReader) entry(seq uint64, v []byte) (*FeedEntry, error) {
 		return nil, err
 	}
 	out.IP, out.UserAgent, out.Client = se.IP, se.UserAgent, se.Client
+	out.Country, out.City = se.Country, se.City
 	if se.Type == EventClick {
 		out.Link = se.URL
 		link := se.Link

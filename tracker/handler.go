@@ -55,11 +55,23 @@ type Config struct {
 	// IPTruncate (the /24 of IPv4, the /48 of IPv6) or IPNone.
 	// Classification always sees the full address; only the record changes.
 	IPMode string
+	// Geo, when set, gives each event the country and city of the client,
+	// looked up with the full address whatever IPMode keeps (with IPNone
+	// the event still has its country and city). Nil: no location.
+	Geo GeoLocator
 	// NoRecord serves hits without recording them. For benchmarks only:
 	// it measures the ceiling a recording server is compared with.
 	NoRecord bool
 	// Now returns the current time; nil means time.Now. For tests.
 	Now func() time.Time
+}
+
+// GeoLocator maps a client address to where it is: an ISO 3166-1 alpha-2
+// country code and an English city name, "" when unknown. It is called on
+// every recorded hit, so it must be cheap and safe for concurrent use;
+// geoip.DB (a memory-mapped MaxMind DB) is one.
+type GeoLocator interface {
+	Lookup(ip netip.Addr) (country, city string)
 }
 
 // IP modes of Config.IPMode (tracking.ip_mode).
@@ -328,6 +340,9 @@ func (h *handler) record(r *http.Request, t Token) {
 	e := Event{
 		Type: typ, At: at, Message: t.Message, Recipient: t.Recipient, Link: t.Link,
 		IP: recordedIP(ip, h.cfg.IPMode), UserAgent: ua, Client: v.client, Class: v.class, Reasons: v.reasons,
+	}
+	if h.cfg.Geo != nil && ip.IsValid() {
+		e.Country, e.City = h.cfg.Geo.Lookup(ip)
 	}
 	if t.Kind == KindClick {
 		e.URL = t.Dest

@@ -94,6 +94,8 @@ type Event struct {
 	IP        string
 	UserAgent string
 	Client    string // readable client name, e.g. "Apple Mail"
+	Country   string // ISO 3166-1 alpha-2 code of the client's country, if known
+	City      string // English name of the client's city, if known
 	Class     string // human|proxy|prefetch|scanner|self
 	Reasons   []string
 	// URL is the destination of a click, as signed in its token.

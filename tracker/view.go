@@ -84,8 +84,12 @@ type EventView struct {
 	IP        string    `json:"ip"`
 	UserAgent string    `json:"user_agent"`
 	Client    string    `json:"client"`
-	Class     string    `json:"class"`
-	Reasons   []string  `json:"reasons"`
+	// Country (ISO 3166-1 alpha-2) and City (English name) of the client,
+	// with tracking.geoip_db set and the address in the database.
+	Country string   `json:"country,omitempty"`
+	City    string   `json:"city,omitempty"`
+	Class   string   `json:"class"`
+	Reasons []string `json:"reasons"`
 }
 
 // counted reports whether an event of class c is something a person did.
@@ -159,6 +163,8 @@ func buildView(m *Message, links []string, deliveries map[int]Delivery, events [
 			IP:        e.IP,
 			UserAgent: e.UserAgent,
 			Client:    e.Client,
+			Country:   e.Country,
+			City:      e.City,
 			Class:     e.Class,
 			Reasons:   e.Reasons,
 		}

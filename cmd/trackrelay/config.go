@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/trackrelay/trackrelay/relay"
+	"github.com/trackrelay/trackrelay/tracker/geoip"
 )
 
 // Config is the YAML configuration file. The struct is the schema: each
@@ -102,6 +103,9 @@ type TrackingConfig struct {
 	// MaxEventsPerRecipient is how many events are kept in detail per
 	// recipient copy; later hits only add to its counts.
 	MaxEventsPerRecipient int `yaml:"max_events_per_recipient"`
+	// GeoIPDB is a MaxMind DB file (GeoLite2/GeoIP2 City or Country): each
+	// event then gets the client's country and city. Empty: none.
+	GeoIPDB string `yaml:"geoip_db"`
 }
 
 // DeliveryConfig is the retry schedule.
@@ -410,6 +414,13 @@ func (c *Config) validate() []error {
 	if c.Tracking.SecretFile != "" {
 		if _, err := os.Stat(c.Tracking.SecretFile); err != nil {
 			bad("tracking.secret_file", "%v", err)
+		}
+	}
+	if c.Tracking.GeoIPDB != "" {
+		if db, err := geoip.Open(c.Tracking.GeoIPDB); err != nil {
+			bad("tracking.geoip_db", "not a usable MaxMind DB: %v", err)
+		} else {
+			_ = db.Close()
 		}
 	}
 	if c.Delivery.RetryInitial <= 0 || c.Delivery.RetryMax < c.Delivery.RetryInitial {

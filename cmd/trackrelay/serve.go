@@ -27,6 +27,7 @@ import (
 
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/tracker"
+	"github.com/trackrelay/trackrelay/tracker/geoip"
 )
 
 func cmdServe(args []string, stdout, stderr io.Writer) int {
@@ -83,6 +84,17 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 	keys, err := loadKeyring(cfg)
 	if err != nil {
 		return err
+	}
+	var geo tracker.GeoLocator
+	if path := cfg.Tracking.GeoIPDB; path != "" {
+		// Never closed: a hit still in flight after a timed-out HTTP
+		// shutdown may look up; the mapping is released with the reader.
+		db, err := geoip.Open(path)
+		if err != nil {
+			return fmt.Errorf("tracking.geoip_db: %w", err)
+		}
+		geo = db
+		log.Info("geoip database loaded", "path", path, "type", db.DatabaseType())
 	}
 
 	reg := prometheus.NewRegistry()
@@ -156,6 +168,7 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 		Logger:        log.With("part", "http"),
 		Metrics:       tm,
 		IPMode:        cfg.Tracking.IPMode,
+		Geo:           geo,
 	}
 	// Benchmark-only: serve hits without recording them, to measure the
 	// ceiling that bench/tracking.sh compares recording with.
