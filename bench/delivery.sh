@@ -101,6 +101,7 @@ relayed() {
     start_relay
     t0=$(now)
     smtp-source -s 8 -m "$2" $3 -f sender@bench.test -t rcpt@example.net -F "$1" 127.0.0.1:"$SMTP_PORT"
+    [ -n "${VERBOSE:-}" ] && echo "submitted in $(python3 -c "print(f'{$(now)-$t0:.2f}')")s, delivered so far $(delivered_count)" >&2
     for _ in $(seq 6000); do
         n=$(delivered_count)
         [ "${n%.*}" -ge "$2" ] && break
@@ -131,7 +132,8 @@ report() { # name file M flags
 }
 
 echo "bench: $(nproc) cores, $RUNS runs each, medians; peak RSS is the largest of the runs"
-# ONLY=20k, ONLY=20k-reuse or ONLY=5m runs one case.
+# ONLY=20k, ONLY=20k-reuse or ONLY=5m runs one case; VERBOSE=1 also says
+# when the submissions ended, to tell accepting from delivering.
 case "${ONLY:-all}" in all|20k) report "20 KB, M=2000" "$SHARED/msg-html-20k.eml" 2000 "" ;; esac
 case "${ONLY:-all}" in all|20k-reuse) report "20 KB, M=2000, reuse (-d)" "$SHARED/msg-html-20k.eml" 2000 "-d" ;; esac
 case "${ONLY:-all}" in all|5m) report "5 MB, M=50" "$SHARED/msg-attach-5m.eml" 50 "" ;; esac

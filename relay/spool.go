@@ -107,7 +107,11 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 	if err := os.MkdirAll(msgDir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	db, err := bolt.Open(filepath.Join(dir, "queue.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := bolt.Open(filepath.Join(dir, "queue.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second,
+		// The freelist is rebuilt at open instead of written at every commit:
+		// the queue deletes as much as it adds, and commits are on the path
+		// of every 250.
+		NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return nil, fmt.Errorf("spool: open queue.db: %w (is another trackrelay running on this data_dir?)", err)
 	}
