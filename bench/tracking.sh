@@ -51,6 +51,7 @@ tracking:
   base_url: http://127.0.0.1:$http
   mode: all
   max_events_per_recipient: 1000000000
+  record_rate: -1
 log:
   level: warn
 accounts:

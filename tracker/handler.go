@@ -59,6 +59,12 @@ type Config struct {
 	// looked up with the full address whatever IPMode keeps (with IPNone
 	// the event still has its country and city). Nil: no location.
 	Geo GeoLocator
+	// RecordRate and RecordBurst bound the hits recorded per second from one
+	// client address (an IPv6 /64); past them a hit is answered but not
+	// recorded, so that no one address can fill the store. Zero means
+	// DefaultRecordRate and DefaultRecordBurst; a negative rate, no limit.
+	RecordRate  float64
+	RecordBurst int
 	// NoRecord serves hits without recording them. For benchmarks only:
 	// it measures the ceiling a recording server is compared with.
 	NoRecord bool
@@ -117,6 +123,7 @@ type handler struct {
 	accounts []apiAccount
 	trusted  []netip.Prefix
 	now      func() time.Time
+	limiter  *recordLimiter // nil: no limit
 }
 
 // NewHandler returns the tracker's HTTP handler. It serves
@@ -131,7 +138,8 @@ type handler struct {
 // Every hit is recorded in store before its response is sent; if the store
 // fails, the pixel and the redirect are served all the same.
 func NewHandler(cfg Config, keys *Keyring, store Store) http.Handler {
-	h := &handler{cfg: cfg, keys: keys, store: store, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now}
+	h := &handler{cfg: cfg, keys: keys, store: store, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
+		limiter: newRecordLimiter(cfg.RecordRate, cfg.RecordBurst)}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -302,6 +310,10 @@ func (h *handler) record(r *http.Request, t Token) {
 	defer cancel()
 	at := h.now().UTC()
 	ip := clientIP(r, h.trusted)
+	if !h.cfg.NoRecord && !h.limiter.allow(ip, time.Now()) {
+		h.metrics.eventsDropped.WithLabelValues("rate_limited").Inc()
+		return
+	}
 	ua := r.UserAgent()
 	if len(ua) > maxUserAgent {
 		ua = ua[:maxUserAgent]

@@ -93,7 +93,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Namespace: "trackrelay",
 		Subsystem: "store",
 		Name:      "events_unlisted_total",
-		Help:      "Hits served but not kept as detailed events, by reason: over_cap (the copy reached tracking.max_events_per_recipient; its counters still count it) or erased (the message's tracking data was deleted).",
+		Help:      "Hits served but not kept as detailed events, by reason: over_cap (the copy reached tracking.max_events_per_recipient; its counters still count it), erased (the message's tracking data was deleted) or rate_limited (its client address exceeded the recording rate; not counted at all).",
 	}, []string{"reason"})
 	m.reclassified = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "trackrelay",
@@ -137,7 +137,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name:      "expired_total",
 		Help:      "Webhook deliveries abandoned after failing for the whole retry period (24 hours).",
 	})
-	for _, r := range []string{"over_cap", "erased"} {
+	for _, r := range []string{"over_cap", "erased", "rate_limited"} {
 		m.eventsDropped.WithLabelValues(r)
 	}
 	for _, r := range []string{"success", "failure"} {

@@ -103,6 +103,11 @@ type TrackingConfig struct {
 	// MaxEventsPerRecipient is how many events are kept in detail per
 	// recipient copy; later hits only add to its counts.
 	MaxEventsPerRecipient int `yaml:"max_events_per_recipient"`
+	// RecordRate is the hits recorded per second from one client address
+	// (an IPv6 /64), after a burst of RecordBurst; past it hits are still
+	// answered but not recorded. 0: the defaults (20/s, 200); -1: no limit.
+	RecordRate  float64 `yaml:"record_rate"`
+	RecordBurst int     `yaml:"record_burst"`
 	// GeoIPDB is a MaxMind DB file (GeoLite2/GeoIP2 City or Country): each
 	// event then gets the client's country and city. Empty: none.
 	GeoIPDB string `yaml:"geoip_db"`
@@ -396,6 +401,12 @@ func (c *Config) validate() []error {
 	case "full", "truncate", "none":
 	default:
 		bad("tracking.ip_mode", "%q is not one of full, truncate, none", c.Tracking.IPMode)
+	}
+	if c.Tracking.RecordRate < 0 && c.Tracking.RecordRate != -1 {
+		bad("tracking.record_rate", "must be positive, 0 (default) or -1 (no limit)")
+	}
+	if c.Tracking.RecordBurst < 0 {
+		bad("tracking.record_burst", "must not be negative")
 	}
 	if c.Tracking.MaxEventsPerRecipient <= 0 {
 		bad("tracking.max_events_per_recipient", "must be positive")

@@ -165,6 +165,8 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 	tcfg := tracker.Config{
 		BaseURL:       dcfg.BaseURL,
 		ScannerWindow: cfg.Tracking.ScannerWindow.D(),
+		RecordRate:    cfg.Tracking.RecordRate,
+		RecordBurst:   cfg.Tracking.RecordBurst,
 		Logger:        log.With("part", "http"),
 		Metrics:       tm,
 		IPMode:        cfg.Tracking.IPMode,

@@ -54,7 +54,7 @@ func TestTrackingCrash_kill9(t *testing.T) {
 smtp: {listen: "%s", hostname: relay.test}
 http: {listen: "%s"}
 metrics: {listen: ""}
-tracking: {base_url: "http://%s", max_events_per_recipient: 1000000}
+tracking: {base_url: "http://%s", max_events_per_recipient: 1000000, record_rate: -1}
 log: {level: warn}
 accounts:
   - {name: crash, networks: [127.0.0.0/8], api_key_sha256: %s}
