@@ -16,33 +16,43 @@ import (
 // deliver it to a go-smtp sink. It reports messages per second from the
 // first submission to the last delivery.
 func BenchmarkRelay_submitAndDeliver(b *testing.B) {
+	msg := benchMessage(b)
+	h := newHarness(b, harnessOpts{upstream: true, upConns: 8, networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	runRelayLoad(b, h, msg)
+}
+
+func benchMessage(b *testing.B) []byte {
 	msg, err := os.ReadFile("../../shared/bench/msg-html-20k.eml")
 	if err != nil {
 		b.Skip("sample message not found:", err)
 	}
-	h := newHarness(b, harnessOpts{upstream: true, upConns: 8, networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	return msg
+}
+
+// runRelayLoad submits b.N messages (rounded up to a multiple of 8) over 8
+// sessions, waits (bounded) until the sink has them all, and reports
+// msgs/s. It returns the number of messages sent.
+func runRelayLoad(b *testing.B, h *harness, msg []byte) int {
 	b.SetBytes(int64(len(msg)))
 	b.ResetTimer()
 	start := time.Now()
 	var wg sync.WaitGroup
 	per := b.N/8 + 1
-	for s := 0; s < 8; s++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	for range 8 {
+		wg.Go(func() {
 			c, err := smtp.Dial(h.addr)
 			if err != nil {
 				b.Error(err)
 				return
 			}
 			defer c.Close()
-			for i := 0; i < per; i++ {
+			for range per {
 				if _, err := sendOn(c, "sender@bench.test", []string{"rcpt@example.net"}, string(msg)); err != nil {
 					b.Error(err)
 					return
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	total := per * 8
@@ -52,4 +62,5 @@ func BenchmarkRelay_submitAndDeliver(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(total)/time.Since(start).Seconds(), "msgs/s")
+	return total
 }

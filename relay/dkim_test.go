@@ -26,7 +26,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
-	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -598,10 +597,7 @@ func BenchmarkDKIMSign(b *testing.B) {
 // BenchmarkRelay_submitAndDeliverDKIM is BenchmarkRelay_submitAndDeliver
 // with every copy DKIM-signed, to compare messages per second.
 func BenchmarkRelay_submitAndDeliverDKIM(b *testing.B) {
-	msg, err := os.ReadFile("../../shared/bench/msg-html-20k.eml")
-	if err != nil {
-		b.Skip("sample message not found:", err)
-	}
+	msg := benchMessage(b)
 	for _, k := range []struct {
 		name string
 		key  crypto.Signer
@@ -616,35 +612,7 @@ func BenchmarkRelay_submitAndDeliverDKIM(b *testing.B) {
 			if err := h.d.Start(); err != nil {
 				b.Fatal(err)
 			}
-			b.SetBytes(int64(len(msg)))
-			b.ResetTimer()
-			start := time.Now()
-			var wg sync.WaitGroup
-			per := b.N/8 + 1
-			for range 8 {
-				wg.Go(func() {
-					c, err := smtp.Dial(h.addr)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					defer c.Close()
-					for range per {
-						if _, err := sendOn(c, "sender@bench.test", []string{"rcpt@example.net"}, string(msg)); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
-			total := per * 8
-			for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-				if len(h.sink.messages()) >= total {
-					break
-				}
-			}
-			b.ReportMetric(float64(total)/time.Since(start).Seconds(), "msgs/s")
+			total := runRelayLoad(b, h, msg)
 			if n := dkimCount(h, "signed"); n < float64(total) {
 				b.Errorf("signed %v of %d copies", n, total)
 			}
