@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,12 +11,8 @@ import (
 	"net/smtp"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/emersion/go-message"
 
 	"github.com/trackrelay/trackrelay/tracker/geoip/geoiptest"
 )
@@ -91,28 +86,8 @@ accounts:
 	if err := smtp.SendMail(smtpAddr, nil, "a@example.com", []string{"c@example.net"}, []byte(msg)); err != nil {
 		t.Fatal(err)
 	}
-	var eml []byte
-	for deadline := time.Now().Add(10 * time.Second); eml == nil; time.Sleep(20 * time.Millisecond) {
-		if files, _ := filepath.Glob(filepath.Join(dir, "data", "outbox", "*.eml")); len(files) > 0 {
-			eml, _ = os.ReadFile(files[0])
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no delivered copy")
-		}
-	}
-	ent, err := message.Read(bytes.NewReader(eml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	html, err := io.ReadAll(ent.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`src="(http://[^"]+/o/[^"]+)"`).FindSubmatch(html)
-	if m == nil {
-		t.Fatalf("no pixel in %s", html)
-	}
-	req, _ := http.NewRequest(http.MethodGet, string(m[1]), nil)
+	pixel, _ := outboxPixel(t, filepath.Join(dir, "data", "outbox"))
+	req, _ := http.NewRequest(http.MethodGet, pixel, nil)
 	req.Header.Set("X-Forwarded-For", "81.2.69.160")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -88,29 +88,7 @@ accounts:
 	if err := smtp.SendMail(smtpAddr, nil, "a@example.com", []string{"c@example.net"}, []byte(msg)); err != nil {
 		t.Fatal(err)
 	}
-	var eml []byte
-	for deadline := time.Now().Add(20 * time.Second); eml == nil; time.Sleep(50 * time.Millisecond) {
-		files, _ := filepath.Glob(filepath.Join(dir, "data", "outbox", "*.eml"))
-		if len(files) > 0 {
-			eml, _ = os.ReadFile(files[0])
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no delivered copy")
-		}
-	}
-	ent, err := message.Read(bytes.NewReader(eml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	html, err := io.ReadAll(ent.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`src="(http://[^"]+/o/[^"]+)"`).FindSubmatch(html)
-	if m == nil {
-		t.Fatalf("no pixel in %s", html)
-	}
-	pixel := string(m[1])
+	pixel, mid := outboxPixel(t, filepath.Join(dir, "data", "outbox"))
 
 	// Load, then SIGKILL while it runs.
 	var (
@@ -154,7 +132,6 @@ accounts:
 	}
 
 	srv = start()
-	mid := strings.Trim(ent.Header.Get("Message-Id"), "<> ")
 	if mid == "" {
 		t.Fatal("copy without Message-ID")
 	}
@@ -190,4 +167,32 @@ accounts:
 	if missing > 0 {
 		t.Errorf("%d of %d answered hits are not in the store", missing, len(acked))
 	}
+}
+
+// outboxPixel waits (bounded) for the first copy in a capture-mode outbox
+// and returns the URL of its open pixel and its Message-ID.
+func outboxPixel(t *testing.T, outbox string) (pixel, messageID string) {
+	t.Helper()
+	var eml []byte
+	for deadline := time.Now().Add(20 * time.Second); eml == nil; time.Sleep(20 * time.Millisecond) {
+		if files, _ := filepath.Glob(filepath.Join(outbox, "*.eml")); len(files) > 0 {
+			eml, _ = os.ReadFile(files[0])
+		}
+		if eml == nil && time.Now().After(deadline) {
+			t.Fatal("no delivered copy")
+		}
+	}
+	ent, err := message.Read(bytes.NewReader(eml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	html, err := io.ReadAll(ent.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`src="(http://[^"]+/o/[^"]+)"`).FindSubmatch(html)
+	if m == nil {
+		t.Fatalf("no pixel in %s", html)
+	}
+	return string(m[1]), strings.Trim(ent.Header.Get("Message-Id"), "<> ")
 }
