@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -407,14 +406,4 @@ func sanitizeName(s string) string {
 		}
 		return '_'
 	}, s)
-}
-
-// copyFile is io.Copy with a name that says what it is for.
-func copyFile(w io.Writer, path string) (int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	return io.Copy(w, f)
 }
