@@ -649,7 +649,7 @@ func TestAttack_wrongCredentials(t *testing.T) {
 // password, so timing does not tell which user names exist.
 func TestAttack_authTiming(t *testing.T) {
 	a := newAttackServer(t, attackOpts{realBcrypt: true})
-	const n = 3 // each sample is a cost 10 bcrypt: slow under the race detector
+	const n = 5 // each sample is a cost 10 bcrypt: slow under the race detector
 	measure := func(i int, user string) time.Duration {
 		c := a.dial(fmt.Sprintf("127.0.2.%d", i+1))
 		c.expect("EHLO app.example", 250)
@@ -667,7 +667,9 @@ func TestAttack_authTiming(t *testing.T) {
 	k, u := median(known), median(unknown)
 	ratio := float64(u) / float64(k)
 	t.Logf("median AUTH time: known user %v, unknown user %v (ratio %.2f)", k, u, ratio)
-	if ratio < 0.5 || ratio > 2 {
+	// Generous bounds, so that a loaded machine does not fail the test; a
+	// dummy hash of the wrong cost makes a 4x gap, far outside them.
+	if ratio < 0.4 || ratio > 2.5 {
 		t.Errorf("unknown user takes %.2f× the time of a known one (known %v, unknown %v)", ratio, k, u)
 	}
 }
