@@ -5,12 +5,15 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -307,5 +310,89 @@ func TestAdmin_queueCommands(t *testing.T) {
 	}
 	if !dsn {
 		t.Error("no bounce for the deleted message")
+	}
+}
+
+// An upstream that drops a cached connection while it is idle costs no
+// failed attempt: the RSET before reuse finds it, and a new one is dialled.
+func TestDelivery_idleConnectionDroppedByUpstream(t *testing.T) {
+	addr := scriptedUpstream(t, func(n int, c net.Conn) {
+		r := speak(c)
+		if r == nil {
+			return
+		}
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil || line == ".\r\n" {
+				break
+			}
+		}
+		c.Write([]byte("250 2.0.0 ok\r\n"))
+		if n == 1 {
+			return // hang up on the idle connection
+		}
+		speak(c)
+	})
+	d, s, ledger := deliveryHarness(t, UpstreamConfig{Address: addr})
+	first := enqueue(t, d, s, "alice@example.com", "bob@example.net")
+	ledger.waitStatus(t, first.ID, 0, StatusDelivered)
+	time.Sleep(100 * time.Millisecond) // the upstream has closed the idle connection
+	second := enqueue(t, d, s, "alice@example.com", "carol@example.net")
+	r := ledger.waitStatus(t, second.ID, 0, StatusDelivered)
+	if r.Attempts != 1 {
+		t.Errorf("attempts %d, want 1: a dropped idle connection cost an attempt", r.Attempts)
+	}
+}
+
+// A cached connection is reset before its next transaction.
+func TestDelivery_rsetBetweenMessages(t *testing.T) {
+	var mu sync.Mutex
+	var cmds []string
+	addr := scriptedUpstream(t, func(n int, c net.Conn) {
+		r := bufio.NewReader(c)
+		c.Write([]byte("220 scripted ESMTP\r\n"))
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			cmd := strings.ToUpper(strings.TrimSpace(line))
+			verb, _, _ := strings.Cut(cmd, " ")
+			verb, _, _ = strings.Cut(verb, ":")
+			mu.Lock()
+			cmds = append(cmds, fmt.Sprint(n, verb))
+			mu.Unlock()
+			switch verb {
+			case "EHLO":
+				c.Write([]byte("250-scripted\r\n250 8BITMIME\r\n"))
+			case "DATA":
+				c.Write([]byte("354 go ahead\r\n"))
+				for {
+					l, err := r.ReadString('\n')
+					if err != nil || l == ".\r\n" {
+						break
+					}
+				}
+				c.Write([]byte("250 2.0.0 ok\r\n"))
+			case "QUIT":
+				c.Write([]byte("221 bye\r\n"))
+				return
+			default:
+				c.Write([]byte("250 ok\r\n"))
+			}
+		}
+	})
+	d, s, ledger := deliveryHarness(t, UpstreamConfig{Address: addr, MaxConnections: 1})
+	first := enqueue(t, d, s, "alice@example.com", "bob@example.net")
+	ledger.waitStatus(t, first.ID, 0, StatusDelivered)
+	second := enqueue(t, d, s, "alice@example.com", "carol@example.net")
+	ledger.waitStatus(t, second.ID, 0, StatusDelivered)
+	mu.Lock()
+	got := strings.Join(cmds, " ")
+	mu.Unlock()
+	// go-smtp's client greets again after RSET; what matters is that the
+	// second transaction reuses connection 1, after a RSET.
+	if !regexp.MustCompile(`^1EHLO 1MAIL 1RCPT 1DATA 1RSET (1EHLO )?1MAIL 1RCPT 1DATA$`).MatchString(got) {
+		t.Errorf("upstream saw %q, want a RSET between the two transactions on one connection", got)
 	}
 }

@@ -146,7 +146,15 @@ func (p *upstreamPool) get() (c *smtp.Client, reused bool, err error) {
 		p.idle = p.idle[:len(p.idle)-1]
 		if now.Sub(uc.lastUsed) < p.cfg.IdleTimeout {
 			p.mu.Unlock()
-			return uc.c, true, nil
+			// RSET between messages, as Postfix does before reusing a
+			// cached connection: it also finds a connection the upstream
+			// closed while it was idle, before a transaction starts on it.
+			if err := uc.c.Reset(); err == nil {
+				return uc.c, true, nil
+			}
+			uc.c.Close()
+			p.mu.Lock()
+			continue
 		}
 		go uc.c.Close()
 	}
