@@ -72,6 +72,16 @@ func speak(c net.Conn) *bufio.Reader {
 	}
 }
 
+// readData consumes a message's DATA up to the terminating dot.
+func readData(r *bufio.Reader) {
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil || line == ".\r\n" {
+			return
+		}
+	}
+}
+
 func deliveryHarness(t *testing.T, up UpstreamConfig) (*Deliverer, *Spool, *memLedger) {
 	t.Helper()
 	spool, err := OpenSpool(t.TempDir(), nil)
@@ -169,12 +179,7 @@ func TestDelivery_421ThenAccepted(t *testing.T) {
 		if r == nil {
 			return
 		}
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil || line == ".\r\n" {
-				break
-			}
-		}
+		readData(r)
 		c.Write([]byte("250 2.0.0 ok\r\n"))
 		speak(c)
 	})
@@ -314,19 +319,15 @@ func TestAdmin_queueCommands(t *testing.T) {
 }
 
 // An upstream that drops a cached connection while it is idle costs no
-// failed attempt: the RSET before reuse finds it, and a new one is dialled.
+// failed attempt: the dead connection is found (by the RSET before reuse)
+// and a new one is dialled.
 func TestDelivery_idleConnectionDroppedByUpstream(t *testing.T) {
 	addr := scriptedUpstream(t, func(n int, c net.Conn) {
 		r := speak(c)
 		if r == nil {
 			return
 		}
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil || line == ".\r\n" {
-				break
-			}
-		}
+		readData(r)
 		c.Write([]byte("250 2.0.0 ok\r\n"))
 		if n == 1 {
 			return // hang up on the idle connection
@@ -367,12 +368,7 @@ func TestDelivery_rsetBetweenMessages(t *testing.T) {
 				c.Write([]byte("250-scripted\r\n250 8BITMIME\r\n"))
 			case "DATA":
 				c.Write([]byte("354 go ahead\r\n"))
-				for {
-					l, err := r.ReadString('\n')
-					if err != nil || l == ".\r\n" {
-						break
-					}
-				}
+				readData(r)
 				c.Write([]byte("250 2.0.0 ok\r\n"))
 			case "QUIT":
 				c.Write([]byte("221 bye\r\n"))
