@@ -61,7 +61,7 @@ func TestAttack_forgedTokens(t *testing.T) {
 	click := e.keys.ClickToken(e.msg.ID, 0, 0, dest)
 	otherMsg := e.keys.ClickToken("Q9Z9Z9", 0, 0, "https://evil.example/")
 	otherRcpt := e.keys.ClickToken(e.msg.ID, 1, 0, dest)
-	sameID, _ := NewKeyring(Key{ID: testKeyring(t).signer.ID, Secret: testSecret('z')})
+	sameID, _ := NewKeyring(Key{ID: testKeyring(t).signerID, Secret: testSecret('z')})
 	unknownID, _ := NewKeyring(Key{ID: 77, Secret: testSecret('a')})
 
 	raw := decodeRaw(t, click)

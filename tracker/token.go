@@ -7,7 +7,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"strings"
+	"sync"
 )
 
 // ErrBadToken is returned by Keyring.Verify for any token that is malformed,
@@ -42,8 +44,32 @@ type Key struct {
 // Keyring signs tracking tokens with its newest key and verifies them with
 // any of its keys. It is safe for concurrent use.
 type Keyring struct {
-	signer Key
-	keys   map[byte][]byte
+	signerID byte
+	signer   *macKey
+	keys     map[byte]*macKey
+}
+
+// macKey is one key's secret with a pool of its HMAC states: keying an
+// HMAC hashes the secret twice, which every hit and every minted link
+// would otherwise pay for.
+type macKey struct {
+	pool sync.Pool // of hash.Hash
+}
+
+func newMACKey(secret []byte) *macKey {
+	secret = append([]byte(nil), secret...)
+	return &macKey{pool: sync.Pool{New: func() any { return hmac.New(sha256.New, secret) }}}
+}
+
+// appendTag appends the truncated tag of data to dst.
+func (k *macKey) appendTag(dst, data []byte) []byte {
+	m := k.pool.Get().(hash.Hash)
+	m.Reset()
+	m.Write(data)
+	var sum [sha256.Size]byte
+	dst = append(dst, m.Sum(sum[:0])[:tagLen]...)
+	k.pool.Put(m)
+	return dst
 }
 
 // NewKeyring returns a keyring over keys. The last key signs new tokens; all
@@ -53,7 +79,7 @@ func NewKeyring(keys ...Key) (*Keyring, error) {
 	if len(keys) == 0 {
 		return nil, errors.New("tracker: keyring needs at least one key")
 	}
-	kr := &Keyring{keys: make(map[byte][]byte, len(keys))}
+	kr := &Keyring{keys: make(map[byte]*macKey, len(keys))}
 	for _, k := range keys {
 		if len(k.Secret) < MinSecretLen {
 			return nil, fmt.Errorf("tracker: key %d: secret is %d bytes, need at least %d", k.ID, len(k.Secret), MinSecretLen)
@@ -61,10 +87,10 @@ func NewKeyring(keys ...Key) (*Keyring, error) {
 		if _, dup := kr.keys[k.ID]; dup {
 			return nil, fmt.Errorf("tracker: key id %d given twice", k.ID)
 		}
-		kr.keys[k.ID] = append([]byte(nil), k.Secret...)
+		kr.keys[k.ID] = newMACKey(k.Secret)
 	}
-	last := keys[len(keys)-1]
-	kr.signer = Key{ID: last.ID, Secret: kr.keys[last.ID]}
+	kr.signerID = keys[len(keys)-1].ID
+	kr.signer = kr.keys[kr.signerID]
 	return kr, nil
 }
 
@@ -131,7 +157,7 @@ func (k *Keyring) sign(t Token) string {
 		n += 2*binary.MaxVarintLen64 + len(t.Dest)
 	}
 	b := make([]byte, 0, n)
-	b = append(b, byte(t.Kind), k.signer.ID)
+	b = append(b, byte(t.Kind), k.signerID)
 	b = binary.AppendUvarint(b, uint64(len(t.Message)))
 	b = append(b, t.Message...)
 	b = binary.AppendVarint(b, int64(t.Recipient))
@@ -140,15 +166,8 @@ func (k *Keyring) sign(t Token) string {
 		b = binary.AppendUvarint(b, uint64(len(t.Dest)))
 		b = append(b, t.Dest...)
 	}
-	b = appendTag(b, k.signer.Secret, b)
+	b = k.signer.appendTag(b, b)
 	return tokenEncoding.EncodeToString(b)
-}
-
-func appendTag(dst, secret, data []byte) []byte {
-	m := hmac.New(sha256.New, secret)
-	m.Write(data)
-	var sum [sha256.Size]byte
-	return append(dst, m.Sum(sum[:0])[:tagLen]...)
 }
 
 // Verify decodes and authenticates a token. One extension-like suffix after
@@ -171,12 +190,12 @@ func (k *Keyring) Verify(token string) (Token, error) {
 	if kind != KindOpen && kind != KindClick {
 		return Token{}, ErrBadToken
 	}
-	secret, ok := k.keys[keyID]
+	key, ok := k.keys[keyID]
 	if !ok {
 		return Token{}, ErrBadToken
 	}
 	var buf [tagLen]byte
-	if !hmac.Equal(appendTag(buf[:0], secret, body), tag) {
+	if !hmac.Equal(key.appendTag(buf[:0], body), tag) {
 		return Token{}, ErrBadToken
 	}
 	t := Token{Kind: kind, KeyID: keyID, Link: -1}
