@@ -249,6 +249,28 @@ var pixelGIF = []byte{
 	0x3b, // trailer
 }
 
+// pixelHeader and redirectHeader are the fixed headers of the pixel and of
+// the redirect, in canonical form. Their value slices are shared by every
+// response (net/http copies them when it writes the header, and nothing
+// changes them), which saves allocating them on every hit.
+var (
+	pixelHeader = http.Header{
+		"Content-Type":           {"image/gif"},
+		"Content-Length":         {strconv.Itoa(len(pixelGIF))},
+		"Cache-Control":          {"no-store, no-cache, must-revalidate, private"},
+		"Pragma":                 {"no-cache"},
+		"Expires":                {"0"},
+		"X-Content-Type-Options": {"nosniff"},
+		"Referrer-Policy":        {"no-referrer"},
+	}
+	redirectHeader = http.Header{
+		"Referrer-Policy":        {"no-referrer"},
+		"Cache-Control":          {"no-store"},
+		"X-Content-Type-Options": {"nosniff"},
+		"Content-Length":         {"0"},
+	}
+)
+
 // serveHit answers /o/ and /c/.
 func (h *handler) serveHit(w http.ResponseWriter, r *http.Request, kind Kind, token string) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -279,13 +301,9 @@ func (h *handler) serveHit(w http.ResponseWriter, r *http.Request, kind Kind, to
 	h.record(r, t)
 	hd := w.Header()
 	if kind == KindOpen {
-		hd.Set("Content-Type", "image/gif")
-		hd.Set("Content-Length", strconv.Itoa(len(pixelGIF)))
-		hd.Set("Cache-Control", "no-store, no-cache, must-revalidate, private")
-		hd.Set("Pragma", "no-cache")
-		hd.Set("Expires", "0")
-		hd.Set("X-Content-Type-Options", "nosniff")
-		hd.Set("Referrer-Policy", "no-referrer")
+		for k, v := range pixelHeader {
+			hd[k] = v
+		}
 		w.WriteHeader(http.StatusOK)
 		if r.Method == http.MethodGet {
 			if _, err := w.Write(pixelGIF); err != nil {
@@ -294,11 +312,10 @@ func (h *handler) serveHit(w http.ResponseWriter, r *http.Request, kind Kind, to
 		}
 		return
 	}
-	hd.Set("Location", dest)
-	hd.Set("Referrer-Policy", "no-referrer")
-	hd.Set("Cache-Control", "no-store")
-	hd.Set("X-Content-Type-Options", "nosniff")
-	hd.Set("Content-Length", "0")
+	for k, v := range redirectHeader {
+		hd[k] = v
+	}
+	hd["Location"] = []string{dest}
 	w.WriteHeader(http.StatusFound)
 }
 
