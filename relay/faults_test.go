@@ -392,3 +392,28 @@ func TestDelivery_rsetBetweenMessages(t *testing.T) {
 		t.Errorf("upstream saw %q, want a RSET between the two transactions on one connection", got)
 	}
 }
+
+// An upstream that takes DATA and then stops reading must not hold the
+// attempt: the body's transfer is bounded by the data timeout.
+func TestUpstream_stalledDuringBodyTimesOut(t *testing.T) {
+	addr := scriptedUpstream(t, func(n int, c net.Conn) {
+		if speak(c) != nil {
+			time.Sleep(5 * time.Second) // reads no more
+		}
+	})
+	p := newUpstreamPool(UpstreamConfig{Address: addr, TLS: TLSNone, MaxConnections: 1,
+		CommandTimeout: time.Second, DataTimeout: 300 * time.Millisecond}, NewMetrics(nil))
+	defer p.Close()
+	body := strings.Repeat(strings.Repeat("a", 76)+"\r\n", 400_000) // 31 MB: more than any socket buffer
+	start := time.Now()
+	_, err := p.send("a@example.com", "b@example.net", int64(len(body)), strings.NewReader(body))
+	if err == nil {
+		t.Fatal("a stalled upstream took the message")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("the stalled transfer held the attempt %v", d)
+	}
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("err = %v, want a deadline error", err)
+	}
+}

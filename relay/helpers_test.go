@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -49,6 +50,15 @@ func newSink(t testing.TB) *sink {
 }
 
 func trySinkAt(t testing.TB, addr string) (*sink, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return startSink(t, ln, nil), nil
+}
+
+// startSink serves a sink on ln, offering STARTTLS when startTLS is set.
+func startSink(t testing.TB, ln net.Listener, startTLS *tls.Config) *sink {
 	s := &sink{tries: map[string]int{}}
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		s.mu.Lock()
@@ -58,16 +68,14 @@ func trySinkAt(t testing.TB, addr string) (*sink, error) {
 	}))
 	srv.Domain = "sink.test"
 	srv.AllowInsecureAuth = true
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
+	srv.TLSConfig = startTLS
+	srv.MaxLineLength = 128 << 10 // like Postfix, which takes long lines
 	s.addr = ln.Addr().String()
 	s.srv = srv
 	s.ln = ln
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	return s, nil
+	return s
 }
 
 func (s *sink) messages() []sunk {

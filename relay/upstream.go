@@ -48,8 +48,14 @@ type upstreamPool struct {
 	health upstreamHealth
 }
 
+// upConn is one upstream connection. raw is the transport go-smtp writes
+// to when the relay holds it (no TLS, implicit TLS), for the fast DATA
+// path; nil after STARTTLS. tcp is the TCP connection under any TLS, whose
+// deadline bounds the transfer of a message body.
 type upConn struct {
 	c        *smtp.Client
+	raw      net.Conn
+	tcp      net.Conn
 	lastUsed time.Time
 }
 
@@ -83,7 +89,7 @@ func (p *upstreamPool) tlsConfig() *tls.Config {
 	return &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
 }
 
-func (p *upstreamPool) dial() (*smtp.Client, error) {
+func (p *upstreamPool) dial() (*upConn, error) {
 	d := net.Dialer{Timeout: p.cfg.DialTimeout}
 	conn, err := d.Dial("tcp", p.cfg.Address)
 	if err != nil {
@@ -91,12 +97,13 @@ func (p *upstreamPool) dial() (*smtp.Client, error) {
 		p.health.failed()
 		return nil, err
 	}
-	fail := func(err error) (*smtp.Client, error) {
+	fail := func(err error) (*upConn, error) {
 		p.metrics.upstreamDials.WithLabelValues("error").Inc()
 		p.health.failed()
 		return nil, err
 	}
 	var c *smtp.Client
+	var raw net.Conn
 	switch p.cfg.TLS {
 	case TLSImplicit:
 		tc := tls.Client(conn, p.tlsConfig())
@@ -106,7 +113,7 @@ func (p *upstreamPool) dial() (*smtp.Client, error) {
 			return fail(err)
 		}
 		tc.SetDeadline(time.Time{})
-		c = smtp.NewClient(tc)
+		c, raw = smtp.NewClient(tc), tc
 	case TLSStartTLS:
 		// The first EHLO, before STARTTLS, says "localhost"; the one that
 		// counts, over TLS, gives our name.
@@ -118,7 +125,7 @@ func (p *upstreamPool) dial() (*smtp.Client, error) {
 		}
 		conn.SetDeadline(time.Time{})
 	default:
-		c = smtp.NewClient(conn)
+		c, raw = smtp.NewClient(conn), conn
 	}
 	c.CommandTimeout = p.cfg.CommandTimeout
 	c.SubmissionTimeout = p.cfg.DataTimeout
@@ -134,11 +141,11 @@ func (p *upstreamPool) dial() (*smtp.Client, error) {
 	}
 	p.metrics.upstreamDials.WithLabelValues("ok").Inc()
 	p.health.ok()
-	return c, nil
+	return &upConn{c: c, raw: raw, tcp: conn}, nil
 }
 
 // get returns an idle connection if one is fresh enough, else a new one.
-func (p *upstreamPool) get() (c *smtp.Client, reused bool, err error) {
+func (p *upstreamPool) get() (uc *upConn, reused bool, err error) {
 	p.mu.Lock()
 	now := time.Now()
 	for len(p.idle) > 0 {
@@ -150,7 +157,7 @@ func (p *upstreamPool) get() (c *smtp.Client, reused bool, err error) {
 			// cached connection: it also finds a connection the upstream
 			// closed while it was idle, before a transaction starts on it.
 			if err := uc.c.Reset(); err == nil {
-				return uc.c, true, nil
+				return uc, true, nil
 			}
 			uc.c.Close()
 			p.mu.Lock()
@@ -159,18 +166,19 @@ func (p *upstreamPool) get() (c *smtp.Client, reused bool, err error) {
 		go uc.c.Close()
 	}
 	p.mu.Unlock()
-	c, err = p.dial()
-	return c, false, err
+	uc, err = p.dial()
+	return uc, false, err
 }
 
-func (p *upstreamPool) put(c *smtp.Client) {
+func (p *upstreamPool) put(uc *upConn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed || len(p.idle) >= p.cfg.MaxConnections {
-		go c.Quit()
+		go uc.c.Quit()
 		return
 	}
-	p.idle = append(p.idle, &upConn{c: c, lastUsed: time.Now()})
+	uc.lastUsed = time.Now()
+	p.idle = append(p.idle, uc)
 }
 
 // Close quits every idle connection.
@@ -191,17 +199,18 @@ func (p *upstreamPool) send(from, to string, size int64, body io.ReadSeeker) (st
 	p.sem <- struct{}{}
 	defer func() { <-p.sem }()
 	for try := 0; ; try++ {
-		c, reused, err := p.get()
+		uc, reused, err := p.get()
 		if err != nil {
 			// Whatever the upstream said while we connected (a refused
 			// STARTTLS or AUTH is a configuration problem), the copy is
 			// retried, never bounced.
 			return "", connError{err}
 		}
-		resp, fresh, err := p.transaction(c, from, to, size, body)
+		c := uc.c
+		resp, fresh, err := p.transaction(uc, from, to, size, body)
 		if err == nil {
 			p.health.ok()
-			p.put(c)
+			p.put(uc)
 			return resp, nil
 		}
 		var se *smtp.SMTPError
@@ -209,7 +218,7 @@ func (p *upstreamPool) send(from, to string, size int64, body io.ReadSeeker) (st
 			// The connection is fine, the transaction was refused.
 			p.health.ok()
 			if c.Reset() == nil {
-				p.put(c)
+				p.put(uc)
 			} else {
 				c.Close()
 			}
@@ -227,7 +236,8 @@ func (p *upstreamPool) send(from, to string, size int64, body io.ReadSeeker) (st
 
 // transaction runs MAIL, RCPT, DATA. fresh reports that the failure came
 // before the upstream accepted anything of the transaction.
-func (p *upstreamPool) transaction(c *smtp.Client, from, to string, size int64, body io.Reader) (string, bool, error) {
+func (p *upstreamPool) transaction(uc *upConn, from, to string, size int64, body io.Reader) (string, bool, error) {
+	c := uc.c
 	if max, ok := c.MaxMessageSize(); ok && max > 0 && size > int64(max) {
 		return "", true, &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
 			Message: fmt.Sprintf("message of %d bytes exceeds the upstream's size limit of %d", size, max)}
@@ -246,7 +256,20 @@ func (p *upstreamPool) transaction(c *smtp.Client, from, to string, size int64, 
 	if err != nil {
 		return "", false, err
 	}
-	if _, err := io.Copy(w, body); err != nil {
+	// go-smtp sets no deadline while the body is written: an upstream
+	// that stops reading would hold this worker for good.
+	uc.tcp.SetWriteDeadline(time.Now().Add(p.cfg.DataTimeout))
+	if uc.raw != nil {
+		d := newDotStuffer(uc.raw)
+		if _, err = io.Copy(d, body); err == nil {
+			err = d.finish(w)
+		} else {
+			d.release()
+		}
+	} else {
+		_, err = io.Copy(w, body)
+	}
+	if err != nil {
 		return "", false, err
 	}
 	resp, err := w.CloseWithResponse()

@@ -1,0 +1,135 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"sync"
+)
+
+// dotStuffer writes a message body in the DATA encoding of RFC 5321
+// section 4.5.2 straight to the upstream connection: every line ends in
+// CRLF (a bare LF becomes CRLF) and a line that starts with a dot gets a
+// second one. It does what go-smtp's DATA writer (net/textproto's
+// DotWriter) does, a line at a time instead of a byte at a time: on a
+// 5 MB attachment that writer was a third of the relay's CPU.
+//
+// It is used only on a connection whose transport the relay holds (no
+// TLS, or implicit TLS; after STARTTLS the TLS layer is go-smtp's). Its
+// last line ending is held back: finish writes it through the client's
+// own DATA writer, whose Close then ends the data with ".\r\n" and reads
+// the reply, so go-smtp's state stays its own. The body reaches the
+// connection before anything of the client's writer, whose buffer is
+// empty from the DATA command until that last line ending.
+type dotStuffer struct {
+	bw        *bufio.Writer
+	lineStart bool // the next byte starts a line
+	heldCR    bool // a CR ended the last write; not sent yet
+	owedEOL   bool // the last line's CRLF is not sent yet
+	err       error
+}
+
+// dotBufSize is the write buffer to the connection: 64 KiB, about one
+// socket write per 64 KiB of body.
+const dotBufSize = 64 << 10
+
+var dotBufs = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, dotBufSize) }}
+
+func newDotStuffer(conn io.Writer) *dotStuffer {
+	bw := dotBufs.Get().(*bufio.Writer)
+	bw.Reset(conn)
+	return &dotStuffer{bw: bw, lineStart: true}
+}
+
+// payOwed sends the held-back line ending (or bare CR) before more bytes.
+func (d *dotStuffer) payOwed() {
+	if d.owedEOL {
+		d.putString("\r\n")
+		d.owedEOL = false
+	}
+	if d.heldCR {
+		d.putString("\r")
+		d.heldCR = false
+	}
+}
+
+func (d *dotStuffer) put(b []byte) {
+	if d.err == nil {
+		_, d.err = d.bw.Write(b)
+	}
+}
+
+func (d *dotStuffer) putString(s string) {
+	if d.err == nil {
+		_, d.err = d.bw.WriteString(s)
+	}
+}
+
+// Write encodes p; a line may span any number of calls.
+func (d *dotStuffer) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 && d.err == nil {
+		if d.heldCR && p[0] == '\n' {
+			// The held CR and this LF end the line.
+			d.heldCR = false
+			p = p[1:]
+			d.lineStart, d.owedEOL = true, true
+			continue
+		}
+		d.payOwed()
+		if d.lineStart {
+			d.lineStart = false
+			if p[0] == '.' {
+				d.putString(".")
+			}
+		}
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			if p[len(p)-1] == '\r' {
+				d.put(p[:len(p)-1])
+				d.heldCR = true
+			} else {
+				d.put(p)
+			}
+			break
+		}
+		line := p[:i]
+		if len(line) > 0 && line[len(line)-1] == '\r' {
+			line = line[:len(line)-1]
+		}
+		d.put(line)
+		d.lineStart, d.owedEOL = true, true
+		p = p[i+1:]
+	}
+	if d.err != nil {
+		return 0, d.err
+	}
+	return n, nil
+}
+
+// finish sends the body and writes its last line ending through w, the
+// client's DATA writer, which is then at the start of a line so that its
+// Close adds only the final ".\r\n". A body that does not end in a line
+// ending gets one, as the client's writer would add; so does an empty one.
+func (d *dotStuffer) finish(w io.Writer) error {
+	// A held CR ends the body: the CRLF below replaces it.
+	d.heldCR, d.owedEOL = false, false
+	if d.err == nil {
+		d.err = d.bw.Flush()
+	}
+	d.release()
+	if d.err != nil {
+		return d.err
+	}
+	_, err := io.WriteString(w, "\r\n")
+	return err
+}
+
+// release returns the buffer, with whatever it holds unsent.
+func (d *dotStuffer) release() {
+	if d.bw != nil {
+		d.bw.Reset(nil)
+		dotBufs.Put(d.bw)
+		d.bw = nil
+	}
+}
