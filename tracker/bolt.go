@@ -103,10 +103,11 @@ type BoltOptions struct {
 	}
 }
 
-// BoltStore is the embedded Store, in one bbolt file. Events are written by
-// one collector goroutine that commits them in batches (group commit): one
-// transaction and one fsync for all the AddEvent calls that arrived while
-// the previous batch was being written.
+// BoltStore is the embedded Store, in one bbolt file. Events, and the
+// relay's reports of messages and deliveries, are written by one collector
+// goroutine that commits them in batches (group commit): one transaction
+// and one fsync for all the writes that arrived while the previous batch
+// was being written.
 type BoltStore struct {
 	db       *bolt.DB
 	opts     BoltOptions
@@ -154,9 +155,6 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tracker: open store %s: %w", path, err)
 	}
-	// The relay's reports (PutMessage, SetLinks, SetDelivery) come from many
-	// delivery workers at once: db.Batch lets them share one commit.
-	db.MaxBatchDelay = time.Millisecond
 	var storeID []byte
 	var outboxN int
 	err = db.Update(func(tx *bolt.Tx) error {
@@ -423,7 +421,7 @@ func (s *BoltStore) PutMessage(ctx context.Context, m Message) error {
 	if err != nil {
 		return fmt.Errorf("tracker: encode message %s: %w", m.ID, err)
 	}
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.write(ctx, func(tx *bolt.Tx) error {
 		if isErased(tx, m.ID) {
 			return nil
 		}
@@ -471,7 +469,7 @@ func (s *BoltStore) SetLinks(ctx context.Context, message string, links []string
 	if err != nil {
 		return fmt.Errorf("tracker: encode links of %s: %w", message, err)
 	}
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.write(ctx, func(tx *bolt.Tx) error {
 		if isErased(tx, message) {
 			return nil
 		}
@@ -500,7 +498,7 @@ func (s *BoltStore) SetDelivery(ctx context.Context, message string, recipient i
 	rec := storedDelivery{Status: d.Status, Attempts: d.Attempts, LastResponse: d.LastResponse, UpdatedAt: d.UpdatedAt.UTC()}
 	key := deliveryKey(message, recipient)
 	wake := false
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.write(ctx, func(tx *bolt.Tx) error {
 		if isErased(tx, message) {
 			return nil
 		}

@@ -2,14 +2,17 @@ package tracker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
 )
 
 func testStore(t testing.TB, opts BoltOptions) *BoltStore {
@@ -317,5 +320,78 @@ func TestBolt_reopenKeepsData(t *testing.T) {
 	}
 	if len(v.Events) != 1 || !v.Recipients[0].Opened {
 		t.Errorf("after reopen: %+v", v)
+	}
+}
+
+// The relay's reports from many delivery workers share the collector's
+// commits with each other and with the hits.
+func TestBolt_reportsShareCommits(t *testing.T) {
+	s := testStore(t, BoltOptions{MaxEventsPerRecipient: 1000})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	before := s.commits.Load()
+	const n = 200
+	var wg sync.WaitGroup
+	errs := make(chan error, 3*n)
+	for i := range n {
+		id := fmt.Sprintf("R%04d", i)
+		wg.Go(func() {
+			mm := testMessage()
+			mm.ID, mm.MessageID = id, id+"@example.com"
+			errs <- s.PutMessage(ctx, mm)
+			errs <- s.SetDelivery(ctx, id, 0, Delivery{Status: StatusDelivered, Attempts: 1, UpdatedAt: time.Now()})
+		})
+		wg.Go(func() {
+			errs <- s.AddEvent(ctx, Event{Type: EventOpen, Message: m.ID, Link: -1, Class: ClassHuman, At: time.Now()})
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	commits := s.commits.Load() - before
+	if commits >= 2*n {
+		t.Errorf("%d commits for %d reports and %d hits: no grouping", commits, 2*n, n)
+	}
+	t.Logf("%d reports and %d hits in %d commits", 2*n, n, commits)
+	for i := range n {
+		v, err := s.Lookup(ctx, "alice", fmt.Sprintf("R%04d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Recipients[0].Delivery.Status != StatusDelivered {
+			t.Fatalf("R%04d: status %q", i, v.Recipients[0].Delivery.Status)
+		}
+	}
+}
+
+// One failing write in a shared commit fails alone.
+func TestBolt_failedWriteSparesItsBatch(t *testing.T) {
+	s := testStore(t, BoltOptions{})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	ev := Event{Type: EventOpen, At: time.Now().UTC(), Message: m.ID, Link: -1, Class: ClassHuman}
+	val, err := json.Marshal(storedEvent{Type: ev.Type, At: ev.At, Link: -1, Class: ev.Class})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := &eventReq{ev: ev, value: val, done: make(chan error, 1)}
+	bad := &eventReq{fn: func(*bolt.Tx) error { return errors.New("boom") }, done: make(chan error, 1)}
+	s.commitAndAnswer([]*eventReq{good, bad})
+	if err := <-good.done; err != nil {
+		t.Errorf("the event failed with its batch: %v", err)
+	}
+	if err := <-bad.done; err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Errorf("the failing write: %v", err)
+	}
+	v, err := s.Lookup(ctx, "alice", m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Events) != 1 {
+		t.Errorf("%d events stored, want 1", len(v.Events))
 	}
 }

@@ -13,7 +13,8 @@ import (
 
 type eventReq struct {
 	ev    Event
-	value []byte // JSON storedEvent as classified by the handler
+	value []byte               // JSON storedEvent as classified by the handler
+	fn    func(*bolt.Tx) error // instead of an event: any other write, run in order
 	done  chan error
 }
 
@@ -40,7 +41,20 @@ func (s *BoltStore) AddEvent(ctx context.Context, e Event) error {
 	if err != nil {
 		return fmt.Errorf("tracker: encode event: %w", err)
 	}
-	r := &eventReq{ev: e, value: val, done: make(chan error, 1)}
+	return s.submit(ctx, &eventReq{ev: e, value: val, done: make(chan error, 1)})
+}
+
+// write runs fn in the collector's group commit, in order with the events,
+// and waits until it is durable. The relay's reports (a message, its links,
+// each delivery) come from many delivery workers at once: sharing the
+// events' commits costs them no wait for company and no fsync of their own.
+// fn may run twice (alone, after a shared commit failed), so it must not
+// depend on running once.
+func (s *BoltStore) write(ctx context.Context, fn func(*bolt.Tx) error) error {
+	return s.submit(ctx, &eventReq{fn: fn, done: make(chan error, 1)})
+}
+
+func (s *BoltStore) submit(ctx context.Context, r *eventReq) error {
 	select {
 	case <-s.closing:
 		return ErrClosed
@@ -94,7 +108,7 @@ func (s *BoltStore) collect() {
 				break gather
 			}
 		}
-		s.answer(batch, s.commit(batch))
+		s.commitAndAnswer(batch)
 	}
 }
 
@@ -112,14 +126,22 @@ func (s *BoltStore) drain(batch []*eventReq) {
 		if len(batch) == 0 {
 			return
 		}
-		s.answer(batch, s.commit(batch))
+		s.commitAndAnswer(batch)
 		batch = batch[:0]
 	}
 }
 
-func (s *BoltStore) answer(batch []*eventReq, err error) {
+// commitAndAnswer commits batch and answers its waiters. If the shared
+// commit fails, each request is tried alone, so that one failing write does
+// not fail the others.
+func (s *BoltStore) commitAndAnswer(batch []*eventReq) {
+	err := s.commit(batch)
 	for i, r := range batch {
-		r.done <- err
+		if err != nil && len(batch) > 1 {
+			r.done <- s.commit(batch[i : i+1])
+		} else {
+			r.done <- err
+		}
 		batch[i] = nil
 	}
 }
@@ -130,6 +152,13 @@ func (s *BoltStore) commit(batch []*eventReq) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		ct = &commitTx{s: s, tx: tx, rcpts: map[string]*storedRcpt{}, accts: map[string]string{}}
 		for _, r := range batch {
+			if r.fn != nil {
+				if err := r.fn(tx); err != nil {
+					return err
+				}
+				clear(ct.accts) // the write may have put a message
+				continue
+			}
 			if err := ct.add(r); err != nil {
 				return err
 			}
@@ -149,7 +178,7 @@ func (s *BoltStore) commit(batch []*eventReq) error {
 		m.commitBatch.Observe(float64(len(batch)))
 	}
 	if err != nil {
-		return fmt.Errorf("tracker: commit %d events: %w", len(batch), err)
+		return fmt.Errorf("tracker: commit %d writes: %w", len(batch), err)
 	}
 	if m := s.opts.Metrics; m != nil {
 		if ct.overCap > 0 {
