@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -155,6 +156,9 @@ var scannerAgents = []struct{ sub, name string }{
 func classify(h hit) verdict {
 	ui := lookupUA(h.userAgent)
 	v := verdict{client: ui.client}
+	if name := webmailClient(h.header); name != "" && !ui.googleProxy && !ui.yahooProxy {
+		v.client = name
+	}
 	var self, scanner, prefetch, proxy bool
 	add := func(flag *bool, reason string) {
 		*flag = true
@@ -297,6 +301,65 @@ func shortDuration(d time.Duration) string {
 		return strconv.FormatInt(d.Milliseconds(), 10) + "ms"
 	}
 	return strconv.FormatInt(int64(d/time.Second), 10) + "s"
+}
+
+// webmailHosts names the web mail apps by the hosts their pages are served
+// from. A browser showing a message in one of them sends that host in the
+// Referer of the pixel's request and of a click's (the origin at least,
+// under browsers' default referrer policy), while its user agent only names
+// the browser. From the "email" section of Snowplow's referer-parser table
+// (referers.yml: mail.google.*, mail.live.*, mail.yahoo.*, webmail.aol.*,
+// and outlook.live.com from its pull request #142), with Outlook on the
+// web's hosts for work and school accounts (outlook.office.com,
+// outlook.office365.com, outlook.cloud.microsoft). A host matches itself
+// and its subdomains; one ending in "." matches any top-level domain.
+var webmailHosts = []struct{ host, name string }{
+	{"outlook.live.com", "Outlook.com"},
+	{"mail.live.com", "Outlook.com"},
+	{"outlook.office.com", "Outlook on the web"},
+	{"outlook.office365.com", "Outlook on the web"},
+	{"outlook.cloud.microsoft", "Outlook on the web"},
+	{"mail.google.", "Gmail"},
+	{"mail.yahoo.", "Yahoo Mail"},
+	{"mail.yahoo.com", "Yahoo Mail"},
+	{"mail.aol.com", "AOL Mail"},
+	{"webmail.aol.", "AOL Mail"},
+}
+
+// webmailClient returns the web mail app named by a request's Referer, or
+// "".
+func webmailClient(h http.Header) string {
+	ref := h.Get("Referer")
+	if ref == "" {
+		return ""
+	}
+	u, err := url.Parse(ref)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") {
+		return ""
+	}
+	host := strings.ToLower(u.Hostname())
+	for _, w := range webmailHosts {
+		if strings.HasSuffix(w.host, ".") {
+			if tld, ok := strings.CutPrefix(host, w.host); ok && isTopLevel(tld) {
+				return w.name
+			}
+			continue
+		}
+		if host == w.host || strings.HasSuffix(host, "."+w.host) {
+			return w.name
+		}
+	}
+	return ""
+}
+
+// isTopLevel reports whether s is a top-level domain ("com", "de") or a
+// country's second-level one ("co.uk", "com.br"), as in mail.google.co.uk.
+func isTopLevel(s string) bool {
+	sld, cc, two := strings.Cut(s, ".")
+	if !two {
+		return s != ""
+	}
+	return len(cc) == 2 && !strings.Contains(cc, ".") && (sld == "co" || sld == "com" || sld == "ne" || sld == "or")
 }
 
 // clientName returns a readable name of the client behind a user agent, or

@@ -194,3 +194,45 @@ func TestClassify_unknownMessage(t *testing.T) {
 		t.Errorf("got %+v", v)
 	}
 }
+
+// Web mail shows up in the Referer of the pixel and of clicks; the user
+// agent names only the browser.
+func TestWebmailClient(t *testing.T) {
+	for _, tc := range []struct{ ua, referer, want string }{
+		{uaChrome, "https://outlook.live.com/", "Outlook.com"},
+		{uaEdge, "https://outlook.live.com/mail/0/inbox/id/AQMkADAwATY3ZmYAZS1", "Outlook.com"},
+		{uaFirefox, "https://mail.live.com/", "Outlook.com"},
+		{uaChrome, "https://outlook.office.com/", "Outlook on the web"},
+		{uaSafari, "https://outlook.office365.com/mail/", "Outlook on the web"},
+		{uaEdge, "https://outlook.cloud.microsoft/", "Outlook on the web"},
+		{uaChrome, "https://mail.google.com/", "Gmail"},
+		{uaFirefox, "https://mail.google.co.uk/mail/u/0/", "Gmail"},
+		{uaChrome, "https://mail.yahoo.com/", "Yahoo Mail"},
+		{uaSafari, "https://uk.mail.yahoo.com/d/folders/1", "Yahoo Mail"},
+		{uaChrome, "https://mail.aol.com/webmail-std/en-us/suite", "AOL Mail"},
+		// Anything else keeps the browser's name.
+		{uaChrome, "", "Chrome"},
+		{uaChrome, "https://example.com/", "Chrome"},
+		{uaChrome, "https://outlook.live.com.evil.example/", "Chrome"},
+		{uaChrome, "https://notoutlook.live.com.example/", "Chrome"},
+		{uaChrome, "https://mail.google.evil.example/", "Chrome"},
+		{uaChrome, "https://notmail.google.com/", "Chrome"},
+		{uaChrome, "javascript:alert(1)//outlook.live.com", "Chrome"},
+		{uaChrome, "outlook.live.com", "Chrome"},
+		// An image proxy is itself the client.
+		{uaGmailProxy, "https://outlook.live.com/", "Gmail"},
+	} {
+		h := http.Header{}
+		if tc.referer != "" {
+			h.Set("Referer", tc.referer)
+		}
+		v := classify(hit{kind: KindOpen, method: http.MethodGet, header: h, userAgent: tc.ua,
+			ip: netip.MustParseAddr("203.0.113.9"), at: time.Now()})
+		if v.client != tc.want {
+			t.Errorf("%s with Referer %q: client %q, want %q", clientName(tc.ua), tc.referer, v.client, tc.want)
+		}
+		if v.class != ClassHuman && tc.ua != uaGmailProxy {
+			t.Errorf("Referer %q: class %s; the Referer names the client only", tc.referer, v.class)
+		}
+	}
+}

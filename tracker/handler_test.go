@@ -606,3 +606,26 @@ func FuzzRedirectTarget(f *testing.F) {
 		}
 	})
 }
+
+// A hit from a web mail page records the web mail app as its client.
+func TestHit_webmailClientFromReferer(t *testing.T) {
+	e := newTestEnv(t, nil, nil)
+	ctx := context.Background()
+	if err := e.store.SetLinks(ctx, e.msg.ID, []string{"https://example.com/quote"}); err != nil {
+		t.Fatal(err)
+	}
+	e.do(t, http.MethodGet, e.mint.OpenURL(), http.Header{"Referer": {"https://outlook.live.com/"}})
+	e.do(t, http.MethodGet, e.mint.ClickURL(0, "https://example.com/quote"), http.Header{"Referer": {"https://outlook.office.com/mail/inbox"}})
+	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
+	v, err := e.store.Lookup(ctx, "alice", e.msg.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ev := range v.Events {
+		got = append(got, ev.Client)
+	}
+	if want := []string{"Outlook.com", "Outlook on the web", "Chrome"}; !slices.Equal(got, want) {
+		t.Errorf("clients %q, want %q", got, want)
+	}
+}
