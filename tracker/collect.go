@@ -33,7 +33,7 @@ func (s *BoltStore) AddEvent(ctx context.Context, e Event) error {
 		return err
 	}
 	e.At = e.At.UTC()
-	val, err := json.Marshal(storedEvent{
+	val, err := encodeEvent(&storedEvent{
 		Type: e.Type, At: e.At, Recipient: e.Recipient, Link: e.Link, URL: e.URL,
 		IP: e.IP, UserAgent: e.UserAgent, Client: e.Client, Country: e.Country, City: e.City,
 		Class: e.Class, Reasons: e.Reasons,
@@ -150,7 +150,7 @@ func (s *BoltStore) commit(batch []*eventReq) error {
 	start := time.Now()
 	var ct *commitTx
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		ct = &commitTx{s: s, tx: tx, rcpts: map[string]*storedRcpt{}, accts: map[string]string{}}
+		ct = &commitTx{s: s, tx: tx, rcpts: map[string]*storedRcpt{}, accts: map[string]string{}, erasedIDs: map[string]bool{}}
 		for _, r := range batch {
 			if r.fn != nil {
 				if err := r.fn(tx); err != nil {
@@ -205,6 +205,7 @@ type commitTx struct {
 	tx           *bolt.Tx
 	rcpts        map[string]*storedRcpt // by string(recipient key)
 	accts        map[string]string      // queue id -> account; "" unknown
+	erasedIDs    map[string]bool        // queue id -> erased (Erase never runs in a batch)
 	overCap      int
 	erased       int
 	outboxAdded  int
@@ -266,7 +267,12 @@ type reclass struct {
 
 func (c *commitTx) add(r *eventReq) error {
 	e := &r.ev
-	if isErased(c.tx, e.Message) {
+	erased, ok := c.erasedIDs[e.Message]
+	if !ok {
+		erased = isErased(c.tx, e.Message)
+		c.erasedIDs[e.Message] = erased
+	}
+	if erased {
 		c.erased++
 		return nil
 	}
@@ -287,7 +293,7 @@ func (c *commitTx) add(r *eventReq) error {
 	if kept {
 		value := r.value
 		if changed {
-			if value, err = json.Marshal(storedEvent{
+			if value, err = encodeEvent(&storedEvent{
 				Type: e.Type, At: e.At, Recipient: e.Recipient, Link: e.Link, URL: e.URL,
 				IP: e.IP, UserAgent: e.UserAgent, Client: e.Client, Country: e.Country, City: e.City,
 				Class: e.Class, Reasons: e.Reasons,
@@ -356,7 +362,7 @@ func (c *commitTx) reclassify(acct string, e *Event, rs *storedRcpt, rc reclass)
 	if !slices.Contains(se.Reasons, ReasonClickBurst) {
 		se.Reasons = append(slices.DeleteFunc(se.Reasons, func(r string) bool { return r == ReasonNoMachineSignals }), ReasonClickBurst)
 	}
-	nv, err := json.Marshal(se)
+	nv, err := encodeEvent(&se)
 	if err != nil {
 		return err
 	}
@@ -430,7 +436,7 @@ func (s *BoltStore) putFeed(tx *bolt.Tx, acct string, fe storedFeedEntry) (uint6
 	if err != nil {
 		return 0, err
 	}
-	v, err := json.Marshal(fe)
+	v, err := encodeFeedEntry(&fe)
 	if err != nil {
 		return 0, err
 	}
