@@ -12,8 +12,13 @@ import (
 // timer, so a lone SMTP session never waits for company, and a busy server
 // pays one fsync for many messages. bbolt's own Batch waits a fixed delay
 // before every commit.
+//
+// The record of a new message file needs the file's directory entry to be
+// durable first: a group that holds such records starts with one fsync of
+// dir, which covers every file created before it.
 type groupCommitter struct {
-	db *bolt.DB
+	db  *bolt.DB
+	dir string
 
 	mu      sync.Mutex
 	pending []*commitReq
@@ -21,9 +26,10 @@ type groupCommitter struct {
 }
 
 type commitReq struct {
-	fn   func(*bolt.Tx) error
-	err  error
-	done chan struct{}
+	fn      func(*bolt.Tx) error
+	needDir bool // a new file in dir: sync the directory before the record
+	err     error
+	done    chan struct{}
 }
 
 // maxGroup bounds one transaction, so that one failing write costs a
@@ -34,7 +40,16 @@ const maxGroup = 256
 // transaction is durable. fn may run twice (alone, after a shared
 // transaction failed), so it must be idempotent.
 func (g *groupCommitter) update(fn func(*bolt.Tx) error) error {
-	r := &commitReq{fn: fn, done: make(chan struct{})}
+	return g.submit(&commitReq{fn: fn, done: make(chan struct{})})
+}
+
+// updateNewFile is update for the record of a file just created (and
+// fsynced) in the committer's directory.
+func (g *groupCommitter) updateNewFile(fn func(*bolt.Tx) error) error {
+	return g.submit(&commitReq{fn: fn, needDir: true, done: make(chan struct{})})
+}
+
+func (g *groupCommitter) submit(r *commitReq) error {
 	g.mu.Lock()
 	g.pending = append(g.pending, r)
 	if !g.running {
@@ -61,11 +76,40 @@ func (g *groupCommitter) loop() {
 			return
 		}
 		g.mu.Unlock()
-		g.commit(batch)
+		g.commit(g.syncDir(batch))
 	}
 }
 
+// syncDir fsyncs the directory if a write of batch needs it, and returns
+// the writes that may go on: on failure, those needing it fail.
+func (g *groupCommitter) syncDir(batch []*commitReq) []*commitReq {
+	need := false
+	for _, r := range batch {
+		need = need || r.needDir
+	}
+	if !need {
+		return batch
+	}
+	err := syncDir(g.dir)
+	if err == nil {
+		return batch
+	}
+	rest := batch[:0:0]
+	for _, r := range batch {
+		if r.needDir {
+			r.err = err
+			close(r.done)
+		} else {
+			rest = append(rest, r)
+		}
+	}
+	return rest
+}
+
 func (g *groupCommitter) commit(batch []*commitReq) {
+	if len(batch) == 0 {
+		return
+	}
 	err := g.db.Update(func(tx *bolt.Tx) error {
 		for _, r := range batch {
 			if err := r.fn(tx); err != nil {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -66,4 +67,58 @@ func testGroupCommit(t *testing.T, failSome bool) {
 		t.Errorf("%d write transactions for %d writes: no grouping", len(txs), n)
 	}
 	t.Logf("%d writes in %d transactions", n, len(txs))
+}
+
+// A record of a new file waits for a durable directory: if the directory
+// cannot be synced it fails, and the group's other writes go on.
+func TestGroupCommit_newFileNeedsItsDirectory(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "g.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("b")); return err })
+	put := func(k string) func(tx *bolt.Tx) error {
+		return func(tx *bolt.Tx) error { return tx.Bucket([]byte("b")).Put([]byte(k), []byte("v")) }
+	}
+	g := &groupCommitter{db: db, dir: t.TempDir()}
+	if err := g.updateNewFile(put("new")); err != nil {
+		t.Fatalf("record of a new file: %v", err)
+	}
+	g.dir = filepath.Join(t.TempDir(), "gone")
+	// Both in one group: the committer is busy while they queue.
+	g.mu.Lock()
+	g.running = true
+	g.mu.Unlock()
+	errs := make(chan error, 2)
+	go func() { errs <- g.updateNewFile(put("lost")) }()
+	go func() { errs <- g.update(put("other")) }()
+	for {
+		g.mu.Lock()
+		n := len(g.pending)
+		g.mu.Unlock()
+		if n == 2 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	go g.loop()
+	var failed, ok int
+	for range 2 {
+		if err := <-errs; err != nil {
+			failed++
+		} else {
+			ok++
+		}
+	}
+	if failed != 1 || ok != 1 {
+		t.Errorf("%d failed, %d ok; want the new file's record alone to fail", failed, ok)
+	}
+	db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("b"))
+		if b.Get([]byte("lost")) != nil || b.Get([]byte("other")) == nil || b.Get([]byte("new")) == nil {
+			t.Error("wrong records stored")
+		}
+		return nil
+	})
 }

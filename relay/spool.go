@@ -86,7 +86,6 @@ type Spool struct {
 	msgDir string
 	db     *bolt.DB
 	log    *slog.Logger
-	dirs   *dirSyncer
 	group  *groupCommitter // concurrent writers share commits
 
 	// mu serialises read-modify-write of records within this process.
@@ -121,8 +120,8 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 		db.Close()
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	return &Spool{dir: dir, msgDir: msgDir, db: db, log: log, dirs: newDirSyncer(msgDir),
-		group: &groupCommitter{db: db}}, nil
+	return &Spool{dir: dir, msgDir: msgDir, db: db, log: log,
+		group: &groupCommitter{db: db, dir: msgDir}}, nil
 }
 
 // Close closes the record store.
@@ -189,7 +188,8 @@ func (in *Incoming) Abort() {
 }
 
 // Commit makes the message durable: fsync the file, fsync the directory,
-// then commit the record. Only after Commit returns nil may the relay say 250.
+// then commit the record; concurrent sessions share the last two. Only
+// after Commit returns nil may the relay say 250.
 func (in *Incoming) Commit(env *Envelope) error {
 	if in.done {
 		return errors.New("spool: message already committed or aborted")
@@ -204,10 +204,7 @@ func (in *Incoming) Commit(env *Envelope) error {
 		err = cerr
 	}
 	if err == nil {
-		err = in.s.dirs.sync()
-	}
-	if err == nil {
-		err = in.s.put(env)
+		err = in.s.putNew(env)
 	}
 	in.done = true
 	if err != nil {
@@ -236,6 +233,16 @@ func (s *Spool) put(env *Envelope) error {
 		return err
 	}
 	return s.group.update(func(tx *bolt.Tx) error { return tx.Bucket(queueBucket).Put([]byte(env.ID), v) })
+}
+
+// putNew commits the record of a message whose file was just written: the
+// directory's fsync, shared by the group, comes first.
+func (s *Spool) putNew(env *Envelope) error {
+	v, err := json.Marshal(env)
+	if err != nil {
+		return err
+	}
+	return s.group.updateNewFile(func(tx *bolt.Tx) error { return tx.Bucket(queueBucket).Put([]byte(env.ID), v) })
 }
 
 // Get returns the record of a queued message.
