@@ -6,6 +6,10 @@
 #
 #   bash bench/delivery.sh [RUNS]        (default 3 runs; medians reported)
 #
+# With PEER_SMTPRELAY=/path/to/smtprelay (github.com/decke/smtprelay, built
+# by hand), each run also measures that pass-through relay into the same
+# sink, for scale.
+#
 # Needs Debian's postfix package (smtp-source, smtp-sink) and the sample
 # messages in ../shared/bench. Everything listens on 127.0.0.1.
 set -euo pipefail
@@ -123,21 +127,48 @@ relayed() {
     python3 -c "print(f'{$2/($t1-$t0):.1f}')"
 }
 
+# peer FILE M [-d]: msgs/s through a peer relay, when PEER_SMTPRELAY names
+# a decke/smtprelay binary (built by hand; it is not part of this project):
+# a pass-through relay on go-smtp that neither stores nor rewrites, into the
+# same sink, for scale.
+peer() {
+    local t0 t1 port pid
+    port=$(free_port)
+    "$PEER_SMTPRELAY" -listen 127.0.0.1:"$port" -remotes smtp://127.0.0.1:"$SINK_PORT" -log_level error \
+        -allowed_nets 127.0.0.0/8 -max_connections -1 -max_message_size 64000000 >"$WORK/peer.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break
+        sleep 0.05
+    done
+    t0=$(now)
+    smtp-source -s 8 -m "$2" $3 -f sender@bench.test -t rcpt@example.net -F "$1" 127.0.0.1:"$port"
+    t1=$(now)
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    python3 -c "print(f'{$2/($t1-$t0):.1f}')"
+}
+
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 report() { # name file M flags
-    local c=() r=() rss=()
+    local c=() r=() rss=() p=()
     for _ in $(seq "$RUNS"); do
         c+=("$(ceiling "$2" "$3" "$4")")
         r+=("$(relayed "$2" "$3" "$4")")
         rss+=("$(cat "$WORK/rss")")
+        [ -n "${PEER_SMTPRELAY:-}" ] && p+=("$(peer "$2" "$3" "$4")")
     done
-    local cm rm rssm
+    local cm rm rssm pm
     cm=$(printf '%s\n' "${c[@]}" | median)
     rm=$(printf '%s\n' "${r[@]}" | median)
     rssm=$(printf '%s\n' "${rss[@]}" | sort -n | tail -n1)
     printf '%-28s ceiling %8s msg/s   trackrelay %8s msg/s   %5.1f%% of ceiling   peak RSS %d MB   (runs: ceiling %s; trackrelay %s)\n' \
         "$1" "$cm" "$rm" "$(python3 -c "print(100*$rm/$cm)")" $((rssm / 1024)) "${c[*]}" "${r[*]}"
+    if [ -n "${PEER_SMTPRELAY:-}" ]; then
+        pm=$(printf '%s\n' "${p[@]}" | median)
+        printf '%-28s ceiling %8s msg/s   smtprelay  %8s msg/s   %5.1f%% of ceiling   (pass-through peer; runs: %s)\n' \
+            "" "$cm" "$pm" "$(python3 -c "print(100*$pm/$cm)")" "${p[*]}"
+    fi
 }
 
 echo "bench: $(nproc) cores, $RUNS runs each, medians; peak RSS is the largest of the runs"
