@@ -446,8 +446,7 @@ func (s *BoltStore) PutMessage(ctx context.Context, m Message) error {
 			return ib.Put(msgIDKey(rec.Account, rec.MessageID), []byte(m.ID))
 		}
 		return nil
-	})
-	s.cache.invalidate(m.ID)
+	}, func(error) { s.cache.invalidate(m.ID) })
 	if err != nil {
 		return fmt.Errorf("tracker: put message %s: %w", m.ID, err)
 	}
@@ -474,7 +473,7 @@ func (s *BoltStore) SetLinks(ctx context.Context, message string, links []string
 			return nil
 		}
 		return tx.Bucket(bucketLinks).Put([]byte(message), val)
-	})
+	}, nil)
 	if err != nil {
 		return fmt.Errorf("tracker: set links of %s: %w", message, err)
 	}
@@ -495,10 +494,12 @@ func (s *BoltStore) SetDelivery(ctx context.Context, message string, recipient i
 	if recipient < 0 || int64(recipient) > int64(^uint32(0)) {
 		return fmt.Errorf("tracker: message %s: invalid recipient %d", message, recipient)
 	}
-	rec := storedDelivery{Status: d.Status, Attempts: d.Attempts, LastResponse: d.LastResponse, UpdatedAt: d.UpdatedAt.UTC()}
+	in := storedDelivery{Status: d.Status, Attempts: d.Attempts, LastResponse: d.LastResponse, UpdatedAt: d.UpdatedAt.UTC()}
 	key := deliveryKey(message, recipient)
-	wake := false
+	outboxed := false // set and read by the collector only
 	err := s.write(ctx, func(tx *bolt.Tx) error {
+		rec := in
+		outboxed = false
 		if isErased(tx, message) {
 			return nil
 		}
@@ -533,17 +534,17 @@ func (s *BoltStore) SetDelivery(ctx context.Context, message string, recipient i
 		if err != nil {
 			return err
 		}
-		if wake = s.webhooks[acct]; wake {
-			s.outboxN.Add(1)
-		}
+		outboxed = s.webhooks[acct]
 		return tx.Bucket(bucketMsgFeed).Put(binary.BigEndian.AppendUint64(prefixKey(message), seq), []byte(acct))
+	}, func(err error) {
+		s.cache.invalidate(message)
+		if err == nil && outboxed {
+			s.outboxN.Add(1)
+			s.wakeOutbox()
+		}
 	})
-	s.cache.invalidate(message)
 	if err != nil {
 		return fmt.Errorf("tracker: set delivery of %s/%d: %w", message, recipient, err)
-	}
-	if wake {
-		s.wakeOutbox()
 	}
 	return nil
 }

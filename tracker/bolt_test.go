@@ -2,11 +2,9 @@ package tracker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -368,30 +366,85 @@ func TestBolt_reportsShareCommits(t *testing.T) {
 	}
 }
 
-// One failing write in a shared commit fails alone.
+// One failing write in a shared commit fails alone, and what the others
+// did in the rolled-back transaction is not done twice.
 func TestBolt_failedWriteSparesItsBatch(t *testing.T) {
-	s := testStore(t, BoltOptions{})
+	s := testStore(t, BoltOptions{WebhookAccounts: []string{"alice"}})
 	ctx := context.Background()
 	m := putTestMessage(t, s)
-	ev := Event{Type: EventOpen, At: time.Now().UTC(), Message: m.ID, Link: -1, Class: ClassHuman}
-	val, err := json.Marshal(storedEvent{Type: ev.Type, At: ev.At, Link: -1, Class: ev.Class})
-	if err != nil {
+	outboxKeys := func() int64 {
+		var n int
+		s.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bucketOutbox).Stats().KeyN; return nil })
+		return int64(n)
+	}
+	outbox0, keys0 := s.outboxN.Load(), outboxKeys()
+
+	// Hold the writer lock so that the requests below queue up and form one
+	// batch: a click, a delivery report (a feed entry for alice's webhook)
+	// and a write that fails.
+	hold, release := make(chan struct{}), make(chan struct{})
+	go s.db.Update(func(*bolt.Tx) error { close(hold); <-release; return nil })
+	<-hold
+	first := make(chan error, 1)
+	go func() { first <- s.SetLinks(ctx, m.ID, []string{"https://example.com/a"}) }()
+	waitQueued := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); len(s.reqs) != n; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d requests queued, want %d", len(s.reqs), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // the collector takes SetLinks and waits for the lock
+	errs := make(chan error, 3)
+	go func() {
+		errs <- s.AddEvent(ctx, Event{Type: EventClick, At: time.Now(), Message: m.ID, Link: 0,
+			URL: "https://example.com/a", Class: ClassHuman, Reasons: []string{ReasonNoMachineSignals}})
+	}()
+	waitQueued(1)
+	go func() {
+		errs <- s.SetDelivery(ctx, m.ID, 0, Delivery{Status: StatusDelivered, Attempts: 1, UpdatedAt: time.Now()})
+	}()
+	waitQueued(2)
+	boom := errors.New("boom")
+	go func() { errs <- s.write(ctx, func(*bolt.Tx) error { return boom }, nil) }()
+	waitQueued(3)
+	close(release)
+	if err := <-first; err != nil {
 		t.Fatal(err)
 	}
-	good := &eventReq{ev: ev, value: val, done: make(chan error, 1)}
-	bad := &eventReq{fn: func(*bolt.Tx) error { return errors.New("boom") }, done: make(chan error, 1)}
-	s.commitAndAnswer([]*eventReq{good, bad})
-	if err := <-good.done; err != nil {
-		t.Errorf("the event failed with its batch: %v", err)
+	var failed int
+	for range 3 {
+		if err := <-errs; err != nil {
+			if !errors.Is(err, boom) {
+				t.Errorf("unexpected error %v", err)
+			}
+			failed++
+		}
 	}
-	if err := <-bad.done; err == nil || !strings.Contains(err.Error(), "boom") {
-		t.Errorf("the failing write: %v", err)
+	if failed != 1 {
+		t.Errorf("%d writes failed, want the failing one alone", failed)
 	}
 	v, err := s.Lookup(ctx, "alice", m.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(v.Events) != 1 {
-		t.Errorf("%d events stored, want 1", len(v.Events))
+		t.Fatalf("%d events stored, want 1", len(v.Events))
+	}
+	seen := map[string]bool{}
+	for _, r := range v.Events[0].Reasons {
+		if seen[r] {
+			t.Errorf("reason %q twice in %q: the retry kept the rolled-back evidence", r, v.Events[0].Reasons)
+		}
+		seen[r] = true
+	}
+	if v.Recipients[0].Delivery.Status != StatusDelivered {
+		t.Errorf("delivery %+v", v.Recipients[0].Delivery)
+	}
+	// The click and the delivery each queue one webhook entry.
+	if got, keys := s.outboxN.Load()-outbox0, outboxKeys()-keys0; got != keys || keys != 2 {
+		t.Errorf("outbox count grew by %d for %d entries stored, want 2", got, keys)
 	}
 }

@@ -15,6 +15,7 @@ type eventReq struct {
 	ev    Event
 	value []byte               // JSON storedEvent as classified by the handler
 	fn    func(*bolt.Tx) error // instead of an event: any other write, run in order
+	after func(err error)      // run by the collector once fn's commit is over
 	done  chan error
 }
 
@@ -48,10 +49,13 @@ func (s *BoltStore) AddEvent(ctx context.Context, e Event) error {
 // and waits until it is durable. The relay's reports (a message, its links,
 // each delivery) come from many delivery workers at once: sharing the
 // events' commits costs them no wait for company and no fsync of their own.
-// fn may run twice (alone, after a shared commit failed), so it must not
-// depend on running once.
-func (s *BoltStore) write(ctx context.Context, fn func(*bolt.Tx) error) error {
-	return s.submit(ctx, &eventReq{fn: fn, done: make(chan error, 1)})
+// fn may run again after its transaction was rolled back (another write of
+// its batch failed), so it must not change anything outside the
+// transaction: what should follow the commit goes in after, which the
+// collector calls with the commit's outcome, even if the caller stopped
+// waiting.
+func (s *BoltStore) write(ctx context.Context, fn func(*bolt.Tx) error, after func(error)) error {
+	return s.submit(ctx, &eventReq{fn: fn, after: after, done: make(chan error, 1)})
 }
 
 func (s *BoltStore) submit(ctx context.Context, r *eventReq) error {
@@ -131,35 +135,52 @@ func (s *BoltStore) drain(batch []*eventReq) {
 	}
 }
 
-// commitAndAnswer commits batch and answers its waiters. If the shared
-// commit fails, each request is tried alone, so that one failing write does
-// not fail the others.
+// commitAndAnswer commits batch and answers its waiters. If one request's
+// own write fails, it fails alone and the others are committed again
+// without it; a failure of the commit itself (the disk) fails them all.
 func (s *BoltStore) commitAndAnswer(batch []*eventReq) {
-	err := s.commit(batch)
-	for i, r := range batch {
-		if err != nil && len(batch) > 1 {
-			r.done <- s.commit(batch[i : i+1])
-		} else {
-			r.done <- err
+	rest := batch
+	for len(rest) > 0 {
+		failed, err := s.commit(rest)
+		if err != nil && failed >= 0 && len(rest) > 1 {
+			s.answer(rest[failed], err)
+			rest = append(rest[:failed], rest[failed+1:]...)
+			continue
 		}
-		batch[i] = nil
+		for _, r := range rest {
+			s.answer(r, err)
+		}
+		break
 	}
+	clear(batch)
 }
 
-func (s *BoltStore) commit(batch []*eventReq) error {
+func (s *BoltStore) answer(r *eventReq, err error) {
+	if r.after != nil {
+		r.after(err)
+	}
+	r.done <- err
+}
+
+// commit writes batch in one transaction. When a request's own write
+// fails, failed is its index in batch; otherwise -1.
+func (s *BoltStore) commit(batch []*eventReq) (failed int, err error) {
 	start := time.Now()
+	failed = -1
 	var ct *commitTx
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx *bolt.Tx) error {
 		ct = &commitTx{s: s, tx: tx, rcpts: map[string]*storedRcpt{}, accts: map[string]string{}, erasedIDs: map[string]bool{}}
-		for _, r := range batch {
+		for i, r := range batch {
 			if r.fn != nil {
 				if err := r.fn(tx); err != nil {
+					failed = i
 					return err
 				}
 				clear(ct.accts) // the write may have put a message
 				continue
 			}
 			if err := ct.add(r); err != nil {
+				failed = i
 				return err
 			}
 		}
@@ -178,7 +199,7 @@ func (s *BoltStore) commit(batch []*eventReq) error {
 		m.commitBatch.Observe(float64(len(batch)))
 	}
 	if err != nil {
-		return fmt.Errorf("tracker: commit %d writes: %w", len(batch), err)
+		return failed, fmt.Errorf("tracker: commit %d writes: %w", len(batch), err)
 	}
 	if m := s.opts.Metrics; m != nil {
 		if ct.overCap > 0 {
@@ -195,7 +216,7 @@ func (s *BoltStore) commit(batch []*eventReq) error {
 		s.outboxN.Add(int64(ct.outboxAdded))
 		s.wakeOutbox()
 	}
-	return nil
+	return -1, nil
 }
 
 // commitTx is the state of one group commit: the recipients' running state
@@ -266,7 +287,10 @@ type reclass struct {
 }
 
 func (c *commitTx) add(r *eventReq) error {
-	e := &r.ev
+	// A copy: the evidence added below must not stay on the request if this
+	// transaction is rolled back and the event added again.
+	ev := r.ev
+	e := &ev
 	erased, ok := c.erasedIDs[e.Message]
 	if !ok {
 		erased = isErased(c.tx, e.Message)

@@ -69,7 +69,7 @@ func BenchmarkStoreScale(b *testing.B) {
 		}
 		batch = append(batch, &eventReq{ev: e, value: val})
 		if len(batch) == cap(batch) || i == ne-1 {
-			if err := s.commit(batch); err != nil {
+			if _, err := s.commit(batch); err != nil {
 				b.Fatal(err)
 			}
 			batch = batch[:0]
