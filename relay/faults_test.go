@@ -394,7 +394,7 @@ func TestDelivery_rsetBetweenMessages(t *testing.T) {
 }
 
 // An upstream that takes DATA and then stops reading must not hold the
-// attempt: the body's transfer is bounded by the data timeout.
+// attempt: each write of the body is bounded by the command timeout.
 func TestUpstream_stalledDuringBodyTimesOut(t *testing.T) {
 	addr := scriptedUpstream(t, func(n int, c net.Conn) {
 		if speak(c) != nil {
@@ -402,7 +402,7 @@ func TestUpstream_stalledDuringBodyTimesOut(t *testing.T) {
 		}
 	})
 	p := newUpstreamPool(UpstreamConfig{Address: addr, TLS: TLSNone, MaxConnections: 1,
-		CommandTimeout: time.Second, DataTimeout: 300 * time.Millisecond}, NewMetrics(nil))
+		CommandTimeout: 300 * time.Millisecond, DataTimeout: time.Minute}, NewMetrics(nil))
 	defer p.Close()
 	body := strings.Repeat(strings.Repeat("a", 76)+"\r\n", 400_000) // 31 MB: more than any socket buffer
 	start := time.Now()
@@ -415,5 +415,55 @@ func TestUpstream_stalledDuringBodyTimesOut(t *testing.T) {
 	}
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("err = %v, want a deadline error", err)
+	}
+}
+
+// A slow upstream that keeps reading gets the whole body, however long the
+// transfer takes: the timeout is per write, not per message.
+func TestUpstream_slowButLiveUpstreamTakesTheBody(t *testing.T) {
+	var got atomic.Int64
+	addr := scriptedUpstream(t, func(n int, c net.Conn) {
+		r := speak(c)
+		if r == nil {
+			return
+		}
+		buf := make([]byte, 64<<10)
+		var tail []byte
+		for {
+			k, err := r.Read(buf)
+			got.Add(int64(k))
+			tail = append(tail, buf[:k]...)
+			tail = tail[max(0, len(tail)-5):]
+			if err != nil || string(tail) == "\r\n.\r\n" {
+				break
+			}
+			time.Sleep(6 * time.Millisecond) // at most 10 MB/s
+		}
+		c.Write([]byte("250 ok\r\n"))
+		for { // RSET, QUIT
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if strings.HasPrefix(strings.ToUpper(line), "QUIT") {
+				c.Write([]byte("221 bye\r\n"))
+				return
+			}
+			c.Write([]byte("250 ok\r\n"))
+		}
+	})
+	p := newUpstreamPool(UpstreamConfig{Address: addr, TLS: TLSNone, MaxConnections: 1,
+		CommandTimeout: time.Second, DataTimeout: time.Minute}, NewMetrics(nil))
+	defer p.Close()
+	body := strings.Repeat(strings.Repeat("a", 76)+"\r\n", 400_000) // 31 MB: a second or more at that pace
+	start := time.Now()
+	if _, err := p.send("a@example.com", "b@example.net", int64(len(body)), strings.NewReader(body)); err != nil {
+		t.Fatalf("after %v: %v", time.Since(start), err)
+	}
+	if d := time.Since(start); d < 2*time.Second {
+		t.Errorf("the transfer took %v, under twice the timeout: the test proves nothing", d)
+	}
+	if got.Load() < int64(len(body)) {
+		t.Errorf("upstream read %d of %d bytes", got.Load(), len(body))
 	}
 }

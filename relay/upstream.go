@@ -30,7 +30,7 @@ type UpstreamConfig struct {
 	TLSConfig      *tls.Config // nil: verify against the system roots for the address's host
 	MaxConnections int
 	DialTimeout    time.Duration
-	CommandTimeout time.Duration // per command reply
+	CommandTimeout time.Duration // per command reply, and per write of a body
 	DataTimeout    time.Duration // for the reply to the end of DATA
 	IdleTimeout    time.Duration // idle connections are closed after this
 }
@@ -50,12 +50,10 @@ type upstreamPool struct {
 
 // upConn is one upstream connection. raw is the transport go-smtp writes
 // to when the relay holds it (no TLS, implicit TLS), for the fast DATA
-// path; nil after STARTTLS. tcp is the TCP connection under any TLS, whose
-// deadline bounds the transfer of a message body.
+// path; nil after STARTTLS.
 type upConn struct {
 	c        *smtp.Client
 	raw      net.Conn
-	tcp      net.Conn
 	lastUsed time.Time
 }
 
@@ -89,14 +87,32 @@ func (p *upstreamPool) tlsConfig() *tls.Config {
 	return &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
 }
 
+// sendTimeoutConn bounds every write with a deadline of its own: go-smtp
+// sets none while a message body is written, so an upstream that stops
+// reading would hold a delivery worker for good. Each write, not the whole
+// body, gets the time (RFC 5321 section 4.5.3.2: a timeout per data block
+// sent), so a slow but live upstream still takes a large message.
+type sendTimeoutConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c sendTimeoutConn) Write(b []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
+}
+
 func (p *upstreamPool) dial() (*upConn, error) {
 	d := net.Dialer{Timeout: p.cfg.DialTimeout}
-	conn, err := d.Dial("tcp", p.cfg.Address)
+	tcp, err := d.Dial("tcp", p.cfg.Address)
 	if err != nil {
 		p.metrics.upstreamDials.WithLabelValues("error").Inc()
 		p.health.failed()
 		return nil, err
 	}
+	conn := net.Conn(sendTimeoutConn{Conn: tcp, timeout: p.cfg.CommandTimeout})
 	fail := func(err error) (*upConn, error) {
 		p.metrics.upstreamDials.WithLabelValues("error").Inc()
 		p.health.failed()
@@ -141,7 +157,7 @@ func (p *upstreamPool) dial() (*upConn, error) {
 	}
 	p.metrics.upstreamDials.WithLabelValues("ok").Inc()
 	p.health.ok()
-	return &upConn{c: c, raw: raw, tcp: conn}, nil
+	return &upConn{c: c, raw: raw}, nil
 }
 
 // get returns an idle connection if one is fresh enough, else a new one.
@@ -256,9 +272,6 @@ func (p *upstreamPool) transaction(uc *upConn, from, to string, size int64, body
 	if err != nil {
 		return "", false, err
 	}
-	// go-smtp sets no deadline while the body is written: an upstream
-	// that stops reading would hold this worker for good.
-	uc.tcp.SetWriteDeadline(time.Now().Add(p.cfg.DataTimeout))
 	if uc.raw != nil {
 		d := newDotStuffer(uc.raw)
 		if _, err = io.Copy(d, body); err == nil {
