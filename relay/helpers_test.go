@@ -189,6 +189,22 @@ func (l *memLedger) Accepted(_ context.Context, env *Envelope) error {
 	return nil
 }
 
+// waitAccepted waits for the report of message id: the relay makes it in
+// the background.
+func (l *memLedger) waitAccepted(t *testing.T, id string) *Envelope {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		l.mu.Lock()
+		env := l.accepted[id]
+		l.mu.Unlock()
+		if env != nil {
+			return env
+		}
+	}
+	t.Fatalf("ledger: message %s never reported", id)
+	return nil
+}
+
 func (l *memLedger) Links(_ context.Context, id string, links []string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()

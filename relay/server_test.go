@@ -186,9 +186,7 @@ func TestServer_selfCopiesUntracked(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := queueID(t, reply)
-	h.ledger.mu.Lock()
-	acc := h.ledger.accepted[id]
-	h.ledger.mu.Unlock()
+	acc := h.ledger.waitAccepted(t, id)
 	want := []bool{true, false, false}
 	for i, r := range acc.Recipients {
 		if r.Tracked != want[i] {
