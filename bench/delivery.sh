@@ -171,7 +171,7 @@ report() { # name file M flags
     fi
 }
 
-echo "bench: $(nproc) cores, $RUNS runs each, medians; peak RSS is the largest of the runs"
+echo "bench: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), $RUNS runs each, medians; peak RSS is the largest of the runs"
 # ONLY=20k, ONLY=20k-reuse or ONLY=5m runs one case; VERBOSE=1 also says
 # when the submissions ended, to tell accepting from delivering; DKIM=rsa or
 # DKIM=ed25519 signs every copy (the samples' From domain gets a key).

@@ -136,6 +136,7 @@ run() {
 "$WRK" -t2 -c64 -d2s "http://127.0.0.1:$HTTP_REC$OPEN_PATH" >/dev/null
 "$WRK" -t2 -c64 -d2s "http://127.0.0.1:$HTTP_NOREC$OPEN_PATH" >/dev/null
 
+echo "bench: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) before the runs"
 printf '\n%-6s %6s | %12s %9s | %12s %9s | %6s\n' path conns "ceiling r/s" "p99 ms" "record r/s" "p99 ms" ratio
 for p in open click; do
     path=$OPEN_PATH; [ "$p" = click ] && path=$CLICK_PATH
