@@ -86,21 +86,33 @@ func TestGroupCommit_newFileNeedsItsDirectory(t *testing.T) {
 		t.Fatalf("record of a new file: %v", err)
 	}
 	g.dir = filepath.Join(t.TempDir(), "gone")
-	// Both in one group: the committer is busy while they queue.
-	g.mu.Lock()
-	g.running = true
-	g.mu.Unlock()
+	// Both in one group: the committer looks busy while they queue. (Its
+	// loop from the first write may still be on its way out: wait for it.)
+	for {
+		g.mu.Lock()
+		idle := !g.running
+		if idle {
+			g.running = true
+		}
+		g.mu.Unlock()
+		if idle {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	errs := make(chan error, 2)
 	go func() { errs <- g.updateNewFile(put("lost")) }()
 	go func() { errs <- g.update(put("other")) }()
-	for {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
 		g.mu.Lock()
 		n := len(g.pending)
 		g.mu.Unlock()
 		if n == 2 {
 			break
 		}
-		time.Sleep(time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatalf("%d writes queued, want 2", n)
+		}
 	}
 	go g.loop()
 	var failed, ok int
