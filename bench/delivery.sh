@@ -148,7 +148,7 @@ peer() {
     python3 -c "print(f'{$2/($t1-$t0):.1f}')"
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 report() { # name file M flags
     local c=() r=() rss=() p=()
@@ -158,17 +158,30 @@ report() { # name file M flags
         rss+=("$(cat "$WORK/rss")")
         [ -n "${PEER_SMTPRELAY:-}" ] && p+=("$(peer "$2" "$3" "$4")")
     done
+    # Each run's ratio is against the ceiling measured just before it, so
+    # that a machine whose speed drifts between runs still gives fair
+    # ratios; the ratio reported is the median of the runs' ratios.
     local cm rm rssm pm
     cm=$(printf '%s\n' "${c[@]}" | median)
     rm=$(printf '%s\n' "${r[@]}" | median)
     rssm=$(printf '%s\n' "${rss[@]}" | sort -n | tail -n1)
     printf '%-28s ceiling %8s msg/s   trackrelay %8s msg/s   %5.1f%% of ceiling   peak RSS %d MB   (runs: ceiling %s; trackrelay %s)\n' \
-        "$1" "$cm" "$rm" "$(python3 -c "print(100*$rm/$cm)")" $((rssm / 1024)) "${c[*]}" "${r[*]}"
+        "$1" "$cm" "$rm" "$(ratios c r | median)" $((rssm / 1024)) "${c[*]}" "${r[*]}"
     if [ -n "${PEER_SMTPRELAY:-}" ]; then
         pm=$(printf '%s\n' "${p[@]}" | median)
         printf '%-28s ceiling %8s msg/s   smtprelay  %8s msg/s   %5.1f%% of ceiling   (pass-through peer; runs: %s)\n' \
-            "" "$cm" "$pm" "$(python3 -c "print(100*$pm/$cm)")" "${p[*]}"
+            "" "$cm" "$pm" "$(ratios c p | median)" "${p[*]}"
     fi
+}
+
+# ratios BASE OTHER: 100*OTHER[i]/BASE[i] for each run, one a line (the
+# arrays are report's locals, named).
+ratios() {
+    local -n base=$1 other=$2
+    local i
+    for i in "${!base[@]}"; do
+        python3 -c "print(100*${other[$i]}/${base[$i]})"
+    done
 }
 
 echo "bench: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), $RUNS runs each, medians; peak RSS is the largest of the runs"
