@@ -49,8 +49,8 @@ func main() {
 // GOGC says otherwise. The server's live heap is small (a few MB) but every
 // hit and every message allocates, so at Go's default of 100 the collector
 // runs dozens of times a second under load and each run scans the stacks of
-// every connection's goroutines: a tracking server spent about a fifth of its
-// CPU on it. At 400 the heap may grow to five times the live data before a
+// every connection's goroutines: under load, a tenth to a fifth of a
+// recording tracking server's CPU. At 400 the heap may grow to five times the live data before a
 // collection, a few tens of MB. GOMEMLIMIT, when set, still caps it.
 const serveGCPercent = 400
 
