@@ -101,15 +101,37 @@ func TestDotStuffer_matchesTextproto(t *testing.T) {
 	}
 }
 
+// A bare CR is not a line break to SMTP, but some receivers take it for
+// one: a dot after it is doubled, so that no receiver reads "<CR>.<CR><LF>"
+// as the end of the data (SMTP smuggling).
 func TestDotStuffer_bareCRs(t *testing.T) {
 	for body, want := range map[string]string{
-		"a\rb\r\n":       "a\rb\r\n.\r\n",
-		"ends with cr\r": "ends with cr\r\n.\r\n",
-		".\r":            "..\r\n.\r\n",
-		"a\r\r\nb":       "a\r\r\nb\r\n.\r\n",
+		"a\rb\r\n":          "a\rb\r\n.\r\n",
+		"ends with cr\r":    "ends with cr\r\n.\r\n",
+		".\r":               "..\r\n.\r\n",
+		"a\r\r\nb":          "a\r\r\nb\r\n.\r\n",
+		"x\r.\r\ny\r\n":     "x\r..\r\ny\r\n.\r\n",
+		"\r.\r\n":           "\r..\r\n.\r\n",
+		"a\r..b\r\n":        "a\r...b\r\n.\r\n",
+		"x\r\n.\r.\r\nMAIL": "x\r\n..\r..\r\nMAIL\r\n.\r\n",
 	} {
-		if got := stuffedDATA(t, []byte(body), 1); string(got) != want {
-			t.Errorf("%q: got %q, want %q", body, got, want)
+		for _, step := range []int{0, 1, 2, 3} {
+			if got := stuffedDATA(t, []byte(body), step); string(got) != want {
+				t.Errorf("%q, step %d: got %q, want %q", body, step, got, want)
+			}
+		}
+	}
+}
+
+// noSmuggling checks that every dot after a bare CR in DATA is doubled.
+func noSmuggling(t *testing.T, data []byte) {
+	t.Helper()
+	for i := 0; i+1 < len(data); i++ {
+		if data[i] == '\r' && data[i+1] == '.' {
+			if i+2 >= len(data) || data[i+2] != '.' {
+				t.Fatalf("a single dot after a bare CR at %d: %q", i, data)
+			}
+			i += 2
 		}
 	}
 }
@@ -133,6 +155,7 @@ func FuzzDotStuffer(f *testing.F) {
 		if !bytes.HasSuffix(got, []byte("\r\n.\r\n")) {
 			t.Fatalf("not terminated: %q", got)
 		}
+		noSmuggling(t, got[:len(got)-len(".\r\n")])
 		lines := bytes.Split(got[:len(got)-len(".\r\n")], []byte("\n"))
 		for i, l := range lines[:len(lines)-1] {
 			if !bytes.HasSuffix(l, []byte("\r")) {
@@ -190,8 +213,17 @@ func TestUpstream_bodyOverEachTransport(t *testing.T) {
 					t.Errorf("body %d (%.30q): received %.80q, want %.80q", i, body, last, want)
 				}
 			}
-			if n := len(s.messages()); n != countWellFormed() {
-				t.Errorf("received %d messages, want %d", n, countWellFormed())
+			// A dot after a bare CR arrives doubled on every transport.
+			smuggle := "x\r.\r\nMAIL FROM:<a@example.com>\r\ny\r.\r\n"
+			if _, err := p.send("a@example.com", "b@example.net", int64(len(smuggle)), oneByteSeeker{strings.NewReader(smuggle)}); err != nil {
+				t.Fatal(err)
+			}
+			msgs := s.messages()
+			if got, want := string(msgs[len(msgs)-1].Data), "x\r..\r\nMAIL FROM:<a@example.com>\r\ny\r..\r\n"; got != want {
+				t.Errorf("received %q, want %q", got, want)
+			}
+			if n := len(msgs); n != countWellFormed()+1 {
+				t.Errorf("received %d messages, want %d", n, countWellFormed()+1)
 			}
 			s.mu.Lock()
 			conns := s.conns
@@ -201,7 +233,7 @@ func TestUpstream_bodyOverEachTransport(t *testing.T) {
 				want = 2 // go-smtp's server starts a new session after STARTTLS
 			}
 			if conns != want {
-				t.Errorf("%d sessions for %d messages, want %d: one connection reused", conns, countWellFormed(), want)
+				t.Errorf("%d sessions for %d messages, want %d: one connection reused", conns, countWellFormed()+1, want)
 			}
 		})
 	}
@@ -238,3 +270,35 @@ func unstuff(t *testing.T, data []byte) []byte {
 }
 
 var _ io.Writer = (*dotStuffer)(nil)
+
+// oneByteSeeker reads one byte a call, so that writers see every split.
+type oneByteSeeker struct{ r *strings.Reader }
+
+func (o oneByteSeeker) Read(p []byte) (int, error) { return o.r.Read(p[:min(len(p), 1)]) }
+func (o oneByteSeeker) Seek(off int64, whence int) (int64, error) {
+	return o.r.Seek(off, whence)
+}
+
+func TestCRDotGuard(t *testing.T) {
+	for body, want := range map[string]string{
+		"plain\r\n.line\r\n": "plain\r\n.line\r\n",
+		"x\r.\r\n":           "x\r..\r\n",
+		"\r.\r.":             "\r..\r..",
+		"a\r\r.b":            "a\r\r..b",
+	} {
+		for _, step := range []int{1, 2, 3, 100} {
+			var out bytes.Buffer
+			g := &crDotGuard{w: &out}
+			for p := []byte(body); len(p) > 0; {
+				n := min(step, len(p))
+				if k, err := g.Write(p[:n]); k != n || err != nil {
+					t.Fatalf("Write: %d, %v", k, err)
+				}
+				p = p[n:]
+			}
+			if out.String() != want {
+				t.Errorf("%q, step %d: %q, want %q", body, step, out.String(), want)
+			}
+		}
+	}
+}

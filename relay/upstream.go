@@ -280,7 +280,7 @@ func (p *upstreamPool) transaction(uc *upConn, from, to string, size int64, body
 			d.release()
 		}
 	} else {
-		_, err = io.Copy(w, body)
+		_, err = io.Copy(&crDotGuard{w: w}, body)
 	}
 	if err != nil {
 		return "", false, err
