@@ -62,19 +62,30 @@ func (d *dotStuffer) payOwed() (bareCR bool) {
 // (SMTP smuggling). Mail has no bare CRs (RFC 5322), so this changes
 // nothing of a well-formed message.
 func (d *dotStuffer) putMid(b []byte) {
-	for {
-		i := bytes.Index(b, crDot)
-		if i < 0 {
-			d.put(b)
-			return
-		}
-		d.put(b[:i+2])
-		d.putString(".")
-		b = b[i+2:]
+	if d.err == nil {
+		d.err = writeCRDots(d.bw, b)
 	}
 }
 
 var crDot = []byte("\r.")
+
+// writeCRDots writes b to w with a second dot after every "\r.".
+func writeCRDots(w io.Writer, b []byte) error {
+	for {
+		i := bytes.Index(b, crDot)
+		if i < 0 {
+			_, err := w.Write(b)
+			return err
+		}
+		if _, err := w.Write(b[:i+2]); err != nil {
+			return err
+		}
+		if _, err := io.WriteString(w, "."); err != nil {
+			return err
+		}
+		b = b[i+2:]
+	}
+}
 
 func (d *dotStuffer) put(b []byte) {
 	if d.err == nil {
@@ -178,20 +189,8 @@ func (g *crDotGuard) Write(p []byte) (int, error) {
 		}
 	}
 	g.cr = p[n-1] == '\r'
-	for {
-		i := bytes.Index(p, crDot)
-		if i < 0 {
-			if _, err := g.w.Write(p); err != nil {
-				return 0, err
-			}
-			return n, nil
-		}
-		if _, err := g.w.Write(p[:i+2]); err != nil {
-			return 0, err
-		}
-		if _, err := io.WriteString(g.w, "."); err != nil {
-			return 0, err
-		}
-		p = p[i+2:]
+	if err := writeCRDots(g.w, p); err != nil {
+		return 0, err
 	}
+	return n, nil
 }

@@ -262,7 +262,7 @@ func (r *repeatReader) Read(p []byte) (int, error) {
 // TestStreamingMemory: memory does not grow with the attachment's size.
 func TestStreamingMemory(t *testing.T) {
 	if testing.Short() {
-		t.Skip("short")
+		t.Skip("-short: streams a 48 MB attachment")
 	}
 	_, small, _ := streamPeakHeap(t, 1<<20)
 	peak, large, size := streamPeakHeap(t, 48<<20)
