@@ -2,6 +2,7 @@ package relay
 
 import (
 	"sync"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -16,13 +17,21 @@ import (
 // The record of a new message file needs the file's directory entry to be
 // durable first: a group that holds such records starts with one fsync of
 // dir, which covers every file created before it.
+//
+// A lazy write (the outcome of a delivery attempt) does not start a commit
+// of its own at once: it waits up to lazyDelay for a write that does (the
+// next accepted message, usually). Each commit is two fdatasyncs of
+// queue.db, and on a busy relay the outcomes then cost none of their own;
+// the delivery worker that waits for one is not on any client's path.
 type groupCommitter struct {
-	db  *bolt.DB
-	dir string
+	db        *bolt.DB
+	dir       string
+	lazyDelay time.Duration // 0: lazy writes commit at once
 
 	mu      sync.Mutex
 	pending []*commitReq
 	running bool
+	timer   *time.Timer // will start the loop for waiting lazy writes
 }
 
 type commitReq struct {
@@ -40,25 +49,54 @@ const maxGroup = 256
 // transaction is durable. fn may run twice (alone, after a shared
 // transaction failed), so it must be idempotent.
 func (g *groupCommitter) update(fn func(*bolt.Tx) error) error {
-	return g.submit(&commitReq{fn: fn, done: make(chan struct{})})
+	return g.submit(&commitReq{fn: fn, done: make(chan struct{})}, false)
+}
+
+// updateLazy is update for a write that may wait up to lazyDelay for
+// company before its commit starts.
+func (g *groupCommitter) updateLazy(fn func(*bolt.Tx) error) error {
+	return g.submit(&commitReq{fn: fn, done: make(chan struct{})}, true)
 }
 
 // updateNewFile is update for the record of a file just created (and
 // fsynced) in the committer's directory.
 func (g *groupCommitter) updateNewFile(fn func(*bolt.Tx) error) error {
-	return g.submit(&commitReq{fn: fn, needDir: true, done: make(chan struct{})})
+	return g.submit(&commitReq{fn: fn, needDir: true, done: make(chan struct{})}, false)
 }
 
-func (g *groupCommitter) submit(r *commitReq) error {
+func (g *groupCommitter) submit(r *commitReq, lazy bool) error {
 	g.mu.Lock()
 	g.pending = append(g.pending, r)
-	if !g.running {
+	switch {
+	case g.running:
+	case lazy && g.lazyDelay > 0:
+		if g.timer == nil {
+			g.timer = time.AfterFunc(g.lazyDelay, g.timeout)
+		}
+	default:
+		if g.timer != nil {
+			g.timer.Stop()
+			g.timer = nil
+		}
 		g.running = true
 		go g.loop()
 	}
 	g.mu.Unlock()
 	<-r.done
 	return r.err
+}
+
+// timeout starts the loop for lazy writes that found no company. If a
+// commit took them meanwhile, there is nothing left to do (and the timer
+// it clears may be a newer one: then the loop merely starts early).
+func (g *groupCommitter) timeout() {
+	g.mu.Lock()
+	g.timer = nil
+	if !g.running && len(g.pending) > 0 {
+		g.running = true
+		go g.loop()
+	}
+	g.mu.Unlock()
 }
 
 func (g *groupCommitter) loop() {

@@ -134,3 +134,87 @@ func TestGroupCommit_newFileNeedsItsDirectory(t *testing.T) {
 		return nil
 	})
 }
+
+// A lazy write (a delivery outcome) waits for the next eager write (an
+// accepted message) and shares its commit; alone, it commits after the
+// delay, not never.
+func TestGroupCommit_lazyWritesRideAlong(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "g.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("b")); return err })
+	var mu sync.Mutex
+	txs := map[int]int{} // transaction id -> writes
+	put := func(k string) func(tx *bolt.Tx) error {
+		return func(tx *bolt.Tx) error {
+			mu.Lock()
+			txs[tx.ID()]++
+			mu.Unlock()
+			return tx.Bucket([]byte("b")).Put([]byte(k), []byte("v"))
+		}
+	}
+	g := &groupCommitter{db: db, lazyDelay: time.Hour}
+	const lazy = 5
+	done := make(chan error, lazy)
+	for i := range lazy {
+		go func() { done <- g.updateLazy(put(fmt.Sprint("lazy", i))) }()
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		g.mu.Lock()
+		n, running := len(g.pending), g.running
+		g.mu.Unlock()
+		if running {
+			t.Fatal("a lazy write started a commit of its own")
+		}
+		if n == lazy {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d lazy writes queued, want %d", n, lazy)
+		}
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("a lazy write returned (%v) before any commit", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if err := g.update(put("eager")); err != nil {
+		t.Fatal(err)
+	}
+	for range lazy {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(txs) != 1 {
+		t.Errorf("%d writes in %d transactions (%v), want one shared commit", lazy+1, len(txs), txs)
+	}
+
+	// Alone, a lazy write commits once the delay is over. (The loop of the
+	// commit above may still be on its way out: a write would join it.)
+	for {
+		g.mu.Lock()
+		running := g.running
+		g.mu.Unlock()
+		if !running {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	g.lazyDelay = 20 * time.Millisecond
+	start := time.Now()
+	if err := g.updateLazy(put("alone")); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < g.lazyDelay {
+		t.Errorf("a lone lazy write committed after %v, before its delay of %v", d, g.lazyDelay)
+	}
+	db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket([]byte("b")).Stats().KeyN != lazy+2 {
+			t.Error("writes missing")
+		}
+		return nil
+	})
+}

@@ -60,6 +60,7 @@ const maxIDLen = 998
 const (
 	DefaultMaxBatch                 = 1024
 	DefaultLockTimeout              = 5 * time.Second
+	DefaultReportDelay              = 10 * time.Millisecond
 	DefaultMaxEventsPerRecipient    = 100
 	DefaultRetentionInterval        = time.Hour
 	defaultQueueLen                 = 4096
@@ -75,9 +76,13 @@ const (
 // BoltOptions tunes a BoltStore. Zero fields take the defaults.
 type BoltOptions struct {
 	// MaxBatch is the most events committed in one transaction. The
-	// collector never waits to fill a batch: it commits what has arrived
-	// as soon as the previous commit is done.
+	// collector never waits to fill a batch of hits: it commits what has
+	// arrived as soon as the previous commit is done.
 	MaxBatch int
+	// ReportDelay is how long the relay's reports (PutMessage, SetLinks,
+	// SetDelivery), when no hit is waiting, wait for more writes to share
+	// their commit. Negative: none.
+	ReportDelay time.Duration
 	// MaxEventsPerRecipient is how many events are kept in detail per
 	// recipient copy; later ones only increase its counters, so that a
 	// script hammering one pixel cannot fill the disk.
@@ -139,6 +144,9 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 	}
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = DefaultLockTimeout
+	}
+	if opts.ReportDelay == 0 {
+		opts.ReportDelay = DefaultReportDelay
 	}
 	if opts.MaxEventsPerRecipient <= 0 {
 		opts.MaxEventsPerRecipient = DefaultMaxEventsPerRecipient

@@ -447,3 +447,73 @@ func TestBolt_failedWriteSparesItsBatch(t *testing.T) {
 		t.Errorf("outbox count grew by %d for %d entries stored, want 2", got, keys)
 	}
 }
+
+// A report alone waits for company (a hit, more reports) up to
+// ReportDelay; a hit never waits; and closing the store commits a report
+// still waiting.
+func TestBolt_reportsWaitForCompany(t *testing.T) {
+	s := testStore(t, BoltOptions{ReportDelay: time.Hour})
+	ctx := context.Background()
+	m := testMessage()
+	before := s.commits.Load()
+	put := make(chan error, 1)
+	go func() { put <- s.PutMessage(ctx, m) }()
+	select {
+	case err := <-put:
+		t.Fatalf("a lone report committed (%v) without waiting", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	start := time.Now()
+	if err := s.AddEvent(ctx, Event{Type: EventOpen, Message: m.ID, Link: -1, Class: ClassHuman, At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-put; err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("the hit waited %v", d)
+	}
+	if n := s.commits.Load() - before; n != 1 {
+		t.Errorf("%d commits for a report and a hit, want 1", n)
+	}
+	v, err := s.Lookup(ctx, "alice", m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Events) != 1 || v.Stats.Opens != 1 {
+		t.Errorf("events %+v, stats %+v; want the open", v.Events, v.Stats)
+	}
+
+	// Alone, a report commits once ReportDelay is over.
+	s2 := testStore(t, BoltOptions{ReportDelay: 20 * time.Millisecond})
+	start = time.Now()
+	if err := s2.PutMessage(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 20*time.Millisecond {
+		t.Errorf("a lone report committed after %v, before ReportDelay", d)
+	}
+
+	// Closing commits a waiting report.
+	path := filepath.Join(t.TempDir(), "tracker.db")
+	s3, err := OpenBolt(path, BoltOptions{ReportDelay: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { put <- s3.PutMessage(ctx, m) }()
+	time.Sleep(50 * time.Millisecond)
+	if err := s3.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-put; err != nil {
+		t.Fatalf("report waiting at close: %v", err)
+	}
+	s3, err = OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s3.Close()
+	if _, err := s3.Lookup(ctx, "alice", m.ID); err != nil {
+		t.Errorf("report waiting at close was not committed: %v", err)
+	}
+}

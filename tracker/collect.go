@@ -16,6 +16,7 @@ type eventReq struct {
 	value []byte               // JSON storedEvent as classified by the handler
 	fn    func(*bolt.Tx) error // instead of an event: any other write, run in order
 	after func(err error)      // run by the collector once fn's commit is over
+	lazy  bool                 // may wait up to ReportDelay for company
 	done  chan error
 }
 
@@ -49,13 +50,16 @@ func (s *BoltStore) AddEvent(ctx context.Context, e Event) error {
 // and waits until it is durable. The relay's reports (a message, its links,
 // each delivery) come from many delivery workers at once: sharing the
 // events' commits costs them no wait for company and no fsync of their own.
+// A write alone waits up to ReportDelay for other writes (the next hit, the
+// other workers' reports) before its commit starts, so that a busy relay
+// pays two fdatasyncs for many reports; a hit never waits.
 // fn may run again after its transaction was rolled back (another write of
 // its batch failed), so it must not change anything outside the
 // transaction: what should follow the commit goes in after, which the
 // collector calls with the commit's outcome, even if the caller stopped
 // waiting.
 func (s *BoltStore) write(ctx context.Context, fn func(*bolt.Tx) error, after func(error)) error {
-	return s.submit(ctx, &eventReq{fn: fn, after: after, done: make(chan error, 1)})
+	return s.submit(ctx, &eventReq{fn: fn, after: after, lazy: true, done: make(chan error, 1)})
 }
 
 func (s *BoltStore) submit(ctx context.Context, r *eventReq) error {
@@ -92,9 +96,12 @@ func (s *BoltStore) submit(ctx context.Context, r *eventReq) error {
 // waiting for more, commits them in one transaction and answers every
 // waiter. Requests that arrive during a commit form the next batch, so the
 // batch size follows the load and an idle store commits a lone hit at once.
+// Only a batch of lazy writes alone waits, up to ReportDelay, for a hit or
+// a full batch.
 func (s *BoltStore) collect() {
 	defer close(s.stopped)
 	batch := make([]*eventReq, 0, s.opts.MaxBatch)
+	var delay *time.Timer
 	for {
 		select {
 		case r := <-s.reqs:
@@ -103,17 +110,54 @@ func (s *BoltStore) collect() {
 			s.drain(batch[:0])
 			return
 		}
-	gather:
-		for len(batch) < s.opts.MaxBatch {
-			select {
-			case r := <-s.reqs:
-				batch = append(batch, r)
-			default:
-				break gather
+		batch = s.gather(batch)
+		if s.opts.ReportDelay > 0 && allLazy(batch) && len(batch) < s.opts.MaxBatch {
+			if delay == nil {
+				delay = time.NewTimer(s.opts.ReportDelay)
+			} else {
+				delay.Reset(s.opts.ReportDelay)
 			}
+		wait:
+			for len(batch) < s.opts.MaxBatch {
+				select {
+				case r := <-s.reqs:
+					batch = append(batch, r)
+					if !r.lazy {
+						batch = s.gather(batch)
+						break wait
+					}
+				case <-delay.C:
+					break wait
+				case <-s.closing:
+					break wait
+				}
+			}
+			delay.Stop()
 		}
 		s.commitAndAnswer(batch)
 	}
+}
+
+// gather adds the requests already queued to batch, up to MaxBatch.
+func (s *BoltStore) gather(batch []*eventReq) []*eventReq {
+	for len(batch) < s.opts.MaxBatch {
+		select {
+		case r := <-s.reqs:
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+func allLazy(batch []*eventReq) bool {
+	for _, r := range batch {
+		if !r.lazy {
+			return false
+		}
+	}
+	return true
 }
 
 // drain commits what is still queued when the store closes.
