@@ -58,19 +58,22 @@ type Deliverer struct {
 	metrics *Metrics
 	up      *upstreamPool
 
-	mu        sync.Mutex
-	jobs      jobHeap
-	pending   map[string]bool // messages whose ledger record is still to be written
-	linked    map[string]bool // messages whose links the ledger has
-	announceQ chan *Envelope
-	outbox    *dirSyncer
-	sending   int
-	wake      chan struct{}
-	stopping  bool
-	wg        sync.WaitGroup
-	stopWork  chan struct{}
-	bufs      sync.Pool
-	startOnce sync.Once
+	mu      sync.Mutex
+	jobs    jobHeap
+	pending map[string]bool // messages whose ledger record is still to be written
+	// announcing holds the messages whose ledger record is being written,
+	// so that an announcer and a worker never write one twice.
+	announcing map[string]chan struct{}
+	linked     map[string]bool // messages whose links the ledger has
+	announceQ  chan *Envelope
+	outbox     *dirSyncer
+	sending    int
+	wake       chan struct{}
+	stopping   bool
+	wg         sync.WaitGroup
+	stopWork   chan struct{}
+	bufs       sync.Pool
+	startOnce  sync.Once
 }
 
 type job struct {
@@ -120,12 +123,13 @@ func NewDeliverer(cfg DeliveryConfig, spool *Spool, ledger Ledger, minters Minte
 	}
 	d := &Deliverer{
 		cfg: cfg, spool: spool, ledger: ledger, minters: minters, log: log, metrics: m,
-		pending:   map[string]bool{},
-		linked:    map[string]bool{},
-		announceQ: make(chan *Envelope, 4096),
-		outbox:    newDirSyncer(cfg.CaptureDir),
-		wake:      make(chan struct{}, 1),
-		stopWork:  make(chan struct{}),
+		pending:    map[string]bool{},
+		announcing: map[string]chan struct{}{},
+		linked:     map[string]bool{},
+		announceQ:  make(chan *Envelope, 4096),
+		outbox:     newDirSyncer(cfg.CaptureDir),
+		wake:       make(chan struct{}, 1),
+		stopWork:   make(chan struct{}),
 	}
 	if cfg.Upstream != nil {
 		up := *cfg.Upstream
@@ -405,23 +409,41 @@ func (d *Deliverer) announcer() {
 	}
 }
 
-// announce writes the ledger record of a message whose acceptance could not
-// be recorded at the time (or that was loaded after a restart).
+// announce writes the ledger record of a newly accepted message (or of one
+// loaded after a restart), once: an announcer does it off the SMTP path,
+// and a worker about to deliver the message does it first if no announcer
+// has yet. If one is writing it already, announce waits for that write and
+// tries itself only if it failed.
 func (d *Deliverer) announce(env *Envelope) {
-	d.mu.Lock()
-	need := d.pending[env.ID]
-	d.mu.Unlock()
-	if !need {
+	for {
+		d.mu.Lock()
+		if !d.pending[env.ID] {
+			d.mu.Unlock()
+			return
+		}
+		if busy, ok := d.announcing[env.ID]; ok {
+			d.mu.Unlock()
+			<-busy
+			continue
+		}
+		busy := make(chan struct{})
+		d.announcing[env.ID] = busy
+		d.mu.Unlock()
+
+		err := d.ledger.Accepted(context.Background(), env)
+		d.mu.Lock()
+		delete(d.announcing, env.ID)
+		if err == nil {
+			delete(d.pending, env.ID)
+		}
+		d.mu.Unlock()
+		close(busy)
+		if err != nil {
+			d.metrics.ledgerErrors.Inc()
+			d.log.Error("ledger: recording accepted message failed", "queue_id", env.ID, "err", err)
+		}
 		return
 	}
-	if err := d.ledger.Accepted(context.Background(), env); err != nil {
-		d.metrics.ledgerErrors.Inc()
-		d.log.Error("ledger: recording accepted message failed", "queue_id", env.ID, "err", err)
-		return
-	}
-	d.mu.Lock()
-	delete(d.pending, env.ID)
-	d.mu.Unlock()
 }
 
 // backoff is the wait after the n-th failed attempt: exponential, capped,

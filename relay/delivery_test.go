@@ -341,3 +341,43 @@ func newSinkAt(t *testing.T, addr string) *sink {
 	}
 	return s
 }
+
+// The ledger hears of each message once, though its announcers and the
+// worker that delivers the message right away both set out to report it,
+// and the ledger is slow (it waits for company, as the tracking store does).
+func TestDeliverer_announcesEachMessageOnce(t *testing.T) {
+	dir := t.TempDir()
+	spool, err := OpenSpool(dir+"/spool", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spool.Close()
+	ledger := newMemLedger()
+	ledger.acceptDelay = 20 * time.Millisecond
+	d := NewDeliverer(DeliveryConfig{CaptureDir: dir + "/outbox"}, spool, ledger, testMinters{}, nil, nil)
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Shutdown(context.Background())
+	const n = 20
+	var ids []string
+	for i := range n {
+		env := &Envelope{From: "s@example.com", Mode: "all", AcceptedAt: time.Now().UTC(),
+			Recipients: []Recipient{{Address: fmt.Sprintf("r%d@example.net", i), Tracked: true, Status: StatusQueued}}}
+		if err := spool.Enqueue(env, []byte(crlf(htmlMsg))); err != nil {
+			t.Fatal(err)
+		}
+		d.Submit(env, false)
+		ids = append(ids, env.ID)
+	}
+	for _, id := range ids {
+		ledger.waitStatus(t, id, 0, StatusDelivered)
+	}
+	ledger.mu.Lock()
+	defer ledger.mu.Unlock()
+	for _, id := range ids {
+		if ledger.acceptedN[id] != 1 {
+			t.Errorf("message %s reported accepted %d times, want once", id, ledger.acceptedN[id])
+		}
+	}
+}

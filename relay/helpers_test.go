@@ -171,17 +171,26 @@ type harness struct {
 
 // memLedger is an in-memory Ledger for tests.
 type memLedger struct {
-	mu       sync.Mutex
-	accepted map[string]*Envelope
-	links    map[string][]string
-	status   map[string]Recipient
+	mu        sync.Mutex
+	accepted  map[string]*Envelope
+	acceptedN map[string]int // Accepted calls per message
+	links     map[string][]string
+	status    map[string]Recipient
+	// acceptDelay makes Accepted slow, as a store that waits for company.
+	acceptDelay time.Duration
 }
 
 func newMemLedger() *memLedger {
-	return &memLedger{accepted: map[string]*Envelope{}, links: map[string][]string{}, status: map[string]Recipient{}}
+	return &memLedger{accepted: map[string]*Envelope{}, acceptedN: map[string]int{},
+		links: map[string][]string{}, status: map[string]Recipient{}}
 }
 
 func (l *memLedger) Accepted(_ context.Context, env *Envelope) error {
+	l.mu.Lock()
+	l.acceptedN[env.ID]++
+	delay := l.acceptDelay
+	l.mu.Unlock()
+	time.Sleep(delay)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	cp := *env
