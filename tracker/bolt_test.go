@@ -517,3 +517,42 @@ func TestBolt_reportsWaitForCompany(t *testing.T) {
 		t.Errorf("report waiting at close was not committed: %v", err)
 	}
 }
+
+// Buckets whose keys arrive in order (the feed, the messages) fill their
+// pages before splitting them, instead of leaving each half empty.
+func TestBolt_appendedBucketsFillPages(t *testing.T) {
+	s := testStore(t, BoltOptions{MaxEventsPerRecipient: 1 << 20, ReportDelay: -1})
+	ctx := context.Background()
+	for i := range 300 {
+		m := testMessage()
+		m.ID, m.MessageID = fmt.Sprintf("Q%08d", i), fmt.Sprintf("%d@mail.example.com", i)
+		if err := s.PutMessage(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 3000; i += 100 {
+		var batch []*eventReq
+		for j := range 100 {
+			e := Event{Type: EventOpen, Message: fmt.Sprintf("Q%08d", (i+j)%300), Link: -1, Class: ClassHuman,
+				At: time.Now(), UserAgent: uaAppleMail, IP: "203.0.113.9"}
+			v, err := encodeEvent(&storedEvent{Type: e.Type, At: e.At, Link: e.Link, UserAgent: e.UserAgent, IP: e.IP, Class: e.Class})
+			if err != nil {
+				t.Fatal(err)
+			}
+			batch = append(batch, &eventReq{ev: e, value: v})
+		}
+		if _, err := s.commit(batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.db.View(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketFeed, bucketMessages} {
+			st := tx.Bucket(name).Stats()
+			fill := float64(st.LeafInuse) / float64(st.LeafAlloc)
+			if fill < 0.75 {
+				t.Errorf("bucket %s: leaf pages %.0f%% full (%d pages), want them filled", name, 100*fill, st.LeafPageN)
+			}
+		}
+		return nil
+	})
+}

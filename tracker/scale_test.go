@@ -33,7 +33,8 @@ var (
 func BenchmarkStoreScale(b *testing.B) {
 	ctx := context.Background()
 	path := filepath.Join(b.TempDir(), "scale.db")
-	s, err := OpenBolt(path, BoltOptions{MaxEventsPerRecipient: 1 << 30})
+	// No ReportDelay: the messages are put one after the other.
+	s, err := OpenBolt(path, BoltOptions{MaxEventsPerRecipient: 1 << 30, ReportDelay: -1})
 	if err != nil {
 		b.Fatal(err)
 	}
