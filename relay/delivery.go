@@ -65,7 +65,7 @@ type Deliverer struct {
 	// so that an announcer and a worker never write one twice.
 	announcing map[string]chan struct{}
 	linked     map[string]bool // messages whose links the ledger has
-	announceQ  chan *Envelope
+	announceQ  chan announcement
 	outbox     *dirSyncer
 	sending    int
 	wake       chan struct{}
@@ -126,7 +126,7 @@ func NewDeliverer(cfg DeliveryConfig, spool *Spool, ledger Ledger, minters Minte
 		pending:    map[string]bool{},
 		announcing: map[string]chan struct{}{},
 		linked:     map[string]bool{},
-		announceQ:  make(chan *Envelope, 4096),
+		announceQ:  make(chan announcement, 4096),
 		outbox:     newDirSyncer(cfg.CaptureDir),
 		wake:       make(chan struct{}, 1),
 		stopWork:   make(chan struct{}),
@@ -176,11 +176,7 @@ func (d *Deliverer) Start() error {
 			d.wg.Add(1)
 			go d.worker()
 		}
-		// Announcers write the ledger records of new messages off the SMTP
-		// path; their stores group concurrent writes into one commit.
-		for range 4 {
-			go d.announcer()
-		}
+		go d.announcer()
 	})
 	return nil
 }
@@ -192,7 +188,7 @@ func (d *Deliverer) Submit(env *Envelope, announced bool) {
 	if !announced {
 		d.pending[env.ID] = true
 		select {
-		case d.announceQ <- env:
+		case d.announceQ <- announcement{env: env, due: time.Now().Add(announceDelay)}:
 		default: // the worker announces it before its first attempt
 		}
 	}
@@ -270,11 +266,15 @@ func (d *Deliverer) worker() {
 			return
 		}
 		d.run(j)
-		d.mu.Lock()
-		d.sending--
-		d.updateGauges()
-		d.mu.Unlock()
 	}
+}
+
+// release ends a copy's turn in hand (the "sending" gauge).
+func (d *Deliverer) release() {
+	d.mu.Lock()
+	d.sending--
+	d.updateGauges()
+	d.mu.Unlock()
 }
 
 // Shutdown stops starting new attempts and waits, until ctx ends, for the
@@ -299,7 +299,9 @@ func (d *Deliverer) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// run makes one delivery attempt of one copy and records its outcome.
+// run makes one delivery attempt of one copy, then hands its outcome to a
+// goroutine of its own to record: the records wait for company to share
+// their commits, and the worker goes on to the next copy meanwhile.
 func (d *Deliverer) run(j job) {
 	start := time.Now()
 	env, err := d.spool.Get(j.id)
@@ -308,12 +310,13 @@ func (d *Deliverer) run(j job) {
 			d.log.Error("delivery: reading spool record", "queue_id", j.id, "err", err)
 			d.retryLater(j, time.Minute)
 		}
+		d.release()
 		return
 	}
 	if j.rcpt >= len(env.Recipients) || env.Recipients[j.rcpt].Final() {
+		d.release()
 		return
 	}
-	d.announce(env)
 	rc := env.Recipients[j.rcpt]
 	log := d.log.With("queue_id", env.ID, "rcpt", j.rcpt)
 
@@ -340,10 +343,21 @@ func (d *Deliverer) run(j job) {
 	}
 	d.metrics.attempts.WithLabelValues(result).Inc()
 	d.metrics.attemptDuration.WithLabelValues(result).Observe(time.Since(start).Seconds())
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer d.release()
+		d.finish(env, j, rc, result, log)
+	}()
+}
 
-	// Notices first, then the ledger, then the spool record: a crash in
-	// between repeats a step (a second notice, a second attempt), it never
-	// loses one.
+// finish records the outcome rc of an attempt on copy j of env. Notices
+// first, then the ledger, then the spool record: a crash in between
+// repeats a step (a second notice, a second attempt), it never loses one.
+// Until the record is written the copy is in no queue, so nothing else
+// attempts it.
+func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, log *slog.Logger) {
+	now := rc.UpdatedAt
 	if rc.Status == StatusDeferred && !rc.Warned && d.cfg.DelayWarning > 0 &&
 		now.Sub(env.AcceptedAt) >= d.cfg.DelayWarning && !env.Bounce && env.From != "" {
 		if err := d.notify(env, rc, actionDelayed); err != nil {
@@ -398,11 +412,33 @@ func (d *Deliverer) retryLater(j job, after time.Duration) {
 	d.mu.Unlock()
 }
 
+// announceDelay is how long a new message waits for a worker to announce
+// it (with its links, in the same commit) before an announcer does.
+const announceDelay = 100 * time.Millisecond
+
+// announcement is a new message for the announcer, due at due.
+type announcement struct {
+	env *Envelope
+	due time.Time
+}
+
+// announcer reports the messages whose first attempt has not started
+// announceDelay after they were queued (a backlog, a copy deferred at
+// load), so that the app sees every accepted message soon.
 func (d *Deliverer) announcer() {
 	for {
 		select {
-		case env := <-d.announceQ:
-			d.announce(env)
+		case a := <-d.announceQ:
+			if wait := time.Until(a.due); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-t.C:
+				case <-d.stopWork:
+					t.Stop()
+					return
+				}
+			}
+			d.announce(a.env, nil)
 		case <-d.stopWork:
 			return
 		}
@@ -410,16 +446,17 @@ func (d *Deliverer) announcer() {
 }
 
 // announce writes the ledger record of a newly accepted message (or of one
-// loaded after a restart), once: an announcer does it off the SMTP path,
-// and a worker about to deliver the message does it first if no announcer
-// has yet. If one is writing it already, announce waits for that write and
-// tries itself only if it failed.
-func (d *Deliverer) announce(env *Envelope) {
+// loaded after a restart), once, with links when they are known: the
+// worker that first delivers the message does it, or the announcer if no
+// worker has after announceDelay. If one is writing it already, announce
+// waits for that write and tries itself only if it failed. It reports
+// whether it wrote links too.
+func (d *Deliverer) announce(env *Envelope, links []string) bool {
 	for {
 		d.mu.Lock()
 		if !d.pending[env.ID] {
 			d.mu.Unlock()
-			return
+			return false
 		}
 		if busy, ok := d.announcing[env.ID]; ok {
 			d.mu.Unlock()
@@ -430,19 +467,23 @@ func (d *Deliverer) announce(env *Envelope) {
 		d.announcing[env.ID] = busy
 		d.mu.Unlock()
 
-		err := d.ledger.Accepted(context.Background(), env)
+		err := d.ledger.Accepted(context.Background(), env, links)
 		d.mu.Lock()
 		delete(d.announcing, env.ID)
 		if err == nil {
 			delete(d.pending, env.ID)
+			if links != nil {
+				d.linked[env.ID] = true
+			}
 		}
 		d.mu.Unlock()
 		close(busy)
 		if err != nil {
 			d.metrics.ledgerErrors.Inc()
 			d.log.Error("ledger: recording accepted message failed", "queue_id", env.ID, "err", err)
+			return false
 		}
-		return
+		return links != nil
 	}
 }
 
@@ -466,11 +507,12 @@ func (d *Deliverer) attempt(env *Envelope, idx int, log *slog.Logger) (string, e
 	}
 	defer f.Close()
 
-	body, size, release, err := d.instrument(env, idx, f, log)
+	body, size, release, links, err := d.instrument(env, idx, f, log)
 	if err != nil {
 		return "", err
 	}
 	defer release()
+	d.report(env, links, log)
 	if body, size, err = d.signCopy(body, size, log); err != nil {
 		return "", err
 	}
@@ -486,19 +528,43 @@ func (d *Deliverer) attempt(env *Envelope, idx int, log *slog.Logger) (string, e
 	return d.up.send(from, rc.Address, size, body)
 }
 
-// instrument returns the bytes to send for one copy: the spool file itself
-// when the copy is untracked or rewriting fails, else the rewritten copy.
-func (d *Deliverer) instrument(env *Envelope, idx int, f *os.File, log *slog.Logger) (io.ReadSeeker, int64, func(), error) {
+// report makes sure the ledger knows the message, and its links when the
+// copy has tracked ones, before the copy goes out: a click must find its
+// link. The first copy's worker usually reports both, in one commit.
+func (d *Deliverer) report(env *Envelope, links []string, log *slog.Logger) {
+	if d.announce(env, links) || links == nil {
+		return
+	}
+	d.mu.Lock()
+	linked := d.linked[env.ID]
+	d.mu.Unlock()
+	if linked {
+		return // every copy has the same links: the ledger needs them once
+	}
+	if err := d.ledger.Links(context.Background(), env.ID, links); err != nil {
+		d.metrics.ledgerErrors.Inc()
+		log.Error("ledger: recording links failed", "err", err)
+		return
+	}
+	d.mu.Lock()
+	d.linked[env.ID] = true
+	d.mu.Unlock()
+}
+
+// instrument returns the bytes to send for one copy (the spool file itself
+// when the copy is untracked or rewriting fails, else the rewritten copy)
+// and the copy's tracked links, nil if none.
+func (d *Deliverer) instrument(env *Envelope, idx int, f *os.File, log *slog.Logger) (io.ReadSeeker, int64, func(), []string, error) {
 	nop := func() {}
 	rc := env.Recipients[idx]
 	opens, clicks := ModeFlags(env.Mode)
 	if !rc.Tracked || env.Bounce || (!opens && !clicks) || d.minters == nil {
 		d.metrics.rewrites.WithLabelValues("untracked").Inc()
-		return f, env.Size, nop, nil
+		return f, env.Size, nop, nil, nil
 	}
 	src, err := d.dkimSource(f)
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, 0, nil, nil, err
 	}
 	start := time.Now()
 	var out interface {
@@ -522,7 +588,7 @@ func (d *Deliverer) instrument(env *Envelope, idx int, f *os.File, log *slog.Log
 	} else {
 		tmp, err := os.CreateTemp(filepath.Join(d.spool.dir), "copy-*.tmp")
 		if err != nil {
-			return nil, 0, nil, fmt.Errorf("temporary copy: %w", err)
+			return nil, 0, nil, nil, fmt.Errorf("temporary copy: %w", err)
 		}
 		os.Remove(tmp.Name()) // unlinked: nothing is left behind by a crash
 		out = tmp
@@ -547,36 +613,26 @@ func (d *Deliverer) instrument(env *Envelope, idx int, f *os.File, log *slog.Log
 		}
 		d.metrics.rewrites.WithLabelValues(outcome).Inc()
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return nil, 0, nil, err
+			return nil, 0, nil, nil, err
 		}
-		return f, env.Size, nop, nil
+		return f, env.Size, nop, nil, nil
 	}
 	d.metrics.rewrites.WithLabelValues("rewritten").Inc()
 	d.metrics.linksRewritten.Add(float64(len(res.Links)))
-	d.mu.Lock()
-	linked := d.linked[env.ID]
-	d.mu.Unlock()
-	if len(res.Links) > 0 && !linked {
-		// Every copy has the same links: the ledger needs them once.
-		if err := d.ledger.Links(context.Background(), env.ID, res.Links); err != nil {
-			d.metrics.ledgerErrors.Inc()
-			log.Error("ledger: recording links failed", "err", err)
-		} else {
-			d.mu.Lock()
-			d.linked[env.ID] = true
-			d.mu.Unlock()
-		}
+	var links []string
+	if len(res.Links) > 0 {
+		links = res.Links
 	}
 	size, err := out.Seek(0, io.SeekCurrent)
 	if err != nil {
 		release()
-		return nil, 0, nil, err
+		return nil, 0, nil, nil, err
 	}
 	if _, err := out.Seek(0, io.SeekStart); err != nil {
 		release()
-		return nil, 0, nil, err
+		return nil, 0, nil, nil, err
 	}
-	return out, size, release, nil
+	return out, size, release, links, nil
 }
 
 // memCopy is a bytes.Buffer that can be read back from the start.

@@ -379,5 +379,84 @@ func TestDeliverer_announcesEachMessageOnce(t *testing.T) {
 		if ledger.acceptedN[id] != 1 {
 			t.Errorf("message %s reported accepted %d times, want once", id, ledger.acceptedN[id])
 		}
+		// The worker that delivered it reported its links along.
+		if len(ledger.links[id]) != 1 || ledger.linksN[id] != 0 {
+			t.Errorf("message %s: links %q in %d separate reports; want one link, with the message", id, ledger.links[id], ledger.linksN[id])
+		}
+	}
+}
+
+// A message whose first attempt does not start soon (its copy is deferred)
+// is announced all the same, by the announcer, after announceDelay.
+func TestDeliverer_announcesMessagesNotAttempted(t *testing.T) {
+	dir := t.TempDir()
+	spool, err := OpenSpool(dir+"/spool", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spool.Close()
+	ledger := newMemLedger()
+	d := NewDeliverer(DeliveryConfig{CaptureDir: dir + "/outbox"}, spool, ledger, testMinters{}, nil, nil)
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Shutdown(context.Background())
+	env := &Envelope{From: "s@example.com", Mode: "all", AcceptedAt: time.Now().UTC(),
+		Recipients: []Recipient{{Address: "r@example.net", Tracked: true, Status: StatusDeferred, NextAttempt: time.Now().Add(time.Hour)}}}
+	if err := spool.Enqueue(env, []byte(crlf(htmlMsg))); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	d.Submit(env, false)
+	ledger.waitAccepted(t, env.ID)
+	if waited := time.Since(start); waited < announceDelay {
+		t.Errorf("announced after %v, before announceDelay: a worker may still have done it with the links", waited)
+	}
+}
+
+// Recording an outcome (the ledger's and the spool's commits, which wait
+// for company) does not hold a worker: one worker delivers copies while the
+// records of the earlier ones are still on their way.
+func TestDeliverer_recordsDoNotHoldWorkers(t *testing.T) {
+	dir := t.TempDir()
+	spool, err := OpenSpool(dir+"/spool", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spool.Close()
+	ledger := newMemLedger()
+	ledger.deliveryDelay = 300 * time.Millisecond
+	d := NewDeliverer(DeliveryConfig{CaptureDir: dir + "/outbox", Workers: 1}, spool, ledger, testMinters{}, nil, nil)
+	const n = 5
+	var ids []string
+	for i := range n {
+		env := &Envelope{From: "s@example.com", Mode: "all", AcceptedAt: time.Now().UTC(),
+			Recipients: []Recipient{{Address: fmt.Sprintf("r%d@example.net", i), Tracked: true, Status: StatusQueued}}}
+		if err := spool.Enqueue(env, []byte(crlf(htmlMsg))); err != nil {
+			t.Fatal(err)
+		}
+		d.Submit(env, true)
+		ids = append(ids, env.ID)
+	}
+	start := time.Now()
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		ledger.waitStatus(t, id, 0, StatusDelivered)
+	}
+	if took := time.Since(start); took >= n*ledger.deliveryDelay {
+		t.Errorf("%d copies recorded in %v by one worker: each record held it", n, took)
+	}
+	if err := d.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Every outcome reached the spool before Shutdown returned.
+	envs, err := spool.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(envs) != 0 {
+		t.Errorf("%d messages still queued after their copies were delivered", len(envs))
 	}
 }

@@ -175,17 +175,19 @@ type memLedger struct {
 	accepted  map[string]*Envelope
 	acceptedN map[string]int // Accepted calls per message
 	links     map[string][]string
+	linksN    map[string]int // Links calls per message
 	status    map[string]Recipient
-	// acceptDelay makes Accepted slow, as a store that waits for company.
-	acceptDelay time.Duration
+	// acceptDelay and deliveryDelay make Accepted and Delivery slow, as a
+	// store that waits for company.
+	acceptDelay, deliveryDelay time.Duration
 }
 
 func newMemLedger() *memLedger {
 	return &memLedger{accepted: map[string]*Envelope{}, acceptedN: map[string]int{},
-		links: map[string][]string{}, status: map[string]Recipient{}}
+		links: map[string][]string{}, linksN: map[string]int{}, status: map[string]Recipient{}}
 }
 
-func (l *memLedger) Accepted(_ context.Context, env *Envelope) error {
+func (l *memLedger) Accepted(_ context.Context, env *Envelope, links []string) error {
 	l.mu.Lock()
 	l.acceptedN[env.ID]++
 	delay := l.acceptDelay
@@ -195,6 +197,9 @@ func (l *memLedger) Accepted(_ context.Context, env *Envelope) error {
 	defer l.mu.Unlock()
 	cp := *env
 	l.accepted[env.ID] = &cp
+	if links != nil {
+		l.links[env.ID] = links
+	}
 	return nil
 }
 
@@ -218,10 +223,15 @@ func (l *memLedger) Links(_ context.Context, id string, links []string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.links[id] = links
+	l.linksN[id]++
 	return nil
 }
 
 func (l *memLedger) Delivery(_ context.Context, id string, rcpt int, r Recipient) error {
+	l.mu.Lock()
+	delay := l.deliveryDelay
+	l.mu.Unlock()
+	time.Sleep(delay)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.status[fmt.Sprintf("%s/%d", id, rcpt)] = r

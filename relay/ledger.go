@@ -11,8 +11,9 @@ import (
 // implements it (cmd wires the two). Every method must be idempotent: after
 // a crash the relay may report the same fact again.
 type Ledger interface {
-	// Accepted records a message the relay has just made durable.
-	Accepted(ctx context.Context, env *Envelope) error
+	// Accepted records a message the relay has just made durable, and its
+	// tracked link destinations when links is not nil (as Links does).
+	Accepted(ctx context.Context, env *Envelope, links []string) error
 	// Links records the tracked link destinations of a message, by index.
 	Links(ctx context.Context, queueID string, links []string) error
 	// Delivery records the state of one recipient's copy.
@@ -28,7 +29,7 @@ type Minters interface {
 type NopLedger struct{}
 
 // Accepted implements Ledger.
-func (NopLedger) Accepted(context.Context, *Envelope) error { return nil }
+func (NopLedger) Accepted(context.Context, *Envelope, []string) error { return nil }
 
 // Links implements Ledger.
 func (NopLedger) Links(context.Context, string, []string) error { return nil }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/rewrite"
@@ -13,7 +14,9 @@ import (
 // the only place that knows both.
 type storeLedger struct{ store tracker.Store }
 
-func (l storeLedger) Accepted(ctx context.Context, env *relay.Envelope) error {
+// Accepted puts the message, and its links if given, in two concurrent
+// writes: the store's collector commits them together, with one wait.
+func (l storeLedger) Accepted(ctx context.Context, env *relay.Envelope, links []string) error {
 	m := tracker.Message{
 		ID:         env.ID,
 		MessageID:  env.MessageID,
@@ -26,7 +29,13 @@ func (l storeLedger) Accepted(ctx context.Context, env *relay.Envelope) error {
 	for _, r := range env.Recipients {
 		m.Recipients = append(m.Recipients, tracker.Recipient{Address: r.Address, Tracked: r.Tracked})
 	}
-	return l.store.PutMessage(ctx, m)
+	if links == nil {
+		return l.store.PutMessage(ctx, m)
+	}
+	linked := make(chan error, 1)
+	go func() { linked <- l.store.SetLinks(ctx, env.ID, links) }()
+	err := l.store.PutMessage(ctx, m)
+	return errors.Join(err, <-linked)
 }
 
 func (l storeLedger) Links(ctx context.Context, queueID string, links []string) error {
