@@ -42,7 +42,6 @@ func (d *Deliverer) Retry(id string) int {
 		}
 	}
 	heap.Init(&d.jobs)
-	d.updateGauges()
 	d.mu.Unlock()
 	select {
 	case d.wake <- struct{}{}:
@@ -64,7 +63,6 @@ func (d *Deliverer) Delete(id string, bounce bool) error {
 	}
 	d.jobs = kept
 	heap.Init(&d.jobs)
-	d.updateGauges()
 	d.mu.Unlock()
 
 	reason := "deleted from the queue by the operator"

@@ -131,6 +131,7 @@ func NewDeliverer(cfg DeliveryConfig, spool *Spool, ledger Ledger, minters Minte
 		wake:       make(chan struct{}, 1),
 		stopWork:   make(chan struct{}),
 	}
+	m.queue.source(d.countQueue)
 	if cfg.Upstream != nil {
 		up := *cfg.Upstream
 		if up.Hostname == "" {
@@ -199,7 +200,6 @@ func (d *Deliverer) Submit(env *Envelope, announced bool) {
 		}
 		heap.Push(&d.jobs, job{id: env.ID, rcpt: i, due: r.NextAttempt})
 	}
-	d.updateGauges()
 	d.mu.Unlock()
 	select {
 	case d.wake <- struct{}{}:
@@ -207,10 +207,11 @@ func (d *Deliverer) Submit(env *Envelope, announced bool) {
 	}
 }
 
-// updateGauges must be called with d.mu held.
-func (d *Deliverer) updateGauges() {
+// countQueue counts the copies by state, for the queue gauge.
+func (d *Deliverer) countQueue() (queued, deferred, sending int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	now := time.Now()
-	var queued, deferred float64
 	for _, j := range d.jobs {
 		if j.due.After(now) {
 			deferred++
@@ -218,9 +219,7 @@ func (d *Deliverer) updateGauges() {
 			queued++
 		}
 	}
-	d.metrics.queueGauge.WithLabelValues("queued").Set(queued)
-	d.metrics.queueGauge.WithLabelValues("deferred").Set(deferred)
-	d.metrics.queueGauge.WithLabelValues("sending").Set(float64(d.sending))
+	return queued, deferred, d.sending
 }
 
 // next blocks until a job is due, or returns false once stopping.
@@ -237,7 +236,6 @@ func (d *Deliverer) next() (job, bool) {
 			if wait <= 0 {
 				j := heap.Pop(&d.jobs).(job)
 				d.sending++
-				d.updateGauges()
 				d.mu.Unlock()
 				// Let another worker look at the next job.
 				select {
@@ -269,11 +267,10 @@ func (d *Deliverer) worker() {
 	}
 }
 
-// release ends a copy's turn in hand (the "sending" gauge).
-func (d *Deliverer) release() {
+// endTurn ends a copy's turn in hand (counted as "sending").
+func (d *Deliverer) endTurn() {
 	d.mu.Lock()
 	d.sending--
-	d.updateGauges()
 	d.mu.Unlock()
 }
 
@@ -310,11 +307,11 @@ func (d *Deliverer) run(j job) {
 			d.log.Error("delivery: reading spool record", "queue_id", j.id, "err", err)
 			d.retryLater(j, time.Minute)
 		}
-		d.release()
+		d.endTurn()
 		return
 	}
 	if j.rcpt >= len(env.Recipients) || env.Recipients[j.rcpt].Final() {
-		d.release()
+		d.endTurn()
 		return
 	}
 	rc := env.Recipients[j.rcpt]
@@ -346,7 +343,7 @@ func (d *Deliverer) run(j job) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		defer d.release()
+		defer d.endTurn()
 		d.finish(env, j, rc, result, log)
 	}()
 }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/emersion/go-message"
 	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // attachment is random-looking binary data that must arrive unchanged.
@@ -458,5 +460,52 @@ func TestDeliverer_recordsDoNotHoldWorkers(t *testing.T) {
 	}
 	if len(envs) != 0 {
 		t.Errorf("%d messages still queued after their copies were delivered", len(envs))
+	}
+}
+
+// The queue gauge counts the copies by state when scraped.
+func TestDeliverer_queueGauge(t *testing.T) {
+	spool, err := OpenSpool(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spool.Close()
+	reg := prometheus.NewRegistry()
+	d := NewDeliverer(DeliveryConfig{CaptureDir: t.TempDir()}, spool, nil, nil, nil, NewMetrics(reg))
+	d.Submit(&Envelope{ID: "A", Recipients: []Recipient{
+		{Address: "a@example.net", Status: StatusQueued},
+		{Address: "b@example.net", Status: StatusDeferred, NextAttempt: time.Now().Add(time.Hour)},
+		{Address: "c@example.net", Status: StatusDelivered},
+	}}, true)
+	d.Submit(&Envelope{ID: "B", Recipients: []Recipient{{Address: "d@example.net", Status: StatusQueued}}}, true)
+	want := `
+# HELP trackrelay_queue_recipients Recipient copies in the spool, by state (queued, deferred, sending).
+# TYPE trackrelay_queue_recipients gauge
+trackrelay_queue_recipients{state="deferred"} 1
+trackrelay_queue_recipients{state="queued"} 2
+trackrelay_queue_recipients{state="sending"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "trackrelay_queue_recipients"); err != nil {
+		t.Error(err)
+	}
+}
+
+// BenchmarkSubmitBacklog is the cost of queueing one more copy behind a
+// backlog of 100,000 (a restart after a long upstream outage submits every
+// one of them).
+func BenchmarkSubmitBacklog(b *testing.B) {
+	spool, err := OpenSpool(b.TempDir(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer spool.Close()
+	d := NewDeliverer(DeliveryConfig{CaptureDir: b.TempDir()}, spool, nil, nil, nil, nil)
+	later := time.Now().Add(time.Hour)
+	for i := range 100000 {
+		d.Submit(&Envelope{ID: fmt.Sprint("Q", i), Recipients: []Recipient{{Status: StatusDeferred, NextAttempt: later}}}, true)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		d.Submit(&Envelope{ID: fmt.Sprint("N", i), Recipients: []Recipient{{Status: StatusDeferred, NextAttempt: later}}}, true)
 	}
 }

@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -18,7 +20,7 @@ type Metrics struct {
 	rewriteDuration prometheus.Histogram
 	linksRewritten  prometheus.Counter
 	bounces         prometheus.Counter
-	queueGauge      *prometheus.GaugeVec
+	queue           *queueCollector
 	upstreamDials   *prometheus.CounterVec
 	ledgerErrors    prometheus.Counter
 	dkimSignatures  *prometheus.CounterVec
@@ -74,10 +76,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "trackrelay_delivery_bounces_total",
 			Help: "Delivery status notifications (bounces) generated.",
 		}),
-		queueGauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "trackrelay_queue_recipients",
-			Help: "Recipient copies in the spool, by state (queued, deferred, sending).",
-		}, []string{"state"}),
+		queue: &queueCollector{desc: prometheus.NewDesc("trackrelay_queue_recipients",
+			"Recipient copies in the spool, by state (queued, deferred, sending).", []string{"state"}, nil)},
 		upstreamDials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trackrelay_upstream_connections_total",
 			Help: "Connections opened to the upstream server, by result (ok, error).",
@@ -97,7 +97,45 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.sessions, m.connRejected, m.authFailures, m.messages, m.acceptedBytes,
 			m.attempts, m.attemptDuration, m.rewrites, m.rewriteDuration, m.linksRewritten,
-			m.bounces, m.queueGauge, m.upstreamDials, m.ledgerErrors, m.dkimSignatures)
+			m.bounces, m.queue, m.upstreamDials, m.ledgerErrors, m.dkimSignatures)
 	}
 	return m
+}
+
+// queueCollector counts the queue's copies by state when scraped: telling
+// queued from deferred needs a look at every job, which is cheap every few
+// seconds and quadratic on every change (a restart with a backlog of
+// 100,000 copies submits each of them).
+type queueCollector struct {
+	desc *prometheus.Desc
+
+	mu    sync.Mutex
+	count func() (queued, deferred, sending int)
+}
+
+// source sets the function that counts the queue.
+func (c *queueCollector) source(count func() (queued, deferred, sending int)) {
+	c.mu.Lock()
+	c.count = count
+	c.mu.Unlock()
+}
+
+// Describe implements prometheus.Collector.
+func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	count := c.count
+	c.mu.Unlock()
+	var queued, deferred, sending int
+	if count != nil {
+		queued, deferred, sending = count()
+	}
+	for _, v := range []struct {
+		state string
+		n     int
+	}{{"queued", queued}, {"deferred", deferred}, {"sending", sending}} {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(v.n), v.state)
+	}
 }
