@@ -419,10 +419,15 @@ type announcement struct {
 	due time.Time
 }
 
+// announcers is how many announcements may wait for their commit at
+// once: they share it, so a backlog is announced at thousands a second.
+const announcers = 64
+
 // announcer reports the messages whose first attempt has not started
 // announceDelay after they were queued (a backlog, a copy deferred at
 // load), so that the app sees every accepted message soon.
 func (d *Deliverer) announcer() {
+	busy := make(chan struct{}, announcers)
 	for {
 		select {
 		case a := <-d.announceQ:
@@ -435,7 +440,15 @@ func (d *Deliverer) announcer() {
 					return
 				}
 			}
-			d.announce(a.env, nil)
+			select {
+			case busy <- struct{}{}:
+			case <-d.stopWork:
+				return
+			}
+			go func() {
+				defer func() { <-busy }()
+				d.announce(a.env, nil)
+			}()
 		case <-d.stopWork:
 			return
 		}

@@ -414,6 +414,27 @@ func TestDeliverer_announcesMessagesNotAttempted(t *testing.T) {
 	if waited := time.Since(start); waited < announceDelay {
 		t.Errorf("announced after %v, before announceDelay: a worker may still have done it with the links", waited)
 	}
+
+	// A backlog is announced many at a time, though each report waits
+	// (for company, in the tracking store).
+	ledger.mu.Lock()
+	ledger.acceptDelay = 50 * time.Millisecond
+	ledger.mu.Unlock()
+	const n = 100
+	var ids []string
+	for i := range n {
+		e := &Envelope{ID: fmt.Sprintf("B%03d", i), From: "s@example.com", Mode: "all", AcceptedAt: time.Now().UTC(),
+			Recipients: []Recipient{{Address: "r@example.net", Status: StatusDeferred, NextAttempt: time.Now().Add(time.Hour)}}}
+		d.Submit(e, false)
+		ids = append(ids, e.ID)
+	}
+	start = time.Now()
+	for _, id := range ids {
+		ledger.waitAccepted(t, id)
+	}
+	if took, oneByOne := time.Since(start), n*ledger.acceptDelay; took > oneByOne/2 {
+		t.Errorf("%d announcements took %v; one at a time they take %v", n, took, oneByOne)
+	}
 }
 
 // Recording an outcome (the ledger's and the spool's commits, which wait
