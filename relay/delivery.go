@@ -24,9 +24,10 @@ type DeliveryConfig struct {
 	// copy is written as a .eml file under CaptureDir.
 	Upstream   *UpstreamConfig
 	CaptureDir string
-	// Workers is the number of copies in hand at once (default 16, and at
-	// least four per upstream connection): a worker spends most of an
-	// attempt waiting on commits, and only the send holds a connection.
+	// Workers is the number of copies being sent at once (default 16, and
+	// at least four per upstream connection): a worker waits for the
+	// ledger's commit before each send, and only the send holds a
+	// connection. Recording an attempt's outcome does not hold a worker.
 	Workers int
 	// RetryInitial is the wait after the first failed attempt; it doubles
 	// after each failure up to RetryMax, with jitter.
@@ -72,8 +73,13 @@ type Deliverer struct {
 	stopping   bool
 	wg         sync.WaitGroup
 	stopWork   chan struct{}
-	bufs       sync.Pool
-	startOnce  sync.Once
+	// finishing bounds the outcomes being recorded at once, so that
+	// attempts failing fast cannot pile up goroutines.
+	finishing chan struct{}
+	// announceDelay is announceDelayDefault; tests change it.
+	announceDelay time.Duration
+	bufs          sync.Pool
+	startOnce     sync.Once
 }
 
 type job struct {
@@ -123,13 +129,14 @@ func NewDeliverer(cfg DeliveryConfig, spool *Spool, ledger Ledger, minters Minte
 	}
 	d := &Deliverer{
 		cfg: cfg, spool: spool, ledger: ledger, minters: minters, log: log, metrics: m,
-		pending:    map[string]bool{},
-		announcing: map[string]chan struct{}{},
-		linked:     map[string]bool{},
-		announceQ:  make(chan announcement, 4096),
-		outbox:     newDirSyncer(cfg.CaptureDir),
-		wake:       make(chan struct{}, 1),
-		stopWork:   make(chan struct{}),
+		pending:       map[string]bool{},
+		announcing:    map[string]chan struct{}{},
+		linked:        map[string]bool{},
+		announceQ:     make(chan announcement, 4096),
+		outbox:        newDirSyncer(cfg.CaptureDir),
+		wake:          make(chan struct{}, 1),
+		stopWork:      make(chan struct{}),
+		announceDelay: announceDelayDefault,
 	}
 	m.queue.source(d.countQueue)
 	if cfg.Upstream != nil {
@@ -145,6 +152,7 @@ func NewDeliverer(cfg DeliveryConfig, spool *Spool, ledger Ledger, minters Minte
 	if d.cfg.Workers <= 0 {
 		d.cfg.Workers = 16
 	}
+	d.finishing = make(chan struct{}, 4*d.cfg.Workers)
 	return d
 }
 
@@ -177,6 +185,7 @@ func (d *Deliverer) Start() error {
 			d.wg.Add(1)
 			go d.worker()
 		}
+		d.wg.Add(1)
 		go d.announcer()
 	})
 	return nil
@@ -189,7 +198,7 @@ func (d *Deliverer) Submit(env *Envelope, announced bool) {
 	if !announced {
 		d.pending[env.ID] = true
 		select {
-		case d.announceQ <- announcement{env: env, due: time.Now().Add(announceDelay)}:
+		case d.announceQ <- announcement{env: env, due: time.Now().Add(d.announceDelay)}:
 		default: // the worker announces it before its first attempt
 		}
 	}
@@ -340,9 +349,11 @@ func (d *Deliverer) run(j job) {
 	}
 	d.metrics.attempts.WithLabelValues(result).Inc()
 	d.metrics.attemptDuration.WithLabelValues(result).Observe(time.Since(start).Seconds())
+	d.finishing <- struct{}{}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
+		defer func() { <-d.finishing }()
 		defer d.endTurn()
 		d.finish(env, j, rc, result, log)
 	}()
@@ -354,6 +365,12 @@ func (d *Deliverer) run(j job) {
 // Until the record is written the copy is in no queue, so nothing else
 // attempts it.
 func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, log *slog.Logger) {
+	if !env.Bounce {
+		// The attempt may have failed before its copy was reported (no
+		// message file): the ledger must know the message before a status
+		// of its copy, or that status reaches no feed.
+		d.announce(env, nil)
+	}
 	now := rc.UpdatedAt
 	if rc.Status == StatusDeferred && !rc.Warned && d.cfg.DelayWarning > 0 &&
 		now.Sub(env.AcceptedAt) >= d.cfg.DelayWarning && !env.Bounce && env.From != "" {
@@ -409,9 +426,10 @@ func (d *Deliverer) retryLater(j job, after time.Duration) {
 	d.mu.Unlock()
 }
 
-// announceDelay is how long a new message waits for a worker to announce
-// it (with its links, in the same commit) before an announcer does.
-const announceDelay = 100 * time.Millisecond
+// announceDelayDefault is how long a new message waits for a worker to
+// announce it (with its links, in the same commit) before an announcer
+// does.
+const announceDelayDefault = 100 * time.Millisecond
 
 // announcement is a new message for the announcer, due at due.
 type announcement struct {
@@ -427,6 +445,7 @@ const announcers = 64
 // announceDelay after they were queued (a backlog, a copy deferred at
 // load), so that the app sees every accepted message soon.
 func (d *Deliverer) announcer() {
+	defer d.wg.Done()
 	busy := make(chan struct{}, announcers)
 	for {
 		select {
@@ -445,7 +464,9 @@ func (d *Deliverer) announcer() {
 			case <-d.stopWork:
 				return
 			}
+			d.wg.Add(1)
 			go func() {
+				defer d.wg.Done()
 				defer func() { <-busy }()
 				d.announce(a.env, nil)
 			}()

@@ -177,6 +177,9 @@ type memLedger struct {
 	links     map[string][]string
 	linksN    map[string]int // Links calls per message
 	status    map[string]Recipient
+	// statusBeforeAccepted counts Delivery calls for a message not yet
+	// Accepted.
+	statusBeforeAccepted int
 	// acceptDelay and deliveryDelay make Accepted and Delivery slow, as a
 	// store that waits for company.
 	acceptDelay, deliveryDelay time.Duration
@@ -234,6 +237,9 @@ func (l *memLedger) Delivery(_ context.Context, id string, rcpt int, r Recipient
 	time.Sleep(delay)
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.accepted[id] == nil {
+		l.statusBeforeAccepted++
+	}
 	l.status[fmt.Sprintf("%s/%d", id, rcpt)] = r
 	return nil
 }
