@@ -171,6 +171,9 @@ report() { # name file M flags
         pm=$(printf '%s\n' "${p[@]}" | median)
         printf '%-28s ceiling %8s msg/s   smtprelay  %8s msg/s   %5.1f%% of ceiling   (pass-through peer; runs: %s)\n' \
             "" "$cm" "$pm" "$(ratios c p | median)" "${p[*]}"
+        # The two relays in the same runs: steadier than either's ratio to
+        # a ceiling that moves with the machine.
+        printf '%-28s trackrelay at %.0f%% of smtprelay'"'"'s rate (median of the runs)\n' "" "$(ratios p r | median)"
     fi
 }
 
