@@ -433,7 +433,7 @@ func (s *BoltStore) PutMessage(ctx context.Context, m Message) error {
 		if isErased(tx, m.ID) {
 			return nil
 		}
-		mb := tx.Bucket(bucketMessages)
+		mb := appendBucket(tx, bucketMessages)
 		ib := tx.Bucket(bucketMsgIDs)
 		if old := mb.Get([]byte(m.ID)); old != nil {
 			var prev storedMessage
@@ -480,7 +480,7 @@ func (s *BoltStore) SetLinks(ctx context.Context, message string, links []string
 		if isErased(tx, message) {
 			return nil
 		}
-		return tx.Bucket(bucketLinks).Put([]byte(message), val)
+		return appendBucket(tx, bucketLinks).Put([]byte(message), val)
 	}, nil)
 	if err != nil {
 		return fmt.Errorf("tracker: set links of %s: %w", message, err)
@@ -511,7 +511,7 @@ func (s *BoltStore) SetDelivery(ctx context.Context, message string, recipient i
 		if isErased(tx, message) {
 			return nil
 		}
-		b := tx.Bucket(bucketDeliveries)
+		b := appendBucket(tx, bucketDeliveries)
 		var prev storedDelivery
 		old := b.Get(key)
 		if old != nil {

@@ -213,7 +213,6 @@ func (s *BoltStore) commit(batch []*eventReq) (failed int, err error) {
 	failed = -1
 	var ct *commitTx
 	err = s.db.Update(func(tx *bolt.Tx) error {
-		fillForAppends(tx)
 		ct = &commitTx{s: s, tx: tx, rcpts: map[string]*storedRcpt{}, accts: map[string]string{}, erasedIDs: map[string]bool{}}
 		for i, r := range batch {
 			if r.fn != nil {
@@ -274,16 +273,13 @@ func (s *BoltStore) commit(batch []*eventReq) (failed int, err error) {
 // keep the default: at 90% they measured 55% full instead of 66%.
 const appendFill = 0.9
 
-var appendBuckets = [][]byte{bucketFeed, bucketMessages, bucketLinks, bucketDeliveries}
-
-// fillForAppends sets appendFill on the buckets of a write transaction
-// (bbolt keeps the setting on the bucket for the transaction only).
-func fillForAppends(tx *bolt.Tx) {
-	for _, name := range appendBuckets {
-		if b := tx.Bucket(name); b != nil {
-			b.FillPercent = appendFill
-		}
-	}
+// appendBucket returns the bucket name of a write transaction, set to fill
+// its pages to appendFill (bbolt keeps the setting on the bucket for the
+// transaction only). For the buckets written in key order.
+func appendBucket(tx *bolt.Tx, name []byte) *bolt.Bucket {
+	b := tx.Bucket(name)
+	b.FillPercent = appendFill
+	return b
 }
 
 // commitTx is the state of one group commit: the recipients' running state
@@ -522,7 +518,7 @@ func sequenceEvidence(rs *storedRcpt, e *Event) (bool, []reclass) {
 // putFeed appends an entry to the account's feed, and to the webhook outbox
 // when the account has a webhook. It returns the entry's sequence.
 func (s *BoltStore) putFeed(tx *bolt.Tx, acct string, fe storedFeedEntry) (uint64, error) {
-	feed := tx.Bucket(bucketFeed)
+	feed := appendBucket(tx, bucketFeed)
 	seq, err := feed.NextSequence()
 	if err != nil {
 		return 0, err
