@@ -426,6 +426,23 @@ func (d *Deliverer) retryLater(j job, after time.Duration) {
 	d.mu.Unlock()
 }
 
+// announceTimeout bounds the wait for the ledger on the SMTP path.
+const announceTimeout = time.Second
+
+// Announce reports a message just made durable to the ledger, waiting at
+// most announceTimeout, and says whether the ledger has it. The session
+// calls it before its 250; on false, Submit's announcers try again.
+func (d *Deliverer) Announce(env *Envelope) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), announceTimeout)
+	defer cancel()
+	if err := d.ledger.Accepted(ctx, env, nil); err != nil {
+		d.metrics.ledgerErrors.Inc()
+		d.log.Error("ledger: recording accepted message failed; will retry", "queue_id", env.ID, "err", err)
+		return false
+	}
+	return true
+}
+
 // announceDelayDefault is how long a new message waits for a worker to
 // announce it (with its links, in the same commit) before an announcer
 // does.

@@ -180,6 +180,8 @@ type memLedger struct {
 	// statusBeforeAccepted counts Delivery calls for a message not yet
 	// Accepted.
 	statusBeforeAccepted int
+	// failAccepted makes the next Accepted calls fail.
+	failAccepted int
 	// acceptDelay and deliveryDelay make Accepted and Delivery slow, as a
 	// store that waits for company.
 	acceptDelay, deliveryDelay time.Duration
@@ -194,6 +196,11 @@ func (l *memLedger) Accepted(_ context.Context, env *Envelope, links []string) e
 	l.mu.Lock()
 	l.acceptedN[env.ID]++
 	delay := l.acceptDelay
+	if l.failAccepted > 0 {
+		l.failAccepted--
+		l.mu.Unlock()
+		return errors.New("ledger unavailable")
+	}
 	l.mu.Unlock()
 	time.Sleep(delay)
 	l.mu.Lock()

@@ -274,3 +274,32 @@ func TestHeader_bodyWithoutBlankLine(t *testing.T) {
 		t.Errorf("body not separated from header:\n%q", b)
 	}
 }
+
+// The ledger has the message before the client has its 250, so that the
+// app finds it as soon as it has the queue id; if the ledger fails, the 250
+// goes out all the same and the message is reported later.
+func TestServer_ledgerKnowsTheMessageBefore250(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	reply, err := h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := queueID(t, reply)
+	h.ledger.mu.Lock()
+	known := h.ledger.accepted[id] != nil
+	h.ledger.mu.Unlock()
+	if !known {
+		t.Error("the ledger did not know the message when the client got its 250")
+	}
+
+	h.ledger.mu.Lock()
+	h.ledger.failAccepted = 1
+	h.ledger.mu.Unlock()
+	reply, err = h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg))
+	if err != nil {
+		t.Fatalf("a failing ledger refused the message: %v", err)
+	}
+	id = queueID(t, reply)
+	h.ledger.waitAccepted(t, id)
+	h.ledger.waitStatus(t, id, 0, StatusDelivered)
+}

@@ -285,7 +285,7 @@ info "queue id: $QID"
 rc=0
 "$PY" "$HELPER" smtplib-send --port "$SMTP_PORT" --cafile "$WORK/tls.crt" \
     --user alice --password "$PASSWORD" --to dave@example.com \
-    --meta "$WORK/msg2.json" >"$WORK/smtplib.out" 2>&1 || rc=$?
+    --meta "$WORK/msg2.json" --api "$BASE" --key "$API_KEY" >"$WORK/smtplib.out" 2>&1 || rc=$?
 tally <"$WORK/smtplib.out"
 REPLY2=$(sed -n 's/^REPLY //p' "$WORK/smtplib.out")
 QID2=$(printf '%s\n' "$REPLY2" | sed -nE 's/^250 .*queued as ([A-Za-z0-9]+).*/\1/p')
@@ -297,6 +297,11 @@ fi
 if [ -n "$QID2" ]; then
     check "the two messages have different queue ids" test "$QID" != "$QID2"
 fi
+AT250=$(sed -n 's/^API_AT_250 //p' "$WORK/smtplib.out")
+case "$AT250" in
+    "200 queued" | "200 delivered") pass "the API knows the message as soon as the client has its 250: $AT250" ;;
+    *) fail "the API right after the 250 answered '$AT250', want 200 (queued or delivered)" ;;
+esac
 
 # ---------------------------------------------------------------- send 3 (self copy)
 # A copy to one of the account's self_addresses is never tracked.

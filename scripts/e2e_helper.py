@@ -233,6 +233,16 @@ def cmd_smtplib_send(args):
             code, resp = s.data(raw.encode())
             text = resp.decode("utf-8", "replace")
             print("REPLY %d %s" % (code, text.replace("\n", " | ")), flush=True)
+            m = re.search(r"queued as ([A-Za-z0-9]+)", text)
+            if args.api and m:
+                # Right away, before QUIT: the app asks as soon as it has
+                # the queue id.
+                status, _, body = api_get(args.api.rstrip("/") + "/api/v1/messages/" + m.group(1), args.key)
+                state = ""
+                if status == 200:
+                    rcpts = json.loads(body).get("recipients") or [{}]
+                    state = (rcpts[0].get("delivery") or {}).get("status", "")
+                print("API_AT_250 %d %s" % (status, state), flush=True)
             return 0 if code == 250 else 1
     except (smtplib.SMTPException, OSError, ssl.SSLError) as e:
         out("FAIL", "smtplib: session", repr(e))
@@ -736,6 +746,8 @@ def main(argv):
     s.add_argument("--password", required=True)
     s.add_argument("--to", required=True)
     s.add_argument("--meta", required=True)
+    s.add_argument("--api", help="API base URL: ask for the message right after the 250")
+    s.add_argument("--key", help="API key for --api")
     s.set_defaults(fn=cmd_smtplib_send)
 
     s = sub.add_parser("copies")
