@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,9 +60,12 @@ type Deliverer struct {
 	metrics *Metrics
 	up      *upstreamPool
 
-	mu      sync.Mutex
-	jobs    jobHeap
-	pending map[string]bool // messages whose ledger record is still to be written
+	mu   sync.Mutex
+	jobs jobHeap
+	// pending holds the messages whose ledger record is still to be
+	// written, by queue id and by account and Message-ID (see Pending).
+	pending      map[string]*Envelope
+	pendingByMID map[string]string
 	// announcing holds the messages whose ledger record is being written,
 	// so that an announcer and a worker never write one twice.
 	announcing map[string]chan struct{}
@@ -129,7 +133,8 @@ func NewDeliverer(cfg DeliveryConfig, spool *Spool, ledger Ledger, minters Minte
 	}
 	d := &Deliverer{
 		cfg: cfg, spool: spool, ledger: ledger, minters: minters, log: log, metrics: m,
-		pending:       map[string]bool{},
+		pending:       map[string]*Envelope{},
+		pendingByMID:  map[string]string{},
 		announcing:    map[string]chan struct{}{},
 		linked:        map[string]bool{},
 		announceQ:     make(chan announcement, 4096),
@@ -196,7 +201,7 @@ func (d *Deliverer) Start() error {
 func (d *Deliverer) Submit(env *Envelope, announced bool) {
 	d.mu.Lock()
 	if !announced {
-		d.pending[env.ID] = true
+		d.addPending(env)
 		select {
 		case d.announceQ <- announcement{env: env, due: time.Now().Add(d.announceDelay)}:
 		default: // the worker announces it before its first attempt
@@ -413,7 +418,7 @@ func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, lo
 	}
 	if done {
 		d.mu.Lock()
-		delete(d.pending, env.ID)
+		d.dropPending(env.ID)
 		delete(d.linked, env.ID)
 		d.mu.Unlock()
 	}
@@ -426,21 +431,46 @@ func (d *Deliverer) retryLater(j job, after time.Duration) {
 	d.mu.Unlock()
 }
 
-// announceTimeout bounds the wait for the ledger on the SMTP path.
-const announceTimeout = time.Second
+func pendingKey(account, messageID string) string {
+	return account + "\x00" + strings.Trim(messageID, "<>")
+}
 
-// Announce reports a message just made durable to the ledger, waiting at
-// most announceTimeout, and says whether the ledger has it. The session
-// calls it before its 250; on false, Submit's announcers try again.
-func (d *Deliverer) Announce(env *Envelope) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), announceTimeout)
-	defer cancel()
-	if err := d.ledger.Accepted(ctx, env, nil); err != nil {
-		d.metrics.ledgerErrors.Inc()
-		d.log.Error("ledger: recording accepted message failed; will retry", "queue_id", env.ID, "err", err)
-		return false
+// addPending and dropPending must be called with d.mu held.
+func (d *Deliverer) addPending(env *Envelope) {
+	d.pending[env.ID] = env
+	if env.MessageID != "" {
+		d.pendingByMID[pendingKey(env.Account, env.MessageID)] = env.ID
 	}
-	return true
+}
+
+func (d *Deliverer) dropPending(id string) {
+	env := d.pending[id]
+	if env == nil {
+		return
+	}
+	delete(d.pending, id)
+	if k := pendingKey(env.Account, env.MessageID); d.pendingByMID[k] == id {
+		delete(d.pendingByMID, k)
+	}
+}
+
+// Pending returns a message of account accepted but not yet in the ledger
+// (the ledger hears of it moments after the 250), by queue id or by
+// Message-ID with or without <>. The API answers for such a message from
+// it, so that the app finds a message as soon as it has the queue id and
+// the SMTP path never waits for the ledger. The envelope is shared: the
+// caller must not change it.
+func (d *Deliverer) Pending(account, ref string) (*Envelope, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	env := d.pending[ref]
+	if env == nil {
+		env = d.pending[d.pendingByMID[pendingKey(account, ref)]]
+	}
+	if env == nil || env.Account != account {
+		return nil, false
+	}
+	return env, true
 }
 
 // announceDelayDefault is how long a new message waits for a worker to
@@ -502,7 +532,7 @@ func (d *Deliverer) announcer() {
 func (d *Deliverer) announce(env *Envelope, links []string) bool {
 	for {
 		d.mu.Lock()
-		if !d.pending[env.ID] {
+		if d.pending[env.ID] == nil {
 			d.mu.Unlock()
 			return false
 		}
@@ -519,7 +549,7 @@ func (d *Deliverer) announce(env *Envelope, links []string) bool {
 		d.mu.Lock()
 		delete(d.announcing, env.ID)
 		if err == nil {
-			delete(d.pending, env.ID)
+			d.dropPending(env.ID)
 			if links != nil {
 				d.linked[env.ID] = true
 			}

@@ -275,12 +275,16 @@ func TestHeader_bodyWithoutBlankLine(t *testing.T) {
 	}
 }
 
-// The ledger has the message before the client has its 250, so that the
-// app finds it as soon as it has the queue id; if the ledger fails, the 250
-// goes out all the same and the message is reported later.
-func TestServer_ledgerKnowsTheMessageBefore250(t *testing.T) {
+// Right after its 250 a message can be found: in the ledger, or, until the
+// ledger has it, through Deliverer.Pending (by queue id and Message-ID, for
+// its own account only). A failing ledger never costs the 250.
+func TestServer_messageFoundRightAfter250(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
-	reply, err := h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg))
+	h.ledger.mu.Lock()
+	h.ledger.acceptDelay = 200 * time.Millisecond // the store waits for company
+	h.ledger.mu.Unlock()
+	msg := strings.Replace(crlf(htmlMsg), "Subject:", "Message-ID: <found.1@example.com>\r\nSubject:", 1)
+	reply, err := h.send("alice@example.com", []string{"bob@example.net"}, msg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,11 +292,30 @@ func TestServer_ledgerKnowsTheMessageBefore250(t *testing.T) {
 	h.ledger.mu.Lock()
 	known := h.ledger.accepted[id] != nil
 	h.ledger.mu.Unlock()
-	if !known {
-		t.Error("the ledger did not know the message when the client got its 250")
+	env, pending := h.d.Pending("alice", id)
+	if !known && !pending {
+		t.Fatal("right after the 250 the message is neither in the ledger nor pending")
+	}
+	if pending {
+		if env.ID != id {
+			t.Errorf("Pending by queue id gave %s", env.ID)
+		}
+		for _, ref := range []string{"found.1@example.com", "<found.1@example.com>"} {
+			if e, ok := h.d.Pending("alice", ref); !ok || e.ID != id {
+				t.Errorf("Pending by Message-ID %q: %v %v", ref, e, ok)
+			}
+		}
+		if _, ok := h.d.Pending("mallory", id); ok {
+			t.Error("Pending gave another account's message")
+		}
+	}
+	h.ledger.waitAccepted(t, id)
+	if _, ok := h.d.Pending("alice", id); ok {
+		t.Error("still pending once the ledger has it")
 	}
 
 	h.ledger.mu.Lock()
+	h.ledger.acceptDelay = 0
 	h.ledger.failAccepted = 1
 	h.ledger.mu.Unlock()
 	reply, err = h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg))

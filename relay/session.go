@@ -214,11 +214,10 @@ func (s *session) Data(r io.Reader) error {
 	if err := in.Commit(env); err != nil {
 		return s.fail("spool_error", in.ID(), err)
 	}
-	// The ledger learns of the message before the 250, so that the app
-	// finds it as soon as it has the queue id. The spool is the record that
-	// matters: if the ledger fails or is slow, the 250 goes out all the
-	// same and delivery reports the message later.
-	s.srv.deliver.Submit(env, s.srv.deliver.Announce(env))
+	// The ledger learns of the message off the SMTP path: the spool is the
+	// record that matters. Until it has, the API answers for the message
+	// from the delivery queue (Deliverer.Pending).
+	s.srv.deliver.Submit(env, false)
 	s.srv.metrics.messages.WithLabelValues("accepted", "").Inc()
 	s.srv.metrics.acceptedBytes.Add(float64(env.Size))
 	s.log.Info("accepted", "queue_id", env.ID, "account", acct.Name, "from", env.From,

@@ -79,10 +79,9 @@ type BoltOptions struct {
 	// collector never waits to fill a batch of hits: it commits what has
 	// arrived as soon as the previous commit is done.
 	MaxBatch int
-	// ReportDelay is how long the relay's reports of links and deliveries
-	// (SetLinks, SetDelivery), when no hit is waiting, wait for more writes
-	// to share their commit. PutMessage never waits: the relay reports a
-	// message before its 250. Negative: none.
+	// ReportDelay is how long the relay's reports (PutMessage, SetLinks,
+	// SetDelivery), when no hit is waiting, wait for more writes to share
+	// their commit. Negative: none.
 	ReportDelay time.Duration
 	// MaxEventsPerRecipient is how many events are kept in detail per
 	// recipient copy; later ones only increase its counters, so that a
@@ -430,7 +429,7 @@ func (s *BoltStore) PutMessage(ctx context.Context, m Message) error {
 	if err != nil {
 		return fmt.Errorf("tracker: encode message %s: %w", m.ID, err)
 	}
-	err = s.write(ctx, false, func(tx *bolt.Tx) error {
+	err = s.write(ctx, true, func(tx *bolt.Tx) error {
 		if isErased(tx, m.ID) {
 			return nil
 		}

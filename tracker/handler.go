@@ -65,6 +65,12 @@ type Config struct {
 	// DefaultRecordRate and DefaultRecordBurst; a negative rate, no limit.
 	RecordRate  float64
 	RecordBurst int
+	// Pending, when set, gives a message of account that the relay has
+	// accepted but not yet reported to the store (it does moments after
+	// its 250); ref is as in Store.Lookup. The API answers for such a
+	// message as the store would for one with no events yet, so that the
+	// app finds a message as soon as it has the queue id.
+	Pending func(account, ref string) (*Message, bool)
 	// NoRecord serves hits without recording them. For benchmarks only:
 	// it measures the ceiling a recording server is compared with.
 	NoRecord bool
@@ -504,14 +510,34 @@ func (h *handler) serveMessage(w http.ResponseWriter, r *http.Request, escapedRe
 	view, err := h.store.Lookup(r.Context(), account, ref)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		writeJSONError(w, http.StatusNotFound, "message not found")
-		return
+		m, ok := h.pending(account, ref)
+		if !ok {
+			writeJSONError(w, http.StatusNotFound, "message not found")
+			return
+		}
+		view = pendingView(m)
 	case err != nil:
 		h.log.Error("tracker: lookup", "account", account, "ref", ref, "err", err)
 		writeJSONError(w, http.StatusServiceUnavailable, "store unavailable, try again")
 		return
 	}
 	h.writeJSON(w, r, view)
+}
+
+func (h *handler) pending(account, ref string) (*Message, bool) {
+	if h.cfg.Pending == nil {
+		return nil, false
+	}
+	return h.cfg.Pending(account, ref)
+}
+
+// pendingView is the view of a message the store does not have yet: as
+// the store's would be right after PutMessage.
+func pendingView(m *Message) *MessageView {
+	cp := *m
+	cp.MessageID = trimAngles(cp.MessageID)
+	cp.AcceptedAt = cp.AcceptedAt.UTC()
+	return buildView(&cp, nil, map[int]Delivery{}, nil, map[int]*tally{})
 }
 
 // requireAccount authenticates an API request, answering 401 when it fails.

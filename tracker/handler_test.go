@@ -629,3 +629,44 @@ func TestHit_webmailClientFromReferer(t *testing.T) {
 		t.Errorf("clients %q, want %q", got, want)
 	}
 }
+
+// A message the relay has accepted but not yet reported (Config.Pending)
+// is found by the API, by queue id or Message-ID, in the very form the
+// store gives once it has the message; another account's is still a 404.
+func TestAPI_pendingMessage(t *testing.T) {
+	m := testMessage()
+	m.ID, m.MessageID = "QPENDING1", "<pending.1@mail.example.com>"
+	pending := func(account, ref string) (*Message, bool) {
+		if account == m.Account && (ref == m.ID || strings.Trim(ref, "<>") == strings.Trim(m.MessageID, "<>")) {
+			return &m, true
+		}
+		return nil, false
+	}
+	e := newTestEnv(t, nil, func(c *Config) { c.Pending = pending })
+	get := func(ref, key string) (int, []byte) {
+		resp, body := e.do(t, http.MethodGet, e.srv.URL+"/api/v1/messages/"+url.PathEscape(ref), http.Header{"Authorization": {"Bearer " + key}})
+		return resp.StatusCode, body
+	}
+	code, before := get(m.ID, aliceKey)
+	if code != http.StatusOK {
+		t.Fatalf("pending message by queue id: %d %s", code, before)
+	}
+	for _, ref := range []string{"pending.1@mail.example.com", "<pending.1@mail.example.com>"} {
+		if code, body := get(ref, aliceKey); code != http.StatusOK || !bytes.Equal(body, before) {
+			t.Errorf("pending message by Message-ID %q: %d %s", ref, code, body)
+		}
+	}
+	if code, _ := get(m.ID, bobKey); code != http.StatusNotFound {
+		t.Errorf("another account's pending message: %d, want 404", code)
+	}
+	if code, _ := get("QNOSUCH", aliceKey); code != http.StatusNotFound {
+		t.Errorf("unknown message: %d, want 404", code)
+	}
+	// Once stored, the store answers, in the same form.
+	if err := e.store.PutMessage(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	if code, after := get(m.ID, aliceKey); code != http.StatusOK || !bytes.Equal(after, before) {
+		t.Errorf("stored message differs from its pending view:\npending %s\nstored  %s", before, after)
+	}
+}

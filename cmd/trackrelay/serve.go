@@ -171,6 +171,7 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 		Metrics:       tm,
 		IPMode:        cfg.Tracking.IPMode,
 		Geo:           geo,
+		Pending:       pendingMessages(deliverer),
 	}
 	// Benchmark-only: serve hits without recording them, to measure the
 	// ceiling that bench/tracking.sh compares recording with.

@@ -17,18 +17,7 @@ type storeLedger struct{ store tracker.Store }
 // Accepted puts the message, and its links if given, in two concurrent
 // writes: the store's collector commits them together, with one wait.
 func (l storeLedger) Accepted(ctx context.Context, env *relay.Envelope, links []string) error {
-	m := tracker.Message{
-		ID:         env.ID,
-		MessageID:  env.MessageID,
-		Account:    env.Account,
-		From:       env.From,
-		SubmitIP:   env.SubmitIP,
-		AcceptedAt: env.AcceptedAt,
-		Mode:       env.Mode,
-	}
-	for _, r := range env.Recipients {
-		m.Recipients = append(m.Recipients, tracker.Recipient{Address: r.Address, Tracked: r.Tracked})
-	}
+	m := trackerMessage(env)
 	if links == nil {
 		return l.store.PutMessage(ctx, m)
 	}
@@ -49,6 +38,36 @@ func (l storeLedger) Delivery(ctx context.Context, queueID string, rcpt int, r r
 		LastResponse: r.LastResponse,
 		UpdatedAt:    r.UpdatedAt,
 	})
+}
+
+// trackerMessage is what the tracker keeps of an accepted message.
+func trackerMessage(env *relay.Envelope) tracker.Message {
+	m := tracker.Message{
+		ID:         env.ID,
+		MessageID:  env.MessageID,
+		Account:    env.Account,
+		From:       env.From,
+		SubmitIP:   env.SubmitIP,
+		AcceptedAt: env.AcceptedAt,
+		Mode:       env.Mode,
+	}
+	for _, r := range env.Recipients {
+		m.Recipients = append(m.Recipients, tracker.Recipient{Address: r.Address, Tracked: r.Tracked})
+	}
+	return m
+}
+
+// pendingMessages lets the API answer for a message accepted but not yet
+// in the tracker's store (the relay reports it moments after its 250).
+func pendingMessages(d *relay.Deliverer) func(account, ref string) (*tracker.Message, bool) {
+	return func(account, ref string) (*tracker.Message, bool) {
+		env, ok := d.Pending(account, ref)
+		if !ok {
+			return nil, false
+		}
+		m := trackerMessage(env)
+		return &m, true
+	}
 }
 
 // keyMinters mints each copy's tracking URLs with the tracker's keys.
