@@ -432,7 +432,12 @@ func (d *Deliverer) retryLater(j job, after time.Duration) {
 }
 
 func pendingKey(account, messageID string) string {
-	return account + "\x00" + strings.Trim(messageID, "<>")
+	// Normalised as the tracking store does: spaces, then one pair of <>.
+	messageID = strings.TrimSpace(messageID)
+	if len(messageID) >= 2 && messageID[0] == '<' && messageID[len(messageID)-1] == '>' {
+		messageID = messageID[1 : len(messageID)-1]
+	}
+	return account + "\x00" + messageID
 }
 
 // addPending and dropPending must be called with d.mu held.

@@ -237,11 +237,14 @@ def cmd_smtplib_send(args):
             if args.api and m:
                 # Right away, before QUIT: the app asks as soon as it has
                 # the queue id.
-                status, _, body = api_get(args.api.rstrip("/") + "/api/v1/messages/" + m.group(1), args.key)
-                state = ""
-                if status == 200:
-                    rcpts = json.loads(body).get("recipients") or [{}]
-                    state = (rcpts[0].get("delivery") or {}).get("status", "")
+                try:
+                    status, _, body = api_get(args.api.rstrip("/") + "/api/v1/messages/" + m.group(1), args.key)
+                    state = ""
+                    if status == 200:
+                        rcpts = json.loads(body).get("recipients") or [{}]
+                        state = (rcpts[0].get("delivery") or {}).get("status", "")
+                except (OSError, ValueError) as e:
+                    status, state = 0, "error %r" % e
                 print("API_AT_250 %d %s" % (status, state), flush=True)
             return 0 if code == 250 else 1
     except (smtplib.SMTPException, OSError, ssl.SSLError) as e:

@@ -508,14 +508,13 @@ func (h *handler) serveMessage(w http.ResponseWriter, r *http.Request, escapedRe
 		return
 	}
 	view, err := h.store.Lookup(r.Context(), account, ref)
+	if errors.Is(err, ErrNotFound) && h.cfg.Pending != nil {
+		view, err = h.lookupPending(r.Context(), account, ref)
+	}
 	switch {
 	case errors.Is(err, ErrNotFound):
-		m, ok := h.pending(account, ref)
-		if !ok {
-			writeJSONError(w, http.StatusNotFound, "message not found")
-			return
-		}
-		view = pendingView(m)
+		writeJSONError(w, http.StatusNotFound, "message not found")
+		return
 	case err != nil:
 		h.log.Error("tracker: lookup", "account", account, "ref", ref, "err", err)
 		writeJSONError(w, http.StatusServiceUnavailable, "store unavailable, try again")
@@ -524,11 +523,23 @@ func (h *handler) serveMessage(w http.ResponseWriter, r *http.Request, escapedRe
 	h.writeJSON(w, r, view)
 }
 
-func (h *handler) pending(account, ref string) (*Message, bool) {
-	if h.cfg.Pending == nil {
-		return nil, false
+// lookupPending answers for a message the store did not have: one the
+// relay has accepted and not yet reported (Config.Pending), unless its data
+// was erased. The store may have got it since the first look (the relay
+// drops a message from its pending ones once its commit is visible), so a
+// miss looks in the store again.
+func (h *handler) lookupPending(ctx context.Context, account, ref string) (*MessageView, error) {
+	m, ok := h.cfg.Pending(account, ref)
+	if !ok {
+		return h.store.Lookup(ctx, account, ref)
 	}
-	return h.cfg.Pending(account, ref)
+	switch _, err := h.store.Message(ctx, m.ID); {
+	case errors.Is(err, ErrErased):
+		return nil, ErrNotFound
+	case err == nil:
+		return h.store.Lookup(ctx, account, m.ID)
+	}
+	return pendingView(m), nil
 }
 
 // pendingView is the view of a message the store does not have yet: as
@@ -557,6 +568,16 @@ func (h *handler) requireAccount(w http.ResponseWriter, r *http.Request) (string
 // eraseMessage answers DELETE /api/v1/messages/{ref}: 204 once erased.
 func (h *handler) eraseMessage(w http.ResponseWriter, r *http.Request, account, ref string) {
 	err := h.store.Erase(r.Context(), account, ref)
+	if errors.Is(err, ErrNotFound) && h.cfg.Pending != nil {
+		if m, ok := h.cfg.Pending(account, ref); ok {
+			// Not reported yet: store it, then erase it, so that the
+			// relay's report (a no-op for an erased message) cannot bring
+			// it back.
+			if err = h.store.PutMessage(r.Context(), *m); err == nil {
+				err = h.store.Erase(r.Context(), account, m.ID)
+			}
+		}
+	}
 	switch {
 	case errors.Is(err, ErrNotFound):
 		writeJSONError(w, http.StatusNotFound, "message not found")

@@ -669,4 +669,24 @@ func TestAPI_pendingMessage(t *testing.T) {
 	if code, after := get(m.ID, aliceKey); code != http.StatusOK || !bytes.Equal(after, before) {
 		t.Errorf("stored message differs from its pending view:\npending %s\nstored  %s", before, after)
 	}
+
+	// A pending message can be erased: it stays erased when the relay
+	// reports it, and the pending copy is not shown in its place.
+	m2 := testMessage()
+	m2.ID, m2.MessageID = "QPENDING2", "pending.2@mail.example.com"
+	m = m2
+	if code, _ := get(m.ID, aliceKey); code != http.StatusOK {
+		t.Fatalf("second pending message: %d", code)
+	}
+	if resp, body := e.do(t, http.MethodDelete, e.srv.URL+"/api/v1/messages/"+m.ID, http.Header{"Authorization": {"Bearer " + aliceKey}}); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("DELETE of a pending message: %d %s", resp.StatusCode, body)
+	}
+	if err := e.store.PutMessage(context.Background(), m); err != nil { // the relay's report
+		t.Fatal(err)
+	}
+	for _, ref := range []string{m.ID, m.MessageID} {
+		if code, body := get(ref, aliceKey); code != http.StatusNotFound {
+			t.Errorf("erased pending message by %q: %d %s", ref, code, body)
+		}
+	}
 }
