@@ -345,34 +345,55 @@ func newSinkAt(t *testing.T, addr string) *sink {
 	return s
 }
 
-// The ledger hears of each message once, though its announcers and the
-// worker that delivers the message right away both set out to report it,
-// and the ledger is slow (it waits for company, as the tracking store does).
-func TestDeliverer_announcesEachMessageOnce(t *testing.T) {
+// captureDeliverer returns a deliverer in capture mode on a fresh spool,
+// reporting to ledger, not yet started; the spool closes with the test.
+func captureDeliverer(t *testing.T, ledger Ledger, cfg DeliveryConfig) (*Deliverer, *Spool) {
+	t.Helper()
 	dir := t.TempDir()
 	spool, err := OpenSpool(dir+"/spool", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer spool.Close()
-	ledger := newMemLedger()
-	ledger.acceptDelay = 20 * time.Millisecond
-	d := NewDeliverer(DeliveryConfig{CaptureDir: dir + "/outbox"}, spool, ledger, testMinters{}, nil, nil)
-	// The announcer must not beat the workers here, however slow the
-	// machine: each message's links are to come with it.
-	d.announceDelay = time.Hour
+	t.Cleanup(func() { spool.Close() })
+	cfg.CaptureDir = dir + "/outbox"
+	return NewDeliverer(cfg, spool, ledger, testMinters{}, nil, nil), spool
+}
+
+// startDeliverer starts d and shuts it down with the test.
+func startDeliverer(t *testing.T, d *Deliverer) {
+	t.Helper()
 	if err := d.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer d.Shutdown(context.Background())
+	t.Cleanup(func() { d.Shutdown(context.Background()) })
+}
+
+// enqueueHTML spools htmlMsg for one tracked recipient in state status.
+func enqueueHTML(t *testing.T, spool *Spool, rcpt, status string, next time.Time) *Envelope {
+	t.Helper()
+	env := &Envelope{From: "s@example.com", Mode: "all", AcceptedAt: time.Now().UTC(),
+		Recipients: []Recipient{{Address: rcpt, Tracked: true, Status: status, NextAttempt: next}}}
+	if err := spool.Enqueue(env, []byte(crlf(htmlMsg))); err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+// The ledger hears of each message once, though its announcers and the
+// worker that delivers the message right away both set out to report it,
+// and the ledger is slow (it waits for company, as the tracking store does).
+func TestDeliverer_announcesEachMessageOnce(t *testing.T) {
+	ledger := newMemLedger()
+	ledger.acceptDelay = 20 * time.Millisecond
+	d, spool := captureDeliverer(t, ledger, DeliveryConfig{})
+	// The announcer must not beat the workers here, however slow the
+	// machine: each message's links are to come with it.
+	d.announceDelay = time.Hour
+	startDeliverer(t, d)
 	const n = 20
 	var ids []string
 	for i := range n {
-		env := &Envelope{From: "s@example.com", Mode: "all", AcceptedAt: time.Now().UTC(),
-			Recipients: []Recipient{{Address: fmt.Sprintf("r%d@example.net", i), Tracked: true, Status: StatusQueued}}}
-		if err := spool.Enqueue(env, []byte(crlf(htmlMsg))); err != nil {
-			t.Fatal(err)
-		}
+		env := enqueueHTML(t, spool, fmt.Sprintf("r%d@example.net", i), StatusQueued, time.Time{})
 		d.Submit(env, false)
 		ids = append(ids, env.ID)
 	}
@@ -395,23 +416,10 @@ func TestDeliverer_announcesEachMessageOnce(t *testing.T) {
 // A message whose first attempt does not start soon (its copy is deferred)
 // is announced all the same, by the announcer, after announceDelay.
 func TestDeliverer_announcesMessagesNotAttempted(t *testing.T) {
-	dir := t.TempDir()
-	spool, err := OpenSpool(dir+"/spool", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer spool.Close()
 	ledger := newMemLedger()
-	d := NewDeliverer(DeliveryConfig{CaptureDir: dir + "/outbox"}, spool, ledger, testMinters{}, nil, nil)
-	if err := d.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer d.Shutdown(context.Background())
-	env := &Envelope{From: "s@example.com", Mode: "all", AcceptedAt: time.Now().UTC(),
-		Recipients: []Recipient{{Address: "r@example.net", Tracked: true, Status: StatusDeferred, NextAttempt: time.Now().Add(time.Hour)}}}
-	if err := spool.Enqueue(env, []byte(crlf(htmlMsg))); err != nil {
-		t.Fatal(err)
-	}
+	d, spool := captureDeliverer(t, ledger, DeliveryConfig{})
+	startDeliverer(t, d)
+	env := enqueueHTML(t, spool, "r@example.net", StatusDeferred, time.Now().Add(time.Hour))
 	start := time.Now()
 	d.Submit(env, false)
 	ledger.waitAccepted(t, env.ID)
@@ -445,23 +453,13 @@ func TestDeliverer_announcesMessagesNotAttempted(t *testing.T) {
 // for company) does not hold a worker: one worker delivers copies while the
 // records of the earlier ones are still on their way.
 func TestDeliverer_recordsDoNotHoldWorkers(t *testing.T) {
-	dir := t.TempDir()
-	spool, err := OpenSpool(dir+"/spool", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer spool.Close()
 	ledger := newMemLedger()
 	ledger.deliveryDelay = 300 * time.Millisecond
-	d := NewDeliverer(DeliveryConfig{CaptureDir: dir + "/outbox", Workers: 1}, spool, ledger, testMinters{}, nil, nil)
+	d, spool := captureDeliverer(t, ledger, DeliveryConfig{Workers: 1})
 	const n = 5
 	var ids []string
 	for i := range n {
-		env := &Envelope{From: "s@example.com", Mode: "all", AcceptedAt: time.Now().UTC(),
-			Recipients: []Recipient{{Address: fmt.Sprintf("r%d@example.net", i), Tracked: true, Status: StatusQueued}}}
-		if err := spool.Enqueue(env, []byte(crlf(htmlMsg))); err != nil {
-			t.Fatal(err)
-		}
+		env := enqueueHTML(t, spool, fmt.Sprintf("r%d@example.net", i), StatusQueued, time.Time{})
 		d.Submit(env, true)
 		ids = append(ids, env.ID)
 	}
@@ -539,24 +537,11 @@ func BenchmarkSubmitBacklog(b *testing.B) {
 // gone) still reports the message before the copy's status: a status of
 // an unknown message would reach no feed.
 func TestDeliverer_reportsMessageBeforeItsCopysStatus(t *testing.T) {
-	dir := t.TempDir()
-	spool, err := OpenSpool(dir+"/spool", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer spool.Close()
 	ledger := newMemLedger()
-	d := NewDeliverer(DeliveryConfig{CaptureDir: dir + "/outbox"}, spool, ledger, testMinters{}, nil, nil)
+	d, spool := captureDeliverer(t, ledger, DeliveryConfig{})
 	d.announceDelay = time.Hour
-	if err := d.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer d.Shutdown(context.Background())
-	env := &Envelope{From: "s@example.com", Mode: "all", AcceptedAt: time.Now().UTC(),
-		Recipients: []Recipient{{Address: "r@example.net", Tracked: true, Status: StatusQueued}}}
-	if err := spool.Enqueue(env, []byte(crlf(htmlMsg))); err != nil {
-		t.Fatal(err)
-	}
+	startDeliverer(t, d)
+	env := enqueueHTML(t, spool, "r@example.net", StatusQueued, time.Time{})
 	if err := os.Remove(spool.path(env.ID)); err != nil {
 		t.Fatal(err)
 	}
