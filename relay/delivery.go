@@ -175,7 +175,9 @@ func (d *Deliverer) Start() error {
 			}
 			continue
 		}
-		d.Submit(env, false)
+		// The relay's own notices are not the app's messages: never
+		// reported.
+		d.Submit(env, env.Bounce)
 	}
 	if len(envs) > 0 {
 		d.log.Info("spool loaded", "messages", len(envs))

@@ -553,3 +553,37 @@ func TestDeliverer_reportsMessageBeforeItsCopysStatus(t *testing.T) {
 		t.Errorf("%d copy statuses reported before their message", ledger.statusBeforeAccepted)
 	}
 }
+
+// A notice of the relay's own (a bounce) found in the spool at start is
+// delivered but never reported to the ledger, nor offered to the API.
+func TestDeliverer_bouncesLoadedAtStartAreNotReported(t *testing.T) {
+	ledger := newMemLedger()
+	d, spool := captureDeliverer(t, ledger, DeliveryConfig{})
+	env := &Envelope{Account: "alice", Bounce: true, AcceptedAt: time.Now().UTC(),
+		Recipients: []Recipient{{Address: "s@example.com", Status: StatusQueued}}}
+	if err := spool.Enqueue(env, []byte("Subject: Undelivered Mail\r\n\r\nbounce\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	startDeliverer(t, d)
+	if _, ok := d.Pending("alice", env.ID); ok {
+		t.Error("a bounce is offered to the API")
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		envs, err := spool.Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(envs) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the bounce was not delivered")
+		}
+	}
+	time.Sleep(announceDelayDefault + 50*time.Millisecond) // past the announcer's turn
+	ledger.mu.Lock()
+	defer ledger.mu.Unlock()
+	if n := ledger.acceptedN[env.ID]; n != 0 {
+		t.Errorf("bounce reported to the ledger %d times", n)
+	}
+}
