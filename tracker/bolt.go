@@ -429,7 +429,7 @@ func (s *BoltStore) PutMessage(ctx context.Context, m Message) error {
 	if err != nil {
 		return fmt.Errorf("tracker: encode message %s: %w", m.ID, err)
 	}
-	err = s.write(ctx, true, func(tx *bolt.Tx) error {
+	err = s.write(ctx, func(tx *bolt.Tx) error {
 		if isErased(tx, m.ID) {
 			return nil
 		}
@@ -476,7 +476,7 @@ func (s *BoltStore) SetLinks(ctx context.Context, message string, links []string
 	if err != nil {
 		return fmt.Errorf("tracker: encode links of %s: %w", message, err)
 	}
-	err = s.write(ctx, true, func(tx *bolt.Tx) error {
+	err = s.write(ctx, func(tx *bolt.Tx) error {
 		if isErased(tx, message) {
 			return nil
 		}
@@ -505,7 +505,7 @@ func (s *BoltStore) SetDelivery(ctx context.Context, message string, recipient i
 	in := storedDelivery{Status: d.Status, Attempts: d.Attempts, LastResponse: d.LastResponse, UpdatedAt: d.UpdatedAt.UTC()}
 	key := deliveryKey(message, recipient)
 	outboxed := false // set and read by the collector only
-	err := s.write(ctx, true, func(tx *bolt.Tx) error {
+	err := s.write(ctx, func(tx *bolt.Tx) error {
 		rec := in
 		outboxed = false
 		if isErased(tx, message) {

@@ -407,7 +407,7 @@ func TestBolt_failedWriteSparesItsBatch(t *testing.T) {
 	}()
 	waitQueued(2)
 	boom := errors.New("boom")
-	go func() { errs <- s.write(ctx, false, func(*bolt.Tx) error { return boom }, nil) }()
+	go func() { errs <- s.write(ctx, func(*bolt.Tx) error { return boom }, nil) }()
 	waitQueued(3)
 	close(release)
 	if err := <-first; err != nil {

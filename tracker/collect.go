@@ -48,18 +48,17 @@ func (s *BoltStore) AddEvent(ctx context.Context, e Event) error {
 
 // write runs fn in the collector's group commit, in order with the events,
 // and waits until it is durable. The relay's reports (a message, its links,
-// each delivery) come from many delivery workers at once: sharing the
-// events' commits costs them no wait for company and no fsync of their own.
-// A lazy write alone waits up to ReportDelay for other writes (the next
-// hit, the other workers' reports) before its commit starts, so that a busy
-// relay pays two fdatasyncs for many reports; a hit never waits.
+// each delivery) come from many delivery workers at once and share the
+// events' commits: a write alone waits up to ReportDelay for other writes
+// (the next hit, the other workers' reports) before its commit starts, so
+// that a busy relay pays two fdatasyncs for many reports; a hit never waits.
 // fn may run again after its transaction was rolled back (another write of
 // its batch failed), so it must not change anything outside the
 // transaction: what should follow the commit goes in after, which the
 // collector calls with the commit's outcome, even if the caller stopped
 // waiting.
-func (s *BoltStore) write(ctx context.Context, lazy bool, fn func(*bolt.Tx) error, after func(error)) error {
-	return s.submit(ctx, &eventReq{fn: fn, after: after, lazy: lazy, done: make(chan error, 1)})
+func (s *BoltStore) write(ctx context.Context, fn func(*bolt.Tx) error, after func(error)) error {
+	return s.submit(ctx, &eventReq{fn: fn, after: after, lazy: true, done: make(chan error, 1)})
 }
 
 func (s *BoltStore) submit(ctx context.Context, r *eventReq) error {
