@@ -88,7 +88,22 @@ type limitConn struct {
 	release func()
 
 	timedOut error // the read timeout that ended the session
+
+	// Read-ahead while a client streams: go-smtp reads its connection 4 KiB
+	// at a time, one system call each, which on a large message is most of
+	// the kernel's share of receiving it. Once a read fills the caller's
+	// buffer, reads go through ahead, a pooled 64 KiB buffer held only
+	// until it is drained. Commands, which never fill a read, bypass it.
+	ahead     *[]byte
+	ar, aw    int   // unread bytes of ahead are ahead[ar:aw]
+	aheadErr  error // came with the bytes read ahead; given after them
+	streaming bool  // the last read filled its buffer
 }
+
+// readAheadSize is the most a connection reads from its socket at once.
+const readAheadSize = 64 << 10
+
+var readAheadBufs = sync.Pool{New: func() any { b := make([]byte, readAheadSize); return &b }}
 
 // Read makes a read timeout final. On a timeout bufio hands go-smtp the
 // part of a line read so far as if it were a whole line, and go-smtp resets
@@ -96,9 +111,38 @@ type limitConn struct {
 // fragments run as commands and never be cut. After a timeout every read
 // fails, so the session ends with 421. Reads are never concurrent.
 func (c *limitConn) Read(b []byte) (int, error) {
+	if c.ahead != nil {
+		n := copy(b, (*c.ahead)[c.ar:c.aw])
+		c.ar += n
+		if c.ar < c.aw {
+			return n, nil
+		}
+		readAheadBufs.Put(c.ahead)
+		c.ahead = nil
+		err := c.aheadErr
+		c.aheadErr = nil
+		return n, err
+	}
 	if c.timedOut != nil {
 		return 0, c.timedOut
 	}
+	if !c.streaming || len(b) >= readAheadSize {
+		n, err := c.read(b)
+		c.streaming = n == len(b) && n > 0
+		return n, err
+	}
+	buf := readAheadBufs.Get().(*[]byte)
+	n, err := c.read(*buf)
+	c.streaming = n > len(b) // still more than the caller asks for at a time
+	if n == 0 {
+		readAheadBufs.Put(buf)
+		return 0, err
+	}
+	c.ahead, c.ar, c.aw, c.aheadErr = buf, 0, n, err
+	return c.Read(b)
+}
+
+func (c *limitConn) read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 		c.timedOut = err
