@@ -56,6 +56,13 @@ func TestCorpus(t *testing.T) {
 		if len(m.bad) > 0 {
 			t.Errorf("%s: minter: %v", name, m.bad)
 		}
+		var ref bytes.Buffer
+		lineAtATime = true
+		_, rerr := Message(&ref, bytes.NewReader(in), allOpts(newRecMinter()))
+		lineAtATime = false
+		if rerr != nil || !bytes.Equal(ref.Bytes(), out.Bytes()) {
+			t.Errorf("%s: block copies differ from line copies (%v)", name, rerr)
+		}
 		if !res.Changed {
 			skipped[res.Skipped]++
 			if !bytes.Equal(out.Bytes(), in) {

@@ -36,6 +36,14 @@ func FuzzRewrite(f *testing.F) {
 		if err != nil {
 			return
 		}
+		// Block copies match the line-at-a-time walk byte for byte.
+		var ref bytes.Buffer
+		lineAtATime = true
+		_, rerr := Message(&ref, bytes.NewReader(in), allOpts(newRecMinter()))
+		lineAtATime = false
+		if rerr != nil || !bytes.Equal(ref.Bytes(), out.Bytes()) {
+			t.Fatalf("block copies differ from line copies (%v)", rerr)
+		}
 		if !res.Changed {
 			if !bytes.Equal(out.Bytes(), in) {
 				t.Fatalf("unchanged (%s) but different", res.Skipped)
