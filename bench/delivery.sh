@@ -35,7 +35,9 @@ done
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 
-go build -o "$WORK/trackrelay" ./cmd/trackrelay
+# BIN=/path/to/trackrelay measures that binary instead of building one
+# (to compare builds, e.g. one made with go build -pgo=off).
+if [ -n "${BIN:-}" ]; then cp "$BIN" "$WORK/trackrelay"; else go build -o "$WORK/trackrelay" ./cmd/trackrelay; fi
 SINK_PORT=$(free_port)
 # smtp-sink as root needs -u; -c would print a counter, we count at the relay.
 smtp-sink -u nobody 127.0.0.1:"$SINK_PORT" 256 >/dev/null 2>&1 &

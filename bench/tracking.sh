@@ -32,7 +32,9 @@ command -v "$WRK" >/dev/null || { echo "bench: wrk not found (apt-get install wr
 ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-go build -o "$WORK/trackrelay" ./cmd/trackrelay
+# BIN=/path/to/trackrelay measures that binary instead of building one
+# (to compare builds, e.g. one made with go build -pgo=off).
+if [ -n "${BIN:-}" ]; then cp "$BIN" "$WORK/trackrelay"; else go build -o "$WORK/trackrelay" ./cmd/trackrelay; fi
 
 # write_config NAME: a config for one server, on fresh ports.
 write_config() {
