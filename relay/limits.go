@@ -92,18 +92,44 @@ type limitConn struct {
 	// Read-ahead while a client streams: go-smtp reads its connection 4 KiB
 	// at a time, one system call each, which on a large message is most of
 	// the kernel's share of receiving it. Once a read fills the caller's
-	// buffer, reads go through ahead, a pooled 64 KiB buffer held only
-	// until it is drained. Commands, which never fill a read, bypass it.
+	// buffer, the next reads go through ahead, a pooled 64 KiB buffer given
+	// back when drained, for as long as each fills it. Commands, which never
+	// fill a read, bypass it. A read that waits on the socket may hold the
+	// buffer (a client that stalls just after filling a read), so at most
+	// maxReadAheads are out at once; past that, reads go straight through.
 	ahead     *[]byte
 	ar, aw    int   // unread bytes of ahead are ahead[ar:aw]
 	aheadErr  error // came with the bytes read ahead; given after them
 	streaming bool  // the last read filled its buffer
 }
 
-// readAheadSize is the most a connection reads from its socket at once.
-const readAheadSize = 64 << 10
+// readAheadSize is the most a connection reads from its socket at once;
+// maxReadAheads bounds the memory of read-ahead buffers to 8 MiB.
+const (
+	readAheadSize = 64 << 10
+	maxReadAheads = 128
+)
 
-var readAheadBufs = sync.Pool{New: func() any { b := make([]byte, readAheadSize); return &b }}
+var (
+	readAheadBufs  = sync.Pool{New: func() any { b := make([]byte, readAheadSize); return &b }}
+	readAheadSlots = make(chan struct{}, maxReadAheads)
+)
+
+// getReadAhead returns a read-ahead buffer, or nil when maxReadAheads are
+// out.
+func getReadAhead() *[]byte {
+	select {
+	case readAheadSlots <- struct{}{}:
+		return readAheadBufs.Get().(*[]byte)
+	default:
+		return nil
+	}
+}
+
+func putReadAhead(b *[]byte) {
+	readAheadBufs.Put(b)
+	<-readAheadSlots
+}
 
 // Read makes a read timeout final. On a timeout bufio hands go-smtp the
 // part of a line read so far as if it were a whole line, and go-smtp resets
@@ -117,7 +143,7 @@ func (c *limitConn) Read(b []byte) (int, error) {
 		if c.ar < c.aw {
 			return n, nil
 		}
-		readAheadBufs.Put(c.ahead)
+		putReadAhead(c.ahead)
 		c.ahead = nil
 		err := c.aheadErr
 		c.aheadErr = nil
@@ -126,16 +152,19 @@ func (c *limitConn) Read(b []byte) (int, error) {
 	if c.timedOut != nil {
 		return 0, c.timedOut
 	}
-	if !c.streaming || len(b) >= readAheadSize {
+	var buf *[]byte
+	if c.streaming && len(b) < readAheadSize {
+		buf = getReadAhead()
+	}
+	if buf == nil {
 		n, err := c.read(b)
 		c.streaming = n == len(b) && n > 0
 		return n, err
 	}
-	buf := readAheadBufs.Get().(*[]byte)
 	n, err := c.read(*buf)
-	c.streaming = n > len(b) // still more than the caller asks for at a time
+	c.streaming = n == len(*buf)
 	if n == 0 {
-		readAheadBufs.Put(buf)
+		putReadAhead(buf)
 		return 0, err
 	}
 	c.ahead, c.ar, c.aw, c.aheadErr = buf, 0, n, err

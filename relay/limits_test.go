@@ -26,6 +26,28 @@ func (c *countingConn) Read(b []byte) (int, error) {
 	return c.Conn.Read(b)
 }
 
+// read4K reads r to its end, or n bytes when n > 0, asking for at most
+// 4 KiB a call, as go-smtp's textproto reader fills its buffer.
+func read4K(r io.Reader, n int) ([]byte, error) {
+	var out []byte
+	buf := make([]byte, 4096)
+	for n <= 0 || len(out) < n {
+		want := len(buf)
+		if n > 0 {
+			want = min(want, n-len(out))
+		}
+		k, err := r.Read(buf[:want])
+		out = append(out, buf[:k]...)
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
 // tcpPair is a connected pair of loopback TCP connections.
 func tcpPair(t *testing.T) (client, server net.Conn) {
 	t.Helper()
@@ -77,8 +99,7 @@ func TestLimitConn_readAheadKeepsTheStream(t *testing.T) {
 		client.Close()
 	}()
 
-	br := bufio.NewReaderSize(lc, 4096) // go-smtp's textproto buffer
-	got, err := io.ReadAll(br)
+	got, err := read4K(lc, 0)
 	if err != nil {
 		t.Fatalf("read: %v", err)
 	}
@@ -92,6 +113,84 @@ func TestLimitConn_readAheadKeepsTheStream(t *testing.T) {
 	}
 	if lc.ahead != nil {
 		t.Error("the read-ahead buffer is still held after the stream was drained")
+	}
+}
+
+// blockedConn records the size of the buffer of the socket read under way.
+type blockedConn struct {
+	net.Conn
+	inflight atomic.Int64 // 0 when no read is under way
+}
+
+func (c *blockedConn) Read(b []byte) (int, error) {
+	c.inflight.Store(int64(len(b)))
+	defer c.inflight.Store(0)
+	return c.Conn.Read(b)
+}
+
+// A session that goes quiet after a burst (an idle client after a large
+// message) waits on its socket with the caller's buffer, not a read-ahead
+// one: the last read-ahead did not fill, so streaming ended.
+func TestLimitConn_idleAfterBurstHoldsNoReadAhead(t *testing.T) {
+	client, server := tcpPair(t)
+	bc := &blockedConn{Conn: server}
+	lc := &limitConn{Conn: bc, release: func() {}}
+	burst := bytes.Repeat([]byte(strings.Repeat("x", 70)+"\r\n"), 200) // 14.4 KB
+	client.Write(burst)
+	time.Sleep(50 * time.Millisecond)
+	if _, err := read4K(lc, len(burst)); err != nil {
+		t.Fatal(err)
+	}
+	if lc.ahead != nil {
+		t.Error("the read-ahead buffer is still held after the burst was read")
+	}
+	done := make(chan struct{})
+	go func() { read4K(lc, 1); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for bc.inflight.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if n := bc.inflight.Load(); n >= readAheadSize {
+		t.Errorf("an idle session waits with a %d-byte read-ahead buffer", n)
+	}
+	client.Close()
+	<-done
+}
+
+// Past maxReadAheads buffers out at once (clients that stall just after
+// filling a read), reads go straight to the socket, and still lose nothing.
+func TestLimitConn_readAheadsBounded(t *testing.T) {
+	var held []*[]byte
+	for range maxReadAheads + 1 {
+		b := getReadAhead()
+		if b == nil {
+			break
+		}
+		held = append(held, b)
+	}
+	if len(held) != maxReadAheads {
+		t.Fatalf("%d read-ahead buffers handed out, want %d", len(held), maxReadAheads)
+	}
+	defer func() {
+		for _, b := range held {
+			putReadAhead(b)
+		}
+	}()
+	client, server := tcpPair(t)
+	cc := &countingConn{Conn: server}
+	lc := &limitConn{Conn: cc, release: func() {}}
+	payload := make([]byte, 1<<20)
+	rand.Read(payload)
+	go func() { client.Write(payload); client.Close() }()
+	got, err := read4K(lc, 0)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("stream changed without read-ahead buffers (%d bytes, %v)", len(got), err)
+	}
+	if lc.ahead != nil {
+		t.Error("a read-ahead buffer was used past the bound")
+	}
+	if n := cc.reads.Load(); n < 256 {
+		t.Errorf("%d socket reads for 1 MiB in 4 KiB reads: a read-ahead was used past the bound", n)
 	}
 }
 
