@@ -92,31 +92,8 @@ stop relay
 
 echo "pgo: tracking"
 start track ""
-python3 - "$SMTP_PORT" <<'PY'
-import smtplib, sys
-body = '<html><body><p>Quote: <a href="https://example.com/quote?id=42">view quote</a></p></body></html>'
-msg = ("From: bench@example.com\r\nTo: client@example.net\r\nSubject: pgo\r\n"
-       "MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + body + "\r\n")
-with smtplib.SMTP("127.0.0.1", int(sys.argv[1])) as s:
-    s.sendmail("bench@example.com", ["client@example.net"], msg)
-PY
-for _ in $(seq 100); do
-    ls "$WORK"/track/outbox/*.eml >/dev/null 2>&1 && break
-    sleep 0.1
-done
-EML=$(ls "$WORK"/track/outbox/*.eml | head -1)
-read -r OPEN CLICK < <(python3 - "$EML" <<'PY'
-import email, re, sys
-from email import policy
-m = email.message_from_binary_file(open(sys.argv[1], "rb"), policy=policy.default)
-html = m.get_body(("html",)).get_content()
-o = re.search(r'(https?://[^"\'\s<>]+/o/[^"\'\s<>]+)', html)
-c = re.search(r'(https?://[^"\'\s<>]+/c/[^"\'\s<>]+)', html)
-if not o or not c:
-    sys.exit("pgo: no tracking URLs in the delivered copy")
-print(o.group(1).replace("&amp;", "&"), c.group(1).replace("&amp;", "&"))
-PY
-)
+read -r OPEN CLICK < <(python3 bench/tracking_urls.py "$SMTP_PORT" "$WORK/track/outbox")
+[ -n "$CLICK" ] || exit 1
 for url in "$OPEN" "$CLICK"; do
     wrk -t2 -c256 -d8s "$url" >/dev/null
 done

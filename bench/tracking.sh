@@ -81,32 +81,8 @@ read -r SMTP HTTP_REC < <(write_config rec)
 start rec
 
 # One message through SMTP, delivered to the outbox in capture mode.
-python3 - "$SMTP" <<'PY'
-import smtplib, sys
-body = """<html><body><p>Quote attached: <a href="https://example.com/quote?id=42">view quote</a></p></body></html>"""
-msg = ("From: bench@example.com\r\nTo: client@example.net\r\nSubject: bench\r\n"
-       "MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + body + "\r\n")
-with smtplib.SMTP("127.0.0.1", int(sys.argv[1])) as s:
-    s.sendmail("bench@example.com", ["client@example.net"], msg)
-PY
-for _ in $(seq 100); do
-    ls "$WORK"/rec/outbox/*.eml >/dev/null 2>&1 && break
-    sleep 0.1
-done
-EML=$(ls "$WORK"/rec/outbox/*.eml | head -1)
-read -r OPEN CLICK < <(python3 - "$EML" <<'PY'
-import email, re, sys
-from email import policy
-m = email.message_from_binary_file(open(sys.argv[1], "rb"), policy=policy.default)
-html = m.get_body(("html",)).get_content()
-o = re.search(r'(https?://[^"\'\s<>]+/o/[^"\'\s<>]+)', html)
-c = re.search(r'(https?://[^"\'\s<>]+/c/[^"\'\s<>]+)', html)
-if not o or not c:
-    sys.exit("bench: no tracking URLs in the delivered copy:\n" + html)
-o, c = o.group(1), c.group(1)
-print(o.replace("&amp;", "&"), c.replace("&amp;", "&"))
-PY
-)
+read -r OPEN CLICK < <(python3 bench/tracking_urls.py "$SMTP" "$WORK/rec/outbox")
+[ -n "$CLICK" ] || exit 1
 OPEN_PATH=${OPEN#http://127.0.0.1:$HTTP_REC}
 CLICK_PATH=${CLICK#http://127.0.0.1:$HTTP_REC}
 echo "open:  $OPEN_PATH"
