@@ -304,7 +304,10 @@ func TestAllocsFollowLinks(t *testing.T) {
 	}
 	few, many, linky := allocs(doc(100, 10)), allocs(doc(10000, 10)), allocs(doc(100, 100))
 	t.Logf("allocations: %.0f for 100 blocks and 10 links, %.0f for 10000 blocks, %.0f for 100 links", few, many, linky)
-	if many > few+2 {
+	// A slack of 10: under the race detector sync.Pool drops a share of what
+	// is put back, so a run may allocate its scratch buffers again. Growth
+	// with the markup would be thousands more for 100 times the tags.
+	if many > few+10 {
 		t.Errorf("allocations grow with the markup: %.0f vs %.0f", many, few)
 	}
 	if linky > 10*few {
