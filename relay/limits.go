@@ -96,7 +96,9 @@ type limitConn struct {
 	// back when drained, for as long as each fills it. Commands, which never
 	// fill a read, bypass it. A read that waits on the socket may hold the
 	// buffer (a client that stalls just after filling a read), so at most
-	// maxReadAheads are out at once; past that, reads go straight through.
+	// maxReadAheads such reads wait at once; past that, reads go straight
+	// through. A session that ends before draining its buffer leaves it to
+	// the garbage collector, and no slot taken.
 	ahead     *[]byte
 	ar, aw    int   // unread bytes of ahead are ahead[ar:aw]
 	aheadErr  error // came with the bytes read ahead; given after them
@@ -104,7 +106,7 @@ type limitConn struct {
 }
 
 // readAheadSize is the most a connection reads from its socket at once;
-// maxReadAheads bounds the memory of read-ahead buffers to 8 MiB.
+// maxReadAheads bounds the read-ahead buffers waiting on sockets to 8 MiB.
 const (
 	readAheadSize = 64 << 10
 	maxReadAheads = 128
@@ -115,20 +117,19 @@ var (
 	readAheadSlots = make(chan struct{}, maxReadAheads)
 )
 
-// getReadAhead returns a read-ahead buffer, or nil when maxReadAheads are
-// out.
-func getReadAhead() *[]byte {
+// readAhead reads the socket into a read-ahead buffer. It returns nil
+// when maxReadAheads reads already wait, and the caller reads straight
+// into its own buffer.
+func (c *limitConn) readAhead() (*[]byte, int, error) {
 	select {
 	case readAheadSlots <- struct{}{}:
-		return readAheadBufs.Get().(*[]byte)
 	default:
-		return nil
+		return nil, 0, nil
 	}
-}
-
-func putReadAhead(b *[]byte) {
-	readAheadBufs.Put(b)
+	buf := readAheadBufs.Get().(*[]byte)
+	n, err := c.read(*buf)
 	<-readAheadSlots
+	return buf, n, err
 }
 
 // Read makes a read timeout final. On a timeout bufio hands go-smtp the
@@ -143,7 +144,7 @@ func (c *limitConn) Read(b []byte) (int, error) {
 		if c.ar < c.aw {
 			return n, nil
 		}
-		putReadAhead(c.ahead)
+		readAheadBufs.Put(c.ahead)
 		c.ahead = nil
 		err := c.aheadErr
 		c.aheadErr = nil
@@ -152,23 +153,20 @@ func (c *limitConn) Read(b []byte) (int, error) {
 	if c.timedOut != nil {
 		return 0, c.timedOut
 	}
-	var buf *[]byte
 	if c.streaming && len(b) < readAheadSize {
-		buf = getReadAhead()
+		if buf, n, err := c.readAhead(); buf != nil {
+			c.streaming = n == len(*buf)
+			if n == 0 {
+				readAheadBufs.Put(buf)
+				return 0, err
+			}
+			c.ahead, c.ar, c.aw, c.aheadErr = buf, 0, n, err
+			return c.Read(b)
+		}
 	}
-	if buf == nil {
-		n, err := c.read(b)
-		c.streaming = n == len(b) && n > 0
-		return n, err
-	}
-	n, err := c.read(*buf)
-	c.streaming = n == len(*buf)
-	if n == 0 {
-		putReadAhead(buf)
-		return 0, err
-	}
-	c.ahead, c.ar, c.aw, c.aheadErr = buf, 0, n, err
-	return c.Read(b)
+	n, err := c.read(b)
+	c.streaming = n == len(b) && n > 0
+	return n, err
 }
 
 func (c *limitConn) read(b []byte) (int, error) {

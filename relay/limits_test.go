@@ -157,25 +157,29 @@ func TestLimitConn_idleAfterBurstHoldsNoReadAhead(t *testing.T) {
 	<-done
 }
 
-// Past maxReadAheads buffers out at once (clients that stall just after
-// filling a read), reads go straight to the socket, and still lose nothing.
+// Past maxReadAheads reads waiting at once with a read-ahead buffer (clients
+// that stall just after filling a read), reads go straight to the socket,
+// and still lose nothing.
 func TestLimitConn_readAheadsBounded(t *testing.T) {
-	var held []*[]byte
+	// Take every slot, as maxReadAheads stalled reads would.
+	taken := 0
 	for range maxReadAheads + 1 {
-		b := getReadAhead()
-		if b == nil {
-			break
+		select {
+		case readAheadSlots <- struct{}{}:
+			taken++
+			continue
+		default:
 		}
-		held = append(held, b)
-	}
-	if len(held) != maxReadAheads {
-		t.Fatalf("%d read-ahead buffers handed out, want %d", len(held), maxReadAheads)
+		break
 	}
 	defer func() {
-		for _, b := range held {
-			putReadAhead(b)
+		for range taken {
+			<-readAheadSlots
 		}
 	}()
+	if taken != maxReadAheads {
+		t.Fatalf("%d read-ahead slots free, want %d", taken, maxReadAheads)
+	}
 	client, server := tcpPair(t)
 	cc := &countingConn{Conn: server}
 	lc := &limitConn{Conn: cc, release: func() {}}
@@ -291,5 +295,26 @@ func TestServer_pipelinedAfterLargeMessage(t *testing.T) {
 	}
 	if !sawBig || !sawSmall {
 		t.Errorf("outbox copies not intact: large %v, small %v", sawBig, sawSmall)
+	}
+}
+
+// A session that ends with bytes still read ahead (a client cut off while
+// it streams: a line too long, a message too large) leaves no read-ahead
+// slot taken: slots are held only across a socket read.
+func TestLimitConn_abandonedReadAheadKeepsNoSlot(t *testing.T) {
+	before := len(readAheadSlots)
+	client, server := tcpPair(t)
+	lc := &limitConn{Conn: server, release: func() {}}
+	client.Write(bytes.Repeat([]byte("x"), 200<<10))
+	time.Sleep(50 * time.Millisecond)
+	if _, err := read4K(lc, 8192); err != nil {
+		t.Fatal(err)
+	}
+	if lc.ahead == nil {
+		t.Fatal("the read-ahead was not in use")
+	}
+	lc.Close()
+	if n := len(readAheadSlots); n != before {
+		t.Errorf("%d read-ahead slots taken after the session ended, want %d", n, before)
 	}
 }
