@@ -61,6 +61,8 @@ const (
 	DefaultMaxBatch                 = 1024
 	DefaultLockTimeout              = 5 * time.Second
 	DefaultReportDelay              = 10 * time.Millisecond
+	DefaultMaxCommitDelay           = 2 * time.Millisecond
+	commitSiblings                  = 4 // the last batch's size that means "under load"
 	DefaultMaxEventsPerRecipient    = 100
 	DefaultRetentionInterval        = time.Hour
 	defaultQueueLen                 = 4096
@@ -75,10 +77,14 @@ const (
 
 // BoltOptions tunes a BoltStore. Zero fields take the defaults.
 type BoltOptions struct {
-	// MaxBatch is the most events committed in one transaction. The
-	// collector never waits to fill a batch of hits: it commits what has
-	// arrived as soon as the previous commit is done.
+	// MaxBatch is the most events committed in one transaction.
 	MaxBatch int
+	// MaxCommitDelay bounds how long the collector, under load, waits for
+	// hits to join a batch before it logs them: as long as the last append
+	// took, at most this. It waits only when the last batch had
+	// commitSiblings writes or more, so a lone hit is logged at once.
+	// Negative: never.
+	MaxCommitDelay time.Duration
 	// ReportDelay is how long the relay's reports (PutMessage, SetLinks,
 	// SetDelivery), when no hit is waiting, wait for more writes to share
 	// their commit. Negative: none.
@@ -108,11 +114,12 @@ type BoltOptions struct {
 	}
 }
 
-// BoltStore is the embedded Store, in one bbolt file. Events, and the
-// relay's reports of messages and deliveries, are written by one collector
-// goroutine that commits them in batches (group commit): one transaction
-// and one fsync for all the writes that arrived while the previous batch
-// was being written.
+// BoltStore is the embedded Store, in one bbolt file and its hit log
+// (path + "-wal"). Events, and the relay's reports of messages and
+// deliveries, are taken by one collector goroutine in batches (group
+// commit): the events of a batch are appended to the log with one
+// fdatasync and answered; the applier then commits batches to bbolt in
+// order, events a few times a second and reports at once (see apply).
 type BoltStore struct {
 	db       *bolt.DB
 	opts     BoltOptions
@@ -130,6 +137,15 @@ type BoltStore struct {
 	path     string
 	alloc    int64         // bytes of the file known to be preallocated
 	wake     chan struct{} // an outbox entry was added
+
+	log         *hitLog         // the hit log, appended by the collector
+	applyCh     chan applyBatch // collector -> applier, in order
+	applierDone chan struct{}   // closed when the applier has committed everything
+	kick        chan struct{}   // asks the applier to commit now
+	logged      atomic.Uint64   // last log sequence appended and answered
+	applied     atomic.Uint64   // last log sequence committed to bbolt
+	appliedMu   sync.Mutex      // guards appliedCh
+	appliedCh   chan struct{}   // closed, and replaced, when applied moves
 }
 
 var _ Store = (*BoltStore)(nil)
@@ -148,6 +164,9 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 	if opts.ReportDelay == 0 {
 		opts.ReportDelay = DefaultReportDelay
 	}
+	if opts.MaxCommitDelay == 0 {
+		opts.MaxCommitDelay = DefaultMaxCommitDelay
+	}
 	if opts.MaxEventsPerRecipient <= 0 {
 		opts.MaxEventsPerRecipient = DefaultMaxEventsPerRecipient
 	}
@@ -165,6 +184,7 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 	}
 	var storeID []byte
 	var outboxN int
+	var logApplied uint64
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -182,6 +202,9 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 			}
 		}
 		outboxN = tx.Bucket(bucketOutbox).Stats().KeyN
+		if v := meta.Get(metaLogKey); len(v) == 8 {
+			logApplied = binary.BigEndian.Uint64(v)
+		}
 		return putMark(tx, time.Now())
 	})
 	if err != nil {
@@ -201,8 +224,19 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 		stopped:  make(chan struct{}),
 		wake:     make(chan struct{}, 1),
 		path:     path,
+
+		applyCh:     make(chan applyBatch, applyQueueLen),
+		applierDone: make(chan struct{}),
+		kick:        make(chan struct{}, 1),
+		appliedCh:   make(chan struct{}),
 	}
 	s.preallocate(0)
+	if err := s.openLog(path+"-wal", logApplied); err != nil {
+		if cerr := db.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		return nil, fmt.Errorf("tracker: hit log of %s: %w", path, err)
+	}
 	s.outboxN.Store(int64(outboxN))
 	for _, a := range opts.WebhookAccounts {
 		s.webhooks[a] = true
@@ -211,6 +245,7 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 		m.setOutboxFunc(func() float64 { return float64(s.outboxN.Load()) })
 	}
 	go s.collect()
+	go s.apply()
 	if opts.Retention > 0 {
 		s.bg.Add(1)
 		go s.retentionLoop()
@@ -252,8 +287,9 @@ func (s *BoltStore) Close() error {
 	s.once.Do(func() {
 		close(s.closing)
 		<-s.stopped
+		<-s.applierDone
 		s.bg.Wait()
-		s.closeErr = s.db.Close()
+		s.closeErr = errors.Join(s.db.Close(), s.log.close())
 	})
 	return s.closeErr
 }
@@ -717,6 +753,7 @@ func (s *BoltStore) Lookup(ctx context.Context, account, ref string) (*MessageVi
 		tallies    = map[int]*tally{}
 		events     []Event
 	)
+	s.caughtUp(ctx)
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
 		if rec, err = resolve(tx, account, ref); err != nil {

@@ -541,7 +541,7 @@ func TestBolt_appendedBucketsFillPages(t *testing.T) {
 			}
 			batch = append(batch, &eventReq{ev: e, value: v})
 		}
-		if _, err := s.commit(batch); err != nil {
+		if _, err := s.commit(batch, 0); err != nil {
 			t.Fatal(err)
 		}
 	}

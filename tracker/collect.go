@@ -18,10 +18,29 @@ type eventReq struct {
 	after func(err error)      // run by the collector once fn's commit is over
 	lazy  bool                 // may wait up to ReportDelay for company
 	done  chan error
+	// logged: the event is in the hit log and was answered; the applier
+	// commits it to bbolt without answering again.
+	logged bool
 }
 
+// applyBatch is a batch of the collector's, handed to the applier.
+type applyBatch struct {
+	reqs   []*eventReq
+	logSeq uint64 // the log sequence of its last logged event; 0 if none
+}
+
+const (
+	applyQueueLen = 256  // batches the applier may lag behind
+	applyMax      = 8192 // most writes in one applier transaction
+	applyInterval = 100 * time.Millisecond
+)
+
+// metaLogKey holds, in the meta bucket, the last log sequence in bbolt.
+var metaLogKey = []byte("log")
+
 // AddEvent implements Store: it hands e to the collector and waits until the
-// batch holding it is committed and synced. If ctx ends first, AddEvent
+// batch holding it is durable: appended to the hit log and synced (or, if
+// the log fails, committed to bbolt). If ctx ends first, AddEvent
 // returns ctx's error, though the event may still be committed later.
 //
 // The collector may add evidence that only the sequence of a copy's events
@@ -77,8 +96,8 @@ func (s *BoltStore) submit(ctx context.Context, r *eventReq) error {
 	select {
 	case err := <-r.done:
 		return err
-	case <-s.stopped:
-		// The collector answers everything it took before it stops.
+	case <-s.applierDone:
+		// Everything the collector took is answered before the applier stops.
 		select {
 		case err := <-r.done:
 			return err
@@ -91,16 +110,22 @@ func (s *BoltStore) submit(ctx context.Context, r *eventReq) error {
 }
 
 // collect is the single writer of events. It waits for a first request,
-// takes every other request already queued (up to MaxBatch) without
-// waiting for more, commits them in one transaction and answers every
-// waiter. Requests that arrive during a commit form the next batch, so the
-// batch size follows the load and an idle store commits a lone hit at once.
-// Only a batch of lazy writes alone waits, up to ReportDelay, for a hit or
-// a full batch.
+// takes every other request already queued (up to MaxBatch), appends the
+// events to the hit log, answers them, and hands the batch to the applier.
+// Requests that arrive during an append form the next batch, so the batch
+// size follows the load and an idle store logs a lone hit at once. Under
+// load (the last batch had company), it first waits as long as the last
+// append took, at most MaxCommitDelay, for the hits being served to join:
+// each append costs an fdatasync of CPU whatever its size, and a busy
+// server spends less per hit on bigger batches. Only a batch of lazy
+// writes alone waits, up to ReportDelay, for a hit or a full batch.
 func (s *BoltStore) collect() {
 	defer close(s.stopped)
+	defer close(s.applyCh)
 	batch := make([]*eventReq, 0, s.opts.MaxBatch)
 	var delay *time.Timer
+	var lastBatch int
+	var lastCommit time.Duration
 	for {
 		select {
 		case r := <-s.reqs:
@@ -109,7 +134,11 @@ func (s *BoltStore) collect() {
 			s.drain(batch[:0])
 			return
 		}
+		if lastBatch >= commitSiblings && s.opts.MaxCommitDelay > 0 {
+			time.Sleep(min(lastCommit, s.opts.MaxCommitDelay))
+		}
 		batch = s.gather(batch)
+		lastBatch = len(batch)
 		if s.opts.ReportDelay > 0 && allLazy(batch) && len(batch) < s.opts.MaxBatch {
 			if delay == nil {
 				delay = time.NewTimer(s.opts.ReportDelay)
@@ -133,7 +162,9 @@ func (s *BoltStore) collect() {
 			}
 			delay.Stop()
 		}
-		s.commitAndAnswer(batch)
+		start := time.Now()
+		s.logAndForward(batch)
+		lastCommit = time.Since(start)
 	}
 }
 
@@ -173,41 +204,261 @@ func (s *BoltStore) drain(batch []*eventReq) {
 		if len(batch) == 0 {
 			return
 		}
-		s.commitAndAnswer(batch)
+		s.logAndForward(batch)
 		batch = batch[:0]
 	}
 }
 
-// commitAndAnswer commits batch and answers its waiters. If one request's
-// own write fails, it fails alone and the others are committed again
-// without it; a failure of the commit itself (the disk) fails them all.
-func (s *BoltStore) commitAndAnswer(batch []*eventReq) {
+// logAndForward appends the events of batch to the hit log, answers them,
+// and hands the whole batch, in order, to the applier. The relay's reports
+// (fn writes) are answered by the applier once in bbolt. If the log fails,
+// the applier commits the events too, and answers them then.
+func (s *BoltStore) logAndForward(batch []*eventReq) {
+	reqs := slices.Clone(batch)
+	clear(batch)
+	var seq uint64
+	if slices.ContainsFunc(reqs, func(r *eventReq) bool { return r.fn == nil }) {
+		start := time.Now()
+		var err error
+		if seq, err = s.log.append(reqs); err != nil {
+			seq = 0
+			if s.opts.Logger != nil {
+				s.opts.Logger.Error("tracker: append to the hit log; committing to the store instead", "err", err)
+			}
+		} else {
+			if m := s.opts.Metrics; m != nil {
+				m.logSync.Observe(time.Since(start).Seconds())
+			}
+			s.logged.Store(seq) // before the answers: a read after a response waits for it
+			for _, r := range reqs {
+				if r.fn == nil {
+					r.logged = true
+					r.done <- nil
+				}
+			}
+		}
+	}
+	s.applyCh <- applyBatch{reqs: reqs, logSeq: seq}
+}
+
+// apply is the applier: it commits the collector's batches to bbolt, with
+// the log sequence they reach. Logged events, already durable and
+// answered, wait up to applyInterval for company, so that bbolt's two
+// fdatasyncs per commit are paid a few times a second, not for every batch
+// of hits: on a virtual disk, flushes are what a busy server waits for.
+// The relay's reports, events the log could not take, a read waiting for
+// the hits answered before it, and a log segment waiting to be reused are
+// committed at once. Logged events whose commit fails (the disk) are tried
+// again with the next batch, after a pause; they are in the log meanwhile,
+// and a restart replays them.
+func (s *BoltStore) apply() {
+	defer close(s.applierDone)
+	var retry []*eventReq
+	var retrySeq uint64
+	pause := 50 * time.Millisecond
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		ab, ok := <-s.applyCh
+		if !ok {
+			if len(retry) > 0 {
+				s.commitAndAnswer(retry, retrySeq)
+			}
+			return
+		}
+		reqs, seq := append(retry, ab.reqs...), max(retrySeq, ab.logSeq)
+		urgent := !allLogged(ab.reqs)
+		if !urgent {
+			timer.Reset(applyInterval)
+		}
+	more:
+		for len(reqs) < applyMax {
+			if urgent {
+				select {
+				case ab, ok := <-s.applyCh:
+					if !ok {
+						break more
+					}
+					reqs, seq = append(reqs, ab.reqs...), max(seq, ab.logSeq)
+					continue
+				default:
+					break more
+				}
+			}
+			select {
+			case ab, ok := <-s.applyCh:
+				if !ok {
+					break more
+				}
+				reqs, seq = append(reqs, ab.reqs...), max(seq, ab.logSeq)
+				urgent = !allLogged(ab.reqs)
+			case <-s.kick:
+				urgent = true
+			case <-timer.C:
+				urgent = true
+			}
+		}
+		timer.Stop()
+		retry = s.commitAndAnswer(reqs, seq)
+		retrySeq = 0
+		if len(retry) == 0 {
+			pause = 50 * time.Millisecond
+			continue
+		}
+		retrySeq = seq
+		select {
+		case <-time.After(pause):
+		case <-s.closing:
+		}
+		pause = min(2*pause, 5*time.Second)
+	}
+}
+
+func allLogged(reqs []*eventReq) bool {
+	for _, r := range reqs {
+		if !r.logged {
+			return false
+		}
+	}
+	return true
+}
+
+// hurry asks the applier to commit what it holds now.
+func (s *BoltStore) hurry() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// setApplied records that the log is in bbolt up to seq.
+func (s *BoltStore) setApplied(seq uint64) {
+	s.appliedMu.Lock()
+	defer s.appliedMu.Unlock()
+	if seq <= s.applied.Load() {
+		return
+	}
+	s.applied.Store(seq)
+	close(s.appliedCh)
+	s.appliedCh = make(chan struct{})
+}
+
+// waitApplied hurries the applier and waits until the log is in bbolt up
+// to seq, ctx ends, the applier stops, or max passes.
+func (s *BoltStore) waitApplied(ctx context.Context, seq uint64, max time.Duration) {
+	if s.applied.Load() >= seq {
+		return
+	}
+	s.hurry()
+	timer := time.NewTimer(max)
+	defer timer.Stop()
+	for {
+		s.appliedMu.Lock()
+		ch := s.appliedCh
+		s.appliedMu.Unlock()
+		if s.applied.Load() >= seq {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+			return
+		case <-s.applierDone:
+			return
+		}
+	}
+}
+
+// caughtUp waits, briefly, until every hit answered so far is in bbolt, so
+// that a read shows each hit whose response has been sent.
+func (s *BoltStore) caughtUp(ctx context.Context) {
+	s.waitApplied(ctx, s.logged.Load(), 2*time.Second)
+}
+
+// openLog opens the hit log and commits to bbolt what it holds past
+// applied, which a crash left there.
+func (s *BoltStore) openLog(path string, applied uint64) error {
+	l, recs, err := openHitLog(path, applied)
+	if err != nil {
+		return err
+	}
+	s.log = l
+	l.free = func(seq uint64) bool {
+		s.waitApplied(context.Background(), seq, time.Second)
+		return s.applied.Load() >= seq
+	}
+	for len(recs) > 0 {
+		n := min(len(recs), s.opts.MaxBatch)
+		batch := make([]*eventReq, n)
+		for i := range n {
+			batch[i] = recs[i].req
+		}
+		if _, err := s.commit(batch, recs[n-1].seq); err != nil {
+			l.close()
+			return fmt.Errorf("replay: %w", err)
+		}
+		recs = recs[n:]
+	}
+	s.applied.Store(l.seq)
+	s.logged.Store(l.seq)
+	return nil
+}
+
+// commitAndAnswer commits batch, up to log sequence seq, and answers its
+// waiters. If one request's own write fails, it fails alone and the others
+// are committed again without it; a failure of the commit itself (the
+// disk) fails them all, and the logged events among them, already
+// answered, are returned to be tried again.
+func (s *BoltStore) commitAndAnswer(batch []*eventReq, seq uint64) (retry []*eventReq) {
 	rest := batch
 	for len(rest) > 0 {
-		failed, err := s.commit(rest)
+		failed, err := s.commit(rest, seq)
 		if err != nil && failed >= 0 && len(rest) > 1 {
 			s.answer(rest[failed], err)
 			rest = append(rest[:failed], rest[failed+1:]...)
 			continue
 		}
+		if err != nil && failed < 0 {
+			for _, r := range rest {
+				if r.logged {
+					retry = append(retry, r)
+				}
+			}
+		}
 		for _, r := range rest {
-			s.answer(r, err)
+			if !r.logged || failed >= 0 {
+				s.answer(r, err)
+			}
+		}
+		if err == nil {
+			s.setApplied(seq)
 		}
 		break
 	}
-	clear(batch)
+	return retry
 }
 
+// answer reports the outcome of r's commit. A logged event was answered
+// when it was logged; if its own write fails, it is lost, and logged.
 func (s *BoltStore) answer(r *eventReq, err error) {
 	if r.after != nil {
 		r.after(err)
 	}
-	r.done <- err
+	if !r.logged {
+		r.done <- err
+		return
+	}
+	if err != nil && s.opts.Logger != nil {
+		s.opts.Logger.Error("tracker: logged event not stored", "msg", r.ev.Message, "err", err)
+	}
 }
 
-// commit writes batch in one transaction. When a request's own write
-// fails, failed is its index in batch; otherwise -1.
-func (s *BoltStore) commit(batch []*eventReq) (failed int, err error) {
+// commit writes batch in one transaction, with the log sequence it reaches
+// (0: none). When a request's own write fails, failed is its index in
+// batch; otherwise -1.
+func (s *BoltStore) commit(batch []*eventReq, logSeq uint64) (failed int, err error) {
 	start := time.Now()
 	failed = -1
 	var ct *commitTx
@@ -229,6 +480,12 @@ func (s *BoltStore) commit(batch []*eventReq) (failed int, err error) {
 		}
 		if err := ct.flush(); err != nil {
 			return err
+		}
+		if logSeq > 0 {
+			v := binary.BigEndian.AppendUint64(nil, logSeq)
+			if err := tx.Bucket(bucketMeta).Put(metaLogKey, v); err != nil {
+				return err
+			}
 		}
 		ct.size = tx.Size()
 		return nil

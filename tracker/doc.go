@@ -9,10 +9,13 @@
 // the newest key of a Keyring signs and every key verifies. A click token
 // carries its destination, so a redirect needs no store.
 //
-// A hit is committed to the Store before its response is sent; BoltStore
-// batches concurrent events into one transaction and one fsync (group
-// commit): a lone hit is committed at once, and the hits that arrive during
-// a commit form the next batch. Classification reads message data from an
+// A hit is durable in the Store before its response is sent. BoltStore
+// appends concurrent hits to its hit log (a write-ahead log beside the
+// bbolt file) with one fdatasync per batch (group commit): a lone hit is
+// logged at once, and the hits that arrive during an append form the next
+// batch. An applier commits the log to bbolt a few times a second, in big
+// transactions; reads wait for the hits answered before them, and a
+// restart replays what a crash left in the log. Classification reads message data from an
 // in-memory LRU, so a hit needs no read transaction. The Store interface is
 // the seam for other backends.
 //

@@ -201,6 +201,7 @@ func (s *BoltStore) Feed(ctx context.Context, account, after string, limit int) 
 	if strings.IndexByte(account, 0) >= 0 {
 		return page, nil
 	}
+	s.caughtUp(ctx)
 	err = s.db.View(func(tx *bolt.Tx) error {
 		fr := &feedReader{s: s, tx: tx, msgs: map[string]*storedMessage{}}
 		prefix := prefixKey(account)

@@ -16,6 +16,7 @@ type Metrics struct {
 	eventsLost      prometheus.Counter
 	commitDuration  prometheus.Histogram
 	commitBatch     prometheus.Histogram
+	logSync         prometheus.Histogram
 	eventsDropped   *prometheus.CounterVec
 	reclassified    *prometheus.CounterVec
 	eventsExpired   prometheus.Counter
@@ -88,6 +89,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:      "Number of events written by one store commit.",
 			Buckets:   []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024},
 		}),
+		logSync: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "trackrelay",
+			Subsystem: "store",
+			Name:      "log_sync_duration_seconds",
+			Help:      "Time of one append (write and fdatasync) of a batch of hits to the hit log: what a hit waits for before its response.",
+			Buckets:   []float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, 1},
+		}),
 	}
 	m.eventsDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "trackrelay",
@@ -159,7 +167,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.requestDuration, m.events, m.invalidTokens,
-			m.eventsLost, m.commitDuration, m.commitBatch, m.eventsDropped, m.reclassified,
+			m.eventsLost, m.commitDuration, m.commitBatch, m.logSync, m.eventsDropped, m.reclassified,
 			m.eventsExpired, m.outbox, m.webhookAttempts, m.webhookDuration, m.webhookExpired)
 	}
 	return m

@@ -48,6 +48,7 @@ func (s *BoltStore) retentionLoop() {
 func (s *BoltStore) Sweep(ctx context.Context, now time.Time, retention time.Duration) (int, error) {
 	var evCut, feedCut uint64
 	var markKey []byte
+	s.caughtUp(ctx) // the mark covers every hit answered so far
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if err := putMark(tx, now); err != nil {
 			return err

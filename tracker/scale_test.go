@@ -70,7 +70,7 @@ func BenchmarkStoreScale(b *testing.B) {
 		}
 		batch = append(batch, &eventReq{ev: e, value: val})
 		if len(batch) == cap(batch) || i == ne-1 {
-			if _, err := s.commit(batch); err != nil {
+			if _, err := s.commit(batch, 0); err != nil {
 				b.Fatal(err)
 			}
 			batch = batch[:0]

@@ -1,0 +1,242 @@
+package tracker
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// holdWriter blocks bbolt's writer (so the applier cannot commit) until the
+// returned function is called.
+func holdWriter(t *testing.T, s *BoltStore) (release func()) {
+	t.Helper()
+	hold, done := make(chan struct{}), make(chan struct{})
+	go s.db.Update(func(*bolt.Tx) error { close(hold); <-done; return nil })
+	<-hold
+	return func() { close(done) }
+}
+
+// crashCopy copies the store's files to a new directory as a crash would
+// leave them: the bbolt file as last committed, and the hit log.
+func crashCopy(t *testing.T, s *BoltStore) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range []string{s.path, s.path + "-wal"} {
+		src, err := os.Open(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst, err := os.Create(filepath.Join(dir, filepath.Base(name)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(dst, src); err != nil {
+			t.Fatal(err)
+		}
+		src.Close()
+		if err := dst.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return filepath.Join(dir, filepath.Base(s.path))
+}
+
+// crashAfter adds open events from to to (exclusive) with the applier
+// held, and returns the crash copy taken then.
+func crashAfter(t *testing.T, s *BoltStore, id string, from, to int) string {
+	t.Helper()
+	release := holdWriter(t, s)
+	defer release()
+	for i := from; i < to; i++ {
+		if err := s.AddEvent(context.Background(), openEvent(id, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return crashCopy(t, s)
+}
+
+func openEvent(id string, i int) Event {
+	return Event{Type: EventOpen, At: testAccepted.Add(time.Duration(i) * time.Second), Message: id, Link: -1,
+		IP: fmt.Sprintf("203.0.113.%d", i%250), UserAgent: uaAppleMail, Client: "Apple Mail", Class: ClassHuman,
+		Reasons: []string{ReasonNoMachineSignals}}
+}
+
+func countEvents(t *testing.T, s *BoltStore, id string) (n int, ips map[string]int) {
+	t.Helper()
+	v, err := s.Lookup(context.Background(), "alice", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips = map[string]int{}
+	for _, e := range v.Events {
+		ips[e.IP]++
+	}
+	return len(v.Events), ips
+}
+
+// Hits answered from the log but not yet in bbolt when the process dies
+// are committed when the store opens again, each once.
+func TestHitLog_replaysAfterCrash(t *testing.T) {
+	s := testStore(t, BoltOptions{MaxEventsPerRecipient: 1 << 20})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	for i := range 5 {
+		if err := s.AddEvent(ctx, openEvent(m.ID, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.caughtUp(ctx) // these five are in bbolt
+	path := crashAfter(t, s, m.ID, 5, 205)
+
+	r, err := OpenBolt(path, BoltOptions{MaxEventsPerRecipient: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, ips := countEvents(t, r, m.ID); n != 205 || len(ips) != 205 {
+		t.Fatalf("after replay: %d events, %d distinct", n, len(ips))
+	}
+	// The sequence goes on: more hits, another crash, another replay, and
+	// nothing is applied twice.
+	path2 := crashAfter(t, r, m.ID, 205, 215)
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := OpenBolt(path2, BoltOptions{MaxEventsPerRecipient: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	if n, ips := countEvents(t, r2, m.ID); n != 215 || len(ips) != 215 {
+		t.Fatalf("after the second replay: %d events, %d distinct", n, len(ips))
+	}
+}
+
+// A torn append (the process died during the write) is not replayed, and
+// what precedes it is.
+func TestHitLog_tornTail(t *testing.T) {
+	s := testStore(t, BoltOptions{})
+	m := putTestMessage(t, s)
+	path := crashAfter(t, s, m.ID, 0, 3)
+	end := s.log.off
+	// A fourth record, cut short: its header and half its payload.
+	var rec []byte
+	{
+		l := &hitLog{seg: logSegment}
+		l.f, _ = os.OpenFile(filepath.Join(t.TempDir(), "x"), os.O_RDWR|os.O_CREATE, 0o600)
+		defer l.f.Close()
+		l.seq = 3
+		v, _ := encodeEvent(&storedEvent{Type: EventOpen, At: testAccepted, Link: -1, Class: ClassHuman})
+		if _, err := l.append([]*eventReq{{ev: Event{Message: m.ID}, value: v}}); err != nil {
+			t.Fatal(err)
+		}
+		rec = make([]byte, l.off)
+		l.f.ReadAt(rec, 0)
+	}
+	f, err := os.OpenFile(path+"-wal", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(rec[:len(rec)/2], end); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	r, err := OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if n, _ := countEvents(t, r, m.ID); n != 3 {
+		t.Fatalf("%d events replayed, want 3", n)
+	}
+}
+
+// The log moves between its two segments as they fill, and what a crash
+// leaves across both is replayed in order.
+func TestHitLog_segments(t *testing.T) {
+	defer func(n int64) { logSegment = n }(logSegment)
+	logSegment = 4096 // about 10 records
+	s := testStore(t, BoltOptions{MaxEventsPerRecipient: 1 << 20})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	for i := range 100 {
+		if err := s.AddEvent(ctx, openEvent(m.ID, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, ips := countEvents(t, s, m.ID); n != 100 || len(ips) != 100 {
+		t.Fatalf("%d events, %d distinct", n, len(ips))
+	}
+	if s.log.last[0] == 0 || s.log.last[1] == 0 {
+		t.Fatalf("the log did not use both segments: %v", s.log.last)
+	}
+	if fi, err := os.Stat(s.path + "-wal"); err != nil || fi.Size() > 2*logGrow {
+		t.Fatalf("log file: %v, %v", fi.Size(), err)
+	}
+	// Fill the current segment and spill into the other with the applier
+	// held: the records are replayed from both, in order.
+	path := crashAfter(t, s, m.ID, 100, 115)
+	r, err := OpenBolt(path, BoltOptions{MaxEventsPerRecipient: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	v, err := r.Lookup(ctx, "alice", m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Events) != 115 {
+		t.Fatalf("after replay: %d events", len(v.Events))
+	}
+	for i, e := range v.Events {
+		if !e.At.Equal(openEvent(m.ID, i).At) {
+			t.Fatalf("event %d at %v: out of order", i, e.At)
+		}
+	}
+}
+
+// When the other segment is not yet applied, an append that needs it
+// writes nothing and fails; the store then commits the hits to bbolt
+// itself, and they are answered only once there.
+func TestHitLog_fullFallsBackToCommit(t *testing.T) {
+	l := &hitLog{seg: 1024}
+	var err error
+	if l.f, err = os.OpenFile(filepath.Join(t.TempDir(), "wal"), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer l.f.Close()
+	l.free = func(uint64) bool { return false }
+	v, _ := encodeEvent(&storedEvent{Type: EventOpen, At: testAccepted, Link: -1, Class: ClassHuman, UserAgent: uaAppleMail})
+	var reqs []*eventReq
+	for range 8 {
+		reqs = append(reqs, &eventReq{ev: Event{Message: "Q1A2B3"}, value: v})
+	}
+	l.last[1] = 1 // the other segment holds a record not yet applied
+	if _, err := l.append(reqs); err == nil {
+		t.Fatal("append past the segment succeeded")
+	}
+	if l.off != 0 || l.seq != 0 || l.size != 0 {
+		t.Fatalf("failed append moved the log: off %d seq %d size %d", l.off, l.seq, l.size)
+	}
+
+	s := testStore(t, BoltOptions{})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	s.log.free = func(uint64) bool { return false }
+	if err := s.AddEvent(ctx, openEvent(m.ID, 0)); err != nil {
+		t.Fatal(err)
+	}
+	s.log.seg = s.log.off + 10              // the next record does not fit
+	s.log.last[1-s.log.cur] = s.log.seq + 1 // and the other segment is not applied
+	if err := s.AddEvent(ctx, openEvent(m.ID, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := countEvents(t, s, m.ID); n != 2 {
+		t.Fatalf("%d events", n)
+	}
+}
