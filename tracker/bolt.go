@@ -119,7 +119,7 @@ type BoltOptions struct {
 // deliveries, are taken by one collector goroutine in batches (group
 // commit): the events of a batch are appended to the log with one
 // fdatasync and answered; the applier then commits batches to bbolt in
-// order, events a few times a second and reports at once (see apply).
+// order, events every 20 ms and reports at once (see apply).
 type BoltStore struct {
 	db       *bolt.DB
 	opts     BoltOptions

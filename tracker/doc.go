@@ -13,11 +13,11 @@
 // appends concurrent hits to its hit log (a write-ahead log beside the
 // bbolt file) with one fdatasync per batch (group commit): a lone hit is
 // logged at once, and the hits that arrive during an append form the next
-// batch. An applier commits the log to bbolt a few times a second, in big
+// batch. An applier commits the log to bbolt every 20 ms, in bigger
 // transactions; reads wait for the hits answered before them, and a
-// restart replays what a crash left in the log. Classification reads message data from an
-// in-memory LRU, so a hit needs no read transaction. The Store interface is
-// the seam for other backends.
+// restart replays what a crash left in the log. Classification reads
+// message data from an in-memory LRU, so a hit needs no read transaction.
+// The Store interface is the seam for other backends.
 //
 // Each event carries its class with reasons. Evidence that only a sequence
 // shows (a burst of clicks over several links, a click before any open) is
