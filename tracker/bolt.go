@@ -111,6 +111,7 @@ type BoltOptions struct {
 	// Logger receives background errors (retention); nil discards.
 	Logger interface {
 		Error(msg string, args ...any)
+		Info(msg string, args ...any)
 	}
 }
 

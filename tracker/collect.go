@@ -403,6 +403,9 @@ func (s *BoltStore) openLog(path string, applied uint64) error {
 		}
 		recs = recs[n:]
 	}
+	if n := l.seq - applied; n > 0 && s.opts.Logger != nil {
+		s.opts.Logger.Info("tracker: hits left in the hit log by a crash are now in the store", "hits", n)
+	}
 	s.applied.Store(l.seq)
 	s.logged.Store(l.seq)
 	return nil

@@ -1,11 +1,14 @@
 package tracker
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,9 +97,14 @@ func TestHitLog_replaysAfterCrash(t *testing.T) {
 	s.caughtUp(ctx) // these five are in bbolt
 	path := crashAfter(t, s, m.ID, 5, 205)
 
-	r, err := OpenBolt(path, BoltOptions{MaxEventsPerRecipient: 1 << 20})
+	var logged bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&logged, nil))
+	r, err := OpenBolt(path, BoltOptions{MaxEventsPerRecipient: 1 << 20, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(logged.String(), "hits=200") {
+		t.Errorf("log: %q, want the 200 replayed hits", logged.String())
 	}
 	if n, ips := countEvents(t, r, m.ID); n != 205 || len(ips) != 205 {
 		t.Fatalf("after replay: %d events, %d distinct", n, len(ips))
