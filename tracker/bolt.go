@@ -232,15 +232,16 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 		appliedCh:   make(chan struct{}),
 	}
 	s.preallocate(0)
+	s.outboxN.Store(int64(outboxN))
+	for _, a := range opts.WebhookAccounts {
+		s.webhooks[a] = true
+	}
+	// After the webhooks: replayed hits go to the outbox like live ones.
 	if err := s.openLog(path+"-wal", logApplied); err != nil {
 		if cerr := db.Close(); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
 		return nil, fmt.Errorf("tracker: hit log of %s: %w", path, err)
-	}
-	s.outboxN.Store(int64(outboxN))
-	for _, a := range opts.WebhookAccounts {
-		s.webhooks[a] = true
 	}
 	if m := opts.Metrics; m != nil {
 		m.setOutboxFunc(func() float64 { return float64(s.outboxN.Load()) })

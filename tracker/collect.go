@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -35,6 +36,10 @@ const (
 	applyInterval = 20 * time.Millisecond
 )
 
+// commitFault and syncFault, set by tests only, make a commit or a hit log
+// sync fail as a failing disk would.
+var commitFault, syncFault atomic.Pointer[func() error]
+
 // metaLogKey holds, in the meta bucket, the last log sequence in bbolt.
 var metaLogKey = []byte("log")
 
@@ -52,6 +57,11 @@ var metaLogKey = []byte("log")
 func (s *BoltStore) AddEvent(ctx context.Context, e Event) error {
 	if err := validID(e.Message); err != nil {
 		return err
+	}
+	// Checked here too, not only when applied: an event is answered once
+	// logged, and one the applier would refuse must not be.
+	if e.Recipient < 0 || int64(e.Recipient) > int64(^uint32(0)) {
+		return fmt.Errorf("tracker: invalid recipient %d", e.Recipient)
 	}
 	e.At = e.At.UTC()
 	val, err := encodeEvent(&storedEvent{
@@ -221,7 +231,9 @@ func (s *BoltStore) logAndForward(batch []*eventReq) {
 		start := time.Now()
 		var err error
 		if seq, err = s.log.append(reqs); err != nil {
-			seq = 0
+			// The applier commits these events and answers them. seq, if
+			// not 0, is what they were given in the log: the commit records
+			// it, so that a restart does not replay them too.
 			if s.opts.Logger != nil {
 				s.opts.Logger.Error("tracker: append to the hit log; committing to the store instead", "err", err)
 			}
@@ -260,25 +272,28 @@ func (s *BoltStore) apply() {
 	pause := 50 * time.Millisecond
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	closed := false
 	for {
-		ab, ok := <-s.applyCh
-		if !ok {
-			if len(retry) > 0 {
-				s.commitAndAnswer(retry, retrySeq)
+		// A retry goes at once, with whatever else is waiting; otherwise
+		// the first batch to arrive starts the round.
+		reqs, seq, urgent := retry, retrySeq, true
+		if len(reqs) == 0 {
+			ab, ok := <-s.applyCh
+			if !ok {
+				return
 			}
-			return
+			reqs, seq, urgent = ab.reqs, ab.logSeq, !allLogged(ab.reqs)
 		}
-		reqs, seq := append(retry, ab.reqs...), max(retrySeq, ab.logSeq)
-		urgent := !allLogged(ab.reqs)
 		if !urgent {
 			timer.Reset(applyInterval)
 		}
 	more:
-		for len(reqs) < applyMax {
+		for len(reqs) < applyMax && !closed {
 			if urgent {
 				select {
 				case ab, ok := <-s.applyCh:
 					if !ok {
+						closed = true
 						break more
 					}
 					reqs, seq = append(reqs, ab.reqs...), max(seq, ab.logSeq)
@@ -290,6 +305,7 @@ func (s *BoltStore) apply() {
 			select {
 			case ab, ok := <-s.applyCh:
 				if !ok {
+					closed = true
 					break more
 				}
 				reqs, seq = append(reqs, ab.reqs...), max(seq, ab.logSeq)
@@ -301,8 +317,12 @@ func (s *BoltStore) apply() {
 			}
 		}
 		timer.Stop()
-		retry = s.commitAndAnswer(reqs, seq)
+		retry, _ = s.commitAndAnswer(reqs, seq)
 		retrySeq = 0
+		if closed {
+			// Whatever failed stays in the log; a restart replays it.
+			return
+		}
 		if len(retry) == 0 {
 			pause = 50 * time.Millisecond
 			continue
@@ -396,8 +416,11 @@ func (s *BoltStore) openLog(path string, applied uint64) error {
 		batch := make([]*eventReq, n)
 		for i := range n {
 			batch[i] = recs[i].req
+			batch[i].logged = true // answered before the crash
 		}
-		if _, err := s.commit(batch, recs[n-1].seq); err != nil {
+		// An event whose own write fails is dropped, as it would have been
+		// live; only a failing disk stops the store from opening.
+		if retry, err := s.commitAndAnswer(batch, recs[n-1].seq); len(retry) > 0 {
 			l.close()
 			return fmt.Errorf("replay: %w", err)
 		}
@@ -415,38 +438,47 @@ func (s *BoltStore) openLog(path string, applied uint64) error {
 // waiters. If one request's own write fails, it fails alone and the others
 // are committed again without it; a failure of the commit itself (the
 // disk) fails them all, and the logged events among them, already
-// answered, are returned to be tried again.
-func (s *BoltStore) commitAndAnswer(batch []*eventReq, seq uint64) (retry []*eventReq) {
+// answered, are returned to be tried again, with the commit's error.
+func (s *BoltStore) commitAndAnswer(batch []*eventReq, seq uint64) (retry []*eventReq, err error) {
 	rest := batch
 	for len(rest) > 0 {
 		failed, err := s.commit(rest, seq)
-		if err != nil && failed >= 0 && len(rest) > 1 {
+		if err != nil && failed >= 0 {
 			s.answer(rest[failed], err)
 			rest = append(rest[:failed], rest[failed+1:]...)
 			continue
 		}
-		if err != nil && failed < 0 {
+		if err != nil {
 			for _, r := range rest {
 				if r.logged {
 					retry = append(retry, r)
+				} else {
+					s.answer(r, err)
 				}
 			}
+			return retry, err
 		}
 		for _, r := range rest {
-			if !r.logged || failed >= 0 {
-				s.answer(r, err)
+			if !r.logged {
+				s.answer(r, nil)
 			}
 		}
-		if err == nil {
+		s.setApplied(seq)
+		return nil, nil
+	}
+	// Every write failed alone. The log's sequence is recorded all the
+	// same: reads must not wait for those events, nor a restart replay them.
+	if seq > 0 {
+		if _, err := s.commit(nil, seq); err == nil {
 			s.setApplied(seq)
 		}
-		break
 	}
-	return retry
+	return nil, nil
 }
 
 // answer reports the outcome of r's commit. A logged event was answered
-// when it was logged; if its own write fails, it is lost, and logged.
+// when it was logged; if its own write fails, it is lost: counted and
+// logged.
 func (s *BoltStore) answer(r *eventReq, err error) {
 	if r.after != nil {
 		r.after(err)
@@ -455,7 +487,13 @@ func (s *BoltStore) answer(r *eventReq, err error) {
 		r.done <- err
 		return
 	}
-	if err != nil && s.opts.Logger != nil {
+	if err == nil {
+		return
+	}
+	if m := s.opts.Metrics; m != nil {
+		m.eventsLost.Inc()
+	}
+	if s.opts.Logger != nil {
 		s.opts.Logger.Error("tracker: logged event not stored", "msg", r.ev.Message, "err", err)
 	}
 }
@@ -468,6 +506,11 @@ func (s *BoltStore) commit(batch []*eventReq, logSeq uint64) (failed int, err er
 	failed = -1
 	var ct *commitTx
 	err = s.db.Update(func(tx *bolt.Tx) error {
+		if f := commitFault.Load(); f != nil {
+			if err := (*f)(); err != nil {
+				return err
+			}
+		}
 		ct = &commitTx{s: s, tx: tx, rcpts: map[string]*storedRcpt{}, accts: map[string]string{}, erasedIDs: map[string]bool{}}
 		for i, r := range batch {
 			if r.fn != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"os"
 	"slices"
 )
@@ -50,13 +51,17 @@ var logCRC = crc32.MakeTable(crc32.Castagnoli)
 // OpenBolt.
 type hitLog struct {
 	f    *os.File
-	seg  int64     // segment size
-	cur  int64     // the segment being written: 0 or 1
-	off  int64     // where the next record goes in it
-	last [2]uint64 // sequence of the last record written to each segment
-	size int64     // bytes of the file that exist (records or zeros)
-	seq  uint64    // sequence of the last record appended
+	src  io.ReaderAt // f, read at open
+	seg  int64       // segment size
+	cur  int64       // the segment being written: 0 or 1
+	off  int64       // where the next record goes in it
+	last [2]uint64   // sequence of the last record written to each segment
+	size int64       // bytes of the file that exist (records or zeros)
+	seq  uint64      // sequence of the last record appended
 	buf  []byte
+	// broken: a write or sync failed, after which the file's state is
+	// unknown; the log is not used again until the store reopens.
+	broken bool
 	// free waits, briefly, until the log is applied up to seq, and says
 	// whether it is.
 	free func(seq uint64) bool
@@ -80,7 +85,7 @@ func openHitLog(path string, applied uint64) (*hitLog, []logRecord, error) {
 		f.Close()
 		return nil, nil, err
 	}
-	l := &hitLog{f: f, seg: logSegment, size: fi.Size(), seq: applied}
+	l := &hitLog{f: f, src: f, seg: logSegment, size: fi.Size(), seq: applied}
 	recs, err := l.read(applied)
 	if err != nil {
 		f.Close()
@@ -120,7 +125,7 @@ func (l *hitLog) readSegment(seg int64, applied uint64) ([]logRecord, error) {
 	var hdr [logHeader]byte
 	base := seg * l.seg
 	for off := int64(0); off+logHeader <= l.seg && base+off+logHeader <= l.size; {
-		if _, err := l.f.ReadAt(hdr[:], base+off); err != nil {
+		if _, err := l.src.ReadAt(hdr[:], base+off); err != nil {
 			return nil, err
 		}
 		n := int64(binary.LittleEndian.Uint32(hdr[0:]))
@@ -134,7 +139,7 @@ func (l *hitLog) readSegment(seg int64, applied uint64) ([]logRecord, error) {
 		}
 		rec := make([]byte, 8+n)
 		copy(rec, hdr[8:])
-		if _, err := l.f.ReadAt(rec[8:], base+off+logHeader); err != nil {
+		if _, err := l.src.ReadAt(rec[8:], base+off+logHeader); err != nil {
 			return nil, err
 		}
 		if crc32.Checksum(rec, logCRC) != sum {
@@ -176,10 +181,16 @@ func decodeLogPayload(p []byte) (*eventReq, error) {
 
 // append writes the events of reqs (the requests without fn) as records,
 // moving to the other segment when the current one is full, and syncs
-// them; it returns the sequence of the last one. It writes nothing if it
-// cannot move to the other segment (not yet applied), or if the batch
-// would need a third.
+// them; it returns the sequence of the last one. It writes nothing, and
+// returns 0 and an error, if it cannot move to the other segment (not yet
+// applied), or if the batch would need a third. If a write or the sync
+// fails, the log is broken: append returns the sequence the records were
+// given (never to be used again, and to be recorded by the commit that
+// stores these events instead) with the error, and fails from then on.
 func (l *hitLog) append(reqs []*eventReq) (uint64, error) {
+	if l.broken {
+		return 0, errors.New("hit log unusable since an earlier write failed")
+	}
 	b := l.buf[:0]
 	seq := l.seq
 	cur, off := l.cur, l.off
@@ -219,16 +230,19 @@ func (l *hitLog) append(reqs []*eventReq) (uint64, error) {
 	if split >= 0 {
 		first, rest = b[:split], b[split:]
 	}
-	if err := l.writeAt(first, l.cur*l.seg+l.off); err != nil {
-		return 0, err
+	err := l.writeAt(first, l.cur*l.seg+l.off)
+	if err == nil && rest != nil {
+		err = l.writeAt(rest, cur*l.seg)
 	}
-	if rest != nil {
-		if err := l.writeAt(rest, cur*l.seg); err != nil {
-			return 0, err
-		}
+	if f := syncFault.Load(); err == nil && f != nil {
+		err = (*f)()
 	}
-	if err := fdatasync(l.f); err != nil {
-		return 0, err
+	if err == nil {
+		err = fdatasync(l.f)
+	}
+	if err != nil {
+		l.broken, l.seq = true, seq
+		return seq, err
 	}
 	if split >= 0 {
 		l.last[l.cur] = splitSeq

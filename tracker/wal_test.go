@@ -3,12 +3,14 @@ package tracker
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -274,24 +276,167 @@ func FuzzHitLogRead(f *testing.F) {
 	f.Add(good(7, 2), uint64(7), uint32(0))
 	f.Add(good(0, 2)[:100], uint64(0), uint32(0))
 	f.Fuzz(func(t *testing.T, data []byte, applied uint64, seg uint32) {
-		path := filepath.Join(t.TempDir(), "wal")
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		defer func(n int64) { logSegment = n }(logSegment)
-		logSegment = int64(seg%(1<<16)) + logHeader
-		l, recs, err := openHitLog(path, applied)
+		// In memory: the reader is what is tested, not the file system.
+		l := &hitLog{src: bytes.NewReader(data), size: int64(len(data)), seg: int64(seg%(1<<16)) + logHeader}
+		recs, err := l.read(applied)
 		if err != nil {
 			return // a record that passes its checksum but does not decode
 		}
-		defer l.close()
 		for i, r := range recs {
 			if r.seq != applied+1+uint64(i) {
 				t.Fatalf("record %d has sequence %d after %d", i, r.seq, applied)
 			}
 		}
-		if n := len(recs); n > 0 && l.seq != recs[n-1].seq {
-			t.Fatalf("log sequence %d, last record %d", l.seq, recs[n-1].seq)
-		}
 	})
+}
+
+// fault makes f fail with a disk error while the returned function has not
+// been called.
+func fault(f *atomic.Pointer[func() error]) (stop func()) {
+	fail := func() error { return errors.New("injected disk error") }
+	f.Store(&fail)
+	return func() { f.Store(nil) }
+}
+
+// Replayed hits of an account with a webhook go to its outbox, as live
+// ones do.
+func TestHitLog_replayFeedsWebhooks(t *testing.T) {
+	opts := BoltOptions{WebhookAccounts: []string{"alice"}}
+	s := testStore(t, opts)
+	m := putTestMessage(t, s)
+	path := crashAfter(t, s, m.ID, 0, 3)
+	r, err := OpenBolt(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if n := r.outboxN.Load(); n != 3 {
+		t.Errorf("outbox gauge %d after replaying 3 hits", n)
+	}
+	items, err := r.outboxDue(time.Now().Add(time.Hour), 10)
+	if err != nil || len(items) != 3 {
+		t.Errorf("outbox: %d items, %v", len(items), err)
+	}
+}
+
+// A logged record that the store refuses (here a recipient out of range,
+// which AddEvent would not take) is dropped on replay, as it would have
+// been live: the store opens, reads do not wait for it, and the next start
+// does not replay it again.
+func TestHitLog_replayDropsARefusedRecord(t *testing.T) {
+	s := testStore(t, BoltOptions{})
+	m := putTestMessage(t, s)
+	path := crashCopy(t, s)
+	l, _, err := openHitLog(path+"-wal", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := encodeEvent(&storedEvent{Type: EventOpen, At: testAccepted, Recipient: -1, Link: -1, Class: ClassHuman})
+	l.free = func(uint64) bool { return true }
+	if _, err := l.append([]*eventReq{{ev: Event{Message: m.ID}, value: v}}); err != nil {
+		t.Fatal(err)
+	}
+	l.close()
+	var logged bytes.Buffer
+	opts := BoltOptions{Logger: slog.New(slog.NewTextHandler(&logged, nil))}
+	r, err := OpenBolt(path, opts)
+	if err != nil {
+		t.Fatalf("open with a refused record in the log: %v", err)
+	}
+	if !strings.Contains(logged.String(), "logged event not stored") {
+		t.Errorf("log: %q", logged.String())
+	}
+	start := time.Now()
+	if n, _ := countEvents(t, r, m.ID); n != 0 {
+		t.Errorf("%d events", n)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("a read waited %v for the refused record", d)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	logged.Reset()
+	r, err = OpenBolt(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if strings.Contains(logged.String(), "hits=") || strings.Contains(logged.String(), "not stored") {
+		t.Errorf("the record was replayed again: %q", logged.String())
+	}
+}
+
+// When bbolt fails to commit hits already answered from the log, the
+// applier tries again by itself, with no new traffic, once the disk is
+// back.
+func TestHitLog_applierRetriesAlone(t *testing.T) {
+	s := testStore(t, BoltOptions{})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	stop := fault(&commitFault)
+	defer stop()
+	if err := s.AddEvent(ctx, openEvent(m.ID, 0)); err != nil {
+		t.Fatal(err) // answered: it is in the log
+	}
+	s.hurry()
+	time.Sleep(100 * time.Millisecond) // at least one commit fails
+	stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.applied.Load() < s.logged.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("applied %d, logged %d: the applier did not try again", s.applied.Load(), s.logged.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n, _ := countEvents(t, s, m.ID); n != 1 {
+		t.Fatalf("%d events", n)
+	}
+}
+
+// A failed sync leaves records of unknown state in the log. Their hits are
+// committed to bbolt instead, answered from there, and never replayed
+// again; the log is not used again until the store reopens.
+func TestHitLog_failedSyncIsNotReplayed(t *testing.T) {
+	s := testStore(t, BoltOptions{MaxEventsPerRecipient: 1 << 20})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	for i := range 3 {
+		if err := s.AddEvent(ctx, openEvent(m.ID, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := fault(&syncFault)
+	if err := s.AddEvent(ctx, openEvent(m.ID, 3)); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if !s.log.broken {
+		t.Fatal("the log is still in use after a failed sync")
+	}
+	for i := 4; i < 8; i++ {
+		if err := s.AddEvent(ctx, openEvent(m.ID, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := crashCopy(t, s)
+	r, err := OpenBolt(path, BoltOptions{MaxEventsPerRecipient: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if n, ips := countEvents(t, r, m.ID); n != 8 || len(ips) != 8 {
+		t.Fatalf("%d events, %d distinct, want 8 once each", n, len(ips))
+	}
+	// The reopened log works, and goes on from the sequence the failed
+	// sync used.
+	path = crashAfter(t, r, m.ID, 8, 10)
+	r2, err := OpenBolt(path, BoltOptions{MaxEventsPerRecipient: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	if n, ips := countEvents(t, r2, m.ID); n != 10 || len(ips) != 10 {
+		t.Fatalf("after the second crash: %d events, %d distinct", n, len(ips))
+	}
 }
