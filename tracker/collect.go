@@ -45,7 +45,8 @@ var metaLogKey = []byte("log")
 
 // AddEvent implements Store: it hands e to the collector and waits until the
 // batch holding it is durable: appended to the hit log and synced (or, if
-// the log fails, committed to bbolt). If ctx ends first, AddEvent
+// the log fails, committed to bbolt). The store keeps e's slices (Reasons)
+// until it is committed to bbolt: the caller must not change them. If ctx ends first, AddEvent
 // returns ctx's error, though the event may still be committed later.
 //
 // The collector may add evidence that only the sequence of a copy's events

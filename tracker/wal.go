@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 )
 
@@ -76,9 +78,18 @@ type logRecord struct {
 // openHitLog opens (creating if needed) the log at path and returns the
 // records after applied, in order.
 func openHitLog(path string, applied uint64) (*hitLog, []logRecord, error) {
+	_, err := os.Stat(path)
+	created := errors.Is(err, fs.ErrNotExist)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, nil, err
+	}
+	if created {
+		// The new name must survive a power loss as the records will.
+		if err := syncDir(filepath.Dir(path)); err != nil {
+			f.Close()
+			return nil, nil, err
+		}
 	}
 	fi, err := f.Stat()
 	if err != nil {
@@ -287,3 +298,15 @@ func (l *hitLog) grow(end int64) error {
 }
 
 func (l *hitLog) close() error { return l.f.Close() }
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
