@@ -108,7 +108,9 @@ type BoltOptions struct {
 	// LockTimeout bounds the wait for the database file lock, held by any
 	// other process that has the file open.
 	LockTimeout time.Duration
-	// Logger receives background errors (retention); nil discards.
+	// Logger receives background errors (retention, the hit log, events
+	// lost after they were answered) and, at info level, how many hits a
+	// start replayed from the hit log; nil discards.
 	Logger interface {
 		Error(msg string, args ...any)
 		Info(msg string, args ...any)

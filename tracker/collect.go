@@ -46,8 +46,9 @@ var metaLogKey = []byte("log")
 // AddEvent implements Store: it hands e to the collector and waits until the
 // batch holding it is durable: appended to the hit log and synced (or, if
 // the log fails, committed to bbolt). The store keeps e's slices (Reasons)
-// until it is committed to bbolt: the caller must not change them. If ctx ends first, AddEvent
-// returns ctx's error, though the event may still be committed later.
+// until it is committed to bbolt: the caller must not change them. If ctx
+// ends first, AddEvent returns ctx's error, though the event may still be
+// committed later.
 //
 // The collector may add evidence that only the sequence of a copy's events
 // shows (a burst of clicks on several links; whether an open came before a
@@ -289,33 +290,33 @@ func (s *BoltStore) apply() {
 			timer.Reset(applyInterval)
 		}
 	more:
-		for len(reqs) < applyMax && !closed {
+		for len(reqs) < applyMax {
+			var ab applyBatch
+			var ok bool
 			if urgent {
+				// Only what is already waiting.
 				select {
-				case ab, ok := <-s.applyCh:
-					if !ok {
-						closed = true
-						break more
-					}
-					reqs, seq = append(reqs, ab.reqs...), max(seq, ab.logSeq)
-					continue
+				case ab, ok = <-s.applyCh:
 				default:
 					break more
 				}
-			}
-			select {
-			case ab, ok := <-s.applyCh:
-				if !ok {
-					closed = true
-					break more
+			} else {
+				select {
+				case ab, ok = <-s.applyCh:
+				case <-s.kick:
+					urgent = true
+					continue
+				case <-timer.C:
+					urgent = true
+					continue
 				}
-				reqs, seq = append(reqs, ab.reqs...), max(seq, ab.logSeq)
-				urgent = !allLogged(ab.reqs)
-			case <-s.kick:
-				urgent = true
-			case <-timer.C:
-				urgent = true
 			}
+			if !ok {
+				closed = true
+				break
+			}
+			reqs, seq = append(reqs, ab.reqs...), max(seq, ab.logSeq)
+			urgent = urgent || !allLogged(ab.reqs)
 		}
 		timer.Stop()
 		retry, _ = s.commitAndAnswer(reqs, seq)
