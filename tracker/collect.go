@@ -98,12 +98,18 @@ func (s *BoltStore) submit(ctx context.Context, r *eventReq) error {
 		return ErrClosed
 	default:
 	}
+	// The queue mostly has room: a send that cannot wait costs no locks
+	// on the shared closing and deadline channels.
 	select {
 	case s.reqs <- r:
-	case <-s.closing:
-		return ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
+	default:
+		select {
+		case s.reqs <- r:
+		case <-s.closing:
+			return ErrClosed
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	select {
 	case err := <-r.done:

@@ -49,7 +49,8 @@ type Config struct {
 	Metrics *Metrics
 	// StoreTimeout bounds the time a hit waits for the store before the
 	// pixel or redirect is served anyway (the event then counts as lost).
-	// Zero means DefaultStoreTimeout.
+	// Hits arriving close together share one deadline, so a hit may wait
+	// up to half as long again. Zero means DefaultStoreTimeout.
 	StoreTimeout time.Duration
 	// IPMode is what is kept of a client's IP address: IPFull (default),
 	// IPTruncate (the /24 of IPv4, the /48 of IPv6) or IPNone.
@@ -130,6 +131,7 @@ type handler struct {
 	trusted  []netip.Prefix
 	now      func() time.Time
 	limiter  *recordLimiter // nil: no limit
+	deadline *storeDeadlines
 }
 
 // NewHandler returns the tracker's HTTP handler. It serves
@@ -161,6 +163,7 @@ func NewHandler(cfg Config, keys *Keyring, store Store) http.Handler {
 	if h.cfg.StoreTimeout <= 0 {
 		h.cfg.StoreTimeout = DefaultStoreTimeout
 	}
+	h.deadline = newStoreDeadlines(h.cfg.StoreTimeout)
 	for _, p := range cfg.TrustedProxies {
 		if p.Addr().Is4In6() {
 			p = netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0))
@@ -326,11 +329,11 @@ func (h *handler) serveHit(w http.ResponseWriter, r *http.Request, kind Kind, to
 }
 
 // record classifies the hit of a verified token and commits it to the store,
-// waiting at most StoreTimeout. Failures are counted and logged, never
+// waiting StoreTimeout (up to 1.5×StoreTimeout) at most. Failures are counted and logged, never
 // returned: the hit is served regardless.
 func (h *handler) record(r *http.Request, t Token) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.cfg.StoreTimeout)
-	defer cancel()
+	// Not r's context: a hit whose client went away is recorded all the same.
+	ctx := h.deadline.context()
 	at := h.now().UTC()
 	ip := clientIP(r, h.trusted)
 	if !h.cfg.NoRecord && !h.limiter.allow(ip, time.Now()) {
@@ -392,7 +395,7 @@ func (h *handler) record(r *http.Request, t Token) {
 		h.log.Error("tracker: event lost", "msg", t.Message, "rcpt", t.Recipient, "type", typ, "err", err)
 		return
 	}
-	h.metrics.events.WithLabelValues(typ, v.class).Inc()
+	h.metrics.eventRecorded(typ, v.class)
 }
 
 // redirectTarget returns the Location for a signed destination, or false if

@@ -12,6 +12,7 @@ type Metrics struct {
 	requests        *prometheus.CounterVec
 	requestDuration *prometheus.HistogramVec
 	events          *prometheus.CounterVec
+	eventsByLabel   map[[2]string]prometheus.Counter // events' children, looked up once
 	invalidTokens   prometheus.Counter
 	eventsLost      prometheus.Counter
 	commitDuration  prometheus.Histogram
@@ -25,6 +26,15 @@ type Metrics struct {
 	webhookAttempts *prometheus.CounterVec
 	webhookDuration prometheus.Histogram
 	webhookExpired  prometheus.Counter
+}
+
+// eventRecorded counts a recorded event of type typ and class class.
+func (m *Metrics) eventRecorded(typ, class string) {
+	if c, ok := m.eventsByLabel[[2]string{typ, class}]; ok {
+		c.Inc()
+		return
+	}
+	m.events.WithLabelValues(typ, class).Inc()
 }
 
 func (m *Metrics) setOutboxFunc(f func() float64) { m.outboxFn.Store(&f) }
@@ -160,9 +170,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}
 		m.requestDuration.WithLabelValues(h)
 	}
+	m.eventsByLabel = make(map[[2]string]prometheus.Counter)
 	for _, typ := range []string{EventOpen, EventClick} {
 		for _, c := range []string{ClassHuman, ClassProxy, ClassPrefetch, ClassScanner, ClassSelf} {
-			m.events.WithLabelValues(typ, c)
+			m.eventsByLabel[[2]string{typ, c}] = m.events.WithLabelValues(typ, c)
 		}
 	}
 	if reg != nil {
