@@ -80,8 +80,8 @@ type BoltOptions struct {
 	// MaxBatch is the most events committed in one transaction.
 	MaxBatch int
 	// MaxCommitDelay bounds how long the collector, under load, waits for
-	// hits to join a batch before it logs them: as long as the last append
-	// took, at most this. It waits only when the last batch had
+	// hits to join a batch before it logs them: twice as long as the last
+	// append took, at most this. It waits only when the last batch had
 	// commitSiblings writes or more, so a lone hit is logged at once.
 	// Negative: never.
 	MaxCommitDelay time.Duration

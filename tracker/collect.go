@@ -132,9 +132,9 @@ func (s *BoltStore) submit(ctx context.Context, r *eventReq) error {
 // events to the hit log, answers them, and hands the batch to the applier.
 // Requests that arrive during an append form the next batch, so the batch
 // size follows the load and an idle store logs a lone hit at once. Under
-// load (the last batch had company), it first waits as long as the last
-// append took, at most MaxCommitDelay, for the hits being served to join:
-// each append costs an fdatasync of CPU whatever its size, and a busy
+// load (the last batch had company), it first waits twice as long as the
+// last append took, at most MaxCommitDelay, for the hits being served to
+// join: each append costs an fdatasync of CPU whatever its size, and a busy
 // server spends less per hit on bigger batches. Only a batch of lazy
 // writes alone waits, up to ReportDelay, for a hit or a full batch.
 func (s *BoltStore) collect() {
@@ -153,7 +153,7 @@ func (s *BoltStore) collect() {
 			return
 		}
 		if lastBatch >= commitSiblings && s.opts.MaxCommitDelay > 0 {
-			time.Sleep(min(lastCommit, s.opts.MaxCommitDelay))
+			time.Sleep(min(2*lastCommit, s.opts.MaxCommitDelay))
 		}
 		batch = s.gather(batch)
 		lastBatch = len(batch)
