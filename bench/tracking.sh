@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Tracking benchmark of the built binary on loopback, with Debian's wrk:
 # one message goes through trackrelay in capture mode to mint real /o/ and
-# /c/ URLs; then wrk (2 threads, 10 s) hits each at 64, 256 and 1024
-# connections, against the binary recording every hit (each committed and
-# fsynced before its response) and against the same binary with recording
-# disabled (TRACKRELAY_BENCH_NO_RECORD=1, a benchmark-only switch) as the
-# ceiling. Both servers run side by side on copies of one data dir and are
-# measured in turns.
+# /c/ URLs; then wrk (2 threads) hits each at 64, 256 and 1024 connections,
+# against the binary recording every hit (each committed and fsynced before
+# its response) and against the same binary with recording disabled
+# (TRACKRELAY_BENCH_NO_RECORD=1, a benchmark-only switch) as the ceiling.
+# Both servers run side by side on copies of one data dir. Each cell takes
+# ROUNDS turns (ceiling, then recording, DURATION each) and reports the
+# medians, and the median and range of the rounds' paired ratios: on a
+# shared machine one pair of runs can be 10 points off either way.
 #
-#   bash bench/tracking.sh [DURATION]      (default 10s)
+#   bash bench/tracking.sh [DURATION]      (default 5s; ROUNDS=3)
 #
 # Needs wrk (apt-get install wrk), curl and python3. Every hit is kept as a
 # detailed event (max_events_per_recipient is set very high), the worst
@@ -16,7 +18,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-DURATION=${1:-10s}
+DURATION=${1:-5s}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-"64 256 1024"}
 WRK=${WRK:-/usr/bin/wrk}
 WORK=$(mktemp -d /tmp/trackrelay-trackbench.XXXXXX)
@@ -115,15 +118,26 @@ run() {
 "$WRK" -t2 -c64 -d2s "http://127.0.0.1:$HTTP_NOREC$OPEN_PATH" >/dev/null
 
 echo "bench: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) before the runs"
-printf '\n%-6s %6s | %12s %9s | %12s %9s | %6s\n' path conns "ceiling r/s" "p99 ms" "record r/s" "p99 ms" ratio
+printf '\n%-6s %6s | %12s %9s | %12s %9s | %6s %10s\n' path conns "ceiling r/s" "p99 ms" "record r/s" "p99 ms" ratio "(range)"
 for p in open click; do
     path=$OPEN_PATH; [ "$p" = click ] && path=$CLICK_PATH
     for c in $CONNS; do
-        read -r crps cp99 cbad < <(run "$HTTP_NOREC" "$path" "$c")
-        read -r rrps rp99 rbad < <(run "$HTTP_REC" "$path" "$c")
-        ratio=$(python3 -c "print(f'{$rrps/$crps*100:.0f}%' if $crps else '-')")
-        printf '%-6s %6s | %12s %9s | %12s %9s | %6s\n' "/${p:0:1}/" "$c" "$crps" "$cp99" "$rrps" "$rp99" "$ratio"
-        if [ "$cbad$rbad" != "00" ]; then echo "  (unexpected status codes: ceiling $cbad, recording $rbad)"; fi
+        rounds=()
+        for _ in $(seq "$ROUNDS"); do
+            read -r crps cp99 cbad < <(run "$HTTP_NOREC" "$path" "$c")
+            read -r rrps rp99 rbad < <(run "$HTTP_REC" "$path" "$c")
+            rounds+=("$crps $cp99 $rrps $rp99")
+            if [ "$cbad$rbad" != "00" ]; then echo "  (unexpected status codes: ceiling $cbad, recording $rbad)"; fi
+        done
+        printf '%s\n' "${rounds[@]}" | python3 -c '
+import statistics as st, sys
+r = [list(map(float, l.split())) for l in sys.stdin]
+med = lambda i: st.median(x[i] for x in r)
+ratios = [x[2] / x[0] * 100 for x in r if x[0]]
+rng = "%.0f-%.0f%%" % (min(ratios), max(ratios)) if ratios else "-"
+print("%-6s %6s | %12.0f %9.2f | %12.0f %9.2f | %5.0f%% %10s" % (sys.argv[1], sys.argv[2],
+      med(0), med(1), med(2), med(3), st.median(ratios) if ratios else 0, rng))
+' "/${p:0:1}/" "$c"
     done
 done
 echo
