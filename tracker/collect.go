@@ -237,13 +237,19 @@ func (s *BoltStore) logAndForward(batch []*eventReq) {
 	var seq uint64
 	if slices.ContainsFunc(reqs, func(r *eventReq) bool { return r.fn == nil }) {
 		start := time.Now()
+		wasBroken := s.log.broken
 		var err error
 		if seq, err = s.log.append(reqs); err != nil {
 			// The applier commits these events and answers them. seq, if
 			// not 0, is what they were given in the log: the commit records
-			// it, so that a restart does not replay them too.
-			if s.opts.Logger != nil {
-				s.opts.Logger.Error("tracker: append to the hit log; committing to the store instead", "err", err)
+			// it, so that a restart does not replay them too. A broken log
+			// is reported once, not for every batch after it.
+			if s.opts.Logger != nil && !wasBroken {
+				msg := "tracker: append to the hit log; committing to the store instead"
+				if s.log.broken {
+					msg = "tracker: hit log failed; hits are committed to the store directly until trackrelay restarts"
+				}
+				s.opts.Logger.Error(msg, "err", err)
 			}
 		} else {
 			if m := s.opts.Metrics; m != nil {
@@ -374,13 +380,13 @@ func (s *BoltStore) setApplied(seq uint64) {
 }
 
 // waitApplied hurries the applier and waits until the log is in bbolt up
-// to seq, ctx ends, the applier stops, or max passes.
-func (s *BoltStore) waitApplied(ctx context.Context, seq uint64, max time.Duration) {
+// to seq, ctx ends, the applier stops, or limit passes.
+func (s *BoltStore) waitApplied(ctx context.Context, seq uint64, limit time.Duration) {
 	if s.applied.Load() >= seq {
 		return
 	}
 	s.hurry()
-	timer := time.NewTimer(max)
+	timer := time.NewTimer(limit)
 	defer timer.Stop()
 	for {
 		s.appliedMu.Lock()

@@ -329,8 +329,8 @@ func (h *handler) serveHit(w http.ResponseWriter, r *http.Request, kind Kind, to
 }
 
 // record classifies the hit of a verified token and commits it to the store,
-// waiting StoreTimeout (up to 1.5×StoreTimeout) at most. Failures are counted and logged, never
-// returned: the hit is served regardless.
+// waiting StoreTimeout (up to 1.5×StoreTimeout) at most. Failures are
+// counted and logged, never returned: the hit is served regardless.
 func (h *handler) record(r *http.Request, t Token) {
 	// Not r's context: a hit whose client went away is recorded all the same.
 	ctx := h.deadline.context()

@@ -398,7 +398,8 @@ func TestHitLog_applierRetriesAlone(t *testing.T) {
 // committed to bbolt instead, answered from there, and never replayed
 // again; the log is not used again until the store reopens.
 func TestHitLog_failedSyncIsNotReplayed(t *testing.T) {
-	s := testStore(t, BoltOptions{MaxEventsPerRecipient: 1 << 20})
+	var logged bytes.Buffer
+	s := testStore(t, BoltOptions{MaxEventsPerRecipient: 1 << 20, Logger: slog.New(slog.NewTextHandler(&logged, nil))})
 	ctx := context.Background()
 	m := putTestMessage(t, s)
 	for i := range 3 {
@@ -418,6 +419,10 @@ func TestHitLog_failedSyncIsNotReplayed(t *testing.T) {
 		if err := s.AddEvent(ctx, openEvent(m.ID, i)); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// Said once, not for each of the batches that followed.
+	if n := strings.Count(logged.String(), "level=ERROR"); n != 1 || !strings.Contains(logged.String(), "until trackrelay restarts") {
+		t.Errorf("%d error lines, want 1 saying the log is given up: %q", n, logged.String())
 	}
 	path := crashCopy(t, s)
 	r, err := OpenBolt(path, BoltOptions{MaxEventsPerRecipient: 1 << 20})
