@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/trackrelay/trackrelay/internal/guard"
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/tracker"
 	"github.com/trackrelay/trackrelay/tracker/geoip"
@@ -113,7 +114,7 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 	}
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), guard.Panics)
 	tm := tracker.NewMetrics(reg)
 	rm := relay.NewMetrics(reg)
 
