@@ -25,7 +25,8 @@ import (
 //	links       queue id                        -> JSON []string
 //	deliveries  queue id NUL uint32 recipient   -> JSON storedDelivery
 //	events      queue id NUL uint64 sequence    -> JSON storedEvent
-//	recipients  queue id NUL uint32 recipient   -> JSON storedRcpt (counters, recent clicks)
+//	recipients  queue id NUL uint32 recipient   -> JSON storedRcpt (counters, clicks past the cap)
+//	clicks      queue id NUL uint32 recipient, uint64 time, uint64 event sequence -> link, burst (clicks.go)
 //	feed        account NUL uint64 sequence     -> JSON storedFeedEntry
 //	msgfeed     queue id NUL uint64 feed seq    -> account (delivery entries, for Erase)
 //	outbox      uint64 due unix ns, uint64 feed seq -> JSON storedOutbox
@@ -42,6 +43,7 @@ var (
 	bucketDeliveries = []byte("deliveries")
 	bucketEvents     = []byte("events")
 	bucketRecipients = []byte("recipients")
+	bucketClicks     = []byte("clicks")
 	bucketFeed       = []byte("feed")
 	bucketMsgFeed    = []byte("msgfeed")
 	bucketOutbox     = []byte("outbox")
@@ -50,7 +52,7 @@ var (
 	bucketMeta       = []byte("meta")
 
 	allBuckets = [][]byte{bucketMessages, bucketMsgIDs, bucketLinks, bucketDeliveries, bucketEvents,
-		bucketRecipients, bucketFeed, bucketMsgFeed, bucketOutbox, bucketErased, bucketMarks, bucketMeta}
+		bucketRecipients, bucketClicks, bucketFeed, bucketMsgFeed, bucketOutbox, bucketErased, bucketMarks, bucketMeta}
 )
 
 // maxIDLen bounds queue ids and Message-IDs used as keys.
@@ -68,7 +70,6 @@ const (
 	defaultQueueLen                 = 4096
 	retentionChunk                  = 2000
 	retentionScan                   = 50000
-	maxRecentClicks                 = 16
 	reasonClickBeforeOpen           = "click-before-open"
 	reasonOpenedBeforeClick         = "opened-before-click"
 	feedKindOpen, feedKindClick     = EventOpen, EventClick
@@ -339,20 +340,13 @@ type storedEvent struct {
 
 // storedRcpt is the running state of one recipient's copy: how many events
 // are kept in detail, the counters of those that are not (over the cap, or
-// expired), and its recent clicks, for burst detection.
+// expired), and its latest clicks past the cap, for burst detection (the
+// clicks kept in detail are in the clicks bucket).
 type storedRcpt struct {
-	Kept   int           `json:"k,omitempty"`
-	Opened bool          `json:"o,omitempty"` // a counted open was seen
-	Recent []recentClick `json:"rc,omitempty"`
-	Tally  *tally        `json:"t,omitempty"`
-}
-
-type recentClick struct {
-	Seq   uint64 `json:"s,omitempty"` // event sequence; 0: not kept in detail
-	Link  int    `json:"l"`
-	At    int64  `json:"a"` // unix ms
-	Class string `json:"c"`
-	Burst bool   `json:"b,omitempty"`
+	Kept    int            `json:"k,omitempty"`
+	Opened  bool           `json:"o,omitempty"` // a counted open was seen
+	OverCap []overCapClick `json:"oc,omitempty"`
+	Tally   *tally         `json:"t,omitempty"`
 }
 
 // tally counts events that are not kept in detail. Opens, Clicks, Links,
@@ -836,7 +830,7 @@ func (s *BoltStore) Erase(ctx context.Context, account, ref string) error {
 		}
 		id = rec.ID
 		prefix := prefixKey(id)
-		for _, name := range [][]byte{bucketEvents, bucketDeliveries, bucketRecipients} {
+		for _, name := range [][]byte{bucketEvents, bucketDeliveries, bucketRecipients, bucketClicks} {
 			if err := deletePrefix(tx.Bucket(name), prefix); err != nil {
 				return err
 			}

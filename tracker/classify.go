@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,7 +34,7 @@ const (
 	ReasonHeadRequest    = "head-request"          // browsers and mail clients GET; robots HEAD
 	ReasonScannerUA      = "scanner-ua"            // a known scanner, robot or HTTP library
 	ReasonEmptyUA        = "empty-user-agent"      // no user agent at all
-	ReasonClickBurst     = "click-burst"           // several links clicked at once (set when reading)
+	ReasonClickBurst     = "click-burst"           // 3+ links of the copy clicked within 5 s (see clickBurst)
 )
 
 // hit is what classification looks at.
@@ -232,6 +233,84 @@ func classify(h hit) verdict {
 		v.reasons = append(v.reasons, ReasonNoMachineSignals)
 	}
 	return v
+}
+
+// The burst rule: clicks on burstLinks or more distinct links of one copy
+// within burstWindow, from the first to the last (a window of exactly
+// burstWindow included), are a scanner following every link, whatever each
+// click looked like on its own. Every click in such a window is part of
+// the burst, repeated clicks on one link included. Self clicks take no
+// part. Times are compared to the nanosecond.
+const (
+	burstLinks  = 3
+	burstWindow = 5 * time.Second
+)
+
+// burstClick is a click of one copy, as the burst rule sees it.
+type burstClick struct {
+	link int
+	at   time.Time
+}
+
+// clickBurst applies the burst rule to a copy's new click c. history is
+// the copy's other clicks within burstWindow of c, before or after it (the
+// only ones that can share a window with it), in any order; clicks beyond
+// that are ignored. It reports whether c is part of a burst, and the
+// indexes in history of the clicks that share a burst with it.
+//
+// Only windows holding c are looked at: the others were judged when their
+// own last click arrived. So a copy's clicks end up marked the same,
+// whatever order they arrive in: exactly those of every window of
+// burstWindow that holds burstLinks distinct links.
+func clickBurst(c burstClick, history []burstClick) (bool, []int) {
+	if len(history)+1 < burstLinks {
+		return false, nil
+	}
+	all := append(slices.Clip(history), c)
+	self := len(history) // c's index in all
+	order := make([]int, len(all))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return all[a].at.Compare(all[b].at) })
+	// For each click in time order, the window that starts with it: a
+	// window with burstLinks links that holds c marks its span in cover.
+	cover := make([]int, len(all)+1)
+	links := map[int]int{} // clicks per link in order[lo:hi]
+	hi := 0
+	for lo := 0; lo < len(order); lo++ {
+		start := all[order[lo]].at
+		if start.After(c.at) {
+			break
+		}
+		end := start.Add(burstWindow)
+		for hi < len(order) && !all[order[hi]].at.After(end) {
+			links[all[order[hi]].link]++
+			hi++
+		}
+		if len(links) >= burstLinks && !end.Before(c.at) {
+			cover[lo]++
+			cover[hi]--
+		}
+		l := all[order[lo]].link
+		if links[l]--; links[l] == 0 {
+			delete(links, l)
+		}
+	}
+	burst := false
+	var joined []int
+	n := 0
+	for p, i := range order {
+		if n += cover[p]; n == 0 {
+			continue
+		}
+		if i == self {
+			burst = true
+		} else {
+			joined = append(joined, i)
+		}
+	}
+	return burst, joined
 }
 
 // uaInfo is what classification reads from a user agent.

@@ -659,14 +659,6 @@ func (c *commitTx) flush() error {
 	return nil
 }
 
-// reclass is an earlier event whose class changes.
-type reclass struct {
-	seq   uint64
-	link  int
-	prev  string
-	class string
-}
-
 func (c *commitTx) add(r *eventReq) error {
 	// A copy: the evidence added below must not stay on the request if this
 	// transaction is rolled back and the event added again.
@@ -688,11 +680,19 @@ func (c *commitTx) add(r *eventReq) error {
 	if e.Recipient < 0 || int64(e.Recipient) > int64(^uint32(0)) {
 		return fmt.Errorf("invalid recipient %d", e.Recipient)
 	}
-	rs, err := c.rcpt(deliveryKey(e.Message, e.Recipient))
+	rkey := deliveryKey(e.Message, e.Recipient)
+	rs, err := c.rcpt(rkey)
 	if err != nil {
 		return err
 	}
-	changed, recls := sequenceEvidence(rs, e)
+	burstable := e.Type == EventClick && e.Class != ClassSelf
+	var history []windowClick
+	if burstable {
+		if history, err = c.clickWindow(rkey, rs, e.At); err != nil {
+			return err
+		}
+	}
+	changed, joined := sequenceEvidence(rs, e, history)
 	kept := rs.Kept < c.s.opts.MaxEventsPerRecipient
 	var seq uint64
 	if kept {
@@ -726,35 +726,39 @@ func (c *commitTx) add(r *eventReq) error {
 		}
 		rs.Tally.add(e.Type, e.Class, e.Link, e.At)
 	}
-	if e.Type == EventClick && e.Class != ClassSelf {
-		rs.Recent = append(rs.Recent, recentClick{Seq: seq, Link: e.Link, At: e.At.UnixMilli(), Class: e.Class,
-			Burst: slices.Contains(e.Reasons, ReasonClickBurst)})
-		if n := len(rs.Recent); n > maxRecentClicks {
-			rs.Recent = slices.Delete(rs.Recent, 0, n-maxRecentClicks)
-		}
-	}
-	for _, rc := range recls {
-		if err := c.reclassify(acct, e, rs, rc); err != nil {
+	// Before keepClick, which may reorder rs.OverCap.
+	for _, w := range joined {
+		if err := c.reclassify(acct, e, rs, w); err != nil {
 			return err
 		}
+	}
+	if burstable {
+		return c.keepClick(rkey, rs, e, seq, kept)
 	}
 	return nil
 }
 
-// reclassify marks an earlier click of the same copy as part of a burst.
-func (c *commitTx) reclassify(acct string, e *Event, rs *storedRcpt, rc reclass) error {
-	if rc.seq == 0 {
-		// Not kept in detail: correct the counters instead.
-		if t := rs.Tally; t != nil && counted(rc.prev) && !counted(rc.class) {
+// reclassify makes w, a click of e's copy, part of the burst e completes:
+// its class becomes scanner, with the reason click-burst. A click kept in
+// detail gets a reclassified entry in the feed when its class changes; one
+// past the cap leaves the copy's counts.
+func (c *commitTx) reclassify(acct string, e *Event, rs *storedRcpt, w windowClick) error {
+	if w.key == nil {
+		oc := &rs.OverCap[w.over]
+		if t := rs.Tally; t != nil && counted(oc.Class) {
 			t.Clicks = max(t.Clicks-1, 0)
-			if t.Links[rc.link] > 0 {
-				t.Links[rc.link]--
+			if t.Links[oc.Link] > 0 {
+				t.Links[oc.Link]--
 			}
 		}
+		oc.Class, oc.Burst = ClassScanner, true
 		return nil
 	}
+	if err := c.tx.Bucket(bucketClicks).Put(w.key, clickValue(w.link, true)); err != nil {
+		return err
+	}
 	events := c.tx.Bucket(bucketEvents)
-	key := eventKey(e.Message, rc.seq)
+	key := eventKey(e.Message, w.seq)
 	v := events.Get(key)
 	if v == nil {
 		return nil // expired
@@ -763,7 +767,8 @@ func (c *commitTx) reclassify(acct string, e *Event, rs *storedRcpt, rc reclass)
 	if err := json.Unmarshal(v, &se); err != nil {
 		return err
 	}
-	se.Class = rc.class
+	prev := se.Class
+	se.Class = ClassScanner
 	if !slices.Contains(se.Reasons, ReasonClickBurst) {
 		se.Reasons = append(slices.DeleteFunc(se.Reasons, func(r string) bool { return r == ReasonNoMachineSignals }), ReasonClickBurst)
 	}
@@ -774,26 +779,27 @@ func (c *commitTx) reclassify(acct string, e *Event, rs *storedRcpt, rc reclass)
 	if err := events.Put(key, nv); err != nil {
 		return err
 	}
-	if rc.prev == rc.class || acct == "" {
+	if prev == se.Class || acct == "" {
 		return nil
 	}
-	c.reclassified = append(c.reclassified, rc.class)
+	c.reclassified = append(c.reclassified, se.Class)
 	_, err = c.feed(acct, storedFeedEntry{
-		Kind: feedKindRecls, Message: e.Message, Recipient: e.Recipient, Event: rc.seq, At: e.At,
-		Class: rc.class, Prev: rc.prev, Reasons: se.Reasons,
+		Kind: feedKindRecls, Message: e.Message, Recipient: e.Recipient, Event: w.seq, At: e.At,
+		Class: se.Class, Prev: prev, Reasons: se.Reasons,
 	})
 	return err
 }
 
-// sequenceEvidence adds to e what the copy's earlier events show, and
-// returns whether e changed and which earlier clicks change class:
+// sequenceEvidence adds to e what the copy's other events show, and
+// returns whether e changed and which other clicks join a burst with it:
 //   - a click records whether a counted open came before it
 //     ("opened-before-click") or not ("click-before-open": many people
 //     read with images blocked, so this alone decides nothing);
-//   - clicks on burstLinks or more distinct links within burstWindow are a
-//     scanner following every link: all of them become scanner
-//     ("click-burst"), the earlier ones through reclassification.
-func sequenceEvidence(rs *storedRcpt, e *Event) (bool, []reclass) {
+//   - the burst rule (clickBurst) judges a click (not self) with history,
+//     the copy's other clicks within burstWindow of it: in a burst, it
+//     becomes scanner ("click-burst"), and so do the clicks of history in
+//     its burst that were not yet, through reclassification.
+func sequenceEvidence(rs *storedRcpt, e *Event, history []windowClick) (bool, []windowClick) {
 	if e.Type == EventOpen {
 		if counted(e.Class) {
 			rs.Opened = true
@@ -808,29 +814,23 @@ func sequenceEvidence(rs *storedRcpt, e *Event) (bool, []reclass) {
 		order = reasonOpenedBeforeClick
 	}
 	e.Reasons = append(slices.Clip(e.Reasons), order)
-	changed := true
-	at := e.At.UnixMilli()
-	win := burstWindow.Milliseconds()
-	rs.Recent = slices.DeleteFunc(rs.Recent, func(rc recentClick) bool { return at-rc.At > win || rc.At-at > win })
-	links := map[int]bool{e.Link: true}
-	for _, rc := range rs.Recent {
-		links[rc.Link] = true
+	clicks := make([]burstClick, len(history))
+	for i, w := range history {
+		clicks[i] = w.burstClick
 	}
-	if len(links) < burstLinks {
-		return changed, nil
+	burst, in := clickBurst(burstClick{link: e.Link, at: e.At}, clicks)
+	if !burst {
+		return true, nil
 	}
-	var recls []reclass
-	for i := range rs.Recent {
-		rc := &rs.Recent[i]
-		if rc.Burst {
-			continue
+	var joined []windowClick
+	for _, i := range in {
+		if !history[i].burst {
+			joined = append(joined, history[i])
 		}
-		recls = append(recls, reclass{seq: rc.Seq, link: rc.Link, prev: rc.Class, class: ClassScanner})
-		rc.Class, rc.Burst = ClassScanner, true
 	}
 	e.Class = ClassScanner
 	e.Reasons = append(slices.DeleteFunc(e.Reasons, func(r string) bool { return r == ReasonNoMachineSignals }), ReasonClickBurst)
-	return changed, recls
+	return true, joined
 }
 
 // putFeed appends an entry to the account's feed, and to the webhook outbox

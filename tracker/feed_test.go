@@ -203,7 +203,7 @@ func TestErase(t *testing.T) {
 	}
 	bs := e.store.(*BoltStore)
 	if err := bs.db.View(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketEvents, bucketDeliveries, bucketRecipients, bucketLinks, bucketMsgFeed} {
+		for _, b := range [][]byte{bucketEvents, bucketDeliveries, bucketRecipients, bucketClicks, bucketLinks, bucketMsgFeed} {
 			c := tx.Bucket(b).Cursor()
 			for k, _ := c.First(); k != nil; k, _ = c.Next() {
 				if strings.HasPrefix(string(k), e.msg.ID) {
@@ -261,6 +261,113 @@ func TestReclassifiedBurst(t *testing.T) {
 	}
 	if got := counterValue(t, reg, "trackrelay_tracking_reclassified_total", "class", "scanner"); got != 2 {
 		t.Errorf("reclassified_total = %v", got)
+	}
+}
+
+// lastClasses returns, for each event id, the class that the last of
+// entries about it gave: its own open or click entry, or a reclassified
+// entry naming it.
+func lastClasses(entries []FeedEntry) map[string]string {
+	last := map[string]string{}
+	for _, fe := range entries {
+		switch fe.Type {
+		case EventOpen, EventClick:
+			last[fe.ID] = fe.Class
+		case EventReclassified:
+			last[fe.EventID] = fe.Class
+		}
+	}
+	return last
+}
+
+// One verdict per event: after bursts that a copy's last few clicks, or
+// the order its hits arrive in, would hide, the last class the feed (polled
+// after every hit) and the webhooks gave each event is the class the
+// message view shows, and it is the burst rule's.
+func TestBurst_feedWebhooksAndViewAgree(t *testing.T) {
+	rc := &receiver{secret: []byte("whsec-0123456789abcdef"), got: map[string]FeedEntry{}}
+	hook := httptest.NewServer(rc) // 127.0.0.1
+	defer hook.Close()
+	s := testStore(t, BoltOptions{WebhookAccounts: []string{"alice"}})
+	var mu sync.Mutex
+	var now time.Time
+	e := newTestEnv(t, s, func(c *Config) {
+		c.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	})
+	ws := StartWebhooks(s, WebhookOptions{Hooks: []Webhook{{Account: "alice", URL: hook.URL, Secret: rc.secret}},
+		BackoffMin: 10 * time.Millisecond, BackoffMax: 20 * time.Millisecond})
+	defer ws.Close()
+	links := []string{"https://example.com/a", "https://example.com/b", "https://example.com/c", "https://example.com/d"}
+	if err := s.SetLinks(context.Background(), e.msg.ID, links); err != nil {
+		t.Fatal(err)
+	}
+
+	type click struct {
+		link int
+		at   time.Duration // after base
+		want string
+	}
+	var clicks []click
+	// A scanner follows link 0 twenty times, then links 1 and 2, all
+	// within 2.1 s: every one of the 22 clicks is part of the burst.
+	for i := range 20 {
+		clicks = append(clicks, click{0, time.Duration(i) * 100 * time.Millisecond, ClassScanner})
+	}
+	clicks = append(clicks, click{1, 2000 * time.Millisecond, ClassScanner}, click{2, 2100 * time.Millisecond, ClassScanner})
+	// A minute later, hits arrive out of order: links 2, 3 and 0 are
+	// clicked within 3 s of each other (a burst), link 1 five seconds
+	// before any of them (not in it), and the burst is only complete with
+	// the last hit to arrive.
+	clicks = append(clicks,
+		click{0, time.Minute + 10*time.Second, ClassScanner},
+		click{1, time.Minute, ClassHuman},
+		click{2, time.Minute + 7*time.Second, ClassScanner},
+		click{3, time.Minute + 9*time.Second, ClassScanner},
+	)
+
+	base := time.Now().Add(-time.Hour).UTC()
+	var fed []FeedEntry
+	cursor := ""
+	for _, c := range clicks {
+		mu.Lock()
+		now = base.Add(c.at)
+		mu.Unlock()
+		if resp, _ := e.do(t, http.MethodGet, e.mint.ClickURL(c.link, links[c.link]), nil); resp.StatusCode != http.StatusFound {
+			t.Fatalf("click: %d", resp.StatusCode)
+		}
+		p := e.feed(t, cursor, MaxFeedLimit)
+		fed, cursor = append(fed, p.Events...), p.Next
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s.outboxN.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("webhooks: %d entries still in the outbox", s.outboxN.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	rc.mu.Lock()
+	hooked := slices.Clone(rc.seq)
+	if len(rc.errs) > 0 {
+		t.Errorf("receiver: %v", rc.errs)
+	}
+	rc.mu.Unlock()
+
+	v := e.view(t)
+	if len(v.Events) != len(clicks) {
+		t.Fatalf("%d events in the view, want %d", len(v.Events), len(clicks))
+	}
+	feedLast, hookLast := lastClasses(fed), lastClasses(hooked)
+	for i, ev := range v.Events {
+		c := clicks[i]
+		if ev.Class != c.want {
+			t.Errorf("event %d (link %d at %v): class %s %v, want %s", i, c.link, c.at, ev.Class, ev.Reasons, c.want)
+		}
+		if got := feedLast[ev.ID]; got != ev.Class {
+			t.Errorf("event %d (link %d at %v): the feed last said %q, the view says %s", i, c.link, c.at, got, ev.Class)
+		}
+		if got := hookLast[ev.ID]; got != ev.Class {
+			t.Errorf("event %d (link %d at %v): the webhooks last said %q, the view says %s", i, c.link, c.at, got, ev.Class)
+		}
 	}
 }
 
@@ -330,6 +437,15 @@ func TestRetentionSweep(t *testing.T) {
 	if p := e.feed(t, "", 0); len(p.Events) != 0 {
 		t.Errorf("feed after sweep: %+v", p.Events)
 	}
+	// Nor is the click's time kept for burst detection.
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		if n := tx.Bucket(bucketClicks).Stats().KeyN; n != 0 {
+			t.Errorf("%d clicks indexed after sweep", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if resp, _ := e.do(t, http.MethodGet, click, nil); resp.StatusCode != http.StatusFound {
 		t.Errorf("click after sweep: %d", resp.StatusCode)
 	}
@@ -378,6 +494,7 @@ type receiver struct {
 	tries  int
 	secret []byte
 	got    map[string]FeedEntry
+	seq    []FeedEntry // what it got, in order
 	errs   []string
 }
 
@@ -406,6 +523,7 @@ func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rc.errs = append(rc.errs, "event id header")
 	}
 	rc.got[fe.ID] = fe
+	rc.seq = append(rc.seq, fe)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -85,6 +85,10 @@ func (s *BoltStore) Sweep(ctx context.Context, now time.Time, retention time.Dur
 	if err != nil {
 		return deleted, err
 	}
+	// The click index ends its keys with the event's sequence too.
+	if _, err := s.sweepBucket(ctx, bucketClicks, evCut, false); err != nil {
+		return deleted, err
+	}
 	if _, err := s.sweepBucket(ctx, bucketFeed, feedCut, false); err != nil {
 		return deleted, err
 	}

@@ -1,9 +1,6 @@
 package tracker
 
-import (
-	"slices"
-	"time"
-)
+import "time"
 
 // MessageView is the JSON answer of GET /api/v1/messages/{ref}.
 type MessageView struct {
@@ -95,20 +92,12 @@ type EventView struct {
 // counted reports whether an event of class c is something a person did.
 func counted(class string) bool { return class == ClassHuman || class == ClassProxy }
 
-// Burst detection: clicks on burstLinks or more distinct links of one copy
-// within burstWindow are a scanner following every link, whatever each click
-// looked like on its own.
-const (
-	burstLinks  = 3
-	burstWindow = 5 * time.Second
-)
-
 // buildView assembles the API view of m. deliveries is indexed by recipient
-// (missing entries are queued), events are in commit order, tallies count
-// each recipient's events not kept in detail. events is modified in place
-// (current classes).
+// (missing entries are queued), events are in commit order with their
+// stored classes, which are the ones the feed and webhooks last gave them
+// (a verdict changes only when an event is committed, with a reclassified
+// entry), tallies count each recipient's events not kept in detail.
 func buildView(m *Message, links []string, deliveries map[int]Delivery, events []Event, tallies map[int]*tally) *MessageView {
-	reclassifyBursts(events)
 	v := &MessageView{
 		ID:         m.ID,
 		MessageID:  m.MessageID,
@@ -261,52 +250,5 @@ func (rv *RecipientView) seen(at time.Time) {
 	}
 	if rv.LastOpenedAt == nil || at.After(*rv.LastOpenedAt) {
 		rv.LastOpenedAt = &at
-	}
-}
-
-// reclassifyBursts marks as scanner every click that belongs to a burst: a
-// recipient's clicks on burstLinks or more distinct links within
-// burstWindow. Self clicks are left alone. The stored events are not
-// rewritten; the verdict is recomputed from the evidence on every read.
-func reclassifyBursts(events []Event) {
-	byRcpt := map[int][]int{}
-	for i, e := range events {
-		if e.Type == EventClick && e.Class != ClassSelf {
-			byRcpt[e.Recipient] = append(byRcpt[e.Recipient], i)
-		}
-	}
-	for _, idx := range byRcpt {
-		if len(idx) < burstLinks {
-			continue
-		}
-		slices.SortStableFunc(idx, func(a, b int) int { return events[a].At.Compare(events[b].At) })
-		inBurst := make([]bool, len(idx))
-		lo := 0
-		for hi := range idx {
-			for events[idx[hi]].At.Sub(events[idx[lo]].At) > burstWindow {
-				lo++
-			}
-			distinct := map[int]struct{}{}
-			for _, j := range idx[lo : hi+1] {
-				distinct[events[j].Link] = struct{}{}
-			}
-			if len(distinct) >= burstLinks {
-				for k := lo; k <= hi; k++ {
-					inBurst[k] = true
-				}
-			}
-		}
-		for k, i := range idx {
-			if !inBurst[k] {
-				continue
-			}
-			e := &events[i]
-			if e.Class != ClassScanner {
-				e.Class = ClassScanner
-			}
-			if !slices.Contains(e.Reasons, ReasonClickBurst) {
-				e.Reasons = append(slices.DeleteFunc(slices.Clone(e.Reasons), func(r string) bool { return r == ReasonNoMachineSignals }), ReasonClickBurst)
-			}
-		}
 	}
 }
