@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -282,18 +283,7 @@ func (s *BoltStore) outboxDue(now time.Time, limit int) ([]OutboxItem, error) {
 		return nil, fmt.Errorf("tracker: read outbox: %w", err)
 	}
 	if len(gone) > 0 {
-		err = s.db.Update(func(tx *bolt.Tx) error {
-			b := tx.Bucket(bucketOutbox)
-			for _, k := range gone {
-				if b.Get(k) != nil {
-					if err := b.Delete(k); err != nil {
-						return err
-					}
-					s.outboxN.Add(-1)
-				}
-			}
-			return nil
-		})
+		err = s.outboxRemove(gone)
 	}
 	return items, err
 }
@@ -303,19 +293,43 @@ func (s *BoltStore) outboxDone(items []OutboxItem) error {
 	if len(items) == 0 {
 		return nil
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	keys := make([][]byte, len(items))
+	for i, it := range items {
+		keys[i] = it.key
+	}
+	return s.outboxRemove(keys)
+}
+
+// outboxFault, set by tests only, makes an outbox transaction fail after
+// its changes, as a failing commit would.
+var outboxFault atomic.Pointer[func() error]
+
+// outboxRemove deletes the outbox entries of keys that are still there,
+// and takes them off the outbox gauge once the deletion has committed: a
+// transaction that fails leaves the entries, and the gauge, as they were.
+func (s *BoltStore) outboxRemove(keys [][]byte) error {
+	removed := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		removed = 0
 		b := tx.Bucket(bucketOutbox)
-		for _, it := range items {
-			if b.Get(it.key) == nil {
+		for _, k := range keys {
+			if b.Get(k) == nil {
 				continue
 			}
-			if err := b.Delete(it.key); err != nil {
+			if err := b.Delete(k); err != nil {
 				return err
 			}
-			s.outboxN.Add(-1)
+			removed++
+		}
+		if f := outboxFault.Load(); f != nil {
+			return (*f)()
 		}
 		return nil
 	})
+	if err == nil {
+		s.outboxN.Add(-int64(removed))
+	}
+	return err
 }
 
 // outboxRetry moves items to their next due time, counting the attempt.
