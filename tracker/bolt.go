@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -110,8 +111,11 @@ type BoltOptions struct {
 	// other process that has the file open.
 	LockTimeout time.Duration
 	// Logger receives background errors (retention, the hit log, events
-	// lost after they were answered) and, at info level, how many hits a
-	// start replayed from the hit log; nil discards.
+	// lost after they were answered, panics recovered with their stacks,
+	// hits set aside in the quarantine file) and, at info level, how many
+	// hits a start replayed from the hit log; nil discards. A Logger that
+	// is not a *slog.Logger gets everything but the recovered panics, which
+	// go to slog's default logger.
 	Logger interface {
 		Error(msg string, args ...any)
 		Info(msg string, args ...any)
@@ -123,7 +127,9 @@ type BoltOptions struct {
 // deliveries, are taken by one collector goroutine in batches (group
 // commit): the events of a batch are appended to the log with one
 // fdatasync and answered; the applier then commits batches to bbolt in
-// order, events every 20 ms and reports at once (see apply).
+// order, events every 20 ms and reports at once (see apply). A hit whose
+// commit panics is set aside in the quarantine file (path +
+// QuarantineSuffix) and skipped.
 type BoltStore struct {
 	db       *bolt.DB
 	opts     BoltOptions
@@ -141,6 +147,7 @@ type BoltStore struct {
 	path     string
 	alloc    int64         // bytes of the file known to be preallocated
 	wake     chan struct{} // an outbox entry was added
+	panicLog *slog.Logger  // where guard logs a recovered panic
 
 	log         *hitLog         // the hit log, appended by the collector
 	applyCh     chan applyBatch // collector -> applier, in order
@@ -228,6 +235,7 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 		stopped:  make(chan struct{}),
 		wake:     make(chan struct{}, 1),
 		path:     path,
+		panicLog: panicLogger(opts.Logger),
 
 		applyCh:     make(chan applyBatch, applyQueueLen),
 		applierDone: make(chan struct{}),

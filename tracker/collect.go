@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync/atomic"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/guard"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -22,6 +24,7 @@ type eventReq struct {
 	// logged: the event is in the hit log and was answered; the applier
 	// commits it to bbolt without answering again.
 	logged bool
+	seq    uint64 // the event's hit log sequence once logged, for the quarantine file
 }
 
 // applyBatch is a batch of the collector's, handed to the applier.
@@ -230,41 +233,66 @@ func (s *BoltStore) drain(batch []*eventReq) {
 // logAndForward appends the events of batch to the hit log, answers them,
 // and hands the whole batch, in order, to the applier. The relay's reports
 // (fn writes) are answered by the applier once in bbolt. If the log fails,
-// the applier commits the events too, and answers them then.
+// the applier commits the events too, and answers them then. If logging
+// the batch panics, its hits not yet answered are answered with the panic
+// and lost, counted by their handlers as a store failure (retrying a batch
+// that one hit makes panic would panic again); the reports and the hits
+// already logged still go to the applier.
 func (s *BoltStore) logAndForward(batch []*eventReq) {
 	reqs := slices.Clone(batch)
 	clear(batch)
 	var seq uint64
-	if slices.ContainsFunc(reqs, func(r *eventReq) bool { return r.fn == nil }) {
-		start := time.Now()
-		wasBroken := s.log.broken
-		var err error
-		if seq, err = s.log.append(reqs); err != nil {
-			// The applier commits these events and answers them. seq, if
-			// not 0, is what they were given in the log: the commit records
-			// it, so that a restart does not replay them too. A broken log
-			// is reported once, not for every batch after it.
-			if s.opts.Logger != nil && !wasBroken {
-				msg := "tracker: append to the hit log; committing to the store instead"
-				if s.log.broken {
-					msg = "tracker: hit log failed; hits are committed to the store directly until trackrelay restarts"
-				}
-				s.opts.Logger.Error(msg, "err", err)
+	if p := guard.Run(guard.Collector, s.panicLog, func() { s.logBatch(reqs, &seq) }); p != nil {
+		err := fmt.Errorf("tracker: hit not logged: %w", p)
+		reqs = slices.DeleteFunc(reqs, func(r *eventReq) bool {
+			if r.fn != nil || r.logged {
+				return false
 			}
-		} else {
-			if m := s.opts.Metrics; m != nil {
-				m.logSync.Observe(time.Since(start).Seconds())
-			}
-			s.logged.Store(seq) // before the answers: a read after a response waits for it
-			for _, r := range reqs {
-				if r.fn == nil {
-					r.logged = true
-					r.done <- nil
-				}
-			}
-		}
+			r.done <- err
+			return true
+		})
 	}
 	s.applyCh <- applyBatch{reqs: reqs, logSeq: seq}
+}
+
+// logBatch appends the events of reqs to the hit log and answers them,
+// setting *seq as soon as their sequences are given.
+func (s *BoltStore) logBatch(reqs []*eventReq, seq *uint64) {
+	if !slices.ContainsFunc(reqs, func(r *eventReq) bool { return r.fn == nil }) {
+		return
+	}
+	for _, r := range reqs {
+		if r.fn == nil {
+			guard.Check(guard.Collector, r.ev.Message)
+		}
+	}
+	start := time.Now()
+	wasBroken := s.log.broken
+	var err error
+	if *seq, err = s.log.append(reqs); err != nil {
+		// The applier commits these events and answers them. seq, if
+		// not 0, is what they were given in the log: the commit records
+		// it, so that a restart does not replay them too. A broken log
+		// is reported once, not for every batch after it.
+		if s.opts.Logger != nil && !wasBroken {
+			msg := "tracker: append to the hit log; committing to the store instead"
+			if s.log.broken {
+				msg = "tracker: hit log failed; hits are committed to the store directly until trackrelay restarts"
+			}
+			s.opts.Logger.Error(msg, "err", err)
+		}
+		return
+	}
+	if m := s.opts.Metrics; m != nil {
+		m.logSync.Observe(time.Since(start).Seconds())
+	}
+	s.logged.Store(*seq) // before the answers: a read after a response waits for it
+	for _, r := range reqs {
+		if r.fn == nil {
+			r.logged = true
+			r.done <- nil
+		}
+	}
 }
 
 // apply is the applier: it commits the collector's batches to bbolt, with
@@ -331,7 +359,7 @@ func (s *BoltStore) apply() {
 			urgent = urgent || !allLogged(ab.reqs)
 		}
 		timer.Stop()
-		retry, _ = s.commitAndAnswer(reqs, seq)
+		retry, _ = s.commitAndAnswer(guard.Applier, reqs, seq)
 		retrySeq = 0
 		if closed {
 			// Whatever failed stays in the log; a restart replays it.
@@ -431,10 +459,12 @@ func (s *BoltStore) openLog(path string, applied uint64) error {
 		for i := range n {
 			batch[i] = recs[i].req
 			batch[i].logged = true // answered before the crash
+			batch[i].seq = recs[i].seq
 		}
 		// An event whose own write fails is dropped, as it would have been
-		// live; only a failing disk stops the store from opening.
-		if retry, err := s.commitAndAnswer(batch, recs[n-1].seq); len(retry) > 0 {
+		// live, and one whose write panics is set aside; only a failing
+		// disk stops the store from opening.
+		if retry, err := s.commitAndAnswer(guard.Replay, batch, recs[n-1].seq); len(retry) > 0 {
 			l.close()
 			return fmt.Errorf("replay: %w", err)
 		}
@@ -450,16 +480,27 @@ func (s *BoltStore) openLog(path string, applied uint64) error {
 
 // commitAndAnswer commits batch, up to log sequence seq, and answers its
 // waiters. If one request's own write fails, it fails alone and the others
-// are committed again without it; a failure of the commit itself (the
-// disk) fails them all, and the logged events among them, already
-// answered, are returned to be tried again, with the commit's error.
-func (s *BoltStore) commitAndAnswer(batch []*eventReq, seq uint64) (retry []*eventReq, err error) {
+// are committed again without it; an event whose write panics is also set
+// aside in the quarantine file first, so that the commit recording the
+// log past it never comes before it is safe there. A failure of the
+// commit itself (the disk) fails them all, and the logged events among
+// them, already answered, are returned to be tried again, with the
+// commit's error. component is guard.Applier or guard.Replay.
+func (s *BoltStore) commitAndAnswer(component string, batch []*eventReq, seq uint64) (retry []*eventReq, err error) {
 	rest := batch
 	for len(rest) > 0 {
-		failed, err := s.commit(rest, seq)
+		failed, err := s.commitAs(component, rest, seq)
 		if err != nil && failed >= 0 {
-			s.answer(rest[failed], err)
+			r := rest[failed]
 			rest = append(rest[:failed], rest[failed+1:]...)
+			var p *guard.Panic
+			if r.fn == nil && errors.As(err, &p) {
+				s.quarantine(component, r, p)
+				if r.logged {
+					continue // answered when logged, and not lost
+				}
+			}
+			s.answer(r, err)
 			continue
 		}
 		if err != nil {
@@ -483,7 +524,7 @@ func (s *BoltStore) commitAndAnswer(batch []*eventReq, seq uint64) (retry []*eve
 	// Every write failed alone. The log's sequence is recorded all the
 	// same: reads must not wait for those events, nor a restart replay them.
 	if seq > 0 {
-		if _, err := s.commit(nil, seq); err == nil {
+		if _, err := s.commitAs(component, nil, seq); err == nil {
 			s.setApplied(seq)
 		}
 	}
@@ -516,10 +557,18 @@ func (s *BoltStore) answer(r *eventReq, err error) {
 // (0: none). When a request's own write fails, failed is its index in
 // batch; otherwise -1.
 func (s *BoltStore) commit(batch []*eventReq, logSeq uint64) (failed int, err error) {
+	return s.commitAs(guard.Applier, batch, logSeq)
+}
+
+// commitAs is commit, recovering panics as component. A request whose
+// write panics fails alone, with the *guard.Panic as its error (the
+// transaction is rolled back); a panic outside any one request fails the
+// commit, as a disk error would.
+func (s *BoltStore) commitAs(component string, batch []*eventReq, logSeq uint64) (failed int, err error) {
 	start := time.Now()
 	failed = -1
 	var ct *commitTx
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(component, func(tx *bolt.Tx) error {
 		if f := commitFault.Load(); f != nil {
 			if err := (*f)(); err != nil {
 				return err
@@ -527,15 +576,7 @@ func (s *BoltStore) commit(batch []*eventReq, logSeq uint64) (failed int, err er
 		}
 		ct = &commitTx{s: s, tx: tx, rcpts: map[string]*storedRcpt{}, accts: map[string]string{}, erasedIDs: map[string]bool{}}
 		for i, r := range batch {
-			if r.fn != nil {
-				if err := r.fn(tx); err != nil {
-					failed = i
-					return err
-				}
-				clear(ct.accts) // the write may have put a message
-				continue
-			}
-			if err := ct.add(r); err != nil {
+			if err := ct.write(component, r); err != nil {
 				failed = i
 				return err
 			}
@@ -613,6 +654,33 @@ type commitTx struct {
 	outboxAdded  int
 	reclassified []string // new classes, for metrics
 	size         int64    // of the database after the commit
+}
+
+// update runs fn in a write transaction, turning a panic in it (the
+// transaction is rolled back) into its error, a *guard.Panic.
+func (s *BoltStore) update(component string, fn func(*bolt.Tx) error) (err error) {
+	if p := guard.Run(component, s.panicLog, func() { err = s.db.Update(fn) }); p != nil {
+		return p
+	}
+	return err
+}
+
+// write adds one request to the transaction: an event, or the relay's
+// write. A panic is its error, a *guard.Panic, and the caller rolls the
+// transaction back. guard.Check lets a test make an event's write panic.
+func (c *commitTx) write(component string, r *eventReq) (err error) {
+	if p := guard.Run(component, c.s.panicLog, func() {
+		if r.fn != nil {
+			err = r.fn(c.tx)
+			clear(c.accts) // the write may have put a message
+			return
+		}
+		guard.Check(component, r.ev.Message)
+		err = c.add(r)
+	}); p != nil {
+		return p
+	}
+	return err
 }
 
 func (c *commitTx) account(id string) (string, error) {

@@ -203,7 +203,7 @@ func (l *hitLog) append(reqs []*eventReq) (uint64, error) {
 		return 0, errors.New("hit log unusable since an earlier write failed")
 	}
 	b := l.buf[:0]
-	seq := l.seq
+	from, seq := l.seq, l.seq
 	cur, off := l.cur, l.off
 	split, splitSeq := -1, uint64(0) // where in b the other segment starts
 	for _, r := range reqs {
@@ -260,6 +260,12 @@ func (l *hitLog) append(reqs []*eventReq) (uint64, error) {
 	}
 	l.cur, l.off, l.seq = cur, off, seq
 	l.last[cur] = seq
+	for _, r := range reqs {
+		if r.fn == nil {
+			from++
+			r.seq = from
+		}
+	}
 	if cap(l.buf) > 4*logGrow {
 		l.buf = nil // a burst's buffer is not kept
 	}
