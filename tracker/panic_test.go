@@ -7,7 +7,9 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -296,5 +298,147 @@ func TestQuarantine_tornLine(t *testing.T) {
 	if len(hits) != 2 || hits[0].Message != "A" || hits[1].Message != "B" || hits[1].Seq != 7 ||
 		hits[1].Panic != "boom" || string(hits[1].Event) != string(v) {
 		t.Errorf("read %+v", hits)
+	}
+}
+
+// A retention sweep that panics is counted, and the next sweep runs and
+// deletes what is old.
+func TestPanic_retentionSweepRunsAgain(t *testing.T) {
+	metrics := NewMetrics(nil)
+	before := panicsOf(guard.Retention)
+	injectPanic(t, guard.Retention, "1", -1) // the first sweep, at open
+	s := testStore(t, BoltOptions{Retention: time.Millisecond, RetentionInterval: 10 * time.Millisecond, Metrics: metrics})
+	m := putTestMessage(t, s)
+	for i := range 2 {
+		if err := s.AddEvent(context.Background(), openEvent(m.ID, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "a later sweep deletes the events", func() bool {
+		return testutil.ToFloat64(metrics.eventsExpired) == 2
+	})
+	if got := panicsOf(guard.Retention) - before; got != 1 {
+		t.Errorf("retention panics counted: %v, want 1", got)
+	}
+	if n, _ := countEvents(t, s, m.ID); n != 0 {
+		t.Errorf("%d events left", n)
+	}
+}
+
+// webhookEnv is a store with alice's webhook, an open and a click in its
+// outbox, and a receiver on loopback.
+func webhookEnv(t *testing.T) (*BoltStore, *receiver, *httptest.Server, []FeedEntry) {
+	t.Helper()
+	rc := &receiver{secret: []byte("whsec-0123456789abcdef"), got: map[string]FeedEntry{}}
+	srv := httptest.NewServer(rc)
+	t.Cleanup(srv.Close)
+	s := testStore(t, BoltOptions{WebhookAccounts: []string{"alice"}})
+	e := newTestEnv(t, s, nil)
+	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
+	e.do(t, http.MethodGet, e.mint.ClickURL(0, "https://example.com/a"), nil)
+	entries := e.feed(t, "", 0).Events
+	if len(entries) != 2 || s.outboxN.Load() != 2 {
+		t.Fatalf("feed %+v, outbox %d", entries, s.outboxN.Load())
+	}
+	return s, rc, srv, entries
+}
+
+func (rc *receiver) received() map[string]FeedEntry {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	out := make(map[string]FeedEntry, len(rc.got))
+	for k, v := range rc.got {
+		out[k] = v
+	}
+	return out
+}
+
+// A webhook send that panics is a failed attempt: counted as a panic and
+// a failure, retried with backoff, and delivered when it goes through;
+// the other event is sent meanwhile.
+func TestPanic_webhookSendIsAFailedAttempt(t *testing.T) {
+	s, rc, srv, entries := webhookEnv(t)
+	open := entries[0].ID
+	before := panicsOf(guard.Webhook)
+	injectPanic(t, guard.Webhook, open, 1)
+	metrics := NewMetrics(nil)
+	ws := StartWebhooks(s, WebhookOptions{Hooks: []Webhook{{Account: "alice", URL: srv.URL, Secret: rc.secret}},
+		BackoffMin: 20 * time.Millisecond, BackoffMax: 50 * time.Millisecond, Metrics: metrics})
+	defer ws.Close()
+	waitFor(t, "both entries delivered", func() bool { return len(rc.received()) == 2 && s.outboxN.Load() == 0 })
+	if got := panicsOf(guard.Webhook) - before; got != 1 {
+		t.Errorf("webhook panics counted: %v, want 1", got)
+	}
+	failures := testutil.ToFloat64(metrics.webhookAttempts.WithLabelValues("failure"))
+	successes := testutil.ToFloat64(metrics.webhookAttempts.WithLabelValues("success"))
+	if failures != 1 || successes != 2 {
+		t.Errorf("attempts: %v failures, %v successes; want the panic as 1 failure", failures, successes)
+	}
+	if _, ok := rc.received()[open]; !ok {
+		t.Errorf("the entry whose send panicked was not retried")
+	}
+}
+
+// A send that panics every time is given up after MaxAge, like any
+// failure, and the sender goes on.
+func TestPanic_webhookSendGivenUp(t *testing.T) {
+	s, rc, srv, entries := webhookEnv(t)
+	open := entries[0].ID
+	before := panicsOf(guard.Webhook)
+	injected := injectPanic(t, guard.Webhook, open, -1)
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	metrics := NewMetrics(nil)
+	ws := StartWebhooks(s, WebhookOptions{Hooks: []Webhook{{Account: "alice", URL: srv.URL, Secret: rc.secret}},
+		BackoffMin: time.Millisecond, BackoffMax: time.Millisecond, Now: clock, Metrics: metrics})
+	defer ws.Close()
+	waitFor(t, "the click delivered and the open tried", func() bool {
+		return len(rc.received()) == 1 && injected.Load() >= 1
+	})
+	mu.Lock()
+	now = now.Add(DefaultWebhookMaxAge + time.Minute)
+	mu.Unlock()
+	waitFor(t, "the open given up", func() bool {
+		s.wakeOutbox()
+		return s.outboxN.Load() == 0
+	})
+	if got := testutil.ToFloat64(metrics.webhookExpired); got != 1 {
+		t.Errorf("expired_total = %v, want 1", got)
+	}
+	if _, ok := rc.received()[open]; ok {
+		t.Error("the entry whose send panics was delivered")
+	}
+	panics := panicsOf(guard.Webhook) - before
+	if failures := testutil.ToFloat64(metrics.webhookAttempts.WithLabelValues("failure")); panics != float64(injected.Load()) || failures != panics {
+		t.Errorf("%v panics counted, %d injected, %v failed attempts", panics, injected.Load(), failures)
+	}
+}
+
+// A panic in a round outside any one send (here while removing the
+// delivered entries) ends that round only: the sender's next round sends
+// the entries again (at least once) and removes them.
+func TestPanic_webhookRoundGoesOn(t *testing.T) {
+	s, rc, srv, _ := webhookEnv(t)
+	before := panicsOf(guard.Webhook)
+	var once atomic.Bool
+	panicky := func() error {
+		if once.CompareAndSwap(false, true) {
+			panic("outbox transaction")
+		}
+		return nil
+	}
+	outboxFault.Store(&panicky)
+	defer outboxFault.Store(nil)
+	ws := StartWebhooks(s, WebhookOptions{Hooks: []Webhook{{Account: "alice", URL: srv.URL, Secret: rc.secret}}})
+	defer ws.Close()
+	waitFor(t, "the outbox emptied", func() bool { return s.outboxN.Load() == 0 })
+	if got := panicsOf(guard.Webhook) - before; got != 1 {
+		t.Errorf("webhook panics counted: %v, want 1", got)
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if len(rc.got) != 2 || rc.tries != 4 {
+		t.Errorf("%d entries in %d tries, want 2 sent twice", len(rc.got), rc.tries)
 	}
 }

@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"strconv"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/guard"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -23,14 +25,21 @@ func putMark(tx *bolt.Tx, now time.Time) error {
 	return tx.Bucket(bucketMarks).Put(binary.BigEndian.AppendUint64(nil, uint64(now.Unix())), v)
 }
 
+// retentionLoop sweeps at once and then every RetentionInterval. A sweep
+// that panics is logged and counted, and the next one runs on time: a
+// sweep is short transactions, each rolled back by the panic or committed
+// whole, and the next one starts over from its own mark.
 func (s *BoltStore) retentionLoop() {
 	defer s.bg.Done()
 	t := time.NewTicker(s.opts.RetentionInterval)
 	defer t.Stop()
-	for {
-		if _, err := s.Sweep(context.Background(), time.Now(), s.opts.Retention); err != nil && s.opts.Logger != nil {
-			s.opts.Logger.Error("tracker: retention sweep", "err", err)
-		}
+	for n := 1; ; n++ {
+		guard.Run(guard.Retention, s.panicLog, func() {
+			guard.Check(guard.Retention, strconv.Itoa(n)) // the sweep's number, from 1
+			if _, err := s.Sweep(context.Background(), time.Now(), s.opts.Retention); err != nil && s.opts.Logger != nil {
+				s.opts.Logger.Error("tracker: retention sweep", "err", err)
+			}
+		})
 		select {
 		case <-t.C:
 		case <-s.closing:

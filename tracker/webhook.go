@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/trackrelay/trackrelay/internal/guard"
 )
 
 // Defaults of WebhookOptions.
@@ -133,7 +135,11 @@ func (w *WebhookSender) run() {
 	t := time.NewTicker(webhookPoll)
 	defer t.Stop()
 	for {
-		n := w.round()
+		// A panic outside one event's send (reading or updating the
+		// outbox) ends the round, whose transactions it rolled back; the
+		// sender goes on with the next.
+		n := 0
+		guard.Run(guard.Webhook, w.log, func() { n = w.round() })
 		if n == webhookBatch {
 			continue // more may be due
 		}
@@ -206,9 +212,11 @@ func (w *WebhookSender) backoff(attempts int) time.Duration {
 	return d
 }
 
-func (w *WebhookSender) send(hook Webhook, it *OutboxItem) bool {
+// send POSTs one item and says whether the endpoint took it. A send that
+// panics is a failed attempt, retried with backoff and given up after
+// MaxAge like any other.
+func (w *WebhookSender) send(hook Webhook, it *OutboxItem) (ok bool) {
 	start := time.Now()
-	ok := false
 	defer func() {
 		w.opts.Metrics.webhookDuration.Observe(time.Since(start).Seconds())
 		result := "failure"
@@ -217,6 +225,8 @@ func (w *WebhookSender) send(hook Webhook, it *OutboxItem) bool {
 		}
 		w.opts.Metrics.webhookAttempts.WithLabelValues(result).Inc()
 	}()
+	defer guard.Recover(guard.Webhook, w.log, func(*guard.Panic) { ok = false })
+	guard.Check(guard.Webhook, it.ID)
 	ctx, cancel := context.WithTimeout(context.Background(), w.opts.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, hook.URL, bytes.NewReader(it.Body))
