@@ -610,7 +610,7 @@ func (d *Deliverer) attempt(env *Envelope, idx int, log *slog.Logger) (string, e
 	if env.Bounce {
 		from = ""
 	}
-	return d.up.send(from, rc.Address, size, body)
+	return d.up.send(from, rc.Address, size, body, env.SMTPUTF8)
 }
 
 // report makes sure the ledger knows the message, and its links when the

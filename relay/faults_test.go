@@ -406,7 +406,7 @@ func TestUpstream_stalledDuringBodyTimesOut(t *testing.T) {
 	defer p.Close()
 	body := strings.Repeat(strings.Repeat("a", 76)+"\r\n", 400_000) // 31 MB: more than any socket buffer
 	start := time.Now()
-	_, err := p.send("a@example.com", "b@example.net", int64(len(body)), strings.NewReader(body))
+	_, err := p.send("a@example.com", "b@example.net", int64(len(body)), strings.NewReader(body), false)
 	if err == nil {
 		t.Fatal("a stalled upstream took the message")
 	}
@@ -457,7 +457,7 @@ func TestUpstream_slowButLiveUpstreamTakesTheBody(t *testing.T) {
 	defer p.Close()
 	body := strings.Repeat(strings.Repeat("a", 76)+"\r\n", 400_000) // 31 MB: a second or more at that pace
 	start := time.Now()
-	if _, err := p.send("a@example.com", "b@example.net", int64(len(body)), strings.NewReader(body)); err != nil {
+	if _, err := p.send("a@example.com", "b@example.net", int64(len(body)), strings.NewReader(body), false); err != nil {
 		t.Fatalf("after %v: %v", time.Since(start), err)
 	}
 	if d := time.Since(start); d < 2*time.Second {

@@ -42,6 +42,14 @@ type Envelope struct {
 	// Bounce marks a delivery status notification made by the relay: it is
 	// sent with an empty envelope sender and never bounced itself.
 	Bounce bool `json:"bounce,omitempty"`
+	// SMTPUTF8: the client gave the SMTPUTF8 parameter on MAIL (RFC 6531),
+	// so the envelope and the header fields, at any level of the MIME
+	// structure, may be UTF-8. Each copy is sent with SMTPUTF8 to an
+	// upstream that offers it; to one that does not, only a copy with
+	// nothing non-ASCII in them goes (a domain in A-label form), and any
+	// other bounces. It is kept because nothing else tells it once the
+	// session is over: what needs the parameter is read from the copy.
+	SMTPUTF8 bool `json:"smtputf8,omitempty"`
 }
 
 // Recipient is the state of one recipient's copy: a delivery job of its own.
