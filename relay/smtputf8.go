@@ -241,3 +241,22 @@ func withoutSMTPUTF8(from, to string, declared bool, body io.ReadSeeker) (string
 	}
 	return f, t, nil
 }
+
+// utf8AddrUnitext encodes addr as the utf-8-addr-unitext of RFC 6533
+// section 3, for a utf-8 address in a message/global-delivery-status:
+// UTF-8 as it is, and the ASCII characters a DSN field cannot carry
+// (controls, space, '+', '=', '\') as \x{HEX}.
+func utf8AddrUnitext(addr string) string {
+	var b strings.Builder
+	for _, r := range addr {
+		switch {
+		case r >= utf8.RuneSelf && r != utf8.RuneError:
+			b.WriteRune(r)
+		case r > 0x20 && r < 0x7f && r != '+' && r != '=' && r != '\\':
+			b.WriteRune(r)
+		default:
+			fmt.Fprintf(&b, `\x{%X}`, r)
+		}
+	}
+	return b.String()
+}

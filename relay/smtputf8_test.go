@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-message"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
@@ -202,8 +203,19 @@ func TestDelivery_smtputf8UpstreamWithoutItBounces(t *testing.T) {
 	if dsn == nil {
 		t.Fatalf("no bounce reached the sender; sink: %d messages", len(msgs))
 	}
-	if !bytes.Contains(dsn.Data, []byte("Status: 5.6.7")) {
-		t.Errorf("bounce lacks Status: 5.6.7:\n%s", dsn.Data)
+	e, err := message.Read(bytes.NewReader(dsn.Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mt, params, _ := e.Header.ContentType(); mt != "multipart/report" || params["report-type"] != "global-delivery-status" {
+		t.Errorf("bounce content type %s %v", mt, params)
+	}
+	for _, want := range []string{"Content-Type: message/global-delivery-status", "Final-Recipient: utf-8; zoë@example.net",
+		"Action: failed", "Status: 5.6.7", "Diagnostic-Code: smtp; 553 5.6.7 Upstream does not offer SMTPUTF8",
+		"Content-Type: text/plain; charset=utf-8", "<zoë@example.net>: 553 5.6.7"} {
+		if !bytes.Contains(dsn.Data, []byte(want)) {
+			t.Errorf("bounce lacks %q:\n%s", want, dsn.Data)
+		}
 	}
 }
 
@@ -271,6 +283,32 @@ JVBERi0xLjQK
 	}
 }
 
+func TestDelivery_bounceToUTF8SenderUsesSMTPUTF8(t *testing.T) {
+	h := newHarness(t, harnessOpts{upstream: true, upSMTPUTF8: true})
+	h.sink.reply = func(rcpt string, n int) error {
+		if rcpt == "nobody@example.net" {
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+		}
+		return nil
+	}
+	reply, err := h.sendUTF8("zoë@example.net", []string{"nobody@example.net"}, crlf(utf8Msg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ledger.waitStatus(t, queueID(t, reply), 0, StatusBounced)
+	dsn := h.sink.waitFor(t, 1)[0]
+	if dsn.To != "zoë@example.net" || dsn.From != "" || !dsn.UTF8 {
+		t.Fatalf("bounce went MAIL FROM <%s> (SMTPUTF8 %v) RCPT TO <%s>; want <>, SMTPUTF8, <zoë@example.net>", dsn.From, dsn.UTF8, dsn.To)
+	}
+	for _, want := range []string{"To: <zoë@example.net>", "report-type=delivery-status",
+		"Final-Recipient: rfc822; nobody@example.net", "Status: 5.1.1",
+		"Content-Type: message/global-headers", "Subject: Grüße aus Köln"} {
+		if !bytes.Contains(dsn.Data, []byte(want)) {
+			t.Errorf("bounce lacks %q:\n%s", want, dsn.Data)
+		}
+	}
+}
+
 func TestUTF8Headers(t *testing.T) {
 	for _, tc := range []struct {
 		name, msg string
@@ -323,5 +361,11 @@ func TestASCIIAddress(t *testing.T) {
 	}
 	if !sameAddress("Alice@bücher.example", "alice@XN--BCHER-KVA.example") || sameAddress("alice@bücher.example", "alice@bucher.example") {
 		t.Error("sameAddress does not compare domains in A-label form")
+	}
+}
+
+func TestUTF8AddrUnitext(t *testing.T) {
+	if got, want := utf8AddrUnitext("zoë+tag=x\\y z@bücher.example"), `zoë\x{2B}tag\x{3D}x\x{5C}y\x{20}z@bücher.example`; got != want {
+		t.Errorf("got %s, want %s", got, want)
 	}
 }
