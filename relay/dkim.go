@@ -173,8 +173,15 @@ func (s *DKIMSigner) keyFor(domain string) (DKIMKey, bool) {
 	return DKIMKey{}, false
 }
 
+// normDomain lower-cases d, drops a final dot and writes internationalized
+// labels as A-labels: a key is found for a From in U-labels, and d= is
+// always in A-labels, the form DNS publishes the key under (RFC 8616).
 func normDomain(d string) string {
-	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+	d = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+	if a, err := domainToASCII(d); err == nil {
+		d = a
+	}
+	return d
 }
 
 var (

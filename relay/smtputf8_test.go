@@ -309,6 +309,37 @@ func TestDelivery_bounceToUTF8SenderUsesSMTPUTF8(t *testing.T) {
 	}
 }
 
+func TestDKIMSign_internationalizedFromDomain(t *testing.T) {
+	for _, configured := range []string{"xn--bcher-kva.example", "Bücher.example"} {
+		s, err := NewDKIMSigner([]DKIMKey{{Domain: configured, Selector: "s1", Signer: testEdKey()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		z := dkimDNS{}
+		z.add(t, "s1", "xn--bcher-kva.example", testEdKey())
+		msg := crlf(`From: Zoë <zoë@bücher.example>
+To: Jürgen <user@bücher.example>
+Subject: Grüße
+Date: Thu, 16 Apr 2026 07:30:00 +0200
+MIME-Version: 1.0
+Content-Type: text/plain; charset=utf-8
+
+Grüße
+`)
+		sig, err := s.Sign(strings.NewReader(msg))
+		if err != nil {
+			t.Fatalf("key configured as %s: %v", configured, err)
+		}
+		signed := []byte(sig + msg)
+		if d := dkimTag(sigField(t, signed), "d"); d != "xn--bcher-kva.example" {
+			t.Errorf("key configured as %s: d=%s, want the A-label form", configured, d)
+		}
+		if d := verifyDKIM(t, bytes.NewReader(signed), z); len(d) != 1 {
+			t.Errorf("key configured as %s: verified %v", configured, d)
+		}
+	}
+}
+
 func TestUTF8Headers(t *testing.T) {
 	for _, tc := range []struct {
 		name, msg string
