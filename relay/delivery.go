@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/durable"
 	"github.com/trackrelay/trackrelay/rewrite"
 )
 
@@ -183,7 +184,7 @@ func (d *Deliverer) Start() error {
 		d.log.Info("spool loaded", "messages", len(envs))
 	}
 	if d.cfg.CaptureDir != "" && d.up == nil {
-		if err := os.MkdirAll(d.cfg.CaptureDir, 0o700); err != nil {
+		if err := durable.MkdirAll(d.cfg.CaptureDir, 0o700); err != nil {
 			return err
 		}
 	}
@@ -746,28 +747,17 @@ func (m *memCopy) Seek(off int64, whence int) (int64, error) {
 }
 
 // capture writes the copy as <CaptureDir>/<queue id>-<n>.eml, made durable
-// (temporary name, fsync, rename) before it counts as delivered.
+// before it counts as delivered; the workers capturing at once share the
+// outbox's directory fsyncs.
 func (d *Deliverer) capture(env *Envelope, idx int, rcpt string, body io.Reader) (string, error) {
 	name := fmt.Sprintf("%s-%d.eml", env.ID, idx)
-	tmp, err := os.CreateTemp(d.cfg.CaptureDir, ".tmp-*")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(tmp.Name())
-	fmt.Fprintf(tmp, "Return-Path: <%s>\r\nDelivered-To: %s\r\n", env.From, rcpt)
-	_, err = io.Copy(tmp, body)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), filepath.Join(d.cfg.CaptureDir, name))
-	}
-	if err == nil {
-		err = d.outbox.sync()
-	}
+	err := durable.Write(filepath.Join(d.cfg.CaptureDir, name), durable.Options{SyncDir: d.outbox.sync}, func(w io.Writer) error {
+		if _, err := fmt.Fprintf(w, "Return-Path: <%s>\r\nDelivered-To: %s\r\n", env.From, rcpt); err != nil {
+			return err
+		}
+		_, err := io.Copy(w, body)
+		return err
+	})
 	if err != nil {
 		return "", fmt.Errorf("capture: %w", err)
 	}

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/trackrelay/trackrelay/internal/durable"
 )
 
 // groupCommitter runs the spool's writes in shared transactions: a write
@@ -128,7 +130,7 @@ func (g *groupCommitter) syncDir(batch []*commitReq) []*commitReq {
 	if !need {
 		return batch
 	}
-	err := syncDir(g.dir)
+	err := durable.SyncDir(g.dir)
 	if err == nil {
 		return batch
 	}

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/trackrelay/trackrelay/internal/durable"
 )
 
 // Delivery states of one recipient copy, as the API shows them.
@@ -110,7 +112,7 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	msgDir := filepath.Join(dir, "msg")
-	if err := os.MkdirAll(msgDir, 0o700); err != nil {
+	if err := durable.MkdirAll(msgDir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	db, err := bolt.Open(filepath.Join(dir, "queue.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second,
@@ -120,6 +122,11 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 		NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return nil, fmt.Errorf("spool: open queue.db: %w (is another trackrelay running on this data_dir?)", err)
+	}
+	// bbolt syncs the file, not its name.
+	if err := durable.SyncDir(dir); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("spool: %w", err)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(queueBucket)
@@ -397,17 +404,18 @@ func (s *Spool) Load() ([]*Envelope, error) {
 }
 
 // setAside moves unreadable records and their files to corrupt/ for the
-// operator: never silently dropped.
+// operator: never silently dropped. The copies are durable before the
+// records are deleted, so a power loss cannot lose both.
 func (s *Spool) setAside(keys [][]byte) error {
 	dir := filepath.Join(s.dir, "corrupt")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := durable.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(queueBucket)
 		for _, k := range keys {
 			id := string(k)
-			if err := os.WriteFile(filepath.Join(dir, sanitizeName(id)+".record"), b.Get(k), 0o600); err != nil {
+			if err := durable.WriteFile(filepath.Join(dir, sanitizeName(id)+".record"), b.Get(k), 0o600); err != nil {
 				return err
 			}
 			if err := os.Rename(s.path(id), filepath.Join(dir, sanitizeName(id)+".eml")); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -417,7 +425,11 @@ func (s *Spool) setAside(keys [][]byte) error {
 				return err
 			}
 		}
-		return nil
+		// The moved message files: their new names, then their old ones.
+		if err := durable.SyncDir(dir); err != nil {
+			return err
+		}
+		return durable.SyncDir(s.msgDir)
 	})
 }
 

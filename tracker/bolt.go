@@ -11,12 +11,15 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/trackrelay/trackrelay/internal/durable"
 )
 
 // Bucket names of the bbolt layout.
@@ -191,6 +194,12 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, NoFreelistSync: true,
 		FreelistType: bolt.FreelistMapType})
 	if err != nil {
+		return nil, fmt.Errorf("tracker: open store %s: %w", path, err)
+	}
+	// bbolt syncs the file, not its name: a store made now must survive a
+	// power loss as its commits will.
+	if err := durable.SyncDir(filepath.Dir(path)); err != nil {
+		db.Close()
 		return nil, fmt.Errorf("tracker: open store %s: %w", path, err)
 	}
 	var storeID []byte

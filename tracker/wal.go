@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+
+	"github.com/trackrelay/trackrelay/internal/durable"
 )
 
 // The hit log is a write-ahead log in front of the bbolt file: a batch of
@@ -86,7 +88,7 @@ func openHitLog(path string, applied uint64) (*hitLog, []logRecord, error) {
 	}
 	if created {
 		// The new name must survive a power loss as the records will.
-		if err := syncDir(filepath.Dir(path)); err != nil {
+		if err := durable.SyncDir(filepath.Dir(path)); err != nil {
 			f.Close()
 			return nil, nil, err
 		}
@@ -304,15 +306,3 @@ func (l *hitLog) grow(end int64) error {
 }
 
 func (l *hitLog) close() error { return l.f.Close() }
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
