@@ -585,27 +585,36 @@ func (d *Deliverer) backoff(n int) time.Duration {
 	return w + jitter
 }
 
-// attempt instruments the copy and delivers it.
+// attempt instruments the copy and delivers it. Its error is one that may
+// be shown to the app and the sender (see publicError).
 func (d *Deliverer) attempt(env *Envelope, idx int, log *slog.Logger) (string, error) {
+	resp, err := d.deliverCopy(env, idx, log)
+	return resp, publicError(err, log)
+}
+
+// deliverCopy is attempt with the errors as they came, those of this host
+// marked local.
+func (d *Deliverer) deliverCopy(env *Envelope, idx int, log *slog.Logger) (string, error) {
 	f, err := d.spool.Open(env.ID)
 	if err != nil {
-		return "", fmt.Errorf("open spool file: %w", err)
+		return "", local(fmt.Errorf("open spool file: %w", err))
 	}
 	defer f.Close()
 
 	body, size, release, links, err := d.instrument(env, idx, f, log)
 	if err != nil {
-		return "", err
+		return "", local(err)
 	}
 	defer release()
 	d.report(env, links, log)
 	if body, size, err = d.signCopy(body, size, log); err != nil {
-		return "", err
+		return "", local(err)
 	}
 
 	rc := env.Recipients[idx]
 	if d.up == nil {
-		return d.capture(env, idx, rc.Address, body)
+		resp, err := d.capture(env, idx, rc.Address, body)
+		return resp, local(err)
 	}
 	from := env.From
 	if env.Bounce {

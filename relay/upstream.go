@@ -296,6 +296,7 @@ func (p *upstreamPool) transaction(uc *upConn, from, to string, size int64, body
 	if err != nil {
 		return "", false, err
 	}
+	body = localReader{body}
 	if uc.raw != nil {
 		d := newDotStuffer(uc.raw)
 		if _, err = io.Copy(d, body); err == nil {
@@ -321,18 +322,6 @@ func (p *upstreamPool) transaction(uc *upConn, from, to string, size int64, body
 type connError struct{ err error }
 
 func (e connError) Error() string { return e.err.Error() }
-
-// replyText renders an upstream error as the reply line the API shows.
-func replyText(err error) string {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		if se.EnhancedCode != smtp.NoEnhancedCode && se.EnhancedCode != smtp.EnhancedCodeNotSet {
-			return fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
-		}
-		return fmt.Sprintf("%d %s", se.Code, se.Message)
-	}
-	return "connection error: " + err.Error()
-}
 
 // permanent reports whether an upstream failure is final: only a 5xx reply
 // is; anything not understood is retried.
