@@ -25,7 +25,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/trackrelay/trackrelay/internal/durable"
 	"github.com/trackrelay/trackrelay/internal/guard"
@@ -213,7 +212,7 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 	}
 	ready := newReadiness(store, filepath.Join(cfg.DataDir, "spool"), upstreamHealth)
 	httpSrv := &http.Server{
-		Handler:           withReadyz(tracker.NewHandler(tcfg, keys, store), ready),
+		Handler:           tracker.NewHandler(tcfg, keys, store),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -240,9 +239,7 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 			httpLn.Close()
 			return fmt.Errorf("metrics.listen: %w", err)
 		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		metricsSrv = &http.Server{Handler: metricsHandler(reg, ready), ReadHeaderTimeout: 10 * time.Second}
 	}
 
 	adminLn, err := listenAdmin(cfg.DataDir)
