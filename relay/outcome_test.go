@@ -148,7 +148,7 @@ func TestPublicError(t *testing.T) {
 	})
 	p := newUpstreamPool(UpstreamConfig{Address: addr, TLS: TLSNone}, NewMetrics(nil))
 	t.Cleanup(p.Close)
-	_, midData := p.send("a@example.com", "b@example.net", 64, &failingBody{})
+	_, midData := p.send("a@example.com", "b@example.net", 64, &failingBody{}, false)
 
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -296,16 +296,16 @@ func (p *upstreamPool) transaction(uc *upConn, from, to string, size int64, body
 	if err != nil {
 		return "", false, err
 	}
-	body = localReader{body}
+	src := localReader{body}
 	if uc.raw != nil {
 		d := newDotStuffer(uc.raw)
-		if _, err = io.Copy(d, body); err == nil {
+		if _, err = io.Copy(d, src); err == nil {
 			err = d.finish(w)
 		} else {
 			d.release()
 		}
 	} else {
-		_, err = io.Copy(&crDotGuard{w: w}, body)
+		_, err = io.Copy(&crDotGuard{w: w}, src)
 	}
 	if err != nil {
 		return "", false, err
