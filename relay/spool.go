@@ -136,7 +136,7 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	return &Spool{dir: dir, msgDir: msgDir, db: db, log: log,
-		group: &groupCommitter{db: db, dir: msgDir, lazyDelay: recordDelay}}, nil
+		group: &groupCommitter{db: db, dir: msgDir, lazyDelay: recordDelay, log: log}}, nil
 }
 
 // Close closes the record store.
@@ -247,7 +247,7 @@ func (s *Spool) put(env *Envelope) error {
 	if err != nil {
 		return err
 	}
-	return s.group.update(func(tx *bolt.Tx) error { return tx.Bucket(queueBucket).Put([]byte(env.ID), v) })
+	return s.group.update(env.ID, func(tx *bolt.Tx) error { return tx.Bucket(queueBucket).Put([]byte(env.ID), v) })
 }
 
 // putNew commits the record of a message whose file was just written: the
@@ -257,7 +257,7 @@ func (s *Spool) putNew(env *Envelope) error {
 	if err != nil {
 		return err
 	}
-	return s.group.updateNewFile(func(tx *bolt.Tx) error { return tx.Bucket(queueBucket).Put([]byte(env.ID), v) })
+	return s.group.updateNewFile(env.ID, func(tx *bolt.Tx) error { return tx.Bucket(queueBucket).Put([]byte(env.ID), v) })
 }
 
 // Get returns the record of a queued message.
@@ -299,7 +299,7 @@ const recordDelay = 10 * time.Millisecond
 // final, the record is deleted in the same transaction and the message file
 // removed after it: done reports that.
 func (s *Spool) Record(id string, idx int, rc Recipient) (done bool, err error) {
-	err = s.group.updateLazy(func(tx *bolt.Tx) error {
+	err = s.group.updateLazy(id, func(tx *bolt.Tx) error {
 		b := tx.Bucket(queueBucket)
 		v := b.Get([]byte(id))
 		if v == nil {
@@ -343,7 +343,7 @@ func (s *Spool) Open(id string) (*os.File, error) {
 func (s *Spool) Remove(id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.group.update(func(tx *bolt.Tx) error {
+	if err := s.group.update(id, func(tx *bolt.Tx) error {
 		return tx.Bucket(queueBucket).Delete([]byte(id))
 	}); err != nil {
 		return err
