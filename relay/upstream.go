@@ -224,7 +224,7 @@ func (p *upstreamPool) send(from, to string, size int64, body io.ReadSeeker, smt
 			return "", connError{err}
 		}
 		c := uc.c
-		resp, fresh, err := p.transaction(uc, from, to, size, body, smtputf8)
+		resp, fresh, err := p.transactionOrClose(uc, from, to, size, body, smtputf8)
 		if err == nil {
 			p.health.ok()
 			p.put(uc)
@@ -249,6 +249,21 @@ func (p *upstreamPool) send(from, to string, size int64, body io.ReadSeeker, smt
 		}
 		return "", err
 	}
+}
+
+// transactionOrClose is transaction, closing the connection when it
+// panics (the panic goes on to the delivery job's boundary): a connection
+// left in the middle of a transaction is never reused, nor left open.
+func (p *upstreamPool) transactionOrClose(uc *upConn, from, to string, size int64, body io.ReadSeeker, smtputf8 bool) (resp string, fresh bool, err error) {
+	returned := false
+	defer func() {
+		if !returned {
+			uc.c.Close()
+		}
+	}()
+	resp, fresh, err = p.transaction(uc, from, to, size, body, smtputf8)
+	returned = true
+	return resp, fresh, err
 }
 
 // transaction runs MAIL, RCPT, DATA. fresh reports that the failure came
