@@ -3,9 +3,12 @@ package relay
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/trackrelay/trackrelay/internal/guard"
 )
 
 // bounce queues an RFC 3464 delivery status notification of a failed copy
@@ -20,23 +23,24 @@ const (
 	actionDelayed = "delayed"
 )
 
+// errNoticePanic is notify's error when building the notice panicked:
+// the caller holds the copy it was about.
+var errNoticePanic = errors.New("the delivery status notification could not be built (internal error, see the log)")
+
 // notify queues a delivery status notification with the given action.
+// Building it is a job boundary: a panic there is errNoticePanic.
 func (d *Deliverer) notify(env *Envelope, rc Recipient, action string) error {
 	if env.From == "" || env.Bounce {
 		d.log.Info("bounce not sent: null sender or bounce of a bounce", "queue_id", env.ID)
 		return nil
 	}
-	var orig []byte
-	if f, err := d.spool.Open(env.ID); err == nil {
-		hdr, _, err := readHeader(bufio.NewReader(f), 256<<10)
-		f.Close()
-		if err == nil {
-			for _, fl := range hdr.fields {
-				orig = append(orig, fl.raw...)
-			}
-		}
+	var msg []byte
+	if p := guard.Run(guard.Bounce, d.log.With("queue_id", env.ID), func() {
+		guard.Check(guard.Bounce, env.ID)
+		msg = d.buildNotice(env, rc, action)
+	}); p != nil {
+		return errNoticePanic
 	}
-	msg := buildDSN(d.cfg.Hostname, env, rc, action, orig, time.Now())
 	dsn := &Envelope{
 		Account:    env.Account,
 		From:       "",
@@ -59,6 +63,22 @@ func (d *Deliverer) notify(env *Envelope, rc Recipient, action string) error {
 	d.log.Info("delivery status notification queued", "action", action, "queue_id", env.ID, "dsn_queue_id", dsn.ID, "to", env.From)
 	d.Submit(dsn, true)
 	return nil
+}
+
+// buildNotice renders the notice about copy rc of env, with the header of
+// the original message when it can be read.
+func (d *Deliverer) buildNotice(env *Envelope, rc Recipient, action string) []byte {
+	var orig []byte
+	if f, err := d.spool.Open(env.ID); err == nil {
+		defer f.Close()
+		hdr, _, err := readHeader(bufio.NewReader(f), 256<<10)
+		if err == nil {
+			for _, fl := range hdr.fields {
+				orig = append(orig, fl.raw...)
+			}
+		}
+	}
+	return buildDSN(d.cfg.Hostname, env, rc, action, orig, time.Now())
 }
 
 // buildDSN renders the multipart/report of RFC 3464: a readable

@@ -11,11 +11,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/trackrelay/trackrelay/internal/durable"
+	"github.com/trackrelay/trackrelay/internal/guard"
 	"github.com/trackrelay/trackrelay/rewrite"
 )
 
@@ -71,13 +73,16 @@ type Deliverer struct {
 	// so that an announcer and a worker never write one twice.
 	announcing map[string]chan struct{}
 	linked     map[string]bool // messages whose links the ledger has
-	announceQ  chan announcement
-	outbox     *dirSyncer
-	sending    int
-	wake       chan struct{}
-	stopping   bool
-	wg         sync.WaitGroup
-	stopWork   chan struct{}
+	// held holds the copies that wait for the operator (StatusHeld): in
+	// no schedule, counted by the queue gauge, released by Retry.
+	held      map[copyRef]bool
+	announceQ chan announcement
+	outbox    *dirSyncer
+	sending   int
+	wake      chan struct{}
+	stopping  bool
+	wg        sync.WaitGroup
+	stopWork  chan struct{}
 	// finishing bounds the outcomes being recorded at once, so that
 	// attempts failing fast cannot pile up goroutines.
 	finishing chan struct{}
@@ -91,6 +96,12 @@ type job struct {
 	id   string
 	rcpt int
 	due  time.Time
+}
+
+// copyRef names one recipient copy.
+type copyRef struct {
+	id   string
+	rcpt int
 }
 
 type jobHeap []job
@@ -138,6 +149,7 @@ func NewDeliverer(cfg DeliveryConfig, spool *Spool, ledger Ledger, minters Minte
 		pendingByMID:  map[string]string{},
 		announcing:    map[string]chan struct{}{},
 		linked:        map[string]bool{},
+		held:          map[copyRef]bool{},
 		announceQ:     make(chan announcement, 4096),
 		outbox:        newDirSyncer(cfg.CaptureDir),
 		wake:          make(chan struct{}, 1),
@@ -181,7 +193,13 @@ func (d *Deliverer) Start() error {
 		d.Submit(env, env.Bounce)
 	}
 	if len(envs) > 0 {
-		d.log.Info("spool loaded", "messages", len(envs))
+		d.mu.Lock()
+		held := len(d.held)
+		d.mu.Unlock()
+		d.log.Info("spool loaded", "messages", len(envs), "held_copies", held)
+		if held > 0 {
+			d.log.Warn("copies held after an internal error stay held until the operator retries them (trackrelay queue list, trackrelay queue retry)", "held_copies", held)
+		}
 	}
 	if d.cfg.CaptureDir != "" && d.up == nil {
 		if err := durable.MkdirAll(d.cfg.CaptureDir, 0o700); err != nil {
@@ -199,8 +217,9 @@ func (d *Deliverer) Start() error {
 	return nil
 }
 
-// Submit schedules every copy of env that is not final. announced says
-// whether the ledger already knows the message.
+// Submit schedules every copy of env that is neither final nor held (a
+// held copy is only noted: see StatusHeld). announced says whether the
+// ledger already knows the message.
 func (d *Deliverer) Submit(env *Envelope, announced bool) {
 	d.mu.Lock()
 	if !announced {
@@ -215,6 +234,10 @@ func (d *Deliverer) Submit(env *Envelope, announced bool) {
 		if r.Final() {
 			continue
 		}
+		if r.Held() {
+			d.held[copyRef{env.ID, i}] = true
+			continue
+		}
 		heap.Push(&d.jobs, job{id: env.ID, rcpt: i, due: r.NextAttempt})
 	}
 	d.mu.Unlock()
@@ -225,18 +248,19 @@ func (d *Deliverer) Submit(env *Envelope, announced bool) {
 }
 
 // countQueue counts the copies by state, for the queue gauge.
-func (d *Deliverer) countQueue() (queued, deferred, sending int) {
+func (d *Deliverer) countQueue() queueCounts {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	now := time.Now()
+	c := queueCounts{sending: d.sending, held: len(d.held)}
 	for _, j := range d.jobs {
 		if j.due.After(now) {
-			deferred++
+			c.deferred++
 		} else {
-			queued++
+			c.queued++
 		}
 	}
-	return queued, deferred, d.sending
+	return c
 }
 
 // next blocks until a job is due, or returns false once stopping.
@@ -316,6 +340,9 @@ func (d *Deliverer) Shutdown(ctx context.Context) error {
 // run makes one delivery attempt of one copy, then hands its outcome to a
 // goroutine of its own to record: the records wait for company to share
 // their commits, and the worker goes on to the next copy meanwhile.
+//
+// The attempt (instrumenting, DKIM signing, sending) is a job boundary: a
+// panic in it holds the copy and the worker goes on.
 func (d *Deliverer) run(j job) {
 	start := time.Now()
 	env, err := d.spool.Get(j.id)
@@ -331,10 +358,36 @@ func (d *Deliverer) run(j job) {
 		d.endTurn()
 		return
 	}
+	if env.Recipients[j.rcpt].Held() {
+		// Held while this job waited (an outcome recorded meanwhile may
+		// have scheduled it): it waits for the operator.
+		d.mu.Lock()
+		d.held[copyRef{j.id, j.rcpt}] = true
+		d.mu.Unlock()
+		d.endTurn()
+		return
+	}
 	rc := env.Recipients[j.rcpt]
 	log := d.log.With("queue_id", env.ID, "rcpt", j.rcpt)
 
-	resp, sendErr := d.attempt(env, j.rcpt, log)
+	var resp string
+	var sendErr error
+	p := guard.Run(guard.Delivery, log, func() {
+		guard.Check(guard.Delivery, env.ID)
+		resp, sendErr = d.attempt(env, j.rcpt, log)
+	})
+	if p == nil {
+		// A panic of the DKIM key, recovered on the signing library's
+		// goroutine (see recoveringSigner), comes back as the error.
+		errors.As(sendErr, &p)
+	}
+	if p != nil {
+		// The copy may even have gone out: it waits for the operator
+		// rather than being retried into the same panic.
+		d.hold(env.ID, []int{j.rcpt}, guard.Delivery, log)
+		d.endTurn()
+		return
+	}
 	now := time.Now().UTC()
 	var result string
 	rc.Attempts++
@@ -363,6 +416,11 @@ func (d *Deliverer) run(j job) {
 		defer d.wg.Done()
 		defer func() { <-d.finishing }()
 		defer d.endTurn()
+		// Recording is a job boundary too: a panic holds the copy (still
+		// counted as sending until then).
+		defer guard.Recover(guard.Finish, log, func(*guard.Panic) {
+			d.hold(env.ID, []int{j.rcpt}, guard.Finish, log)
+		})
 		d.finish(env, j, rc, result, log)
 	}()
 }
@@ -371,8 +429,9 @@ func (d *Deliverer) run(j job) {
 // first, then the ledger, then the spool record: a crash in between
 // repeats a step (a second notice, a second attempt), it never loses one.
 // Until the record is written the copy is in no queue, so nothing else
-// attempts it.
+// attempts it. A notice that panics while it is built holds the copy.
 func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, log *slog.Logger) {
+	guard.Check(guard.Finish, env.ID)
 	if !env.Bounce {
 		// The attempt may have failed before its copy was reported (no
 		// message file): the ledger must know the message before a status
@@ -384,6 +443,10 @@ func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, lo
 		now.Sub(env.AcceptedAt) >= d.cfg.DelayWarning && !env.Bounce && env.From != "" {
 		if err := d.notify(env, rc, actionDelayed); err != nil {
 			log.Error("could not queue the delayed notice", "err", err)
+			if errors.Is(err, errNoticePanic) {
+				d.hold(env.ID, []int{j.rcpt}, guard.Bounce, log)
+				return
+			}
 		} else {
 			rc.Warned = true
 		}
@@ -391,6 +454,10 @@ func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, lo
 	if rc.Status == StatusBounced {
 		if err := d.bounce(env, rc); err != nil {
 			log.Error("bounce: could not queue the delivery status notification", "err", err)
+			if errors.Is(err, errNoticePanic) {
+				d.hold(env.ID, []int{j.rcpt}, guard.Bounce, log)
+				return
+			}
 		}
 	}
 	log.Info("delivery "+result, "to", rc.Address, "attempt", rc.Attempts, "response", rc.LastResponse)
@@ -410,20 +477,20 @@ func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, lo
 		d.retryLater(j, time.Minute)
 		return
 	}
+	d.mu.Lock()
+	// Held by an announcer's panic during this attempt: the outcome
+	// recorded replaces the hold.
+	delete(d.held, copyRef{env.ID, j.rcpt})
 	if rc.Status == StatusDeferred {
-		d.mu.Lock()
 		heap.Push(&d.jobs, job{id: env.ID, rcpt: j.rcpt, due: rc.NextAttempt})
-		d.mu.Unlock()
-		select {
-		case d.wake <- struct{}{}:
-		default:
-		}
 	}
 	if done {
-		d.mu.Lock()
 		d.dropPending(env.ID)
 		delete(d.linked, env.ID)
-		d.mu.Unlock()
+	}
+	d.mu.Unlock()
+	if rc.Status == StatusDeferred {
+		d.wakeWorker()
 	}
 }
 
@@ -432,6 +499,76 @@ func (d *Deliverer) retryLater(j job, after time.Duration) {
 	j.due = time.Now().Add(after)
 	heap.Push(&d.jobs, j)
 	d.mu.Unlock()
+}
+
+// wakeWorker makes a waiting worker look at the schedule again.
+func (d *Deliverer) wakeWorker() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// hold quarantines copies idxs of message id (nil: each one not final)
+// after a panic in their job (component's): they are marked held in the
+// spool, taken out of the schedule and reported to the ledger, and wait
+// there, across restarts, for the operator's retry (Retry). Never
+// re-queued by itself, a bad message cannot become a crash loop.
+func (d *Deliverer) hold(id string, idxs []int, component string, log *slog.Logger) {
+	env, held, err := d.spool.Hold(id, idxs, time.Now().UTC())
+	switch {
+	case errors.Is(err, ErrNoSuchMessage):
+		return // final and removed meanwhile, or deleted by the operator
+	case err != nil:
+		// Held in this process only: after a restart the copy is tried
+		// again, and held again if it panics again.
+		log.Error("delivery: could not record the held copy in the spool; it is held until a restart", "err", err)
+		env, held = nil, idxs
+	}
+	d.mu.Lock()
+	if env == nil && held == nil {
+		// Every copy, and the record could not be read: every copy this
+		// process schedules.
+		for _, j := range d.jobs {
+			if j.id == id {
+				held = append(held, j.rcpt)
+			}
+		}
+	}
+	for _, i := range held {
+		d.held[copyRef{id, i}] = true
+	}
+	d.dropJobs(func(j job) bool { return j.id == id && slices.Contains(held, j.rcpt) })
+	d.mu.Unlock()
+	if len(held) == 0 {
+		return // final, or held already
+	}
+	log.Warn("delivery: copy held after a panic; trackrelay queue retry releases it", "component", component, "copies", held)
+	if env == nil || env.Bounce {
+		return
+	}
+	for _, i := range held {
+		guard.Run(component, log, func() {
+			if err := d.ledger.Delivery(context.Background(), id, i, env.Recipients[i]); err != nil {
+				d.metrics.ledgerErrors.Inc()
+				log.Error("ledger: recording the held copy failed", "rcpt", i, "err", err)
+			}
+		})
+	}
+}
+
+// dropJobs takes the jobs that drop reports out of the schedule; d.mu must
+// be held.
+func (d *Deliverer) dropJobs(drop func(job) bool) {
+	kept := d.jobs[:0]
+	for _, j := range d.jobs {
+		if !drop(j) {
+			kept = append(kept, j)
+		}
+	}
+	clear(d.jobs[len(kept):])
+	d.jobs = kept
+	heap.Init(&d.jobs)
 }
 
 func pendingKey(account, messageID string) string {
@@ -523,6 +660,11 @@ func (d *Deliverer) announcer() {
 			go func() {
 				defer d.wg.Done()
 				defer func() { <-busy }()
+				// A message whose report panics is held, all of it: its
+				// copies wait for the operator.
+				defer guard.Recover(guard.Announce, d.log, func(*guard.Panic) {
+					d.hold(a.env.ID, nil, guard.Announce, d.log.With("queue_id", a.env.ID))
+				})
 				d.announce(a.env, nil)
 			}()
 		case <-d.stopWork:
@@ -553,17 +695,7 @@ func (d *Deliverer) announce(env *Envelope, links []string) bool {
 		d.announcing[env.ID] = busy
 		d.mu.Unlock()
 
-		err := d.ledger.Accepted(context.Background(), env, links)
-		d.mu.Lock()
-		delete(d.announcing, env.ID)
-		if err == nil {
-			d.dropPending(env.ID)
-			if links != nil {
-				d.linked[env.ID] = true
-			}
-		}
-		d.mu.Unlock()
-		close(busy)
+		err := d.writeAccepted(env, links, busy)
 		if err != nil {
 			d.metrics.ledgerErrors.Inc()
 			d.log.Error("ledger: recording accepted message failed", "queue_id", env.ID, "err", err)
@@ -571,6 +703,29 @@ func (d *Deliverer) announce(env *Envelope, links []string) bool {
 		}
 		return links != nil
 	}
+}
+
+// writeAccepted writes the ledger record of env and then ends the
+// announcement busy, also when the write panics: a waiter on busy must
+// never wait forever.
+func (d *Deliverer) writeAccepted(env *Envelope, links []string, busy chan struct{}) (err error) {
+	written := false
+	defer func() {
+		d.mu.Lock()
+		delete(d.announcing, env.ID)
+		if written {
+			d.dropPending(env.ID)
+			if links != nil {
+				d.linked[env.ID] = true
+			}
+		}
+		d.mu.Unlock()
+		close(busy)
+	}()
+	guard.Check(guard.Announce, env.ID)
+	err = d.ledger.Accepted(context.Background(), env, links)
+	written = err == nil
+	return err
 }
 
 // backoff is the wait after the n-th failed attempt: exponential, capped,

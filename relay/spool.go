@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -27,7 +28,15 @@ const (
 	StatusDeferred  = "deferred"
 	StatusDelivered = "delivered"
 	StatusBounced   = "bounced"
+	// StatusHeld is a copy whose job panicked: it is in no schedule, a
+	// restart leaves it held (re-queueing it at once would be a crash
+	// loop), and only the operator's retry releases it.
+	StatusHeld = "held"
 )
+
+// heldResponse is the last response of a held copy. What went wrong is in
+// the log only: the API shows this text to the app.
+const heldResponse = "held after an internal error of the relay; waiting for the operator to retry it"
 
 // Envelope is the spool record of one accepted message: who sent it, to
 // whom, and where each recipient's copy stands.
@@ -66,6 +75,9 @@ type Recipient struct {
 	// Warned records that a "delayed" notice went to the sender.
 	Warned bool `json:"warned,omitempty"`
 }
+
+// Held reports whether the copy waits for the operator (see StatusHeld).
+func (r *Recipient) Held() bool { return r.Status == StatusHeld }
 
 // Final reports whether the copy needs no more attempts.
 func (r *Recipient) Final() bool {
@@ -330,6 +342,70 @@ func (s *Spool) Record(id string, idx int, rc Recipient) (done bool, err error) 
 		return true, err
 	}
 	return true, nil
+}
+
+// Hold sets the copies idxs of id (nil: all of them) that are neither
+// final nor held yet to held, and returns the record as written and the
+// copies it held. It changes the stored record within the transaction, so
+// that an outcome recorded meanwhile for another copy is kept, and a copy
+// that became final meanwhile stays final.
+func (s *Spool) Hold(id string, idxs []int, at time.Time) (*Envelope, []int, error) {
+	return s.updateCopies(id, func(i int, r *Recipient) bool {
+		if r.Final() || r.Held() || (idxs != nil && !slices.Contains(idxs, i)) {
+			return false
+		}
+		r.Status, r.LastResponse, r.UpdatedAt, r.NextAttempt = StatusHeld, heldResponse, at, time.Time{}
+		return true
+	})
+}
+
+// Release puts the held copies of id back in the queue, due at at, and
+// returns the record as written and the copies it released.
+func (s *Spool) Release(id string, at time.Time) (*Envelope, []int, error) {
+	return s.updateCopies(id, func(_ int, r *Recipient) bool {
+		if !r.Held() {
+			return false
+		}
+		r.Status, r.UpdatedAt, r.NextAttempt = StatusQueued, at, at
+		return true
+	})
+}
+
+// updateCopies applies change to each copy of id in one transaction and
+// returns the record and the copies that change reports it changed.
+func (s *Spool) updateCopies(id string, change func(i int, r *Recipient) bool) (*Envelope, []int, error) {
+	var env *Envelope
+	var changed []int
+	err := s.group.update(id, func(tx *bolt.Tx) error {
+		env, changed = nil, nil // a group's write may run twice
+		b := tx.Bucket(queueBucket)
+		v := b.Get([]byte(id))
+		if v == nil {
+			return ErrNoSuchMessage
+		}
+		e := new(Envelope)
+		if err := json.Unmarshal(v, e); err != nil {
+			return err
+		}
+		for i := range e.Recipients {
+			if change(i, &e.Recipients[i]) {
+				changed = append(changed, i)
+			}
+		}
+		env = e
+		if len(changed) == 0 {
+			return nil
+		}
+		nv, err := json.Marshal(e)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(id), nv)
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return env, changed, nil
 }
 
 // Open opens the message file of id for reading.
