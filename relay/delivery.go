@@ -88,8 +88,11 @@ type Deliverer struct {
 	finishing chan struct{}
 	// announceDelay is announceDelayDefault; tests change it.
 	announceDelay time.Duration
-	bufs          sync.Pool
-	startOnce     sync.Once
+	// recordRetry is how long a copy waits when its record could not be
+	// read or its outcome written (a minute; tests change it).
+	recordRetry time.Duration
+	bufs        sync.Pool
+	startOnce   sync.Once
 }
 
 type job struct {
@@ -155,6 +158,7 @@ func NewDeliverer(cfg DeliveryConfig, spool *Spool, ledger Ledger, minters Minte
 		wake:          make(chan struct{}, 1),
 		stopWork:      make(chan struct{}),
 		announceDelay: announceDelayDefault,
+		recordRetry:   time.Minute,
 	}
 	m.queue.source(d.countQueue)
 	if cfg.Upstream != nil {
@@ -349,7 +353,7 @@ func (d *Deliverer) run(j job) {
 	if err != nil {
 		if !errors.Is(err, ErrNoSuchMessage) {
 			d.log.Error("delivery: reading spool record", "queue_id", j.id, "err", err)
-			d.retryLater(j, time.Minute)
+			d.retryLater(j, d.recordRetry)
 		}
 		d.endTurn()
 		return
@@ -474,7 +478,7 @@ func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, lo
 		}
 		// Not recorded: the copy is tried again; at least once is kept.
 		log.Error("delivery: recording outcome failed; will retry", "err", err)
-		d.retryLater(j, time.Minute)
+		d.retryLater(j, d.recordRetry)
 		return
 	}
 	d.mu.Lock()
@@ -494,11 +498,16 @@ func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, lo
 	}
 }
 
+// retryLater schedules copy j again after a failure of the relay's own
+// (reading its record, writing its outcome).
 func (d *Deliverer) retryLater(j job, after time.Duration) {
 	d.mu.Lock()
 	j.due = time.Now().Add(after)
 	heap.Push(&d.jobs, j)
 	d.mu.Unlock()
+	// A sleeping worker waits for the earliest job it saw, or an hour:
+	// this one may be due before.
+	d.wakeWorker()
 }
 
 // wakeWorker makes a waiting worker look at the schedule again.

@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -364,4 +365,47 @@ func TestGroupCommit_panicFailsTheGroupAndGoesOn(t *testing.T) {
 		t.Fatalf("the next message: %v", err)
 	}
 	h.ledger.waitStatus(t, queueID(t, reply), 0, StatusDelivered)
+}
+
+// On a relay with no other traffic to wake its workers, a copy is retried
+// when it is due: deferred by the upstream's 451, or because its outcome
+// could not be written. The workers otherwise sleep an hour.
+func TestDeliverer_quietRelayRetriesWhenDue(t *testing.T) {
+	t.Run("upstream 451", func(t *testing.T) {
+		r := newPanicRig(t, DeliveryConfig{Workers: 2}, true)
+		r.sink.reply = func(rcpt string, n int) error {
+			if n == 0 {
+				return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}
+			}
+			return nil
+		}
+		env := r.spoolMessage("alice@example.com", "bob@example.net", htmlMsg, StatusQueued, time.Time{})
+		r.d.Submit(env, true)
+		if rc := r.ledger.waitStatus(t, env.ID, 0, StatusDelivered); rc.Attempts != 2 {
+			t.Errorf("delivered after %d attempts, want 2", rc.Attempts)
+		}
+	})
+	t.Run("outcome not written", func(t *testing.T) {
+		r := newPanicRig(t, DeliveryConfig{Workers: 2}, false)
+		r.d.recordRetry = 200 * time.Millisecond
+		env := r.spoolMessage("alice@example.com", "bob@example.net", htmlMsg, StatusQueued, time.Time{})
+		// The first write of its outcome fails (its commit panics).
+		var fired atomic.Bool
+		defer guard.Inject(func(c, item string) bool {
+			return c == guard.GroupCommit && item == env.ID && fired.CompareAndSwap(false, true)
+		})()
+		r.d.Submit(env, true)
+		r.ledger.waitStatus(t, env.ID, 0, StatusDelivered)
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if _, err := r.spool.Get(env.ID); errors.Is(err, ErrNoSuchMessage) {
+				break // delivered again and recorded
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the copy whose outcome was not written was not retried within 10s (retry after %v)", r.d.recordRetry)
+			}
+		}
+		if !fired.Load() {
+			t.Fatal("the outcome's commit did not fail")
+		}
+	})
 }
