@@ -489,7 +489,7 @@ func TestUpstream_panicClosesTheConnection(t *testing.T) {
 				t.Fatal("the body's panic did not reach the caller")
 			}
 		}()
-		p.send("a@example.com", "b@example.net", 1000, body)
+		p.send("a@example.com", "b@example.net", 1000, body, false)
 	}()
 	select {
 	case n := <-closed:
