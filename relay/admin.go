@@ -34,6 +34,8 @@ func (s *Spool) List() ([]*Envelope, error) {
 // copies (StatusHeld) into the queue, due now; id "" means every message.
 // It returns the number of copies rescheduled and, of those, released.
 func (d *Deliverer) Retry(id string) (rescheduled, released int, err error) {
+	d.holdMu.Lock()
+	defer d.holdMu.Unlock()
 	d.mu.Lock()
 	now := time.Now()
 	for i := range d.jobs {
@@ -97,6 +99,8 @@ func (d *Deliverer) release(id string, now time.Time) (int, error) {
 // delivered is reported failed to the sender; without, it is dropped
 // silently (its status still says so in the API).
 func (d *Deliverer) Delete(id string, bounce bool) error {
+	d.holdMu.Lock()
+	defer d.holdMu.Unlock()
 	d.mu.Lock()
 	d.dropJobs(func(j job) bool { return j.id == id })
 	for ref := range d.held {

@@ -63,6 +63,12 @@ type Deliverer struct {
 	metrics *Metrics
 	up      *upstreamPool
 
+	// holdMu orders holding copies against releasing or deleting them: a
+	// hold's spool record and its in-memory mark change together, so a
+	// Retry never misses a copy the spool already shows held, nor leaves
+	// one marked held that it released. Taken before mu.
+	holdMu sync.Mutex
+
 	mu   sync.Mutex
 	jobs jobHeap
 	// pending holds the messages whose ledger record is still to be
@@ -524,6 +530,8 @@ func (d *Deliverer) wakeWorker() {
 // there, across restarts, for the operator's retry (Retry). Never
 // re-queued by itself, a bad message cannot become a crash loop.
 func (d *Deliverer) hold(id string, idxs []int, component string, log *slog.Logger) {
+	d.holdMu.Lock()
+	defer d.holdMu.Unlock()
 	env, held, err := d.spool.Hold(id, idxs, time.Now().UTC())
 	switch {
 	case errors.Is(err, ErrNoSuchMessage):
