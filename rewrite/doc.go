@@ -42,9 +42,12 @@
 //   - <base href> is ignored: relative links stay relative and untracked.
 //   - data-notrack attributes are removed when clicks are tracked; with
 //     click tracking off the links are not touched at all.
-//   - A header block that ends at a broken line instead of an empty line is
-//     read the way mail clients read it (the body starts at that line), but
-//     an HTML body there is not edited: other readers may see header lines.
+//   - Header blocks are read by internal/rawheader, as the relay reads them:
+//     RFC 5322 with its obsolete syntax (white space before a field's colon).
+//     A block that ends at a line that is not a field even so, instead of an
+//     empty line, is read the way mail clients read it (the body starts at
+//     that line), but an HTML body there is not edited: other readers may see
+//     header lines.
 //   - Speed: the hot path works over byte slices. The lexer and the
 //     quoted-printable decoder mirror x/net/html's Tokenizer and
 //     mime/quotedprintable's Reader exactly (differential tests and fuzz
