@@ -26,8 +26,11 @@
 //     message itself. Parts inside message/rfc822, multipart/signed and
 //     multipart/encrypted, and HTML sent as an attachment, are copied as they
 //     are. The one header it may alter is the Content-Transfer-Encoding of an
-//     instrumented 7bit/8bit part whose new lines would exceed 998 bytes (the
-//     part is then quoted-printable).
+//     instrumented part that it encodes anew: quoted-printable and base64
+//     parts, and 7bit/8bit parts whose new lines would exceed 998 bytes (the
+//     part is then quoted-printable). That field is then written clean,
+//     naming the encoding used ("quoted-printable;" becomes
+//     "quoted-printable"), so that strict readers decode the part.
 //   - Lose mail. On any parse problem Message returns an error (a panic is
 //     turned into one) and the caller delivers the original bytes: rewriting
 //     fails open. A message carrying a DKIM-Signature is passed through

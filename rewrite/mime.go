@@ -301,30 +301,64 @@ func (h *header) disposition() string {
 	return strings.ToLower(strings.TrimSpace(v))
 }
 
-// transferEncoding returns the lower-case Content-Transfer-Encoding, with
-// white space and anything after a stray ';' removed.
+// transferEncoding returns the part's transfer encoding: the token of its
+// Content-Transfer-Encoding before the first ';' or white space, in lower
+// case, so that "quoted-printable;" (a stray semicolon, seen in real mail)
+// reads as quoted-printable.
 func (h *header) transferEncoding() string {
-	v, _, _ := strings.Cut(h.get("content-transfer-encoding"), ";")
-	return strings.ToLower(strings.TrimSpace(v))
+	v := h.get("content-transfer-encoding")
+	if i := strings.IndexAny(v, "; \t"); i >= 0 {
+		v = v[:i]
+	}
+	return strings.ToLower(v)
 }
 
-// withTransferEncoding returns a copy of the raw header block with its
-// Content-Transfer-Encoding set to enc: the existing field is replaced where
-// it stands, or a field is added before the empty line.
+// withTransferEncoding returns the raw header block with a clean
+// Content-Transfer-Encoding field naming enc, for a part encoded anew: a
+// strict reader must not take a field like "quoted-printable;" for an
+// unknown encoding and show the encoded text. The first such field is
+// written anew where it stands, with its own line ending (unless it reads
+// so already), any other is dropped, and a block without one gets one
+// before its empty line.
 func (h *header) withTransferEncoding(enc, eol string) []byte {
-	nf := "Content-Transfer-Encoding: " + enc + eol
-	out := make([]byte, 0, len(h.Raw)+len(nf))
-	done := false
+	clean := "Content-Transfer-Encoding: " + enc
+	n, first := 0, -1
 	for i := range h.Fields {
-		if f := &h.Fields[i]; done || !f.Is("content-transfer-encoding") {
-			out = append(out, f.Raw...)
-			continue
+		if h.Fields[i].Is("content-transfer-encoding") {
+			if n++; first < 0 {
+				first = i
+			}
 		}
-		out = append(out, nf...)
-		done = true
 	}
-	if !done {
-		out = append(out, nf...)
+	if n == 1 && string(bytes.TrimRight(h.Fields[first].Raw, "\r\n")) == clean {
+		return h.Raw
+	}
+	out := make([]byte, 0, len(h.Raw)+len(clean)+len(eol))
+	for i := range h.Fields {
+		f := &h.Fields[i]
+		switch {
+		case i == first:
+			out = append(out, clean...)
+			out = append(out, lineEnding(f.Raw, eol)...)
+		case n > 0 && f.Is("content-transfer-encoding"):
+		default:
+			out = append(out, f.Raw...)
+		}
+	}
+	if first < 0 {
+		out = append(out, clean...)
+		out = append(out, eol...)
 	}
 	return append(out, h.End...)
+}
+
+// lineEnding returns the line ending of a field, or eol when it has none.
+func lineEnding(raw []byte, eol string) string {
+	switch {
+	case bytes.HasSuffix(raw, []byte("\r\n")):
+		return "\r\n"
+	case bytes.HasSuffix(raw, []byte("\n")):
+		return "\n"
+	}
+	return eol
 }

@@ -109,8 +109,10 @@ func (m *messageRewriter) instrument(h *header, enc string, body []byte) (hraw, 
 	switch enc {
 	case "quoted-printable":
 		out = encodeQP(m.sc.enc[:0], doc, eol)
+		hraw = h.withTransferEncoding(enc, eol)
 	case "base64":
 		out = encodeBase64(m.sc.enc[:0], doc, eol)
+		hraw = h.withTransferEncoding(enc, eol)
 	case "binary":
 		out = doc
 	default:
