@@ -330,8 +330,10 @@ func (h *header) withTransferEncoding(enc, eol string) []byte {
 			}
 		}
 	}
-	if n == 1 && string(bytes.TrimRight(h.Fields[first].Raw, "\r\n")) == clean {
-		return h.Raw
+	if n == 1 {
+		if r := string(h.Fields[first].Raw); r == clean+"\r\n" || r == clean+"\n" {
+			return h.Raw
+		}
 	}
 	out := make([]byte, 0, len(h.Raw)+len(clean)+len(eol))
 	for i := range h.Fields {
