@@ -26,7 +26,8 @@ import (
 )
 
 // ErrTooLarge is returned for a header block larger than the limit given to
-// Read.
+// Read. A body line that follows the block without its empty line counts
+// too, as far as it is read to tell that it is not a field.
 var ErrTooLarge = errors.New("rawheader: header block exceeds its size limit")
 
 // A LineFunc yields the lines of its input: each call returns the next line,
@@ -145,7 +146,7 @@ func (h *Header) Has(name string) bool {
 	return false
 }
 
-// Read reads a header block from next, at most max bytes of it.
+// Read reads a header block from next, at most limit bytes of it.
 //
 // The block ends after its empty line (h.End), at the end of the input, or
 // before the first line that is neither a field, a continuation of one, nor
@@ -153,7 +154,7 @@ func (h *Header) Has(name string) bool {
 // after an empty line, is returned as rest (a copy, or its first fragments
 // when it is longer than next's buffer): it begins the body, and next goes
 // on with what follows it. A LineFunc error is returned as it is.
-func Read(next LineFunc, max int) (h Header, rest []byte, err error) {
+func Read(next LineFunc, limit int) (h Header, rest []byte, err error) {
 	var raw []byte
 	lineAt := 0        // offset in raw of the line being read
 	pending := false   // that line is not classified yet (only a fragment read)
@@ -166,7 +167,7 @@ func Read(next LineFunc, max int) (h Header, rest []byte, err error) {
 		if err != nil {
 			return Header{}, nil, err
 		}
-		if len(raw)+len(b) > max {
+		if len(raw)+len(b) > limit {
 			return Header{}, nil, ErrTooLarge
 		}
 		if start || len(raw) == 0 {
