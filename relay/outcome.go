@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/trackrelay/trackrelay/internal/guard"
 )
 
 // The texts a failed attempt records as its last response when the
@@ -79,8 +81,13 @@ func publicError(err error, log *slog.Logger) error {
 	var le localError
 	var ce connError
 	var se *smtp.SMTPError
+	var p *guard.Panic
 	var text string
 	switch {
+	case errors.As(err, &p):
+		// A panic recovered on a library's goroutine (the DKIM key's): the
+		// job holds the copy, and its text is never shown.
+		return p
 	case errors.As(err, &le):
 		text = textLocal
 	case errors.As(err, &ce):
