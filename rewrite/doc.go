@@ -15,8 +15,9 @@
 //     slice and does not allocate per token), edited in place (only href
 //     values and the pixel differ from the input bytes), and encoded again
 //     with its own transfer encoding and line ending style.
-//   - The link and quote rules of DESIGN.md, "Rewriting": which links are
-//     tracked, which are left alone, and which parts of a reply are history.
+//   - The link and quote rules (rules.go, html.go; docs/rewriting.md says
+//     them for readers): which links are tracked, which are left alone, and
+//     which parts of a reply are history.
 //
 // What it must never do
 //
