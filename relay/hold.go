@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"log/slog"
@@ -58,4 +59,37 @@ func (d *Deliverer) hold(id string, idxs []int, component string, log *slog.Logg
 			}
 		})
 	}
+}
+
+// release puts the held copies of message id back in the queue, due at
+// now, and reports them queued to the ledger.
+func (d *Deliverer) release(id string, now time.Time) (int, error) {
+	env, idxs, err := d.spool.Release(id, now.UTC())
+	if err != nil && !errors.Is(err, ErrNoSuchMessage) {
+		return 0, err
+	}
+	d.mu.Lock()
+	n := 0
+	for ref := range d.held {
+		if ref.id != id {
+			continue
+		}
+		delete(d.held, ref)
+		if err == nil { // a deleted message has nothing to release
+			heap.Push(&d.jobs, job{id: id, rcpt: ref.rcpt, due: now})
+			n++
+		}
+	}
+	d.mu.Unlock()
+	if err != nil || env.Bounce {
+		return n, nil
+	}
+	d.log.Info("held copies released by the operator", "queue_id", id, "copies", n)
+	for _, i := range idxs {
+		if err := d.ledger.Delivery(context.Background(), id, i, env.Recipients[i]); err != nil {
+			d.metrics.ledgerErrors.Inc()
+			d.log.Error("ledger: recording the released copy failed", "queue_id", id, "rcpt", i, "err", err)
+		}
+	}
+	return n, nil
 }

@@ -251,7 +251,7 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 		}
 		return err
 	}
-	adminSrv := &http.Server{Handler: deliverer.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	adminSrv := &http.Server{Handler: adminHandler(spool, deliverer), ReadHeaderTimeout: 10 * time.Second}
 	go adminSrv.Serve(adminLn)
 
 	errc := make(chan error, 3)
