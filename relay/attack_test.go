@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -297,6 +298,10 @@ func (rc *rawClient) expect(line string, want int) reply {
 	}
 	return r
 }
+
+// hangGuard bounds a wait for something that must happen, so that a broken
+// server fails the test instead of hanging it; it is no claim of how soon.
+const hangGuard = 30 * time.Second
 
 // closed reports whether the server closes the connection within d,
 // reading and discarding whatever it still sends.
@@ -894,7 +899,7 @@ func TestAttack_maxConnections(t *testing.T) {
 	if greet.code != 421 || !strings.HasPrefix(greet.text(), "4.7.0") {
 		t.Fatalf("connection over max_connections: %v", greet)
 	}
-	if !c.closed(2 * time.Second) {
+	if !c.closed(hangGuard) {
 		t.Error("connection over the limit left open")
 	}
 	// A slot that frees up is given to the next client.
@@ -924,22 +929,33 @@ func TestAttack_maxConnectionsPerIP(t *testing.T) {
 }
 
 // A slowloris client that trickles a command byte by byte, or says nothing,
-// is cut after the command timeout.
+// is cut after the command timeout: it gets 421 4.4.2 and the connection
+// closes while it is still trickling.
 func TestAttack_slowloris(t *testing.T) {
 	a := newAttackServer(t, attackOpts{cmdTimeout: 300 * time.Millisecond})
 	c := a.dial("")
-	start := time.Now()
+	var sent atomic.Int64
+	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for _, b := range []byte("EHLO slow.example.with.a.long.name.that.takes.ages") {
+		// One byte every 50 ms, with no end of line, until the server cuts
+		// the connection (or the test gives up): a server that let a
+		// trickle reset its timeout would never answer 421.
+		for b := byte('a'); ; b = 'a' + (b-'a'+1)%26 {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
 			c.c.SetWriteDeadline(time.Now().Add(time.Second))
 			if _, err := c.c.Write([]byte{b}); err != nil {
 				return
 			}
-			time.Sleep(50 * time.Millisecond)
+			sent.Add(1)
 		}
 	}()
+	c.write("EHLO slow.example.")
 	// The fragment read when the timeout struck may be answered (bufio
 	// hands it over as a line); then the session ends.
 	var replies []reply
@@ -949,42 +965,39 @@ func TestAttack_slowloris(t *testing.T) {
 			break
 		}
 		replies = append(replies, r)
-		if r.code == 421 {
+		if r.code == 421 || len(replies) > 2 {
 			break
 		}
 	}
 	if n := len(replies); n == 0 || n > 2 || replies[n-1].code != 421 || !strings.HasPrefix(replies[n-1].text(), "4.4.2") {
-		t.Errorf("slowloris: replies %v; want at most one answer, then 421 4.4.2", replies)
+		t.Errorf("slowloris: replies %v after %d bytes trickled; want at most one answer, then 421 4.4.2", replies, sent.Load())
 	}
-	if !c.closed(2 * time.Second) {
+	if !c.closed(hangGuard) {
 		t.Error("slowloris connection left open")
 	}
-	if el := time.Since(start); el > 2*time.Second {
-		t.Errorf("slowloris cut after %v", el)
-	}
+	close(stop)
 	<-done
 
 	idle := a.dial("")
-	start = time.Now()
-	if r := idle.read(); r.code != 421 {
+	if r := idle.read(); r.code != 421 || !strings.HasPrefix(r.text(), "4.4.2") {
 		t.Errorf("idle client: %v", r)
 	}
-	if !idle.closed(2*time.Second) || time.Since(start) > 2*time.Second {
-		t.Errorf("idle client not cut in time (%v)", time.Since(start))
+	if !idle.closed(hangGuard) {
+		t.Error("idle client left connected")
 	}
 }
 
-// A client that trickles its DATA is cut after the data timeout, and
-// nothing is stored.
+// A client that trickles its DATA, without end, is cut after the data
+// timeout with 421 4.4.2, and nothing is stored. The command timeout is
+// far beyond the test's patience, so only the data timeout can cut it.
 func TestAttack_dataTimeout(t *testing.T) {
-	a := newAttackServer(t, attackOpts{dataTimeout: 400 * time.Millisecond})
+	a := newAttackServer(t, attackOpts{dataTimeout: 400 * time.Millisecond, cmdTimeout: time.Hour})
 	c := a.dial("")
 	c.expect("EHLO app.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
 	c.expect("MAIL FROM:<alice@example.com>", 250)
 	c.expect("RCPT TO:<bob@example.net>", 250)
 	c.expect("DATA", 354)
-	start := time.Now()
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
@@ -1004,11 +1017,8 @@ func TestAttack_dataTimeout(t *testing.T) {
 	if r.code != 421 || !strings.HasPrefix(r.text(), "4.4.2") {
 		t.Errorf("trickled DATA: %v", r)
 	}
-	if !c.closed(2 * time.Second) {
+	if !c.closed(hangGuard) {
 		t.Error("trickling client left connected")
-	}
-	if el := time.Since(start); el > 2*time.Second {
-		t.Errorf("trickling client cut after %v", el)
 	}
 	a.assertNothingStored()
 }
@@ -1021,7 +1031,7 @@ func TestAttack_longLines(t *testing.T) {
 	if r := c.read(); r.code != 500 {
 		t.Errorf("100 KiB command line: %v", r)
 	}
-	if !c.closed(2 * time.Second) {
+	if !c.closed(hangGuard) {
 		t.Error("connection left open after a command line over the limit")
 	}
 	// A data line past the limit refuses the message.
@@ -1128,7 +1138,7 @@ func TestAttack_invalidCommands(t *testing.T) {
 	if r.code != 500 || !strings.Contains(r.text(), "Too many errors") {
 		t.Errorf("after 4 errors: %v", r)
 	}
-	if !c.closed(2 * time.Second) {
+	if !c.closed(hangGuard) {
 		t.Error("connection left open after too many errors")
 	}
 }
