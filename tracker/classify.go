@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
 // Reasons recorded with an event's class. Every event has at least one.
@@ -39,7 +41,7 @@ const (
 
 // hit is what classification looks at.
 type hit struct {
-	kind        Kind
+	kind        token.Kind
 	method      string
 	ip          netip.Addr
 	header      http.Header
@@ -184,7 +186,7 @@ func classify(h hit) verdict {
 	case ui.scanner:
 		add(&scanner, ReasonScannerUA)
 	}
-	if h.kind == KindClick && !h.deliveredAt.IsZero() && h.window > 0 {
+	if h.kind == token.KindClick && !h.deliveredAt.IsZero() && h.window > 0 {
 		if d := h.at.Sub(h.deliveredAt); d >= 0 && d < h.window {
 			add(&scanner, "click-"+shortDuration(d)+"-after-delivery")
 		}
@@ -200,7 +202,7 @@ func classify(h hit) verdict {
 	googleIP := h.ip.IsValid() && inPrefixes(ip, googleProxy)
 	yahooIP := h.ip.IsValid() && inPrefixes(ip, yahooProxy)
 	switch {
-	case h.kind == KindClick && (googleUA || yahooUA || googleIP || yahooIP):
+	case h.kind == token.KindClick && (googleUA || yahooUA || googleIP || yahooIP):
 		// The proxies fetch images; a person's click comes from their
 		// browser, not from the proxy.
 		add(&scanner, ReasonClickFromProxyIP)

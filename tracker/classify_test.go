@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
 // Real user agents, and where their shape is documented:
@@ -88,7 +90,7 @@ func TestClassify(t *testing.T) {
 	home := netip.MustParseAddr("203.0.113.9")
 	for _, tc := range []struct {
 		name      string
-		kind      Kind
+		kind      token.Kind
 		method    string
 		ip        string
 		ua        string
@@ -106,37 +108,37 @@ func TestClassify(t *testing.T) {
 		{name: "outlook desktop", ua: uaOutlookDesktop, class: ClassHuman},
 		{name: "outlook word engine", ua: uaOutlookWord, class: ClassHuman},
 		{name: "thunderbird", ua: uaThunderbird, class: ClassHuman},
-		{name: "chrome click an hour later", kind: KindClick, ua: uaChrome, class: ClassHuman},
-		{name: "chrome click 2s after delivery", kind: KindClick, ua: uaChrome, at: delivered.Add(2 * time.Second), class: ClassScanner, reason: "click-2s-after-delivery"},
-		{name: "click 300ms after delivery", kind: KindClick, ua: uaEdge, at: delivered.Add(300 * time.Millisecond), class: ClassScanner, reason: "click-300ms-after-delivery"},
+		{name: "chrome click an hour later", kind: token.KindClick, ua: uaChrome, class: ClassHuman},
+		{name: "chrome click 2s after delivery", kind: token.KindClick, ua: uaChrome, at: delivered.Add(2 * time.Second), class: ClassScanner, reason: "click-2s-after-delivery"},
+		{name: "click 300ms after delivery", kind: token.KindClick, ua: uaEdge, at: delivered.Add(300 * time.Millisecond), class: ClassScanner, reason: "click-300ms-after-delivery"},
 		{name: "open 2s after delivery is not a scanner", ua: uaAppleMail, at: delivered.Add(2 * time.Second), class: ClassHuman},
 		{name: "head request", method: http.MethodHead, ua: uaChrome, class: ClassScanner, reason: ReasonHeadRequest},
-		{name: "headless chrome", kind: KindClick, ua: uaHeadless, class: ClassScanner, reason: ReasonScannerUA},
-		{name: "barracuda", kind: KindClick, ua: uaBarracuda, class: ClassScanner, reason: ReasonScannerUA},
+		{name: "headless chrome", kind: token.KindClick, ua: uaHeadless, class: ClassScanner, reason: ReasonScannerUA},
+		{name: "barracuda", kind: token.KindClick, ua: uaBarracuda, class: ClassScanner, reason: ReasonScannerUA},
 		{name: "curl", ua: uaCurl, class: ClassScanner, reason: ReasonScannerUA},
 		{name: "no user agent", ua: "", class: ClassScanner, reason: ReasonEmptyUA},
-		{name: "chrome prefetch header", kind: KindClick, ua: uaChrome, header: http.Header{"Sec-Purpose": {"prefetch;prerender"}}, class: ClassPrefetch, reason: ReasonPrefetchHeader},
-		{name: "firefox x-moz prefetch", kind: KindClick, ua: uaFirefox, header: http.Header{"X-Moz": {"prefetch"}}, class: ClassPrefetch, reason: ReasonPrefetchHeader},
+		{name: "chrome prefetch header", kind: token.KindClick, ua: uaChrome, header: http.Header{"Sec-Purpose": {"prefetch;prerender"}}, class: ClassPrefetch, reason: ReasonPrefetchHeader},
+		{name: "firefox x-moz prefetch", kind: token.KindClick, ua: uaFirefox, header: http.Header{"X-Moz": {"prefetch"}}, class: ClassPrefetch, reason: ReasonPrefetchHeader},
 		{name: "sender's own ip", ua: uaOutlookDesktop, ip: "192.0.2.10", class: ClassSelf, reason: ReasonSubmitterIP},
 		{name: "sender's ip beats apple", ua: uaAppleMail, ip: "192.0.2.10", method: http.MethodHead, class: ClassSelf, reason: ReasonSubmitterIP},
 		{name: "sender's own copy", ua: uaChrome, recipient: 1, class: ClassSelf, reason: ReasonUntrackedCopy},
 		{name: "gmail proxy from google's network", ua: uaGmailProxy, ip: "66.249.84.17", class: ClassProxy, reason: ReasonGoogleProxyIP},
 		{name: "yahoo proxy from yahoo's network", ua: uaYahooProxy, ip: "98.137.10.1", class: ClassProxy, reason: ReasonYahooProxyIP},
-		{name: "click through gmail's proxy network", kind: KindClick, ua: uaChrome, ip: "66.249.84.17", class: ClassScanner, reason: ReasonClickFromProxyIP},
-		{name: "click with the proxy's agent", kind: KindClick, ua: uaGmailProxy, class: ClassScanner, reason: ReasonClickFromProxyIP},
-		{name: "apple mpp prefetch of a click", kind: KindClick, ua: uaIOSMail, ip: "17.120.3.4", class: ClassPrefetch, reason: ReasonAppleMPPIP},
+		{name: "click through gmail's proxy network", kind: token.KindClick, ua: uaChrome, ip: "66.249.84.17", class: ClassScanner, reason: ReasonClickFromProxyIP},
+		{name: "click with the proxy's agent", kind: token.KindClick, ua: uaGmailProxy, class: ClassScanner, reason: ReasonClickFromProxyIP},
+		{name: "apple mpp prefetch of a click", kind: token.KindClick, ua: uaIOSMail, ip: "17.120.3.4", class: ClassPrefetch, reason: ReasonAppleMPPIP},
 		// Chrome's speculation rules send "Sec-Purpose: prefetch"
 		// (https://wicg.github.io/nav-speculation/prefetch.html); older
 		// Chrome and Safari send "Purpose: prefetch"; Firefox's link
 		// prefetching sends "X-Moz: prefetch" (MDN, Link prefetching FAQ).
-		{name: "purpose prefetch", kind: KindClick, ua: uaSafari, header: http.Header{"Purpose": {"prefetch"}}, class: ClassPrefetch, reason: ReasonPrefetchHeader},
+		{name: "purpose prefetch", kind: token.KindClick, ua: uaSafari, header: http.Header{"Purpose": {"prefetch"}}, class: ClassPrefetch, reason: ReasonPrefetchHeader},
 		{name: "safari top sites preview", ua: uaSafari, header: http.Header{"X-Purpose": {"preview"}}, class: ClassPrefetch, reason: ReasonPrefetchHeader},
-		{name: "curl HEAD link check", kind: KindClick, method: http.MethodHead, ua: uaCurl, class: ClassScanner, reason: ReasonHeadRequest},
+		{name: "curl HEAD link check", kind: token.KindClick, method: http.MethodHead, ua: uaCurl, class: ClassScanner, reason: ReasonHeadRequest},
 		{name: "ios mail open", ua: uaIOSMail, class: ClassHuman},
-		{name: "samsung internet click", kind: KindClick, ua: uaSamsungInternet, class: ClassHuman},
+		{name: "samsung internet click", kind: token.KindClick, ua: uaSamsungInternet, class: ClassHuman},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := hit{kind: KindOpen, method: http.MethodGet, ip: home, header: http.Header{}, userAgent: tc.ua,
+			h := hit{kind: token.KindOpen, method: http.MethodGet, ip: home, header: http.Header{}, userAgent: tc.ua,
 				at: later, message: msg, recipient: tc.recipient, deliveredAt: delivered, window: 10 * time.Second}
 			if tc.kind != 0 {
 				h.kind = tc.kind
@@ -191,7 +193,7 @@ func TestIPRangeFiles(t *testing.T) {
 }
 
 func TestClassify_unknownMessage(t *testing.T) {
-	v := classify(hit{kind: KindClick, method: http.MethodGet, ip: netip.MustParseAddr("203.0.113.9"), header: http.Header{}, userAgent: uaChrome, at: time.Now(), window: 10 * time.Second})
+	v := classify(hit{kind: token.KindClick, method: http.MethodGet, ip: netip.MustParseAddr("203.0.113.9"), header: http.Header{}, userAgent: uaChrome, at: time.Now(), window: 10 * time.Second})
 	if v.class != ClassHuman || v.client != "Chrome" {
 		t.Errorf("got %+v", v)
 	}
@@ -228,7 +230,7 @@ func TestWebmailClient(t *testing.T) {
 		if tc.referer != "" {
 			h.Set("Referer", tc.referer)
 		}
-		v := classify(hit{kind: KindOpen, method: http.MethodGet, header: h, userAgent: tc.ua,
+		v := classify(hit{kind: token.KindOpen, method: http.MethodGet, header: h, userAgent: tc.ua,
 			ip: netip.MustParseAddr("203.0.113.9"), at: time.Now()})
 		if v.client != tc.want {
 			t.Errorf("%s with Referer %q: client %q, want %q", clientName(tc.ua), tc.referer, v.client, tc.want)

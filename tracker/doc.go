@@ -5,8 +5,7 @@
 // prefetch, scanner, self) and the event store, with bbolt as its embedded
 // backend.
 //
-// Tokens are HMAC-SHA256 signed (128-bit tag) with a key id, so keys rotate:
-// the newest key of a Keyring signs and every key verifies. A click token
+// Tokens and the URLs minted from them are package token's: a click token
 // carries its destination, so a redirect needs no store.
 //
 // A hit is durable in the Store before its response is sent. BoltStore

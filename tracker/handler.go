@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
 // Defaults of Config.
@@ -123,7 +125,7 @@ type apiAccount struct {
 
 type handler struct {
 	cfg      Config
-	keys     *Keyring
+	keys     *token.Keyring
 	store    Store
 	log      *slog.Logger
 	metrics  *Metrics
@@ -145,7 +147,7 @@ type handler struct {
 //
 // Every hit is recorded in store before its response is sent; if the store
 // fails, the pixel and the redirect are served all the same.
-func NewHandler(cfg Config, keys *Keyring, store Store) http.Handler {
+func NewHandler(cfg Config, keys *token.Keyring, store Store) http.Handler {
 	h := &handler{cfg: cfg, keys: keys, store: store, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
 		limiter: newRecordLimiter(cfg.RecordRate, cfg.RecordBurst)}
 	if h.log == nil {
@@ -216,12 +218,12 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := r.URL.EscapedPath()
 	name := handlerOther
 	switch {
-	case strings.HasPrefix(path, "/o/"):
+	case strings.HasPrefix(path, token.OpenPath):
 		name = handlerOpen
-		h.serveHit(sw, r, KindOpen, path[len("/o/"):])
-	case strings.HasPrefix(path, "/c/"):
+		h.serveHit(sw, r, token.KindOpen, path[len(token.OpenPath):])
+	case strings.HasPrefix(path, token.ClickPath):
 		name = handlerClick
-		h.serveHit(sw, r, KindClick, path[len("/c/"):])
+		h.serveHit(sw, r, token.KindClick, path[len(token.ClickPath):])
 	case strings.HasPrefix(path, apiMessagesPrefix):
 		name = handlerAPI
 		h.serveMessage(sw, r, path[len(apiMessagesPrefix):])
@@ -281,25 +283,25 @@ var (
 )
 
 // serveHit answers /o/ and /c/.
-func (h *handler) serveHit(w http.ResponseWriter, r *http.Request, kind Kind, token string) {
+func (h *handler) serveHit(w http.ResponseWriter, r *http.Request, kind token.Kind, tok string) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		methodNotAllowed(w, "GET, HEAD")
 		return
 	}
-	if strings.IndexByte(token, '%') >= 0 {
-		if u, err := url.PathUnescape(token); err == nil {
-			token = u
+	if strings.IndexByte(tok, '%') >= 0 {
+		if u, err := url.PathUnescape(tok); err == nil {
+			tok = u
 		}
 	}
-	t, err := h.keys.Verify(token)
+	t, err := h.keys.Verify(tok)
 	var dest string
 	if err == nil && t.Kind != kind {
-		err = ErrBadToken
+		err = token.ErrInvalid
 	}
-	if err == nil && kind == KindClick {
+	if err == nil && kind == token.KindClick {
 		var ok bool
 		if dest, ok = redirectTarget(t.Dest); !ok {
-			err = ErrBadToken
+			err = token.ErrInvalid
 		}
 	}
 	if err != nil {
@@ -309,7 +311,7 @@ func (h *handler) serveHit(w http.ResponseWriter, r *http.Request, kind Kind, to
 	}
 	h.record(r, t)
 	hd := w.Header()
-	if kind == KindOpen {
+	if kind == token.KindOpen {
 		for k, v := range pixelHeader {
 			hd[k] = v
 		}
@@ -331,7 +333,7 @@ func (h *handler) serveHit(w http.ResponseWriter, r *http.Request, kind Kind, to
 // record classifies the hit of a verified token and commits it to the store,
 // waiting StoreTimeout (up to 1.5×StoreTimeout) at most. Failures are
 // counted and logged, never returned: the hit is served regardless.
-func (h *handler) record(r *http.Request, t Token) {
+func (h *handler) record(r *http.Request, t token.Token) {
 	// Not r's context: a hit whose client went away is recorded all the same.
 	ctx := h.deadline.context()
 	at := h.now().UTC()
@@ -345,7 +347,7 @@ func (h *handler) record(r *http.Request, t Token) {
 		ua = ua[:maxUserAgent]
 	}
 	typ := EventOpen
-	if t.Kind == KindClick {
+	if t.Kind == token.KindClick {
 		typ = EventClick
 	}
 	in := hit{
@@ -366,7 +368,7 @@ func (h *handler) record(r *http.Request, t Token) {
 	default:
 		h.log.Warn("tracker: read message for classification", "msg", t.Message, "err", err)
 	}
-	if t.Kind == KindClick && err == nil {
+	if t.Kind == token.KindClick && err == nil {
 		if dr, ok := h.store.(DeliveryReader); ok {
 			d, derr := dr.Delivery(ctx, t.Message, t.Recipient)
 			if derr == nil && d.Status == StatusDelivered {
@@ -382,7 +384,7 @@ func (h *handler) record(r *http.Request, t Token) {
 	if h.cfg.Geo != nil && ip.IsValid() {
 		e.Country, e.City = h.cfg.Geo.Lookup(ip)
 	}
-	if t.Kind == KindClick {
+	if t.Kind == token.KindClick {
 		e.URL = t.Dest
 	} else {
 		e.Link = -1

@@ -21,12 +21,25 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
 const (
 	aliceKey = "alice-api-key-0123456789"
 	bobKey   = "bob-api-key-9876543210"
 )
+
+func testSecret(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
+
+// testKeyring is a keyring of one key, with id 1.
+func testKeyring(t testing.TB) *token.Keyring {
+	t.Helper()
+	kr, err := token.NewKeyring(token.Key{ID: 1, Secret: testSecret('a')})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kr
+}
 
 func keySum(k string) string {
 	s := sha256.Sum256([]byte(k))
@@ -35,11 +48,11 @@ func keySum(k string) string {
 
 type testEnv struct {
 	srv   *httptest.Server
-	keys  *Keyring
+	keys  *token.Keyring
 	store Store
 	reg   *prometheus.Registry
 	msg   Message
-	mint  *Minter
+	mint  *token.Minter
 }
 
 // newTestEnv serves a tracker for one stored message (queue id Q1A2B3,
@@ -244,7 +257,7 @@ func TestRedirectTarget(t *testing.T) {
 
 func TestBadTokens404(t *testing.T) {
 	e := newTestEnv(t, nil, nil)
-	other, _ := NewKeyring(Key{ID: 1, Secret: testSecret('z')})
+	other, _ := token.NewKeyring(token.Key{ID: 1, Secret: testSecret('z')})
 	open := strings.TrimPrefix(e.mint.OpenURL(), e.srv.URL)
 	click := strings.TrimPrefix(e.mint.ClickURL(0, "https://example.com/"), e.srv.URL)
 	tamper := func(p string) string {

@@ -7,6 +7,7 @@ import (
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/rewrite"
 	"github.com/trackrelay/trackrelay/tracker"
+	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
 // storeLedger lets the relay report to the tracking store: the relay
@@ -72,7 +73,7 @@ func pendingMessages(d *relay.Deliverer) func(account, ref string) (*tracker.Mes
 
 // keyMinters mints each copy's tracking URLs with the tracker's keys.
 type keyMinters struct {
-	keys    *tracker.Keyring
+	keys    *token.Keyring
 	baseURL string
 }
 

@@ -1,4 +1,4 @@
-package tracker
+package token
 
 import (
 	"bytes"
@@ -74,14 +74,14 @@ func TestToken_tamperEveryByte(t *testing.T) {
 					continue
 				}
 				bad := tok[:i] + string(c) + tok[i+1:]
-				if _, err := kr.Verify(bad); !errors.Is(err, ErrBadToken) {
-					t.Fatalf("byte %d set to %q: err = %v, want ErrBadToken", i, c, err)
+				if _, err := kr.Verify(bad); !errors.Is(err, ErrInvalid) {
+					t.Fatalf("byte %d set to %q: err = %v, want ErrInvalid", i, c, err)
 				}
 			}
 		}
 		// Truncated, extended, and decoded-then-modified.
 		for i := range len(tok) {
-			if _, err := kr.Verify(tok[:i]); !errors.Is(err, ErrBadToken) {
+			if _, err := kr.Verify(tok[:i]); !errors.Is(err, ErrInvalid) {
 				t.Fatalf("truncated to %d: err = %v", i, err)
 			}
 		}
@@ -93,12 +93,12 @@ func TestToken_tamperEveryByte(t *testing.T) {
 			for bit := range 8 {
 				b := bytes.Clone(raw)
 				b[i] ^= 1 << bit
-				if _, err := kr.Verify(tokenEncoding.EncodeToString(b)); !errors.Is(err, ErrBadToken) {
+				if _, err := kr.Verify(tokenEncoding.EncodeToString(b)); !errors.Is(err, ErrInvalid) {
 					t.Fatalf("flip bit %d of byte %d: err = %v", bit, i, err)
 				}
 			}
 		}
-		if _, err := kr.Verify(tok + "A"); !errors.Is(err, ErrBadToken) {
+		if _, err := kr.Verify(tok + "A"); !errors.Is(err, ErrInvalid) {
 			t.Fatalf("extended: err = %v", err)
 		}
 	}
@@ -106,9 +106,9 @@ func TestToken_tamperEveryByte(t *testing.T) {
 
 func TestToken_malformed(t *testing.T) {
 	kr := testKeyring(t)
-	for _, tok := range []string{"", ".gif", "!!!!", "AAAA", strings.Repeat("A", MaxTokenLen+4), "a b", "%41"} {
-		if _, err := kr.Verify(tok); !errors.Is(err, ErrBadToken) {
-			t.Errorf("Verify(%.20q) = %v, want ErrBadToken", tok, err)
+	for _, tok := range []string{"", ".gif", "!!!!", "AAAA", strings.Repeat("A", MaxLen+4), "a b", "%41"} {
+		if _, err := kr.Verify(tok); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Verify(%.20q) = %v, want ErrInvalid", tok, err)
 		}
 	}
 }
@@ -133,7 +133,7 @@ func TestToken_keyRotation(t *testing.T) {
 		t.Fatalf("new token: %+v, %v", got, err)
 	}
 	// A keyring that lost key 2 (or never had it) rejects it.
-	if _, err := oldKR.Verify(newTok); !errors.Is(err, ErrBadToken) {
+	if _, err := oldKR.Verify(newTok); !errors.Is(err, ErrInvalid) {
 		t.Errorf("unknown key id: err = %v", err)
 	}
 }
@@ -141,7 +141,7 @@ func TestToken_keyRotation(t *testing.T) {
 func TestToken_wrongKey(t *testing.T) {
 	a, _ := NewKeyring(Key{ID: 1, Secret: testSecret('a')})
 	b, _ := NewKeyring(Key{ID: 1, Secret: testSecret('b')})
-	if _, err := b.Verify(a.OpenToken("Q1", 0)); !errors.Is(err, ErrBadToken) {
+	if _, err := b.Verify(a.OpenToken("Q1", 0)); !errors.Is(err, ErrInvalid) {
 		t.Errorf("same id, other secret: err = %v", err)
 	}
 }

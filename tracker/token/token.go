@@ -1,4 +1,4 @@
-package tracker
+package token
 
 import (
 	"crypto/hmac"
@@ -12,18 +12,18 @@ import (
 	"sync"
 )
 
-// ErrBadToken is returned by Keyring.Verify for any token that is malformed,
+// ErrInvalid is returned by Keyring.Verify for any token that is malformed,
 // too long, signed with an unknown key or tampered with. Callers answer it
 // with a 404 and never say which of these it was.
-var ErrBadToken = errors.New("tracker: bad token")
+var ErrInvalid = errors.New("token: invalid token")
 
 // MinSecretLen is the smallest accepted key secret, in bytes.
 const MinSecretLen = 32
 
-// MaxTokenLen bounds the length of an encoded token (without any ".gif"
+// MaxLen bounds the length of an encoded token (without any ".gif"
 // suffix). Verify rejects longer input before decoding it; a link whose
 // click token would be longer should be left untracked by the rewriter.
-const MaxTokenLen = 64 << 10
+const MaxLen = 64 << 10
 
 // tagLen is the length of the truncated HMAC-SHA256 tag (128 bits).
 const tagLen = 16
@@ -77,15 +77,15 @@ func (k *macKey) appendTag(dst, data []byte) []byte {
 // than MinSecretLen or when two keys share an ID. The secrets are copied.
 func NewKeyring(keys ...Key) (*Keyring, error) {
 	if len(keys) == 0 {
-		return nil, errors.New("tracker: keyring needs at least one key")
+		return nil, errors.New("token: keyring needs at least one key")
 	}
 	kr := &Keyring{keys: make(map[byte]*macKey, len(keys))}
 	for _, k := range keys {
 		if len(k.Secret) < MinSecretLen {
-			return nil, fmt.Errorf("tracker: key %d: secret is %d bytes, need at least %d", k.ID, len(k.Secret), MinSecretLen)
+			return nil, fmt.Errorf("token: key %d: secret is %d bytes, need at least %d", k.ID, len(k.Secret), MinSecretLen)
 		}
 		if _, dup := kr.keys[k.ID]; dup {
-			return nil, fmt.Errorf("tracker: key id %d given twice", k.ID)
+			return nil, fmt.Errorf("token: key id %d given twice", k.ID)
 		}
 		kr.keys[k.ID] = newMACKey(k.Secret)
 	}
@@ -172,51 +172,51 @@ func (k *Keyring) sign(t Token) string {
 
 // Verify decodes and authenticates a token. One extension-like suffix after
 // the last '.' (such as ".gif") is ignored, since the token alphabet has no
-// '.'. Anything malformed, over MaxTokenLen, signed by an unknown key or
-// tampered with yields ErrBadToken.
+// '.'. Anything malformed, over MaxLen, signed by an unknown key or
+// tampered with yields ErrInvalid.
 func (k *Keyring) Verify(token string) (Token, error) {
 	if i := strings.LastIndexByte(token, '.'); i >= 0 {
 		token = token[:i]
 	}
-	if len(token) == 0 || len(token) > MaxTokenLen || !isTokenAlphabet(token) {
-		return Token{}, ErrBadToken
+	if len(token) == 0 || len(token) > MaxLen || !isTokenAlphabet(token) {
+		return Token{}, ErrInvalid
 	}
 	b, err := tokenEncoding.DecodeString(token)
 	if err != nil || len(b) < 2+tagLen {
-		return Token{}, ErrBadToken
+		return Token{}, ErrInvalid
 	}
 	body, tag := b[:len(b)-tagLen], b[len(b)-tagLen:]
 	kind, keyID := Kind(body[0]), body[1]
 	if kind != KindOpen && kind != KindClick {
-		return Token{}, ErrBadToken
+		return Token{}, ErrInvalid
 	}
 	key, ok := k.keys[keyID]
 	if !ok {
-		return Token{}, ErrBadToken
+		return Token{}, ErrInvalid
 	}
 	var buf [tagLen]byte
 	if !hmac.Equal(key.appendTag(buf[:0], body), tag) {
-		return Token{}, ErrBadToken
+		return Token{}, ErrInvalid
 	}
 	t := Token{Kind: kind, KeyID: keyID, Link: -1}
 	p := body[2:]
 	var ok2 bool
 	if t.Message, p, ok2 = readString(p); !ok2 {
-		return Token{}, ErrBadToken
+		return Token{}, ErrInvalid
 	}
 	if t.Recipient, p, ok2 = readInt(p); !ok2 {
-		return Token{}, ErrBadToken
+		return Token{}, ErrInvalid
 	}
 	if kind == KindClick {
 		if t.Link, p, ok2 = readInt(p); !ok2 {
-			return Token{}, ErrBadToken
+			return Token{}, ErrInvalid
 		}
 		if t.Dest, p, ok2 = readString(p); !ok2 {
-			return Token{}, ErrBadToken
+			return Token{}, ErrInvalid
 		}
 	}
 	if len(p) != 0 {
-		return Token{}, ErrBadToken
+		return Token{}, ErrInvalid
 	}
 	return t, nil
 }
@@ -250,6 +250,18 @@ func readInt(p []byte) (int, []byte, bool) {
 	return int(v), p[w:], true
 }
 
+// The URL layout of the tracking server. This package is the one place that
+// knows it: Minter builds URLs with it and the HTTP handler routes by it.
+const (
+	// OpenPath is the path prefix of open pixels: OpenPath + token + PixelSuffix.
+	OpenPath = "/o/"
+	// ClickPath is the path prefix of click redirects: ClickPath + token.
+	ClickPath = "/c/"
+	// PixelSuffix ends an open pixel's URL, so that it looks like an image
+	// to mail clients; Verify ignores it.
+	PixelSuffix = ".gif"
+)
+
 // Minter mints the tracking URLs of one recipient's copy of a message.
 type Minter struct {
 	keys      *Keyring
@@ -264,13 +276,13 @@ func (k *Keyring) Minter(baseURL, message string, recipient int) *Minter {
 	return &Minter{keys: k, base: strings.TrimRight(baseURL, "/"), message: message, recipient: recipient}
 }
 
-// OpenURL returns the URL of the copy's open pixel: base + "/o/" + token + ".gif".
+// OpenURL returns the URL of the copy's open pixel: base + OpenPath + token + PixelSuffix.
 func (m *Minter) OpenURL() string {
-	return m.base + "/o/" + m.keys.OpenToken(m.message, m.recipient) + ".gif"
+	return m.base + OpenPath + m.keys.OpenToken(m.message, m.recipient) + PixelSuffix
 }
 
 // ClickURL returns the click-redirect URL of link number index of the copy,
-// which redirects to dest: base + "/c/" + token.
+// which redirects to dest: base + ClickPath + token.
 func (m *Minter) ClickURL(index int, dest string) string {
-	return m.base + "/c/" + m.keys.ClickToken(m.message, m.recipient, index, dest)
+	return m.base + ClickPath + m.keys.ClickToken(m.message, m.recipient, index, dest)
 }
