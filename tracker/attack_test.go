@@ -122,7 +122,7 @@ func TestAttack_forgedTokens(t *testing.T) {
 		"CRLF injection":          "/c/" + click + "%0d%0aLocation:%20https://evil.example/",
 		"NUL byte":                "/c/" + click + "%00",
 		"oversized (100 KB)":      "/c/" + strings.Repeat("A", 100<<10),
-		"just over token.MaxLen":   "/o/" + strings.Repeat("A", token.MaxLen+1) + ".gif",
+		"just over token.MaxLen":  "/o/" + strings.Repeat("A", token.MaxLen+1) + ".gif",
 		"empty":                   "/c/",
 		"empty with extension":    "/o/.gif",
 	}

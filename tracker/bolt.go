@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/trackrelay/trackrelay/tracker/classify"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -71,8 +72,6 @@ const (
 	defaultQueueLen                 = 4096
 	retentionChunk                  = 2000
 	retentionScan                   = 50000
-	reasonClickBeforeOpen           = "click-before-open"
-	reasonOpenedBeforeClick         = "opened-before-click"
 	feedKindOpen, feedKindClick     = EventOpen, EventClick
 	feedKindDelivery, feedKindRecls = EventDelivery, EventReclassified
 )
@@ -370,7 +369,7 @@ type tally struct {
 
 func (t *tally) add(typ, class string, link int, at time.Time) {
 	t.Events++
-	if !counted(class) {
+	if !classify.Counted(class) {
 		return
 	}
 	switch typ {

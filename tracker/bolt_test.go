@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/trackrelay/trackrelay/tracker/classify"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -135,12 +136,12 @@ func TestBolt_eventsAndCounts(t *testing.T) {
 	m := putTestMessage(t, s)
 	at := testAccepted.Add(time.Hour)
 	events := []Event{
-		{Type: EventOpen, Recipient: 0, Link: -1, Class: ClassPrefetch, Reasons: []string{ReasonAppleMPPIP}},
-		{Type: EventOpen, Recipient: 0, Link: -1, Class: ClassHuman},
-		{Type: EventOpen, Recipient: 0, Link: -1, Class: ClassProxy},
-		{Type: EventClick, Recipient: 0, Link: 0, Class: ClassScanner, URL: "https://example.com/quote?id=1&x=2"},
-		{Type: EventClick, Recipient: 0, Link: 0, Class: ClassHuman, URL: "https://example.com/quote?id=1&x=2"},
-		{Type: EventOpen, Recipient: 1, Link: -1, Class: ClassSelf},
+		{Type: EventOpen, Recipient: 0, Link: -1, Class: classify.Prefetch, Reasons: []string{classify.ReasonAppleMPPIP}},
+		{Type: EventOpen, Recipient: 0, Link: -1, Class: classify.Human},
+		{Type: EventOpen, Recipient: 0, Link: -1, Class: classify.Proxy},
+		{Type: EventClick, Recipient: 0, Link: 0, Class: classify.Scanner, URL: "https://example.com/quote?id=1&x=2"},
+		{Type: EventClick, Recipient: 0, Link: 0, Class: classify.Human, URL: "https://example.com/quote?id=1&x=2"},
+		{Type: EventOpen, Recipient: 1, Link: -1, Class: classify.Self},
 	}
 	for i, e := range events {
 		e.Message = m.ID
@@ -155,7 +156,7 @@ func TestBolt_eventsAndCounts(t *testing.T) {
 	if err := s.PutMessage(ctx, other); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AddEvent(ctx, Event{Type: EventOpen, Message: other.ID, Link: -1, Class: ClassHuman, At: at}); err != nil {
+	if err := s.AddEvent(ctx, Event{Type: EventOpen, Message: other.ID, Link: -1, Class: classify.Human, At: at}); err != nil {
 		t.Fatal(err)
 	}
 	v, err := s.Lookup(ctx, "alice", m.ID)
@@ -175,7 +176,7 @@ func TestBolt_eventsAndCounts(t *testing.T) {
 	if v.Links[0].Clicks != 1 || v.Links[1].Clicks != 0 {
 		t.Errorf("links = %+v", v.Links)
 	}
-	if e := v.Events[3]; e.Link != "https://example.com/quote?id=1&x=2" || e.Recipient != "bob@example.net" || e.Class != ClassScanner {
+	if e := v.Events[3]; e.Link != "https://example.com/quote?id=1&x=2" || e.Recipient != "bob@example.net" || e.Class != classify.Scanner {
 		t.Errorf("event 3 = %+v", e)
 	}
 	if e := v.Events[0]; e.Link != "" || len(e.Reasons) != 1 {
@@ -192,13 +193,13 @@ func TestBolt_clickBurstIsScanner(t *testing.T) {
 	}
 	at := testAccepted.Add(time.Hour)
 	for i := range 4 {
-		e := Event{Type: EventClick, Message: m.ID, Recipient: 0, Link: i, Class: ClassHuman, At: at.Add(time.Duration(i) * 300 * time.Millisecond)}
+		e := Event{Type: EventClick, Message: m.ID, Recipient: 0, Link: i, Class: classify.Human, At: at.Add(time.Duration(i) * 300 * time.Millisecond)}
 		if err := s.AddEvent(ctx, e); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// A real click a minute later stays human.
-	if err := s.AddEvent(ctx, Event{Type: EventClick, Message: m.ID, Recipient: 0, Link: 1, Class: ClassHuman, At: at.Add(time.Minute)}); err != nil {
+	if err := s.AddEvent(ctx, Event{Type: EventClick, Message: m.ID, Recipient: 0, Link: 1, Class: classify.Human, At: at.Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
 	v, err := s.Lookup(ctx, "alice", m.ID)
@@ -206,9 +207,9 @@ func TestBolt_clickBurstIsScanner(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, e := range v.Events {
-		want := ClassScanner
+		want := classify.Scanner
 		if i == 4 {
-			want = ClassHuman
+			want = classify.Human
 		}
 		if e.Class != want {
 			t.Errorf("event %d: class %s (%v), want %s", i, e.Class, e.Reasons, want)
@@ -230,7 +231,7 @@ func TestBolt_groupCommit(t *testing.T) {
 	errs := make(chan error, n)
 	for i := range n {
 		wg.Go(func() {
-			errs <- s.AddEvent(ctx, Event{Type: EventOpen, Message: m.ID, Recipient: 0, Link: -1, Class: ClassHuman, At: time.Now(), UserAgent: fmt.Sprint(i)})
+			errs <- s.AddEvent(ctx, Event{Type: EventOpen, Message: m.ID, Recipient: 0, Link: -1, Class: classify.Human, At: time.Now(), UserAgent: fmt.Sprint(i)})
 		})
 	}
 	wg.Wait()
@@ -301,7 +302,7 @@ func TestBolt_reopenKeepsData(t *testing.T) {
 	}
 	ctx := context.Background()
 	m := putTestMessage(t, s)
-	if err := s.AddEvent(ctx, Event{Type: EventOpen, Message: m.ID, Link: -1, Class: ClassHuman, At: time.Now()}); err != nil {
+	if err := s.AddEvent(ctx, Event{Type: EventOpen, Message: m.ID, Link: -1, Class: classify.Human, At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -340,7 +341,7 @@ func TestBolt_reportsShareCommits(t *testing.T) {
 			errs <- s.SetDelivery(ctx, id, 0, Delivery{Status: StatusDelivered, Attempts: 1, UpdatedAt: time.Now()})
 		})
 		wg.Go(func() {
-			errs <- s.AddEvent(ctx, Event{Type: EventOpen, Message: m.ID, Link: -1, Class: ClassHuman, At: time.Now()})
+			errs <- s.AddEvent(ctx, Event{Type: EventOpen, Message: m.ID, Link: -1, Class: classify.Human, At: time.Now()})
 		})
 	}
 	wg.Wait()
@@ -399,7 +400,7 @@ func TestBolt_failedWriteSparesItsBatch(t *testing.T) {
 	errs := make(chan error, 3)
 	go func() {
 		errs <- s.AddEvent(ctx, Event{Type: EventClick, At: time.Now(), Message: m.ID, Link: 0,
-			URL: "https://example.com/a", Class: ClassHuman, Reasons: []string{ReasonNoMachineSignals}})
+			URL: "https://example.com/a", Class: classify.Human, Reasons: []string{classify.ReasonNoMachineSignals}})
 	}()
 	waitQueued(1)
 	go func() {
@@ -464,7 +465,7 @@ func TestBolt_reportsWaitForCompany(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 	start := time.Now()
-	if err := s.AddEvent(ctx, Event{Type: EventOpen, Message: m.ID, Link: -1, Class: ClassHuman, At: time.Now()}); err != nil {
+	if err := s.AddEvent(ctx, Event{Type: EventOpen, Message: m.ID, Link: -1, Class: classify.Human, At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-put; err != nil {
@@ -533,7 +534,7 @@ func TestBolt_appendedBucketsFillPages(t *testing.T) {
 	for i := 0; i < 3000; i += 100 {
 		var batch []*eventReq
 		for j := range 100 {
-			e := Event{Type: EventOpen, Message: fmt.Sprintf("Q%08d", (i+j)%300), Link: -1, Class: ClassHuman,
+			e := Event{Type: EventOpen, Message: fmt.Sprintf("Q%08d", (i+j)%300), Link: -1, Class: classify.Human,
 				At: time.Now(), UserAgent: uaAppleMail, IP: "203.0.113.9"}
 			v, err := encodeEvent(&storedEvent{Type: e.Type, At: e.At, Link: e.Link, UserAgent: e.UserAgent, IP: e.IP, Class: e.Class})
 			if err != nil {

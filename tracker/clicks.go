@@ -6,10 +6,12 @@ import (
 	"errors"
 	"slices"
 	"time"
+
+	"github.com/trackrelay/trackrelay/tracker/classify"
 )
 
-// The burst rule (clickBurst) judges a click with the copy's other clicks
-// within burstWindow of it. BoltStore supplies them from the clicks bucket,
+// The burst rule (classify.Burst) judges a click with the copy's other clicks
+// within classify.BurstWindow of it. BoltStore supplies them from the clicks bucket,
 // an index of each copy's clicks kept in detail by time, and from the
 // copy's record for clicks past MaxEventsPerRecipient, so that judging a
 // click reads only the clicks of its window: at most MaxEventsPerRecipient
@@ -42,7 +44,7 @@ type overCapClick struct {
 
 // windowClick is a click of a copy's history, and where it is kept.
 type windowClick struct {
-	burstClick
+	classify.Click
 	key   []byte // in the clicks bucket; nil: rs.OverCap[over]
 	seq   uint64 // its event
 	over  int
@@ -77,20 +79,20 @@ func parseClick(rkey, k, v []byte) (windowClick, error) {
 	}
 	ns := int64(binary.BigEndian.Uint64(k[len(rkey):]) ^ 1<<63)
 	return windowClick{
-		burstClick: burstClick{link: int(link), at: time.Unix(0, ns)},
-		key:        bytes.Clone(k),
-		seq:        keySeq(k),
-		burst:      v[n] == 1,
+		Click: classify.Click{Link: int(link), At: time.Unix(0, ns)},
+		key:   bytes.Clone(k),
+		seq:   keySeq(k),
+		burst: v[n] == 1,
 	}, nil
 }
 
 // clickWindow returns the clicks of copy rkey (state rs) within
-// burstWindow of at, in time order, those past the cap last.
+// classify.BurstWindow of at, in time order, those past the cap last.
 func (c *commitTx) clickWindow(rkey []byte, rs *storedRcpt, at time.Time) ([]windowClick, error) {
 	var out []windowClick
-	last := clickTime(at.Add(burstWindow))
+	last := clickTime(at.Add(classify.BurstWindow))
 	cur := c.tx.Bucket(bucketClicks).Cursor()
-	for k, v := cur.Seek(clickKey(rkey, at.Add(-burstWindow), 0)); k != nil && bytes.HasPrefix(k, rkey); k, v = cur.Next() {
+	for k, v := cur.Seek(clickKey(rkey, at.Add(-classify.BurstWindow), 0)); k != nil && bytes.HasPrefix(k, rkey); k, v = cur.Next() {
 		if len(k) != len(rkey)+16 {
 			return nil, errClickValue
 		}
@@ -103,10 +105,10 @@ func (c *commitTx) clickWindow(rkey []byte, rs *storedRcpt, at time.Time) ([]win
 		}
 		out = append(out, w)
 	}
-	from, to := at.Add(-burstWindow).UnixNano(), at.Add(burstWindow).UnixNano()
+	from, to := at.Add(-classify.BurstWindow).UnixNano(), at.Add(classify.BurstWindow).UnixNano()
 	for i, oc := range rs.OverCap {
 		if oc.At >= from && oc.At <= to {
-			out = append(out, windowClick{burstClick: burstClick{link: oc.Link, at: time.Unix(0, oc.At)}, over: i, burst: oc.Burst})
+			out = append(out, windowClick{Click: classify.Click{Link: oc.Link, At: time.Unix(0, oc.At)}, over: i, burst: oc.Burst})
 		}
 	}
 	return out, nil
@@ -115,7 +117,7 @@ func (c *commitTx) clickWindow(rkey []byte, rs *storedRcpt, at time.Time) ([]win
 // keepClick adds the click e of copy rkey to its history: in the clicks
 // bucket when its event is kept (seq), else in rs.OverCap.
 func (c *commitTx) keepClick(rkey []byte, rs *storedRcpt, e *Event, seq uint64, kept bool) error {
-	burst := e.Class == ClassScanner && slices.Contains(e.Reasons, ReasonClickBurst)
+	burst := e.Class == classify.Scanner && slices.Contains(e.Reasons, classify.ReasonClickBurst)
 	if kept {
 		return c.tx.Bucket(bucketClicks).Put(clickKey(rkey, e.At, seq), clickValue(e.Link, burst))
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/trackrelay/trackrelay/internal/guard"
+	"github.com/trackrelay/trackrelay/tracker/classify"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -753,7 +754,7 @@ func (c *commitTx) add(r *eventReq) error {
 	if err != nil {
 		return err
 	}
-	burstable := e.Type == EventClick && e.Class != ClassSelf
+	burstable := e.Type == EventClick && e.Class != classify.Self
 	var history []windowClick
 	if burstable {
 		if history, err = c.clickWindow(rkey, rs, e.At); err != nil {
@@ -813,16 +814,16 @@ func (c *commitTx) add(r *eventReq) error {
 func (c *commitTx) reclassify(acct string, e *Event, rs *storedRcpt, w windowClick) error {
 	if w.key == nil {
 		oc := &rs.OverCap[w.over]
-		if t := rs.Tally; t != nil && counted(oc.Class) {
+		if t := rs.Tally; t != nil && classify.Counted(oc.Class) {
 			t.Clicks = max(t.Clicks-1, 0)
 			if t.Links[oc.Link] > 0 {
 				t.Links[oc.Link]--
 			}
 		}
-		oc.Class, oc.Burst = ClassScanner, true
+		oc.Class, oc.Burst = classify.Scanner, true
 		return nil
 	}
-	if err := c.tx.Bucket(bucketClicks).Put(w.key, clickValue(w.link, true)); err != nil {
+	if err := c.tx.Bucket(bucketClicks).Put(w.key, clickValue(w.Link, true)); err != nil {
 		return err
 	}
 	events := c.tx.Bucket(bucketEvents)
@@ -836,10 +837,7 @@ func (c *commitTx) reclassify(acct string, e *Event, rs *storedRcpt, w windowCli
 		return err
 	}
 	prev := se.Class
-	se.Class = ClassScanner
-	if !slices.Contains(se.Reasons, ReasonClickBurst) {
-		se.Reasons = append(slices.DeleteFunc(se.Reasons, func(r string) bool { return r == ReasonNoMachineSignals }), ReasonClickBurst)
-	}
+	se.Class, se.Reasons = classify.InBurst(se.Reasons)
 	nv, err := encodeEvent(&se)
 	if err != nil {
 		return err
@@ -858,46 +856,33 @@ func (c *commitTx) reclassify(acct string, e *Event, rs *storedRcpt, w windowCli
 	return err
 }
 
-// sequenceEvidence adds to e what the copy's other events show, and
-// returns whether e changed and which other clicks join a burst with it:
-//   - a click records whether a counted open came before it
-//     ("opened-before-click") or not ("click-before-open": many people
-//     read with images blocked, so this alone decides nothing);
-//   - the burst rule (clickBurst) judges a click (not self) with history,
-//     the copy's other clicks within burstWindow of it: in a burst, it
-//     becomes scanner ("click-burst"), and so do the clicks of history in
-//     its burst that were not yet, through reclassification.
+// sequenceEvidence adds to e what the copy's other events show
+// (classify.InSequence) and returns whether e changed and which clicks of
+// history join a burst with it, not being part of one yet. A counted open
+// marks the copy as opened, for the clicks after it.
 func sequenceEvidence(rs *storedRcpt, e *Event, history []windowClick) (bool, []windowClick) {
 	if e.Type == EventOpen {
-		if counted(e.Class) {
+		if classify.Counted(e.Class) {
 			rs.Opened = true
 		}
 		return false, nil
 	}
-	if e.Type != EventClick || e.Class == ClassSelf {
+	if e.Type != EventClick || e.Class == classify.Self {
 		return false, nil
 	}
-	order := reasonClickBeforeOpen
-	if rs.Opened {
-		order = reasonOpenedBeforeClick
-	}
-	e.Reasons = append(slices.Clip(e.Reasons), order)
-	clicks := make([]burstClick, len(history))
+	clicks := make([]classify.Click, len(history))
 	for i, w := range history {
-		clicks[i] = w.burstClick
+		clicks[i] = w.Click
 	}
-	burst, in := clickBurst(burstClick{link: e.Link, at: e.At}, clicks)
-	if !burst {
-		return true, nil
-	}
+	v, in := classify.InSequence(classify.Verdict{Class: e.Class, Client: e.Client, Reasons: e.Reasons},
+		classify.Click{Link: e.Link, At: e.At}, rs.Opened, clicks)
+	e.Class, e.Reasons = v.Class, v.Reasons
 	var joined []windowClick
 	for _, i := range in {
 		if !history[i].burst {
 			joined = append(joined, history[i])
 		}
 	}
-	e.Class = ClassScanner
-	e.Reasons = append(slices.DeleteFunc(e.Reasons, func(r string) bool { return r == ReasonNoMachineSignals }), ReasonClickBurst)
 	return true, joined
 }
 

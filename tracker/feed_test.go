@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/trackrelay/trackrelay/tracker/classify"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -101,7 +102,7 @@ func TestFeed_eventsAndDeliveriesInOrder(t *testing.T) {
 	}
 	click := all.Events[3]
 	if click.Link != "https://example.com/quote?id=1&x=2" || click.LinkIndex == nil || *click.LinkIndex != 0 ||
-		click.Class != ClassHuman || click.Client != "Chrome" || click.IP != "127.0.0.1" || len(click.Reasons) == 0 {
+		click.Class != classify.Human || click.Client != "Chrome" || click.IP != "127.0.0.1" || len(click.Reasons) == 0 {
 		t.Errorf("click entry %+v", click)
 	}
 	// The feed's event ids are the message view's.
@@ -189,7 +190,7 @@ func TestErase(t *testing.T) {
 		t.Fatal(err)
 	}
 	// An event already on its way when the message was erased is dropped.
-	if err := e.store.AddEvent(ctx, Event{Type: EventOpen, Message: e.msg.ID, Link: -1, Class: ClassHuman, At: time.Now()}); err != nil {
+	if err := e.store.AddEvent(ctx, Event{Type: EventOpen, Message: e.msg.ID, Link: -1, Class: classify.Human, At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.store.Lookup(ctx, "alice", e.msg.ID); !errors.Is(err, ErrNotFound) {
@@ -237,7 +238,7 @@ func TestReclassifiedBurst(t *testing.T) {
 		s := fe.Type + ":" + fe.Class
 		if fe.Type == EventReclassified {
 			s += "<-" + fe.PreviousClass
-			if fe.EventID == "" || fe.EventType != EventClick || !slices.Contains(fe.Reasons, ReasonClickBurst) {
+			if fe.EventID == "" || fe.EventType != EventClick || !slices.Contains(fe.Reasons, classify.ReasonClickBurst) {
 				t.Errorf("reclassified entry %+v", fe)
 			}
 		}
@@ -252,7 +253,7 @@ func TestReclassifiedBurst(t *testing.T) {
 	}
 	v := e.view(t)
 	for _, ev := range v.Events {
-		if ev.Class != ClassScanner || !slices.Contains(ev.Reasons, ReasonClickBurst) || slices.Contains(ev.Reasons, ReasonNoMachineSignals) {
+		if ev.Class != classify.Scanner || !slices.Contains(ev.Reasons, classify.ReasonClickBurst) || slices.Contains(ev.Reasons, classify.ReasonNoMachineSignals) {
 			t.Errorf("view event %+v", ev)
 		}
 	}
@@ -311,18 +312,18 @@ func TestBurst_feedWebhooksAndViewAgree(t *testing.T) {
 	// A scanner follows link 0 twenty times, then links 1 and 2, all
 	// within 2.1 s: every one of the 22 clicks is part of the burst.
 	for i := range 20 {
-		clicks = append(clicks, click{0, time.Duration(i) * 100 * time.Millisecond, ClassScanner})
+		clicks = append(clicks, click{0, time.Duration(i) * 100 * time.Millisecond, classify.Scanner})
 	}
-	clicks = append(clicks, click{1, 2000 * time.Millisecond, ClassScanner}, click{2, 2100 * time.Millisecond, ClassScanner})
+	clicks = append(clicks, click{1, 2000 * time.Millisecond, classify.Scanner}, click{2, 2100 * time.Millisecond, classify.Scanner})
 	// A minute later, hits arrive out of order: links 2, 3 and 0 are
 	// clicked within 3 s of each other (a burst), link 1 five seconds
 	// before any of them (not in it), and the burst is only complete with
 	// the last hit to arrive.
 	clicks = append(clicks,
-		click{0, time.Minute + 10*time.Second, ClassScanner},
-		click{1, time.Minute, ClassHuman},
-		click{2, time.Minute + 7*time.Second, ClassScanner},
-		click{3, time.Minute + 9*time.Second, ClassScanner},
+		click{0, time.Minute + 10*time.Second, classify.Scanner},
+		click{1, time.Minute, classify.Human},
+		click{2, time.Minute + 7*time.Second, classify.Scanner},
+		click{3, time.Minute + 9*time.Second, classify.Scanner},
 	)
 
 	base := time.Now().Add(-time.Hour).UTC()
@@ -378,13 +379,13 @@ func TestClickOrderReasons(t *testing.T) {
 	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
 	e.do(t, http.MethodGet, click, nil)
 	v := e.view(t)
-	if r := v.Events[0].Reasons; !slices.Equal(r, []string{ReasonNoMachineSignals, reasonClickBeforeOpen}) {
+	if r := v.Events[0].Reasons; !slices.Equal(r, []string{classify.ReasonNoMachineSignals, classify.ReasonClickBeforeOpen}) {
 		t.Errorf("first click reasons %v", r)
 	}
-	if r := v.Events[2].Reasons; !slices.Equal(r, []string{ReasonNoMachineSignals, reasonOpenedBeforeClick}) {
+	if r := v.Events[2].Reasons; !slices.Equal(r, []string{classify.ReasonNoMachineSignals, classify.ReasonOpenedBeforeClick}) {
 		t.Errorf("second click reasons %v", r)
 	}
-	if v.Events[0].Class != ClassHuman || v.Events[2].Class != ClassHuman {
+	if v.Events[0].Class != classify.Human || v.Events[2].Class != classify.Human {
 		t.Errorf("classes %s %s", v.Events[0].Class, v.Events[2].Class)
 	}
 }
@@ -471,7 +472,7 @@ func TestIPMode(t *testing.T) {
 	})
 	e.do(t, http.MethodGet, e.mint.OpenURL(), http.Header{"X-Forwarded-For": {"192.0.2.10"}})
 	ev := e.view(t).Events[0]
-	if ev.IP != "192.0.2.0" || ev.Class != ClassSelf {
+	if ev.IP != "192.0.2.0" || ev.Class != classify.Self {
 		t.Errorf("event %+v", ev)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
@@ -350,14 +351,15 @@ func (h *handler) record(r *http.Request, t token.Token) {
 	if t.Kind == token.KindClick {
 		typ = EventClick
 	}
-	in := hit{
-		kind: t.Kind, method: r.Method, ip: ip, header: r.Header, userAgent: ua, at: at,
-		recipient: t.Recipient, window: h.cfg.ScannerWindow,
+	in := classify.Hit{
+		Click: t.Kind == token.KindClick, Method: r.Method, IP: ip, Header: r.Header, UserAgent: ua, At: at,
+		ScannerWindow: h.cfg.ScannerWindow,
 	}
 	msg, err := h.store.Message(ctx, t.Message)
 	switch {
 	case err == nil:
-		in.message = msg
+		in.SubmitIP = msg.SubmitIP
+		in.Untracked = t.Recipient >= 0 && t.Recipient < len(msg.Recipients) && !msg.Recipients[t.Recipient].Tracked
 	case errors.Is(err, ErrErased):
 		// The sender erased this message's tracking data: serve, don't record.
 		return
@@ -372,14 +374,14 @@ func (h *handler) record(r *http.Request, t token.Token) {
 		if dr, ok := h.store.(DeliveryReader); ok {
 			d, derr := dr.Delivery(ctx, t.Message, t.Recipient)
 			if derr == nil && d.Status == StatusDelivered {
-				in.deliveredAt = d.UpdatedAt
+				in.DeliveredAt = d.UpdatedAt
 			}
 		}
 	}
-	v := classify(in)
+	v := classify.Classify(in)
 	e := Event{
 		Type: typ, At: at, Message: t.Message, Recipient: t.Recipient, Link: t.Link,
-		IP: recordedIP(ip, h.cfg.IPMode), UserAgent: ua, Client: v.client, Class: v.class, Reasons: v.reasons,
+		IP: recordedIP(ip, h.cfg.IPMode), UserAgent: ua, Client: v.Client, Class: v.Class, Reasons: v.Reasons,
 	}
 	if h.cfg.Geo != nil && ip.IsValid() {
 		e.Country, e.City = h.cfg.Geo.Lookup(ip)
@@ -397,7 +399,7 @@ func (h *handler) record(r *http.Request, t token.Token) {
 		h.log.Error("tracker: event lost", "msg", t.Message, "rcpt", t.Recipient, "type", typ, "err", err)
 		return
 	}
-	h.metrics.eventRecorded(typ, v.class)
+	h.metrics.eventRecorded(typ, v.Class)
 }
 
 // redirectTarget returns the Location for a signed destination, or false if

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
@@ -152,7 +153,7 @@ func TestPixel(t *testing.T) {
 	}
 	// Committed before the response: visible right away.
 	v := e.view(t)
-	if len(v.Events) != 1 || v.Events[0].Type != EventOpen || v.Events[0].Class != ClassHuman || v.Events[0].IP != "127.0.0.1" {
+	if len(v.Events) != 1 || v.Events[0].Type != EventOpen || v.Events[0].Class != classify.Human || v.Events[0].IP != "127.0.0.1" {
 		t.Fatalf("events = %+v", v.Events)
 	}
 	if !v.Recipients[0].Opened || v.Recipients[0].Opens != 1 {
@@ -175,7 +176,7 @@ func TestPixel(t *testing.T) {
 		t.Errorf("HEAD: %d, %d bytes", resp.StatusCode, len(body))
 	}
 	v = e.view(t)
-	if len(v.Events) != 3 || v.Events[2].Class != ClassScanner || !slices.Contains(v.Events[2].Reasons, ReasonHeadRequest) || v.Recipients[0].Opens != 2 {
+	if len(v.Events) != 3 || v.Events[2].Class != classify.Scanner || !slices.Contains(v.Events[2].Reasons, classify.ReasonHeadRequest) || v.Recipients[0].Opens != 2 {
 		t.Errorf("after HEAD: %+v", v.Events)
 	}
 	if resp, _ := e.do(t, http.MethodPost, e.mint.OpenURL(), nil); resp.StatusCode != http.StatusMethodNotAllowed {
@@ -403,7 +404,7 @@ func TestSelfAndScannerWindow(t *testing.T) {
 	}
 	want := []struct {
 		class, reason string
-	}{{ClassScanner, "click-2s-after-delivery"}, {ClassSelf, ReasonSubmitterIP}, {ClassHuman, ""}}
+	}{{classify.Scanner, "click-2s-after-delivery"}, {classify.Self, classify.ReasonSubmitterIP}, {classify.Human, ""}}
 	for i, w := range want {
 		ev := v.Events[i]
 		if ev.Class != w.class || (w.reason != "" && !slices.Contains(ev.Reasons, w.reason)) {
@@ -507,7 +508,7 @@ func TestAPI(t *testing.T) {
 		t.Errorf("links = %+v", v.Links)
 	}
 	ev := v.Events[2]
-	if ev.Class != ClassPrefetch || ev.Client != "Apple Mail" || ev.IP != "17.58.1.1" {
+	if ev.Class != classify.Prefetch || ev.Client != "Apple Mail" || ev.IP != "17.58.1.1" {
 		t.Errorf("apple event = %+v", ev)
 	}
 	if v.Events[1].Link != "https://example.com/quote?id=1&x=2" || v.Events[1].Recipient != "bob@example.net" || v.Events[1].Client != "Chrome" {

@@ -4,6 +4,7 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/trackrelay/trackrelay/tracker/classify"
 )
 
 // Metrics are the tracker's Prometheus metrics. Labels take only bounded
@@ -172,7 +173,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.eventsByLabel = make(map[[2]string]prometheus.Counter)
 	for _, typ := range []string{EventOpen, EventClick} {
-		for _, c := range []string{ClassHuman, ClassProxy, ClassPrefetch, ClassScanner, ClassSelf} {
+		for _, c := range classify.Classes {
 			m.eventsByLabel[[2]string{typ, c}] = m.events.WithLabelValues(typ, c)
 		}
 	}

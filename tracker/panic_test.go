@@ -18,6 +18,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/trackrelay/trackrelay/internal/guard"
+	"github.com/trackrelay/trackrelay/tracker/classify"
 )
 
 // injectPanic makes the job boundaries of component panic for item, the
@@ -289,7 +290,7 @@ func TestQuarantine_tornLine(t *testing.T) {
 	if err := appendSynced(path, []byte(`{"component":"applier","mess`)); err != nil {
 		t.Fatal(err)
 	}
-	v, _ := encodeEvent(&storedEvent{Type: EventClick, At: testAccepted, Link: 1, Class: ClassHuman})
+	v, _ := encodeEvent(&storedEvent{Type: EventClick, At: testAccepted, Link: 1, Class: classify.Human})
 	s.quarantine(guard.Replay, &eventReq{ev: Event{Message: "B"}, value: v, seq: 7}, &guard.Panic{Value: "boom"})
 	hits, err := ReadQuarantine(path)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trackrelay/trackrelay/tracker/classify"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -57,9 +58,9 @@ func BenchmarkStoreScale(b *testing.B) {
 	for i := range ne {
 		id := fmt.Sprintf("Q%011X", rng.IntN(nm))
 		e := Event{Type: EventOpen, At: base.Add(time.Duration(i) * 100 * time.Millisecond), Message: id, Recipient: 0, Link: -1,
-			IP: fmt.Sprintf("203.0.%d.%d", rng.IntN(256), rng.IntN(256)), Class: ClassHuman, Reasons: []string{ReasonNoMachineSignals}}
+			IP: fmt.Sprintf("203.0.%d.%d", rng.IntN(256), rng.IntN(256)), Class: classify.Human, Reasons: []string{classify.ReasonNoMachineSignals}}
 		e.UserAgent = uas[rng.IntN(len(uas))]
-		e.Client = clientName(e.UserAgent)
+		e.Client = classify.Classify(classify.Hit{UserAgent: e.UserAgent}).Client
 		if rng.IntN(4) == 0 {
 			e.Type, e.Link, e.URL = EventClick, rng.IntN(3), "https://example.com/quote?id="+id
 		}

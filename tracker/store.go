@@ -28,21 +28,6 @@ const (
 	EventReclassified = "reclassified"
 )
 
-// Event classes: who, most likely, caused a hit.
-const (
-	// ClassHuman is a person opening or clicking.
-	ClassHuman = "human"
-	// ClassProxy is a real open through a mail provider's image proxy
-	// (Gmail, Yahoo): IP and user agent are the proxy's.
-	ClassProxy = "proxy"
-	// ClassPrefetch is a privacy prefetch such as Apple Mail Privacy Protection.
-	ClassPrefetch = "prefetch"
-	// ClassScanner is a security scanner or other robot.
-	ClassScanner = "scanner"
-	// ClassSelf is the sender itself (its submitting IP, or its own copy).
-	ClassSelf = "self"
-)
-
 // Delivery statuses.
 const (
 	StatusQueued    = "queued"
@@ -96,7 +81,7 @@ type Event struct {
 	Client    string // readable client name, e.g. "Apple Mail"
 	Country   string // ISO 3166-1 alpha-2 code of the client's country, if known
 	City      string // English name of the client's city, if known
-	Class     string // human|proxy|prefetch|scanner|self
+	Class     string // one of package classify's classes
 	Reasons   []string
 	// URL is the destination of a click, as signed in its token.
 	URL string

@@ -1,6 +1,10 @@
 package tracker
 
-import "time"
+import (
+	"time"
+
+	"github.com/trackrelay/trackrelay/tracker/classify"
+)
 
 // MessageView is the JSON answer of GET /api/v1/messages/{ref}.
 type MessageView struct {
@@ -89,9 +93,6 @@ type EventView struct {
 	Reasons []string `json:"reasons"`
 }
 
-// counted reports whether an event of class c is something a person did.
-func counted(class string) bool { return class == ClassHuman || class == ClassProxy }
-
 // buildView assembles the API view of m. deliveries is indexed by recipient
 // (missing entries are queued), events are in commit order with their
 // stored classes, which are the ones the feed and webhooks last gave them
@@ -171,7 +172,7 @@ func buildView(m *Message, links []string, deliveries map[int]Delivery, events [
 				if v.Links[e.Link].URL != "" {
 					ev.Link = v.Links[e.Link].URL
 				}
-				if counted(e.Class) {
+				if classify.Counted(e.Class) {
 					v.Links[e.Link].Clicks++
 				}
 			}
@@ -181,7 +182,7 @@ func buildView(m *Message, links []string, deliveries map[int]Delivery, events [
 			continue
 		}
 		rv.EventsTotal++
-		if !counted(e.Class) {
+		if !classify.Counted(e.Class) {
 			continue
 		}
 		switch e.Type {

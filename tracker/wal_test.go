@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trackrelay/trackrelay/tracker/classify"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -68,8 +69,8 @@ func crashAfter(t *testing.T, s *BoltStore, id string, from, to int) string {
 
 func openEvent(id string, i int) Event {
 	return Event{Type: EventOpen, At: testAccepted.Add(time.Duration(i) * time.Second), Message: id, Link: -1,
-		IP: fmt.Sprintf("203.0.113.%d", i%250), UserAgent: uaAppleMail, Client: "Apple Mail", Class: ClassHuman,
-		Reasons: []string{ReasonNoMachineSignals}}
+		IP: fmt.Sprintf("203.0.113.%d", i%250), UserAgent: uaAppleMail, Client: "Apple Mail", Class: classify.Human,
+		Reasons: []string{classify.ReasonNoMachineSignals}}
 }
 
 func countEvents(t *testing.T, s *BoltStore, id string) (n int, ips map[string]int) {
@@ -141,7 +142,7 @@ func TestHitLog_tornTail(t *testing.T) {
 		l.f, _ = os.OpenFile(filepath.Join(t.TempDir(), "x"), os.O_RDWR|os.O_CREATE, 0o600)
 		defer l.f.Close()
 		l.seq = 3
-		v, _ := encodeEvent(&storedEvent{Type: EventOpen, At: testAccepted, Link: -1, Class: ClassHuman})
+		v, _ := encodeEvent(&storedEvent{Type: EventOpen, At: testAccepted, Link: -1, Class: classify.Human})
 		if _, err := l.append([]*eventReq{{ev: Event{Message: m.ID}, value: v}}); err != nil {
 			t.Fatal(err)
 		}
@@ -221,7 +222,7 @@ func TestHitLog_fullFallsBackToCommit(t *testing.T) {
 	}
 	defer l.f.Close()
 	l.free = func(uint64) bool { return false }
-	v, _ := encodeEvent(&storedEvent{Type: EventOpen, At: testAccepted, Link: -1, Class: ClassHuman, UserAgent: uaAppleMail})
+	v, _ := encodeEvent(&storedEvent{Type: EventOpen, At: testAccepted, Link: -1, Class: classify.Human, UserAgent: uaAppleMail})
 	var reqs []*eventReq
 	for range 8 {
 		reqs = append(reqs, &eventReq{ev: Event{Message: "Q1A2B3"}, value: v})
@@ -255,7 +256,7 @@ func TestHitLog_fullFallsBackToCommit(t *testing.T) {
 // never panics, and what it returns is the run of records that follows
 // applied, in order.
 func FuzzHitLogRead(f *testing.F) {
-	v, _ := encodeEvent(&storedEvent{Type: EventOpen, At: testAccepted, Link: -1, Class: ClassHuman, UserAgent: uaAppleMail})
+	v, _ := encodeEvent(&storedEvent{Type: EventOpen, At: testAccepted, Link: -1, Class: classify.Human, UserAgent: uaAppleMail})
 	good := func(from uint64, n int) []byte {
 		l := &hitLog{seg: 1 << 20, seq: from}
 		l.f, _ = os.OpenFile(filepath.Join(f.TempDir(), "seed"), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -331,7 +332,7 @@ func TestHitLog_replayDropsARefusedRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, _ := encodeEvent(&storedEvent{Type: EventOpen, At: testAccepted, Recipient: -1, Link: -1, Class: ClassHuman})
+	v, _ := encodeEvent(&storedEvent{Type: EventOpen, At: testAccepted, Recipient: -1, Link: -1, Class: classify.Human})
 	l.free = func(uint64) bool { return true }
 	if _, err := l.append([]*eventReq{{ev: Event{Message: m.ID}, value: v}}); err != nil {
 		t.Fatal(err)
