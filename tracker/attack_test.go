@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trackrelay/trackrelay/tracker/store"
+	"github.com/trackrelay/trackrelay/tracker/store/bolt"
 	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
@@ -347,7 +349,7 @@ func TestAttack_requestSize(t *testing.T) {
 
 // A script hammering one pixel cannot grow the store without bound.
 func TestAttack_hitFloodBounded(t *testing.T) {
-	store := testStore(t, BoltOptions{MaxEventsPerRecipient: 10})
+	store := testStore(t, bolt.Options{MaxEventsPerRecipient: 10})
 	e := newTestEnv(t, store, nil)
 	for range 60 {
 		e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
@@ -399,9 +401,9 @@ func TestAttack_apiIsolation(t *testing.T) {
 		}
 	}
 	// The events feed holds only the account's own.
-	feed := func(c apiClient, after string) FeedPage {
+	feed := func(c apiClient, after string) store.FeedPage {
 		resp, body := c.do("GET", "/api/v1/events?limit=1000&after="+after)
-		var p FeedPage
+		var p store.FeedPage
 		if resp.StatusCode == http.StatusOK {
 			if err := json.Unmarshal([]byte(body), &p); err != nil {
 				t.Fatal(err)

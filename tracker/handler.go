@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/trackrelay/trackrelay/tracker/classify"
+	"github.com/trackrelay/trackrelay/tracker/store"
 	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
@@ -74,7 +75,7 @@ type Config struct {
 	// its 250); ref is as in Store.Lookup. The API answers for such a
 	// message as the store would for one with no events yet, so that the
 	// app finds a message as soon as it has the queue id.
-	Pending func(account, ref string) (*Message, bool)
+	Pending func(account, ref string) (*store.Message, bool)
 	// NoRecord serves hits without recording them. For benchmarks only:
 	// it measures the ceiling a recording server is compared with.
 	NoRecord bool
@@ -127,7 +128,7 @@ type apiAccount struct {
 type handler struct {
 	cfg      Config
 	keys     *token.Keyring
-	store    Store
+	store    store.Store
 	log      *slog.Logger
 	metrics  *Metrics
 	accounts []apiAccount
@@ -148,8 +149,8 @@ type handler struct {
 //
 // Every hit is recorded in store before its response is sent; if the store
 // fails, the pixel and the redirect are served all the same.
-func NewHandler(cfg Config, keys *token.Keyring, store Store) http.Handler {
-	h := &handler{cfg: cfg, keys: keys, store: store, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
+func NewHandler(cfg Config, keys *token.Keyring, st store.Store) http.Handler {
+	h := &handler{cfg: cfg, keys: keys, store: st, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
 		limiter: newRecordLimiter(cfg.RecordRate, cfg.RecordBurst)}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
@@ -340,16 +341,16 @@ func (h *handler) record(r *http.Request, t token.Token) {
 	at := h.now().UTC()
 	ip := clientIP(r, h.trusted)
 	if !h.cfg.NoRecord && !h.limiter.allow(ip, time.Now()) {
-		h.metrics.eventsDropped.WithLabelValues("rate_limited").Inc()
+		h.metrics.Store.Unlisted(store.UnlistedRateLimited, 1)
 		return
 	}
 	ua := r.UserAgent()
 	if len(ua) > maxUserAgent {
 		ua = ua[:maxUserAgent]
 	}
-	typ := EventOpen
+	typ := store.EventOpen
 	if t.Kind == token.KindClick {
-		typ = EventClick
+		typ = store.EventClick
 	}
 	in := classify.Hit{
 		Click: t.Kind == token.KindClick, Method: r.Method, IP: ip, Header: r.Header, UserAgent: ua, At: at,
@@ -360,10 +361,10 @@ func (h *handler) record(r *http.Request, t token.Token) {
 	case err == nil:
 		in.SubmitIP = msg.SubmitIP
 		in.Untracked = t.Recipient >= 0 && t.Recipient < len(msg.Recipients) && !msg.Recipients[t.Recipient].Tracked
-	case errors.Is(err, ErrErased):
+	case errors.Is(err, store.ErrErased):
 		// The sender erased this message's tracking data: serve, don't record.
 		return
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		// Recorded all the same: the message may have been reported while
 		// the store was unavailable.
 		h.log.Debug("tracker: hit for unknown message", "msg", t.Message)
@@ -371,15 +372,15 @@ func (h *handler) record(r *http.Request, t token.Token) {
 		h.log.Warn("tracker: read message for classification", "msg", t.Message, "err", err)
 	}
 	if t.Kind == token.KindClick && err == nil {
-		if dr, ok := h.store.(DeliveryReader); ok {
+		if dr, ok := h.store.(store.DeliveryReader); ok {
 			d, derr := dr.Delivery(ctx, t.Message, t.Recipient)
-			if derr == nil && d.Status == StatusDelivered {
+			if derr == nil && d.Status == store.StatusDelivered {
 				in.DeliveredAt = d.UpdatedAt
 			}
 		}
 	}
 	v := classify.Classify(in)
-	e := Event{
+	e := store.Event{
 		Type: typ, At: at, Message: t.Message, Recipient: t.Recipient, Link: t.Link,
 		IP: recordedIP(ip, h.cfg.IPMode), UserAgent: ua, Client: v.Client, Class: v.Class, Reasons: v.Reasons,
 	}
@@ -395,7 +396,7 @@ func (h *handler) record(r *http.Request, t token.Token) {
 		return
 	}
 	if err := h.store.AddEvent(ctx, e); err != nil {
-		h.metrics.eventsLost.Inc()
+		h.metrics.Store.Lost()
 		h.log.Error("tracker: event lost", "msg", t.Message, "rcpt", t.Recipient, "type", typ, "err", err)
 		return
 	}
@@ -515,11 +516,11 @@ func (h *handler) serveMessage(w http.ResponseWriter, r *http.Request, escapedRe
 		return
 	}
 	view, err := h.store.Lookup(r.Context(), account, ref)
-	if errors.Is(err, ErrNotFound) && h.cfg.Pending != nil {
+	if errors.Is(err, store.ErrNotFound) && h.cfg.Pending != nil {
 		view, err = h.lookupPending(r.Context(), account, ref)
 	}
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		writeJSONError(w, http.StatusNotFound, "message not found")
 		return
 	case err != nil:
@@ -535,14 +536,14 @@ func (h *handler) serveMessage(w http.ResponseWriter, r *http.Request, escapedRe
 // was erased. The store may have got it since the first look (the relay
 // drops a message from its pending ones once its commit is visible), so a
 // miss looks in the store again.
-func (h *handler) lookupPending(ctx context.Context, account, ref string) (*MessageView, error) {
+func (h *handler) lookupPending(ctx context.Context, account, ref string) (*store.MessageView, error) {
 	m, ok := h.cfg.Pending(account, ref)
 	if !ok {
 		return h.store.Lookup(ctx, account, ref)
 	}
 	switch _, err := h.store.Message(ctx, m.ID); {
-	case errors.Is(err, ErrErased):
-		return nil, ErrNotFound
+	case errors.Is(err, store.ErrErased):
+		return nil, store.ErrNotFound
 	case err == nil:
 		return h.store.Lookup(ctx, account, m.ID)
 	}
@@ -551,11 +552,11 @@ func (h *handler) lookupPending(ctx context.Context, account, ref string) (*Mess
 
 // pendingView is the view of a message the store does not have yet: as
 // the store's would be right after PutMessage.
-func pendingView(m *Message) *MessageView {
+func pendingView(m *store.Message) *store.MessageView {
 	cp := *m
-	cp.MessageID = trimAngles(cp.MessageID)
+	cp.MessageID = store.TrimAngles(cp.MessageID)
 	cp.AcceptedAt = cp.AcceptedAt.UTC()
-	return buildView(&cp, nil, map[int]Delivery{}, nil, map[int]*tally{})
+	return store.BuildView(&cp, nil, map[int]store.Delivery{}, nil, map[int]*store.Tally{})
 }
 
 // requireAccount authenticates an API request, answering 401 when it fails.
@@ -575,7 +576,7 @@ func (h *handler) requireAccount(w http.ResponseWriter, r *http.Request) (string
 // eraseMessage answers DELETE /api/v1/messages/{ref}: 204 once erased.
 func (h *handler) eraseMessage(w http.ResponseWriter, r *http.Request, account, ref string) {
 	err := h.store.Erase(r.Context(), account, ref)
-	if errors.Is(err, ErrNotFound) && h.cfg.Pending != nil {
+	if errors.Is(err, store.ErrNotFound) && h.cfg.Pending != nil {
 		if m, ok := h.cfg.Pending(account, ref); ok {
 			// Not reported yet: store it, then erase it, so that the
 			// relay's report (a no-op for an erased message) cannot bring
@@ -586,7 +587,7 @@ func (h *handler) eraseMessage(w http.ResponseWriter, r *http.Request, account, 
 		}
 	}
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		writeJSONError(w, http.StatusNotFound, "message not found")
 	case err != nil:
 		h.log.Error("tracker: erase", "account", account, "ref", ref, "err", err)
@@ -609,18 +610,18 @@ func (h *handler) serveEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	limit := DefaultFeedLimit
+	limit := store.DefaultFeedLimit
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > MaxFeedLimit {
-			writeJSONError(w, http.StatusBadRequest, "limit must be 1 to "+strconv.Itoa(MaxFeedLimit))
+		if err != nil || n < 1 || n > store.MaxFeedLimit {
+			writeJSONError(w, http.StatusBadRequest, "limit must be 1 to "+strconv.Itoa(store.MaxFeedLimit))
 			return
 		}
 		limit = n
 	}
 	page, err := h.store.Feed(r.Context(), account, q.Get("after"), limit)
 	switch {
-	case errors.Is(err, ErrBadCursor):
+	case errors.Is(err, store.ErrBadCursor):
 		writeJSONError(w, http.StatusBadRequest, "invalid cursor")
 		return
 	case err != nil:

@@ -25,7 +25,7 @@ type readiness struct {
 	now      func() time.Time
 }
 
-// pinger is a store that can tell whether it answers (tracker.BoltStore).
+// pinger is a store that can tell whether it answers (bolt.Store).
 type pinger interface {
 	Ping(context.Context) error
 }

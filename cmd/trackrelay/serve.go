@@ -30,6 +30,8 @@ import (
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/tracker"
 	"github.com/trackrelay/trackrelay/tracker/geoip"
+	"github.com/trackrelay/trackrelay/tracker/store/bolt"
+	"github.com/trackrelay/trackrelay/tracker/webhook"
 )
 
 func cmdServe(args []string, stdout, stderr io.Writer) int {
@@ -116,24 +118,25 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), guard.Panics)
 	tm := tracker.NewMetrics(reg)
+	wm := webhook.NewMetrics(reg)
 	rm := relay.NewMetrics(reg)
 
 	hooks, err := webhooks(cfg)
 	if err != nil {
 		return err
 	}
-	bopts := tracker.BoltOptions{Metrics: tm, Retention: cfg.Tracking.Retention.D(),
+	bopts := bolt.Options{Metrics: tm.Store, Retention: cfg.Tracking.Retention.D(),
 		MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient, Logger: log.With("part", "store")}
 	for _, h := range hooks {
 		bopts.WebhookAccounts = append(bopts.WebhookAccounts, h.Account)
 	}
-	store, err := tracker.OpenBolt(filepath.Join(cfg.DataDir, "tracking.db"), bopts)
+	st, err := bolt.Open(filepath.Join(cfg.DataDir, "tracking.db"), bopts)
 	if err != nil {
 		return fmt.Errorf("tracking store: %w", err)
 	}
-	defer store.Close()
+	defer st.Close()
 	if len(hooks) > 0 {
-		sender := tracker.StartWebhooks(store, tracker.WebhookOptions{Hooks: hooks, Logger: log.With("part", "webhook"), Metrics: tm})
+		sender := webhook.Start(st, webhook.Options{Hooks: hooks, Logger: log.With("part", "webhook"), Metrics: wm})
 		defer sender.Close()
 	}
 
@@ -165,7 +168,7 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 	if dcfg.DKIM, err = dkimSigner(cfg, log); err != nil {
 		return err
 	}
-	ledger := storeLedger{store: store}
+	ledger := storeLedger{store: st}
 	mint := keyMinters{keys: keys, baseURL: dcfg.BaseURL}
 	deliverer := relay.NewDeliverer(dcfg, spool, ledger, mint, log.With("part", "delivery"), rm)
 	if err := deliverer.Start(); err != nil {
@@ -208,9 +211,9 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 	if cfg.Upstream != nil {
 		upstreamHealth = deliverer.UpstreamHealth
 	}
-	ready := newReadiness(store, filepath.Join(cfg.DataDir, "spool"), upstreamHealth)
+	ready := newReadiness(st, filepath.Join(cfg.DataDir, "spool"), upstreamHealth)
 	httpSrv := &http.Server{
-		Handler:           withReadyz(tracker.NewHandler(tcfg, keys, store), ready),
+		Handler:           withReadyz(tracker.NewHandler(tcfg, keys, st), ready),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -380,8 +383,8 @@ func upstreamConfig(cfg *Config) (*relay.UpstreamConfig, error) {
 }
 
 // webhooks reads the accounts' webhook secrets.
-func webhooks(cfg *Config) ([]tracker.Webhook, error) {
-	var hooks []tracker.Webhook
+func webhooks(cfg *Config) ([]webhook.Hook, error) {
+	var hooks []webhook.Hook
 	for i, a := range cfg.Accounts {
 		if a.WebhookURL == "" {
 			continue
@@ -390,7 +393,7 @@ func webhooks(cfg *Config) ([]tracker.Webhook, error) {
 		if err != nil {
 			return nil, fmt.Errorf("accounts[%d].webhook_secret_file: %w", i, err)
 		}
-		hooks = append(hooks, tracker.Webhook{Account: a.Name, URL: a.WebhookURL, Secret: []byte(strings.TrimSpace(string(b)))})
+		hooks = append(hooks, webhook.Hook{Account: a.Name, URL: a.WebhookURL, Secret: []byte(strings.TrimSpace(string(b)))})
 	}
 	return hooks, nil
 }
