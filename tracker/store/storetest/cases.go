@@ -1,7 +1,8 @@
-package bolt
+package storetest
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -11,11 +12,190 @@ import (
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
 
+func testPutAndLookup(t *testing.T, newStore NewStore) {
+	s := newStore(t, Options{})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	// Idempotent.
+	if err := s.PutMessage(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetLinks(ctx, m.ID, []string{"https://example.com/quote?id=1&x=2", "https://example.com/b"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Message(ctx, m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.MessageID != m.MessageID || got.SubmitIP != m.SubmitIP || len(got.Recipients) != 2 || !got.AcceptedAt.Equal(m.AcceptedAt) {
+		t.Errorf("Message = %+v", got)
+	}
+	if _, err := s.Message(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("unknown message: %v", err)
+	}
+	for _, ref := range []string{m.ID, m.MessageID, "<" + m.MessageID + ">"} {
+		v, err := s.Lookup(ctx, "alice", ref)
+		if err != nil {
+			t.Fatalf("Lookup(%q): %v", ref, err)
+		}
+		if v.ID != m.ID || len(v.Recipients) != 2 || len(v.Links) != 2 || v.Recipients[0].Delivery.Status != store.StatusQueued {
+			t.Errorf("Lookup(%q) = %+v", ref, v)
+		}
+	}
+	for _, ref := range []string{m.ID, m.MessageID, "missing"} {
+		if _, err := s.Lookup(ctx, "mallory", ref); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("Lookup by other account (%q): %v", ref, err)
+		}
+	}
+}
+
+func testDelivery(t *testing.T, newStore NewStore) {
+	s := newStore(t, Options{})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	first := time.Date(2025, 3, 1, 9, 0, 5, 0, time.UTC)
+	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: store.StatusDeferred, Attempts: 1, LastResponse: "451 4.7.1 try later", UpdatedAt: first.Add(-time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: store.StatusDelivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: first}); err != nil {
+		t.Fatal(err)
+	}
+	// Reported again after a restart: the delivery time stays the first one.
+	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: store.StatusDelivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: first.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if dr, ok := s.(store.DeliveryReader); ok {
+		d, err := dr.Delivery(ctx, m.ID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Status != store.StatusDelivered || !d.UpdatedAt.Equal(first) {
+			t.Errorf("Delivery = %+v", d)
+		}
+		if _, err := dr.Delivery(ctx, m.ID, 1); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("Delivery of unreported copy: %v", err)
+		}
+	}
+	v, err := s.Lookup(ctx, "alice", m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Recipients[0].Delivery; got.Status != store.StatusDelivered || got.LastResponse != "250 ok" {
+		t.Errorf("view delivery = %+v", got)
+	}
+}
+
+func testEventsAndCounts(t *testing.T, newStore NewStore) {
+	s := newStore(t, Options{})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	at := testAccepted.Add(time.Hour)
+	events := []store.Event{
+		{Type: store.EventOpen, Recipient: 0, Link: -1, Class: classify.Prefetch, Reasons: []string{classify.ReasonAppleMPPIP}},
+		{Type: store.EventOpen, Recipient: 0, Link: -1, Class: classify.Human},
+		{Type: store.EventOpen, Recipient: 0, Link: -1, Class: classify.Proxy},
+		{Type: store.EventClick, Recipient: 0, Link: 0, Class: classify.Scanner, URL: "https://example.com/quote?id=1&x=2"},
+		{Type: store.EventClick, Recipient: 0, Link: 0, Class: classify.Human, URL: "https://example.com/quote?id=1&x=2"},
+		{Type: store.EventOpen, Recipient: 1, Link: -1, Class: classify.Self},
+	}
+	for i, e := range events {
+		e.Message = m.ID
+		e.At = at.Add(time.Duration(i) * time.Minute)
+		if err := s.AddEvent(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another message's events stay out of this one's prefix.
+	other := testMessage()
+	other.ID, other.MessageID = "Q1A2B", "other@x"
+	if err := s.PutMessage(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddEvent(ctx, store.Event{Type: store.EventOpen, Message: other.ID, Link: -1, Class: classify.Human, At: at}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := s.Lookup(ctx, "alice", m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Events) != len(events) {
+		t.Fatalf("%d events, want %d", len(v.Events), len(events))
+	}
+	r0 := v.Recipients[0]
+	if !r0.Opened || r0.Opens != 2 || r0.Clicks != 1 || r0.FirstOpenedAt == nil || !r0.FirstOpenedAt.Equal(at.Add(time.Minute)) {
+		t.Errorf("recipient 0 = %+v", r0)
+	}
+	if r1 := v.Recipients[1]; r1.Opened || r1.Opens != 0 || r1.FirstOpenedAt != nil {
+		t.Errorf("recipient 1 (self) = %+v", r1)
+	}
+	if v.Links[0].Clicks != 1 || v.Links[1].Clicks != 0 {
+		t.Errorf("links = %+v", v.Links)
+	}
+	if e := v.Events[3]; e.Link != "https://example.com/quote?id=1&x=2" || e.Recipient != "bob@example.net" || e.Class != classify.Scanner {
+		t.Errorf("event 3 = %+v", e)
+	}
+	if e := v.Events[0]; e.Link != "" || len(e.Reasons) != 1 {
+		t.Errorf("event 0 = %+v", e)
+	}
+}
+
+func testClickBurstIsScanner(t *testing.T, newStore NewStore) {
+	s := newStore(t, Options{})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	if err := s.SetLinks(ctx, m.ID, []string{"https://a.example/", "https://b.example/", "https://c.example/", "https://d.example/"}); err != nil {
+		t.Fatal(err)
+	}
+	at := testAccepted.Add(time.Hour)
+	for i := range 4 {
+		e := store.Event{Type: store.EventClick, Message: m.ID, Recipient: 0, Link: i, Class: classify.Human, At: at.Add(time.Duration(i) * 300 * time.Millisecond)}
+		if err := s.AddEvent(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A real click a minute later stays human.
+	if err := s.AddEvent(ctx, store.Event{Type: store.EventClick, Message: m.ID, Recipient: 0, Link: 1, Class: classify.Human, At: at.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := s.Lookup(ctx, "alice", m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range v.Events {
+		want := classify.Scanner
+		if i == 4 {
+			want = classify.Human
+		}
+		if e.Class != want {
+			t.Errorf("event %d: class %s (%v), want %s", i, e.Class, e.Reasons, want)
+		}
+	}
+	if v.Recipients[0].Clicks != 1 {
+		t.Errorf("clicks = %d, want 1", v.Recipients[0].Clicks)
+	}
+}
+
+func testClosed(t *testing.T, newStore NewStore) {
+	s := newStore(t, Options{})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if err := s.AddEvent(context.Background(), store.Event{Type: store.EventOpen, Message: "Q1"}); !errors.Is(err, store.ErrClosed) {
+		t.Errorf("AddEvent after Close: %v", err)
+	}
+	if _, err := s.Message(context.Background(), "Q1"); err == nil {
+		t.Error("Message after Close succeeded")
+	}
+}
+
 // The burst rule: clicks on three or more distinct links of one copy
 // within 5 s, first to last, the 5 s included, are all a scanner's,
 // whatever order their hits arrive in. Self clicks take no part. The feed
 // last gives each event the class the message view shows.
-func TestClickBurst_rule(t *testing.T) {
+func testBurstRule(t *testing.T, newStore NewStore) {
 	type click struct {
 		link  int
 		at    time.Duration // after base; in the order the hits arrive
@@ -52,7 +232,7 @@ func TestClickBurst_rule(t *testing.T) {
 			{0, 10 * time.Second, "", sc}, {1, 0, "", h}, {2, 7 * time.Second, "", sc}, {3, 9 * time.Second, "", sc}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := testStore(t, Options{MaxEventsPerRecipient: tc.cap})
+			s := newStore(t, Options{MaxEventsPerRecipient: tc.cap})
 			ctx := context.Background()
 			m := putTestMessage(t, s)
 			base := testAccepted.Add(time.Hour)
@@ -108,8 +288,8 @@ func TestClickBurst_rule(t *testing.T) {
 // the burst rule gives it with all of them known, and the feed last gives
 // it that class: random clicks on four links over 15 s, in random order,
 // against the rule computed by brute force.
-func TestClickBurst_anyOrder(t *testing.T) {
-	s := testStore(t, Options{MaxEventsPerRecipient: 10000})
+func testBurstAnyOrder(t *testing.T, newStore NewStore) {
+	s := newStore(t, Options{MaxEventsPerRecipient: 10000})
 	ctx := context.Background()
 	m := putTestMessage(t, s)
 	rng := rand.New(rand.NewPCG(16, 6))
