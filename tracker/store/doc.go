@@ -13,6 +13,7 @@
 //
 // What the package must never do:
 //   - hold storage code or know a backend;
-//   - import the tracker's HTTP handler, a backend, the webhook sender, the
-//     relay or the rewriter.
+//   - import any trackrelay package but classify (which says what events
+//     count in a view): not the tracker's HTTP handler, a backend, the
+//     webhook sender, the relay or the rewriter.
 package store
