@@ -44,7 +44,7 @@ var commitFault, syncFault atomic.Pointer[func() error]
 // metaLogKey holds, in the meta bucket, the last log sequence in bbolt.
 var metaLogKey = []byte("log")
 
-// AddEvent implements Store: it hands e to the collector and waits until the
+// AddEvent implements store.Store: it hands e to the collector and waits until the
 // batch holding it is durable: appended to the hit log and synced (or, if
 // the log fails, committed to bbolt). The store keeps e's slices (Reasons)
 // until it is committed to bbolt: the caller must not change them. If ctx

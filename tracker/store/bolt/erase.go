@@ -11,7 +11,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 )
 
-// Erase implements Store.
+// Erase implements store.Store.
 func (s *Store) Erase(ctx context.Context, account, ref string) error {
 	if err := ctx.Err(); err != nil {
 		return err

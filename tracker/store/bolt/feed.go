@@ -138,7 +138,7 @@ func (fr *feedReader) entry(seq uint64, v []byte) (*store.FeedEntry, error) {
 	return out, nil
 }
 
-// Feed implements Store.
+// Feed implements store.Store.
 func (s *Store) Feed(ctx context.Context, account, after string, limit int) (*store.FeedPage, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err

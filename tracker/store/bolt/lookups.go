@@ -75,7 +75,7 @@ func (s *Store) meta(id string) (*metaEntry, error) {
 	return e, nil
 }
 
-// Message implements Store. It is served from memory for recently seen
+// Message implements store.Store. It is served from memory for recently seen
 // messages.
 func (s *Store) Message(ctx context.Context, id string) (*store.Message, error) {
 	if err := ctx.Err(); err != nil {
@@ -96,7 +96,7 @@ func (s *Store) Message(ctx context.Context, id string) (*store.Message, error) 
 	return e.msg, nil
 }
 
-// Delivery implements DeliveryReader. It only knows delivered copies (the
+// Delivery implements store.DeliveryReader. It only knows delivered copies (the
 // time of delivery); other states are ErrNotFound.
 func (s *Store) Delivery(ctx context.Context, message string, recipient int) (store.Delivery, error) {
 	if err := ctx.Err(); err != nil {
@@ -158,7 +158,7 @@ func resolve(tx *bbolt.Tx, account, ref string) (storedMessage, error) {
 	return rec, nil
 }
 
-// Lookup implements Store.
+// Lookup implements store.Store.
 func (s *Store) Lookup(ctx context.Context, account, ref string) (*store.MessageView, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err

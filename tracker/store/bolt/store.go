@@ -78,7 +78,7 @@ type Options struct {
 	}
 }
 
-// Store is the embedded Store, in one bbolt file and its hit log
+// Store is the embedded store.Store, in one bbolt file and its hit log
 // (path + "-wal"). Events, and the relay's reports of messages and
 // deliveries, are taken by one collector goroutine in batches (group
 // commit): the events of a batch are appended to the log with one

@@ -11,7 +11,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 )
 
-// PutMessage implements Store. Putting the same message again replaces it;
+// PutMessage implements store.Store. Putting the same message again replaces it;
 // a message whose data was erased stays erased.
 func (s *Store) PutMessage(ctx context.Context, m store.Message) error {
 	if err := ctx.Err(); err != nil {
@@ -68,7 +68,7 @@ func (s *Store) PutMessage(ctx context.Context, m store.Message) error {
 	return nil
 }
 
-// SetLinks implements Store.
+// SetLinks implements store.Store.
 func (s *Store) SetLinks(ctx context.Context, message string, links []string) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -95,7 +95,7 @@ func (s *Store) SetLinks(ctx context.Context, message string, links []string) er
 	return nil
 }
 
-// SetDelivery implements Store. Once a copy is delivered, reporting it
+// SetDelivery implements store.Store. Once a copy is delivered, reporting it
 // delivered again keeps the first delivery time, which is what scanner
 // detection measures clicks against. A change of status or of the number
 // of attempts is also an entry of the account's feed.
