@@ -23,7 +23,7 @@ func TestUpstreamHealth(t *testing.T) {
 	}
 	msg := "Subject: x\r\n\r\nhello\r\n"
 	before := time.Now()
-	if _, err := p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg)); err == nil {
+	if _, err := p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg), false); err == nil {
 		t.Fatal("send to a closed port succeeded")
 	}
 	ok, failing := d.UpstreamHealth()
@@ -31,7 +31,7 @@ func TestUpstreamHealth(t *testing.T) {
 		t.Fatalf("after a failed dial: lastOK %v, failingSince %v; want zero and >= %v", ok, failing, before)
 	}
 	// A second failure keeps the start of the outage.
-	p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg))
+	p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg), false)
 	if _, f2 := d.UpstreamHealth(); !f2.Equal(failing) {
 		t.Errorf("failingSince moved from %v to %v", failing, f2)
 	}
@@ -41,7 +41,7 @@ func TestUpstreamHealth(t *testing.T) {
 	if err != nil {
 		t.Skipf("cannot listen on %s again: %v", addr, err)
 	}
-	if _, err := p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg)); err != nil {
+	if _, err := p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg), false); err != nil {
 		t.Fatalf("send to the sink: %v", err)
 	}
 	s.waitFor(t, 1)

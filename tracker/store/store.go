@@ -35,6 +35,9 @@ const (
 	StatusDeferred  = "deferred"
 	StatusDelivered = "delivered"
 	StatusBounced   = "bounced"
+	// StatusHeld: the relay holds the copy after an internal error, until
+	// its operator retries it.
+	StatusHeld = "held"
 )
 
 // Message is what the relay tells the store about an accepted message.
@@ -61,7 +64,7 @@ type Recipient struct {
 
 // Delivery is the state of one recipient's copy.
 type Delivery struct {
-	Status       string // queued|deferred|delivered|bounced
+	Status       string // queued|deferred|held|delivered|bounced
 	Attempts     int
 	LastResponse string
 	UpdatedAt    time.Time

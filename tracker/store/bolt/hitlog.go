@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/trackrelay/trackrelay/internal/durable"
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
 
@@ -88,7 +89,7 @@ func openHitLog(path string, applied uint64) (*hitLog, []logRecord, error) {
 	}
 	if created {
 		// The new name must survive a power loss as the records will.
-		if err := syncDir(filepath.Dir(path)); err != nil {
+		if err := durable.SyncDir(filepath.Dir(path)); err != nil {
 			f.Close()
 			return nil, nil, err
 		}
@@ -306,15 +307,3 @@ func (l *hitLog) grow(end int64) error {
 }
 
 func (l *hitLog) close() error { return l.f.Close() }
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}

@@ -9,12 +9,15 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/trackrelay/trackrelay/tracker/store"
 	bbolt "go.etcd.io/bbolt"
+
+	"github.com/trackrelay/trackrelay/internal/durable"
+	"github.com/trackrelay/trackrelay/tracker/store"
 )
 
 // Defaults of Options.
@@ -147,6 +150,12 @@ func Open(path string, opts Options) (*Store, error) {
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: opts.LockTimeout, NoFreelistSync: true,
 		FreelistType: bbolt.FreelistMapType})
 	if err != nil {
+		return nil, fmt.Errorf("tracker: open store %s: %w", path, err)
+	}
+	// bbolt syncs the file, not its name: a store made now must survive a
+	// power loss as its commits will.
+	if err := durable.SyncDir(filepath.Dir(path)); err != nil {
+		db.Close()
 		return nil, fmt.Errorf("tracker: open store %s: %w", path, err)
 	}
 	var storeID []byte
