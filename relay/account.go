@@ -4,7 +4,6 @@ import (
 	"crypto/subtle"
 	"errors"
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 
@@ -53,10 +52,11 @@ type Account struct {
 	SelfAddresses []string // copies to these are never tracked
 }
 
-// isSelf reports whether addr is one of the account's own addresses.
+// isSelf reports whether addr is one of the account's own addresses (an
+// internationalized domain matches in U-label or A-label form).
 func (a *Account) isSelf(addr string) bool {
 	for _, s := range a.SelfAddresses {
-		if strings.EqualFold(s, addr) {
+		if sameAddress(s, addr) {
 			return true
 		}
 	}

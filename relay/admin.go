@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"sort"
 	"time"
 
@@ -29,40 +30,84 @@ func (s *Spool) List() ([]*Envelope, error) {
 	return envs, err
 }
 
-// Retry makes every pending copy of id due now; id "" means every message.
-// It returns the number of copies rescheduled.
-func (d *Deliverer) Retry(id string) int {
+// Retry makes every pending copy of id due now, and releases its held
+// copies (StatusHeld) into the queue, due now; id "" means every message.
+// It returns the number of copies rescheduled and, of those, released.
+func (d *Deliverer) Retry(id string) (rescheduled, released int, err error) {
+	d.holdMu.Lock()
+	defer d.holdMu.Unlock()
 	d.mu.Lock()
-	n := 0
 	now := time.Now()
 	for i := range d.jobs {
 		if id == "" || d.jobs[i].id == id {
 			d.jobs[i].due = now
-			n++
+			rescheduled++
 		}
 	}
 	heap.Init(&d.jobs)
-	d.mu.Unlock()
-	select {
-	case d.wake <- struct{}{}:
-	default:
+	var holding []string // messages with held copies
+	for ref := range d.held {
+		if (id == "" || ref.id == id) && !slices.Contains(holding, ref.id) {
+			holding = append(holding, ref.id)
+		}
 	}
-	return n
+	d.mu.Unlock()
+	var errs []error
+	for _, mid := range holding {
+		n, err := d.release(mid, now)
+		released += n
+		errs = append(errs, err)
+	}
+	d.wakeWorker()
+	return rescheduled + released, released, errors.Join(errs...)
+}
+
+// release puts the held copies of message id back in the queue, due at
+// now, and reports them queued to the ledger.
+func (d *Deliverer) release(id string, now time.Time) (int, error) {
+	env, idxs, err := d.spool.Release(id, now.UTC())
+	if err != nil && !errors.Is(err, ErrNoSuchMessage) {
+		return 0, err
+	}
+	d.mu.Lock()
+	n := 0
+	for ref := range d.held {
+		if ref.id != id {
+			continue
+		}
+		delete(d.held, ref)
+		if err == nil { // a deleted message has nothing to release
+			heap.Push(&d.jobs, job{id: id, rcpt: ref.rcpt, due: now})
+			n++
+		}
+	}
+	d.mu.Unlock()
+	if err != nil || env.Bounce {
+		return n, nil
+	}
+	d.log.Info("held copies released by the operator", "queue_id", id, "copies", n)
+	for _, i := range idxs {
+		if err := d.ledger.Delivery(context.Background(), id, i, env.Recipients[i]); err != nil {
+			d.metrics.ledgerErrors.Inc()
+			d.log.Error("ledger: recording the released copy failed", "queue_id", id, "rcpt", i, "err", err)
+		}
+	}
+	return n, nil
 }
 
 // Delete takes a message out of the queue. With bounce, each copy not yet
 // delivered is reported failed to the sender; without, it is dropped
 // silently (its status still says so in the API).
 func (d *Deliverer) Delete(id string, bounce bool) error {
+	d.holdMu.Lock()
+	defer d.holdMu.Unlock()
 	d.mu.Lock()
-	kept := d.jobs[:0]
-	for _, j := range d.jobs {
-		if j.id != id {
-			kept = append(kept, j)
+	d.dropJobs(func(j job) bool { return j.id == id })
+	for ref := range d.held {
+		if ref.id == id {
+			delete(d.held, ref)
 		}
 	}
-	d.jobs = kept
-	heap.Init(&d.jobs)
 	d.mu.Unlock()
 
 	reason := "deleted from the queue by the operator"
@@ -107,8 +152,8 @@ func (d *Deliverer) Delete(id string, bounce bool) error {
 //
 //	GET  /queue               every queued message
 //	GET  /queue/{id}          one message
-//	POST /queue/retry         retry every pending copy now
-//	POST /queue/{id}/retry    retry one message's pending copies now
+//	POST /queue/retry         retry every pending copy now, held ones too
+//	POST /queue/{id}/retry    retry one message's pending and held copies now
 //	POST /queue/{id}/delete   drop it (?bounce=true: bounce it to the sender)
 func (d *Deliverer) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -145,15 +190,23 @@ func (d *Deliverer) AdminHandler() http.Handler {
 		}
 		reply(w, http.StatusOK, env)
 	})
+	retry := func(w http.ResponseWriter, id string) {
+		n, released, err := d.Retry(id)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		reply(w, http.StatusOK, map[string]int{"rescheduled": n, "released": released})
+	}
 	mux.HandleFunc("POST /queue/retry", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, http.StatusOK, map[string]int{"rescheduled": d.Retry("")})
+		retry(w, "")
 	})
 	mux.HandleFunc("POST /queue/{id}/retry", func(w http.ResponseWriter, r *http.Request) {
 		if _, err := d.spool.Get(r.PathValue("id")); err != nil {
 			fail(w, err)
 			return
 		}
-		reply(w, http.StatusOK, map[string]int{"rescheduled": d.Retry(r.PathValue("id"))})
+		retry(w, r.PathValue("id"))
 	})
 	mux.HandleFunc("POST /queue/{id}/delete", func(w http.ResponseWriter, r *http.Request) {
 		bounce := r.URL.Query().Get("bounce") == "true"

@@ -11,10 +11,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/durable"
+	"github.com/trackrelay/trackrelay/internal/guard"
 	"github.com/trackrelay/trackrelay/rewrite"
 )
 
@@ -60,6 +63,12 @@ type Deliverer struct {
 	metrics *Metrics
 	up      *upstreamPool
 
+	// holdMu orders holding copies against releasing or deleting them: a
+	// hold's spool record and its in-memory mark change together, so a
+	// Retry never misses a copy the spool already shows held, nor leaves
+	// one marked held that it released. Taken before mu.
+	holdMu sync.Mutex
+
 	mu   sync.Mutex
 	jobs jobHeap
 	// pending holds the messages whose ledger record is still to be
@@ -70,26 +79,38 @@ type Deliverer struct {
 	// so that an announcer and a worker never write one twice.
 	announcing map[string]chan struct{}
 	linked     map[string]bool // messages whose links the ledger has
-	announceQ  chan announcement
-	outbox     *dirSyncer
-	sending    int
-	wake       chan struct{}
-	stopping   bool
-	wg         sync.WaitGroup
-	stopWork   chan struct{}
+	// held holds the copies that wait for the operator (StatusHeld): in
+	// no schedule, counted by the queue gauge, released by Retry.
+	held      map[copyRef]bool
+	announceQ chan announcement
+	outbox    *dirSyncer
+	sending   int
+	wake      chan struct{}
+	stopping  bool
+	wg        sync.WaitGroup
+	stopWork  chan struct{}
 	// finishing bounds the outcomes being recorded at once, so that
 	// attempts failing fast cannot pile up goroutines.
 	finishing chan struct{}
 	// announceDelay is announceDelayDefault; tests change it.
 	announceDelay time.Duration
-	bufs          sync.Pool
-	startOnce     sync.Once
+	// recordRetry is how long a copy waits when its record could not be
+	// read or its outcome written (a minute; tests change it).
+	recordRetry time.Duration
+	bufs        sync.Pool
+	startOnce   sync.Once
 }
 
 type job struct {
 	id   string
 	rcpt int
 	due  time.Time
+}
+
+// copyRef names one recipient copy.
+type copyRef struct {
+	id   string
+	rcpt int
 }
 
 type jobHeap []job
@@ -137,11 +158,13 @@ func NewDeliverer(cfg DeliveryConfig, spool *Spool, ledger Ledger, minters Minte
 		pendingByMID:  map[string]string{},
 		announcing:    map[string]chan struct{}{},
 		linked:        map[string]bool{},
+		held:          map[copyRef]bool{},
 		announceQ:     make(chan announcement, 4096),
 		outbox:        newDirSyncer(cfg.CaptureDir),
 		wake:          make(chan struct{}, 1),
 		stopWork:      make(chan struct{}),
 		announceDelay: announceDelayDefault,
+		recordRetry:   time.Minute,
 	}
 	m.queue.source(d.countQueue)
 	if cfg.Upstream != nil {
@@ -180,10 +203,16 @@ func (d *Deliverer) Start() error {
 		d.Submit(env, env.Bounce)
 	}
 	if len(envs) > 0 {
-		d.log.Info("spool loaded", "messages", len(envs))
+		d.mu.Lock()
+		held := len(d.held)
+		d.mu.Unlock()
+		d.log.Info("spool loaded", "messages", len(envs), "held_copies", held)
+		if held > 0 {
+			d.log.Warn("copies held after an internal error stay held until the operator retries them (trackrelay queue list, trackrelay queue retry)", "held_copies", held)
+		}
 	}
 	if d.cfg.CaptureDir != "" && d.up == nil {
-		if err := os.MkdirAll(d.cfg.CaptureDir, 0o700); err != nil {
+		if err := durable.MkdirAll(d.cfg.CaptureDir, 0o700); err != nil {
 			return err
 		}
 	}
@@ -198,8 +227,9 @@ func (d *Deliverer) Start() error {
 	return nil
 }
 
-// Submit schedules every copy of env that is not final. announced says
-// whether the ledger already knows the message.
+// Submit schedules every copy of env that is neither final nor held (a
+// held copy is only noted: see StatusHeld). announced says whether the
+// ledger already knows the message.
 func (d *Deliverer) Submit(env *Envelope, announced bool) {
 	d.mu.Lock()
 	if !announced {
@@ -214,6 +244,10 @@ func (d *Deliverer) Submit(env *Envelope, announced bool) {
 		if r.Final() {
 			continue
 		}
+		if r.Held() {
+			d.held[copyRef{env.ID, i}] = true
+			continue
+		}
 		heap.Push(&d.jobs, job{id: env.ID, rcpt: i, due: r.NextAttempt})
 	}
 	d.mu.Unlock()
@@ -224,18 +258,19 @@ func (d *Deliverer) Submit(env *Envelope, announced bool) {
 }
 
 // countQueue counts the copies by state, for the queue gauge.
-func (d *Deliverer) countQueue() (queued, deferred, sending int) {
+func (d *Deliverer) countQueue() queueCounts {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	now := time.Now()
+	c := queueCounts{sending: d.sending, held: len(d.held)}
 	for _, j := range d.jobs {
 		if j.due.After(now) {
-			deferred++
+			c.deferred++
 		} else {
-			queued++
+			c.queued++
 		}
 	}
-	return queued, deferred, d.sending
+	return c
 }
 
 // next blocks until a job is due, or returns false once stopping.
@@ -315,13 +350,16 @@ func (d *Deliverer) Shutdown(ctx context.Context) error {
 // run makes one delivery attempt of one copy, then hands its outcome to a
 // goroutine of its own to record: the records wait for company to share
 // their commits, and the worker goes on to the next copy meanwhile.
+//
+// The attempt (instrumenting, DKIM signing, sending) is a job boundary: a
+// panic in it holds the copy and the worker goes on.
 func (d *Deliverer) run(j job) {
 	start := time.Now()
 	env, err := d.spool.Get(j.id)
 	if err != nil {
 		if !errors.Is(err, ErrNoSuchMessage) {
 			d.log.Error("delivery: reading spool record", "queue_id", j.id, "err", err)
-			d.retryLater(j, time.Minute)
+			d.retryLater(j, d.recordRetry)
 		}
 		d.endTurn()
 		return
@@ -330,10 +368,36 @@ func (d *Deliverer) run(j job) {
 		d.endTurn()
 		return
 	}
+	if env.Recipients[j.rcpt].Held() {
+		// Held while this job waited (an outcome recorded meanwhile may
+		// have scheduled it): it waits for the operator.
+		d.mu.Lock()
+		d.held[copyRef{j.id, j.rcpt}] = true
+		d.mu.Unlock()
+		d.endTurn()
+		return
+	}
 	rc := env.Recipients[j.rcpt]
 	log := d.log.With("queue_id", env.ID, "rcpt", j.rcpt)
 
-	resp, sendErr := d.attempt(env, j.rcpt, log)
+	var resp string
+	var sendErr error
+	p := guard.Run(guard.Delivery, log, func() {
+		guard.Check(guard.Delivery, env.ID)
+		resp, sendErr = d.attempt(env, j.rcpt, log)
+	})
+	if p == nil {
+		// A panic of the DKIM key, recovered on the signing library's
+		// goroutine (see recoveringSigner), comes back as the error.
+		errors.As(sendErr, &p)
+	}
+	if p != nil {
+		// The copy may even have gone out: it waits for the operator
+		// rather than being retried into the same panic.
+		d.hold(env.ID, []int{j.rcpt}, guard.Delivery, log)
+		d.endTurn()
+		return
+	}
 	now := time.Now().UTC()
 	var result string
 	rc.Attempts++
@@ -362,6 +426,11 @@ func (d *Deliverer) run(j job) {
 		defer d.wg.Done()
 		defer func() { <-d.finishing }()
 		defer d.endTurn()
+		// Recording is a job boundary too: a panic holds the copy (still
+		// counted as sending until then).
+		defer guard.Recover(guard.Finish, log, func(*guard.Panic) {
+			d.hold(env.ID, []int{j.rcpt}, guard.Finish, log)
+		})
 		d.finish(env, j, rc, result, log)
 	}()
 }
@@ -370,8 +439,9 @@ func (d *Deliverer) run(j job) {
 // first, then the ledger, then the spool record: a crash in between
 // repeats a step (a second notice, a second attempt), it never loses one.
 // Until the record is written the copy is in no queue, so nothing else
-// attempts it.
+// attempts it. A notice that panics while it is built holds the copy.
 func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, log *slog.Logger) {
+	guard.Check(guard.Finish, env.ID)
 	if !env.Bounce {
 		// The attempt may have failed before its copy was reported (no
 		// message file): the ledger must know the message before a status
@@ -383,6 +453,10 @@ func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, lo
 		now.Sub(env.AcceptedAt) >= d.cfg.DelayWarning && !env.Bounce && env.From != "" {
 		if err := d.notify(env, rc, actionDelayed); err != nil {
 			log.Error("could not queue the delayed notice", "err", err)
+			if errors.Is(err, errNoticePanic) {
+				d.hold(env.ID, []int{j.rcpt}, guard.Bounce, log)
+				return
+			}
 		} else {
 			rc.Warned = true
 		}
@@ -390,6 +464,10 @@ func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, lo
 	if rc.Status == StatusBounced {
 		if err := d.bounce(env, rc); err != nil {
 			log.Error("bounce: could not queue the delivery status notification", "err", err)
+			if errors.Is(err, errNoticePanic) {
+				d.hold(env.ID, []int{j.rcpt}, guard.Bounce, log)
+				return
+			}
 		}
 	}
 	log.Info("delivery "+result, "to", rc.Address, "attempt", rc.Attempts, "response", rc.LastResponse)
@@ -406,31 +484,108 @@ func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, lo
 		}
 		// Not recorded: the copy is tried again; at least once is kept.
 		log.Error("delivery: recording outcome failed; will retry", "err", err)
-		d.retryLater(j, time.Minute)
+		d.retryLater(j, d.recordRetry)
 		return
 	}
+	d.mu.Lock()
+	// Held by an announcer's panic during this attempt: the outcome
+	// recorded replaces the hold.
+	delete(d.held, copyRef{env.ID, j.rcpt})
 	if rc.Status == StatusDeferred {
-		d.mu.Lock()
 		heap.Push(&d.jobs, job{id: env.ID, rcpt: j.rcpt, due: rc.NextAttempt})
-		d.mu.Unlock()
-		select {
-		case d.wake <- struct{}{}:
-		default:
-		}
 	}
 	if done {
-		d.mu.Lock()
 		d.dropPending(env.ID)
 		delete(d.linked, env.ID)
-		d.mu.Unlock()
+	}
+	d.mu.Unlock()
+	if rc.Status == StatusDeferred {
+		d.wakeWorker()
 	}
 }
 
+// retryLater schedules copy j again after a failure of the relay's own
+// (reading its record, writing its outcome).
 func (d *Deliverer) retryLater(j job, after time.Duration) {
 	d.mu.Lock()
 	j.due = time.Now().Add(after)
 	heap.Push(&d.jobs, j)
 	d.mu.Unlock()
+	// A sleeping worker waits for the earliest job it saw, or an hour:
+	// this one may be due before.
+	d.wakeWorker()
+}
+
+// wakeWorker makes a waiting worker look at the schedule again.
+func (d *Deliverer) wakeWorker() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// hold quarantines copies idxs of message id (nil: each one not final)
+// after a panic in their job (component's): they are marked held in the
+// spool, taken out of the schedule and reported to the ledger, and wait
+// there, across restarts, for the operator's retry (Retry). Never
+// re-queued by itself, a bad message cannot become a crash loop.
+func (d *Deliverer) hold(id string, idxs []int, component string, log *slog.Logger) {
+	d.holdMu.Lock()
+	defer d.holdMu.Unlock()
+	env, held, err := d.spool.Hold(id, idxs, time.Now().UTC())
+	switch {
+	case errors.Is(err, ErrNoSuchMessage):
+		return // final and removed meanwhile, or deleted by the operator
+	case err != nil:
+		// Held in this process only: after a restart the copy is tried
+		// again, and held again if it panics again.
+		log.Error("delivery: could not record the held copy in the spool; it is held until a restart", "err", err)
+		env, held = nil, idxs
+	}
+	d.mu.Lock()
+	if env == nil && held == nil {
+		// Every copy, and the record could not be read: every copy this
+		// process schedules.
+		for _, j := range d.jobs {
+			if j.id == id {
+				held = append(held, j.rcpt)
+			}
+		}
+	}
+	for _, i := range held {
+		d.held[copyRef{id, i}] = true
+	}
+	d.dropJobs(func(j job) bool { return j.id == id && slices.Contains(held, j.rcpt) })
+	d.mu.Unlock()
+	if len(held) == 0 {
+		return // final, or held already
+	}
+	log.Warn("delivery: copy held after a panic; trackrelay queue retry releases it", "component", component, "copies", held)
+	if env == nil || env.Bounce {
+		return
+	}
+	for _, i := range held {
+		guard.Run(component, log, func() {
+			if err := d.ledger.Delivery(context.Background(), id, i, env.Recipients[i]); err != nil {
+				d.metrics.ledgerErrors.Inc()
+				log.Error("ledger: recording the held copy failed", "rcpt", i, "err", err)
+			}
+		})
+	}
+}
+
+// dropJobs takes the jobs that drop reports out of the schedule; d.mu must
+// be held.
+func (d *Deliverer) dropJobs(drop func(job) bool) {
+	kept := d.jobs[:0]
+	for _, j := range d.jobs {
+		if !drop(j) {
+			kept = append(kept, j)
+		}
+	}
+	clear(d.jobs[len(kept):])
+	d.jobs = kept
+	heap.Init(&d.jobs)
 }
 
 func pendingKey(account, messageID string) string {
@@ -522,6 +677,11 @@ func (d *Deliverer) announcer() {
 			go func() {
 				defer d.wg.Done()
 				defer func() { <-busy }()
+				// A message whose report panics is held, all of it: its
+				// copies wait for the operator.
+				defer guard.Recover(guard.Announce, d.log, func(*guard.Panic) {
+					d.hold(a.env.ID, nil, guard.Announce, d.log.With("queue_id", a.env.ID))
+				})
 				d.announce(a.env, nil)
 			}()
 		case <-d.stopWork:
@@ -552,17 +712,7 @@ func (d *Deliverer) announce(env *Envelope, links []string) bool {
 		d.announcing[env.ID] = busy
 		d.mu.Unlock()
 
-		err := d.ledger.Accepted(context.Background(), env, links)
-		d.mu.Lock()
-		delete(d.announcing, env.ID)
-		if err == nil {
-			d.dropPending(env.ID)
-			if links != nil {
-				d.linked[env.ID] = true
-			}
-		}
-		d.mu.Unlock()
-		close(busy)
+		err := d.writeAccepted(env, links, busy)
 		if err != nil {
 			d.metrics.ledgerErrors.Inc()
 			d.log.Error("ledger: recording accepted message failed", "queue_id", env.ID, "err", err)
@@ -570,6 +720,29 @@ func (d *Deliverer) announce(env *Envelope, links []string) bool {
 		}
 		return links != nil
 	}
+}
+
+// writeAccepted writes the ledger record of env and then ends the
+// announcement busy, also when the write panics: a waiter on busy must
+// never wait forever.
+func (d *Deliverer) writeAccepted(env *Envelope, links []string, busy chan struct{}) (err error) {
+	written := false
+	defer func() {
+		d.mu.Lock()
+		delete(d.announcing, env.ID)
+		if written {
+			d.dropPending(env.ID)
+			if links != nil {
+				d.linked[env.ID] = true
+			}
+		}
+		d.mu.Unlock()
+		close(busy)
+	}()
+	guard.Check(guard.Announce, env.ID)
+	err = d.ledger.Accepted(context.Background(), env, links)
+	written = err == nil
+	return err
 }
 
 // backoff is the wait after the n-th failed attempt: exponential, capped,
@@ -584,33 +757,42 @@ func (d *Deliverer) backoff(n int) time.Duration {
 	return w + jitter
 }
 
-// attempt instruments the copy and delivers it.
+// attempt instruments the copy and delivers it. Its error is one that may
+// be shown to the app and the sender (see publicError).
 func (d *Deliverer) attempt(env *Envelope, idx int, log *slog.Logger) (string, error) {
+	resp, err := d.deliverCopy(env, idx, log)
+	return resp, publicError(err, log)
+}
+
+// deliverCopy is attempt with the errors as they came, those of this host
+// marked local.
+func (d *Deliverer) deliverCopy(env *Envelope, idx int, log *slog.Logger) (string, error) {
 	f, err := d.spool.Open(env.ID)
 	if err != nil {
-		return "", fmt.Errorf("open spool file: %w", err)
+		return "", local(fmt.Errorf("open spool file: %w", err))
 	}
 	defer f.Close()
 
 	body, size, release, links, err := d.instrument(env, idx, f, log)
 	if err != nil {
-		return "", err
+		return "", local(err)
 	}
 	defer release()
 	d.report(env, links, log)
 	if body, size, err = d.signCopy(body, size, log); err != nil {
-		return "", err
+		return "", local(err)
 	}
 
 	rc := env.Recipients[idx]
 	if d.up == nil {
-		return d.capture(env, idx, rc.Address, body)
+		resp, err := d.capture(env, idx, rc.Address, body)
+		return resp, local(err)
 	}
 	from := env.From
 	if env.Bounce {
 		from = ""
 	}
-	return d.up.send(from, rc.Address, size, body)
+	return d.up.send(from, rc.Address, size, body, env.SMTPUTF8)
 }
 
 // report makes sure the ledger knows the message, and its links when the
@@ -746,28 +928,17 @@ func (m *memCopy) Seek(off int64, whence int) (int64, error) {
 }
 
 // capture writes the copy as <CaptureDir>/<queue id>-<n>.eml, made durable
-// (temporary name, fsync, rename) before it counts as delivered.
+// before it counts as delivered; the workers capturing at once share the
+// outbox's directory fsyncs.
 func (d *Deliverer) capture(env *Envelope, idx int, rcpt string, body io.Reader) (string, error) {
 	name := fmt.Sprintf("%s-%d.eml", env.ID, idx)
-	tmp, err := os.CreateTemp(d.cfg.CaptureDir, ".tmp-*")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(tmp.Name())
-	fmt.Fprintf(tmp, "Return-Path: <%s>\r\nDelivered-To: %s\r\n", env.From, rcpt)
-	_, err = io.Copy(tmp, body)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), filepath.Join(d.cfg.CaptureDir, name))
-	}
-	if err == nil {
-		err = d.outbox.sync()
-	}
+	err := durable.Write(filepath.Join(d.cfg.CaptureDir, name), durable.Options{SyncDir: d.outbox.sync}, func(w io.Writer) error {
+		if _, err := fmt.Fprintf(w, "Return-Path: <%s>\r\nDelivered-To: %s\r\n", env.From, rcpt); err != nil {
+			return err
+		}
+		_, err := io.Copy(w, body)
+		return err
+	})
 	if err != nil {
 		return "", fmt.Errorf("capture: %w", err)
 	}

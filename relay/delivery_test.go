@@ -562,9 +562,10 @@ func TestDeliverer_queueGauge(t *testing.T) {
 	}}, true)
 	d.Submit(&Envelope{ID: "B", Recipients: []Recipient{{Address: "d@example.net", Status: StatusQueued}}}, true)
 	want := `
-# HELP trackrelay_queue_recipients Recipient copies in the spool, by state (queued, deferred, sending).
+# HELP trackrelay_queue_recipients Recipient copies in the spool, by state (queued, deferred, sending, held: after an internal error, until the operator retries them).
 # TYPE trackrelay_queue_recipients gauge
 trackrelay_queue_recipients{state="deferred"} 1
+trackrelay_queue_recipients{state="held"} 0
 trackrelay_queue_recipients{state="queued"} 2
 trackrelay_queue_recipients{state="sending"} 0
 `

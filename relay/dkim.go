@@ -18,6 +18,8 @@ import (
 	"strings"
 
 	"github.com/emersion/go-msgauth/dkim"
+
+	"github.com/trackrelay/trackrelay/internal/guard"
 )
 
 // MinDKIMRSABits is the smallest RSA key accepted for DKIM signing
@@ -173,8 +175,15 @@ func (s *DKIMSigner) keyFor(domain string) (DKIMKey, bool) {
 	return DKIMKey{}, false
 }
 
+// normDomain lower-cases d, drops a final dot and writes internationalized
+// labels as A-labels: a key is found for a From in U-labels, and d= is
+// always in A-labels, the form DNS publishes the key under (RFC 8616).
 func normDomain(d string) string {
-	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+	d = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+	if a, err := domainToASCII(d); err == nil {
+		d = a
+	}
+	return d
 }
 
 var (
@@ -191,6 +200,11 @@ var (
 // read once to choose the key and fields, then the whole message is
 // streamed through the signer. r is left at its end.
 func (s *DKIMSigner) Sign(r io.ReadSeeker) (string, error) {
+	return s.sign(r, nil)
+}
+
+// sign is Sign, logging to log a panic of the key (nil: slog's default).
+func (s *DKIMSigner) sign(r io.ReadSeeker, log *slog.Logger) (string, error) {
 	if _, err := r.Seek(0, io.SeekStart); err != nil {
 		return "", err
 	}
@@ -233,7 +247,7 @@ func (s *DKIMSigner) Sign(r io.ReadSeeker) (string, error) {
 	signer, err := dkim.NewSigner(&dkim.SignOptions{
 		Domain:                 key.Domain,
 		Selector:               key.Selector,
-		Signer:                 key.Signer,
+		Signer:                 recoveringSigner{key.Signer, log},
 		Hash:                   crypto.SHA256,
 		HeaderCanonicalization: dkim.CanonicalizationRelaxed,
 		BodyCanonicalization:   dkim.CanonicalizationRelaxed,
@@ -258,6 +272,23 @@ func (s *DKIMSigner) Sign(r io.ReadSeeker) (string, error) {
 		sig = strings.ReplaceAll(sig, "\r\n", "\n")
 	}
 	return sig, nil
+}
+
+// recoveringSigner is a key whose panic in Sign is recovered, counted and
+// logged as the delivery job's, and returned as the error *guard.Panic.
+// go-msgauth calls Sign on a goroutine of its own, whose panic no boundary
+// of ours could recover: it would end the process.
+type recoveringSigner struct {
+	crypto.Signer
+	log *slog.Logger
+}
+
+// Sign implements crypto.Signer.
+func (k recoveringSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) (sig []byte, err error) {
+	if p := guard.Run(guard.Delivery, k.log, func() { sig, err = k.Signer.Sign(rand, digest, opts) }); p != nil {
+		return nil, p
+	}
+	return sig, err
 }
 
 // fromDomain returns the domain of the (single) address in a From value.
@@ -351,16 +382,23 @@ func (d *Deliverer) dkimSource(f *os.File) (io.Reader, error) {
 // signCopy returns the copy to send with its DKIM-Signature in front, or
 // the copy as it is when there is no key for its From domain, it is
 // already signed, or signing fails: a signature is never worth a lost
-// mail. body is read from its start; what is returned is at its start.
+// mail. A panic of the key is returned as its *guard.Panic, for the job to
+// hold the copy. body is read from its start; what is returned is at its
+// start.
 func (d *Deliverer) signCopy(body io.ReadSeeker, size int64, log *slog.Logger) (io.ReadSeeker, int64, error) {
 	if d.cfg.DKIM == nil {
 		return body, size, nil
 	}
-	sig, err := d.cfg.DKIM.Sign(body)
+	sig, err := d.cfg.DKIM.sign(body, log)
 	if _, serr := body.Seek(0, io.SeekStart); serr != nil {
 		return nil, 0, serr
 	}
+	var p *guard.Panic
 	switch {
+	case errors.As(err, &p):
+		// Not a failure to deliver unsigned over: the job's boundary
+		// holds the copy.
+		return nil, 0, p
 	case err == nil:
 		d.metrics.dkimSignatures.WithLabelValues("signed").Inc()
 		return &signedCopy{sig: []byte(sig), body: body, size: size}, size + int64(len(sig)), nil

@@ -13,5 +13,7 @@
 // It must never relay for a session that is neither authenticated nor from
 // an account's network, never lose an accepted message, and never let a
 // rewriting failure cost a user an email: a copy that cannot be instrumented
-// is delivered unchanged.
+// is delivered unchanged. It never downgrades internationalized mail
+// (SMTPUTF8, RFC 6531): a copy that needs the extension and meets an
+// upstream without it bounces.
 package relay

@@ -201,7 +201,7 @@ func TestUpstream_bodyOverEachTransport(t *testing.T) {
 				if !wellFormed([]byte(body)) {
 					continue
 				}
-				if _, err := p.send("a@example.com", "b@example.net", int64(len(body)), strings.NewReader(body)); err != nil {
+				if _, err := p.send("a@example.com", "b@example.net", int64(len(body)), strings.NewReader(body), false); err != nil {
 					t.Fatalf("body %d: %v", i, err)
 				}
 				got := s.messages()
@@ -217,7 +217,7 @@ func TestUpstream_bodyOverEachTransport(t *testing.T) {
 			}
 			// A dot after a bare CR arrives doubled on every transport.
 			smuggle := "x\r.\r\nMAIL FROM:<a@example.com>\r\ny\r.\r\n"
-			if _, err := p.send("a@example.com", "b@example.net", int64(len(smuggle)), oneByteSeeker{strings.NewReader(smuggle)}); err != nil {
+			if _, err := p.send("a@example.com", "b@example.net", int64(len(smuggle)), oneByteSeeker{strings.NewReader(smuggle)}, false); err != nil {
 				t.Fatal(err)
 			}
 			msgs := s.messages()

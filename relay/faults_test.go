@@ -411,7 +411,7 @@ func TestUpstream_stalledDuringBodyTimesOut(t *testing.T) {
 	// command timeout, per write, can end the transfer.
 	sent := make(chan error, 1)
 	go func() {
-		_, err := p.send("a@example.com", "b@example.net", int64(len(body)), strings.NewReader(body))
+		_, err := p.send("a@example.com", "b@example.net", int64(len(body)), strings.NewReader(body), false)
 		sent <- err
 	}()
 	var err error
@@ -467,7 +467,7 @@ func TestUpstream_slowButLiveUpstreamTakesTheBody(t *testing.T) {
 	defer p.Close()
 	body := strings.Repeat(strings.Repeat("a", 76)+"\r\n", 400_000) // 31 MB: a second or more at that pace
 	start := time.Now()
-	if _, err := p.send("a@example.com", "b@example.net", int64(len(body)), strings.NewReader(body)); err != nil {
+	if _, err := p.send("a@example.com", "b@example.net", int64(len(body)), strings.NewReader(body), false); err != nil {
 		t.Fatalf("after %v: %v", time.Since(start), err)
 	}
 	if d := time.Since(start); d < 2*time.Second {
@@ -477,3 +477,57 @@ func TestUpstream_slowButLiveUpstreamTakesTheBody(t *testing.T) {
 		t.Errorf("upstream read %d of %d bytes", got.Load(), len(body))
 	}
 }
+
+// A panic in the middle of a transaction closes its upstream connection:
+// it is neither reused nor left open at the upstream.
+func TestUpstream_panicClosesTheConnection(t *testing.T) {
+	closed := make(chan int, 4)
+	addr := scriptedUpstream(t, func(n int, c net.Conn) {
+		r := speak(c)
+		if r != nil {
+			readData(r) // until the end of the data, or the connection's
+		}
+		closed <- n
+	})
+	p := newUpstreamPool(UpstreamConfig{Address: addr, TLS: TLSNone, MaxConnections: 1}, NewMetrics(nil))
+	defer p.Close()
+	body := &panicReader{r: strings.NewReader(crlf(htmlMsg))}
+	func() {
+		defer func() {
+			if v := recover(); v == nil {
+				t.Fatal("the body's panic did not reach the caller")
+			}
+		}()
+		p.send("a@example.com", "b@example.net", 1000, body, false)
+	}()
+	select {
+	case n := <-closed:
+		if n != 1 {
+			t.Errorf("connection %d ended, want the first", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection of the panicked transaction is still open")
+	}
+	p.mu.Lock()
+	idle := len(p.idle)
+	p.mu.Unlock()
+	if idle != 0 {
+		t.Errorf("%d idle connections kept", idle)
+	}
+}
+
+// panicReader panics once the first bytes have been read.
+type panicReader struct {
+	r    io.ReadSeeker
+	read bool
+}
+
+func (p *panicReader) Read(b []byte) (int, error) {
+	if p.read {
+		panic("body read failure")
+	}
+	p.read = true
+	return p.r.Read(b[:min(len(b), 20)])
+}
+
+func (p *panicReader) Seek(off int64, whence int) (int64, error) { return p.r.Seek(off, whence) }

@@ -1,10 +1,15 @@
 package relay
 
 import (
+	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/trackrelay/trackrelay/internal/durable"
+	"github.com/trackrelay/trackrelay/internal/guard"
 )
 
 // groupCommitter runs the spool's writes in shared transactions: a write
@@ -23,10 +28,16 @@ import (
 // next accepted message, usually). Each commit is two fdatasyncs of
 // queue.db, and on a busy relay the outcomes then cost none of their own;
 // the delivery worker that waits for one is not on any client's path.
+//
+// A panic in a commit fails that group's writes with errCommitPanic and
+// the loop goes on with the next group: the writers learn that nothing of
+// theirs was written (a client gets a 451), and one bad write does not
+// stop the spool.
 type groupCommitter struct {
 	db        *bolt.DB
 	dir       string
 	lazyDelay time.Duration // 0: lazy writes commit at once
+	log       *slog.Logger  // nil: slog's default
 
 	mu      sync.Mutex
 	pending []*commitReq
@@ -35,33 +46,56 @@ type groupCommitter struct {
 }
 
 type commitReq struct {
+	item    string // the queue id written, for guard.Check
 	fn      func(*bolt.Tx) error
 	needDir bool // a new file in dir: sync the directory before the record
 	err     error
 	done    chan struct{}
+	ended   bool // done is closed; set and read by the loop only
 }
+
+// end hands the write its result, once.
+func (r *commitReq) end(err error) {
+	if r.ended {
+		return
+	}
+	r.ended = true
+	r.err = err
+	close(r.done)
+}
+
+// run applies the write in tx.
+func (r *commitReq) run(tx *bolt.Tx) error {
+	guard.Check(guard.GroupCommit, r.item)
+	return r.fn(tx)
+}
+
+// errCommitPanic is the result of the writes still unanswered when their
+// group's commit panicked: none of them was written.
+var errCommitPanic = errors.New("spool: the commit failed on an internal error (see the log); nothing was written")
 
 // maxGroup bounds one transaction, so that one failing write costs a
 // bounded number of retries.
 const maxGroup = 256
 
-// update runs fn in a shared read-write transaction and returns once that
-// transaction is durable. fn may run twice (alone, after a shared
-// transaction failed), so it must be idempotent.
-func (g *groupCommitter) update(fn func(*bolt.Tx) error) error {
-	return g.submit(&commitReq{fn: fn, done: make(chan struct{})}, false)
+// update runs fn, a write of the record of item, in a shared read-write
+// transaction and returns once that transaction is durable. fn may run
+// twice (alone, after a shared transaction failed), so it must be
+// idempotent.
+func (g *groupCommitter) update(item string, fn func(*bolt.Tx) error) error {
+	return g.submit(&commitReq{item: item, fn: fn, done: make(chan struct{})}, false)
 }
 
 // updateLazy is update for a write that may wait up to lazyDelay for
 // company before its commit starts.
-func (g *groupCommitter) updateLazy(fn func(*bolt.Tx) error) error {
-	return g.submit(&commitReq{fn: fn, done: make(chan struct{})}, true)
+func (g *groupCommitter) updateLazy(item string, fn func(*bolt.Tx) error) error {
+	return g.submit(&commitReq{item: item, fn: fn, done: make(chan struct{})}, true)
 }
 
 // updateNewFile is update for the record of a file just created (and
 // fsynced) in the committer's directory.
-func (g *groupCommitter) updateNewFile(fn func(*bolt.Tx) error) error {
-	return g.submit(&commitReq{fn: fn, needDir: true, done: make(chan struct{})}, false)
+func (g *groupCommitter) updateNewFile(item string, fn func(*bolt.Tx) error) error {
+	return g.submit(&commitReq{item: item, fn: fn, needDir: true, done: make(chan struct{})}, false)
 }
 
 func (g *groupCommitter) submit(r *commitReq, lazy bool) error {
@@ -114,7 +148,13 @@ func (g *groupCommitter) loop() {
 			return
 		}
 		g.mu.Unlock()
-		g.commit(g.syncDir(batch))
+		if p := guard.Run(guard.GroupCommit, g.log, func() { g.commit(g.syncDir(batch)) }); p != nil {
+			// bbolt rolled the transaction back: what was not yet
+			// answered was not written.
+			for _, r := range batch {
+				r.end(errCommitPanic)
+			}
+		}
 	}
 }
 
@@ -128,15 +168,14 @@ func (g *groupCommitter) syncDir(batch []*commitReq) []*commitReq {
 	if !need {
 		return batch
 	}
-	err := syncDir(g.dir)
+	err := durable.SyncDir(g.dir)
 	if err == nil {
 		return batch
 	}
 	rest := batch[:0:0]
 	for _, r := range batch {
 		if r.needDir {
-			r.err = err
-			close(r.done)
+			r.end(err)
 		} else {
 			rest = append(rest, r)
 		}
@@ -150,7 +189,7 @@ func (g *groupCommitter) commit(batch []*commitReq) {
 	}
 	err := g.db.Update(func(tx *bolt.Tx) error {
 		for _, r := range batch {
-			if err := r.fn(tx); err != nil {
+			if err := r.run(tx); err != nil {
 				return err
 			}
 		}
@@ -160,13 +199,11 @@ func (g *groupCommitter) commit(batch []*commitReq) {
 		// One write failed, or the commit did: each write is tried alone,
 		// so that one bad write does not fail the others.
 		for _, r := range batch {
-			r.err = g.db.Update(r.fn)
-			close(r.done)
+			r.end(g.db.Update(r.run))
 		}
 		return
 	}
 	for _, r := range batch {
-		r.err = err
-		close(r.done)
+		r.end(err)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/trackrelay/trackrelay/internal/guard"
 )
 
 func TestGroupCommit_sharesCommits(t *testing.T) {
@@ -37,7 +39,7 @@ func testGroupCommit(t *testing.T, failSome bool) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = g.update(func(tx *bolt.Tx) error {
+			errs[i] = g.update("", func(tx *bolt.Tx) error {
 				mu.Lock()
 				txs[tx.ID()] = true
 				mu.Unlock()
@@ -82,7 +84,7 @@ func TestGroupCommit_newFileNeedsItsDirectory(t *testing.T) {
 		return func(tx *bolt.Tx) error { return tx.Bucket([]byte("b")).Put([]byte(k), []byte("v")) }
 	}
 	g := &groupCommitter{db: db, dir: t.TempDir()}
-	if err := g.updateNewFile(put("new")); err != nil {
+	if err := g.updateNewFile("", put("new")); err != nil {
 		t.Fatalf("record of a new file: %v", err)
 	}
 	g.dir = filepath.Join(t.TempDir(), "gone")
@@ -101,8 +103,8 @@ func TestGroupCommit_newFileNeedsItsDirectory(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	errs := make(chan error, 2)
-	go func() { errs <- g.updateNewFile(put("lost")) }()
-	go func() { errs <- g.update(put("other")) }()
+	go func() { errs <- g.updateNewFile("", put("lost")) }()
+	go func() { errs <- g.update("", put("other")) }()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
 		g.mu.Lock()
 		n := len(g.pending)
@@ -159,7 +161,7 @@ func TestGroupCommit_lazyWritesRideAlong(t *testing.T) {
 	const lazy = 5
 	done := make(chan error, lazy)
 	for i := range lazy {
-		go func() { done <- g.updateLazy(put(fmt.Sprint("lazy", i))) }()
+		go func() { done <- g.updateLazy("", put(fmt.Sprint("lazy", i))) }()
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
 		g.mu.Lock()
@@ -180,7 +182,7 @@ func TestGroupCommit_lazyWritesRideAlong(t *testing.T) {
 		t.Fatalf("a lazy write returned (%v) before any commit", err)
 	case <-time.After(50 * time.Millisecond):
 	}
-	if err := g.update(put("eager")); err != nil {
+	if err := g.update("", put("eager")); err != nil {
 		t.Fatal(err)
 	}
 	for range lazy {
@@ -205,7 +207,7 @@ func TestGroupCommit_lazyWritesRideAlong(t *testing.T) {
 	}
 	g.lazyDelay = 20 * time.Millisecond
 	start := time.Now()
-	if err := g.updateLazy(put("alone")); err != nil {
+	if err := g.updateLazy("", put("alone")); err != nil {
 		t.Fatal(err)
 	}
 	if d := time.Since(start); d < g.lazyDelay {
@@ -214,6 +216,60 @@ func TestGroupCommit_lazyWritesRideAlong(t *testing.T) {
 	db.View(func(tx *bolt.Tx) error {
 		if tx.Bucket([]byte("b")).Stats().KeyN != lazy+2 {
 			t.Error("writes missing")
+		}
+		return nil
+	})
+}
+
+// Every write of a group whose commit panics fails, none is written, and
+// the next write commits.
+func TestGroupCommit_panicFailsEveryWriteOfItsGroup(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "g.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("b")); return err })
+	put := func(k string) func(tx *bolt.Tx) error {
+		return func(tx *bolt.Tx) error { return tx.Bucket([]byte("b")).Put([]byte(k), []byte("v")) }
+	}
+	g := &groupCommitter{db: db, log: testLogger(t)}
+	defer guard.Inject(func(c, item string) bool { return c == guard.GroupCommit && item == "bad" })()
+	// The three writes in one group: the committer looks busy while they queue.
+	g.running = true
+	errs := make(chan error, 3)
+	for i, k := range []string{"first", "bad", "last"} {
+		go func() { errs <- g.update(k, put(k)) }()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+			g.mu.Lock()
+			n := len(g.pending)
+			g.mu.Unlock()
+			if n == i+1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("write %s never queued", k)
+			}
+		}
+	}
+	go g.loop()
+	for range 3 {
+		if err := <-errs; !errors.Is(err, errCommitPanic) {
+			t.Errorf("write of a group whose commit panicked: %v", err)
+		}
+	}
+	if err := g.update("next", put("next")); err != nil {
+		t.Fatalf("the write after: %v", err)
+	}
+	db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("b"))
+		for _, k := range []string{"first", "bad", "last"} {
+			if b.Get([]byte(k)) != nil {
+				t.Errorf("%s written by a commit that panicked", k)
+			}
+		}
+		if b.Get([]byte("next")) == nil {
+			t.Error("the write after the panic is missing")
 		}
 		return nil
 	})

@@ -57,7 +57,7 @@ func TestUpstreamHealth(t *testing.T) {
 	}
 	msg := "Subject: x\r\n\r\nhello\r\n"
 	before := time.Now()
-	_, err := p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg))
+	_, err := p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg), false)
 	if ce, ok := err.(connError); !ok || !errors.Is(ce.err, syscall.ECONNREFUSED) {
 		t.Fatalf("send to a port that refuses connections: %v", err)
 	}
@@ -66,14 +66,14 @@ func TestUpstreamHealth(t *testing.T) {
 		t.Fatalf("after a failed dial: lastOK %v, failingSince %v; want zero and >= %v", ok, failing, before)
 	}
 	// A second failure keeps the start of the outage.
-	p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg))
+	p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg), false)
 	if _, f2 := d.UpstreamHealth(); !f2.Equal(failing) {
 		t.Errorf("failingSince moved from %v to %v", failing, f2)
 	}
 
 	// The upstream comes back on the same address.
 	s := startSink(t, listen(), nil)
-	if _, err := p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg)); err != nil {
+	if _, err := p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg), false); err != nil {
 		t.Fatalf("send to the sink: %v", err)
 	}
 	s.waitFor(t, 1)

@@ -38,6 +38,7 @@ type sink struct {
 type sunk struct {
 	From, To string
 	Data     []byte
+	UTF8     bool // MAIL carried SMTPUTF8
 }
 
 func newSink(t testing.TB) *sink {
@@ -59,6 +60,11 @@ func trySinkAt(t testing.TB, addr string) (*sink, error) {
 
 // startSink serves a sink on ln, offering STARTTLS when startTLS is set.
 func startSink(t testing.TB, ln net.Listener, startTLS *tls.Config) *sink {
+	return serveSink(t, ln, startTLS, false)
+}
+
+// serveSink is startSink that also offers SMTPUTF8 when smtputf8 is set.
+func serveSink(t testing.TB, ln net.Listener, startTLS *tls.Config, smtputf8 bool) *sink {
 	s := &sink{tries: map[string]int{}}
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		s.mu.Lock()
@@ -69,6 +75,7 @@ func startSink(t testing.TB, ln net.Listener, startTLS *tls.Config) *sink {
 	srv.Domain = "sink.test"
 	srv.AllowInsecureAuth = true
 	srv.TLSConfig = startTLS
+	srv.EnableSMTPUTF8 = smtputf8
 	srv.MaxLineLength = 128 << 10 // like Postfix, which takes long lines
 	s.addr = ln.Addr().String()
 	s.srv = srv
@@ -101,6 +108,7 @@ func (s *sink) waitFor(t *testing.T, n int) []sunk {
 type sinkSession struct {
 	s    *sink
 	from string
+	utf8 bool
 	to   []string
 }
 
@@ -113,7 +121,10 @@ func (ss *sinkSession) Auth(string) (sasl.Server, error) {
 		return smtp.ErrAuthFailed
 	}), nil
 }
-func (ss *sinkSession) Mail(from string, _ *smtp.MailOptions) error { ss.from = from; return nil }
+func (ss *sinkSession) Mail(from string, opts *smtp.MailOptions) error {
+	ss.from, ss.utf8 = from, opts != nil && opts.UTF8
+	return nil
+}
 func (ss *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	ss.s.mu.Lock()
 	n := ss.s.tries[to]
@@ -136,11 +147,11 @@ func (ss *sinkSession) Data(r io.Reader) error {
 	ss.s.mu.Lock()
 	defer ss.s.mu.Unlock()
 	for _, to := range ss.to {
-		ss.s.msgs = append(ss.s.msgs, sunk{From: ss.from, To: to, Data: b})
+		ss.s.msgs = append(ss.s.msgs, sunk{From: ss.from, To: to, Data: b, UTF8: ss.utf8})
 	}
 	return nil
 }
-func (ss *sinkSession) Reset()        { ss.from, ss.to = "", nil }
+func (ss *sinkSession) Reset()        { ss.from, ss.utf8, ss.to = "", false, nil }
 func (ss *sinkSession) Logout() error { return nil }
 
 // testMinters mints readable fake URLs: the rewriter's output names the
@@ -283,6 +294,7 @@ type harnessOpts struct {
 	selfAddrs  []string
 	tlsRequire bool
 	upConns    int
+	upSMTPUTF8 bool // the upstream sink offers SMTPUTF8
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -302,7 +314,15 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		dc.RetryInitial, dc.RetryMax = 50*time.Millisecond, 200*time.Millisecond
 	}
 	if o.upstream {
-		h.sink = newSink(t)
+		if o.upSMTPUTF8 {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.sink = serveSink(t, ln, nil, true)
+		} else {
+			h.sink = newSink(t)
+		}
 		dc.Upstream = &UpstreamConfig{Address: h.sink.addr, TLS: TLSNone, MaxConnections: 2}
 		if o.upConns > 0 {
 			dc.Upstream.MaxConnections = o.upConns

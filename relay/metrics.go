@@ -77,7 +77,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Delivery status notifications (bounces) generated.",
 		}),
 		queue: &queueCollector{desc: prometheus.NewDesc("trackrelay_queue_recipients",
-			"Recipient copies in the spool, by state (queued, deferred, sending).", []string{"state"}, nil)},
+			"Recipient copies in the spool, by state (queued, deferred, sending, held: after an internal error, until the operator retries them).", []string{"state"}, nil)},
 		upstreamDials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trackrelay_upstream_connections_total",
 			Help: "Connections opened to the upstream server, by result (ok, error).",
@@ -110,11 +110,16 @@ type queueCollector struct {
 	desc *prometheus.Desc
 
 	mu    sync.Mutex
-	count func() (queued, deferred, sending int)
+	count func() queueCounts
+}
+
+// queueCounts are the queue's copies by state.
+type queueCounts struct {
+	queued, deferred, sending, held int
 }
 
 // source sets the function that counts the queue.
-func (c *queueCollector) source(count func() (queued, deferred, sending int)) {
+func (c *queueCollector) source(count func() queueCounts) {
 	c.mu.Lock()
 	c.count = count
 	c.mu.Unlock()
@@ -128,14 +133,14 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	count := c.count
 	c.mu.Unlock()
-	var queued, deferred, sending int
+	var n queueCounts
 	if count != nil {
-		queued, deferred, sending = count()
+		n = count()
 	}
 	for _, v := range []struct {
 		state string
 		n     int
-	}{{"queued", queued}, {"deferred", deferred}, {"sending", sending}} {
+	}{{"queued", n.queued}, {"deferred", n.deferred}, {"sending", n.sending}, {"held", n.held}} {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(v.n), v.state)
 	}
 }

@@ -92,6 +92,9 @@ func NewServer(cfg ServerConfig, spool *Spool, d *Deliverer, log *slog.Logger, m
 	srv.TLSConfig = cfg.TLSConfig
 	srv.MaxMessageBytes = cfg.MaxMessageBytes
 	srv.MaxRecipients = cfg.MaxRecipients
+	// RFC 6531: UTF-8 envelope addresses and header fields, for clients
+	// that give SMTPUTF8 on MAIL (see session.Mail).
+	srv.EnableSMTPUTF8 = true
 	// RFC 5321 allows 1000 bytes a line, but apps write HTML on very long
 	// lines and MTAs accept them; 64 KiB keeps memory bounded all the same.
 	srv.MaxLineLength = 64 << 10

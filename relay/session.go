@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -54,6 +55,7 @@ type session struct {
 
 	from     string
 	haveFrom bool
+	utf8     bool // the client gave SMTPUTF8 on MAIL (RFC 6531)
 	rcpts    []string
 }
 
@@ -125,10 +127,14 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if s.account() == nil {
 		return s.reject("auth_required", errAuthRequired)
 	}
-	if from != "" && !validAddress(from) {
-		return s.reject("bad_address", errBadAddress)
+	declared := opts != nil && opts.UTF8
+	if !declared && !isASCII(from) {
+		return s.reject("bad_address", errSenderNeedsSMTPUTF8)
 	}
-	s.from, s.haveFrom = from, true
+	if from != "" && !validAddress(from) {
+		return s.reject("bad_address", errBadSender)
+	}
+	s.from, s.haveFrom, s.utf8 = from, true, declared
 	s.rcpts = s.rcpts[:0]
 	return nil
 }
@@ -141,6 +147,9 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if !s.haveFrom {
 		return errNoSender
 	}
+	if !s.utf8 && !isASCII(to) {
+		return s.reject("bad_address", errRecipientNeedsSMTPUTF8)
+	}
 	if !validAddress(to) {
 		return s.reject("bad_address", errBadAddress)
 	}
@@ -149,9 +158,12 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 }
 
 // validAddress accepts what an MTA can route: local@domain, no source
-// routes, no '%' or '!' relay hacks, no control characters.
+// routes, no '%' or '!' relay hacks, no control characters. UTF-8 is
+// valid in the local part and the domain (RFC 6531, for a transaction
+// with SMTPUTF8); an internationalized domain label must be a valid
+// U-label or A-label (RFC 5890).
 func validAddress(a string) bool {
-	if len(a) > 320 || strings.ContainsAny(a, "%!\r\n\x00 ") || strings.HasPrefix(a, "@") {
+	if len(a) > 320 || strings.ContainsAny(a, "%!\r\n\x00 ") || strings.HasPrefix(a, "@") || !utf8.ValidString(a) {
 		return false
 	}
 	at := strings.LastIndexByte(a, '@')
@@ -159,16 +171,14 @@ func validAddress(a string) bool {
 		return false
 	}
 	if _, err := mail.ParseAddress("<" + a + ">"); err != nil {
-		// net/mail is strict about quoted local parts; accept the common
-		// dot-atom shape it rejects only for UTF-8 (SMTPUTF8 is not offered).
 		return false
 	}
-	return true
+	return validDomain(a[at+1:])
 }
 
 // Reset implements smtp.Session.
 func (s *session) Reset() {
-	s.from, s.haveFrom = "", false
+	s.from, s.haveFrom, s.utf8 = "", false, false
 	s.rcpts = s.rcpts[:0]
 }
 
@@ -310,9 +320,10 @@ func (s *session) receive(in *Incoming, r io.Reader, acct *Account) (*Envelope, 
 		Mode:       mode,
 		SubmitIP:   s.ip.String(),
 		AcceptedAt: now.UTC(),
+		SMTPUTF8:   s.utf8,
 	}
 	for _, rc := range s.rcpts {
-		tracked := mode != ModeNone && !strings.EqualFold(rc, s.from) && !acct.isSelf(rc)
+		tracked := mode != ModeNone && !sameAddress(rc, s.from) && !acct.isSelf(rc)
 		env.Recipients = append(env.Recipients, Recipient{
 			Address: rc, Tracked: tracked, Status: StatusQueued, UpdatedAt: now.UTC(),
 		})
@@ -323,7 +334,11 @@ func (s *session) receive(in *Incoming, r io.Reader, acct *Account) (*Envelope, 
 // received is the RFC 5321 section 4.4 trace header, folded with the
 // message's own line ending.
 func (s *session) received(id string, now time.Time, eol string) string {
+	// RFC 6531 section 3.7.3: with SMTPUTF8 the protocol is UTF8SMTP.
 	proto := "ESMTP"
+	if s.utf8 {
+		proto = "UTF8SMTP"
+	}
 	if s.tls {
 		proto += "S"
 	}

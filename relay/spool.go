@@ -12,11 +12,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/trackrelay/trackrelay/internal/durable"
 )
 
 // Delivery states of one recipient copy, as the API shows them.
@@ -25,7 +28,15 @@ const (
 	StatusDeferred  = "deferred"
 	StatusDelivered = "delivered"
 	StatusBounced   = "bounced"
+	// StatusHeld is a copy whose job panicked: it is in no schedule, a
+	// restart leaves it held (re-queueing it at once would be a crash
+	// loop), and only the operator's retry releases it.
+	StatusHeld = "held"
 )
+
+// heldResponse is the last response of a held copy. What went wrong is in
+// the log only: the API shows this text to the app.
+const heldResponse = "held after an internal error of the relay; waiting for the operator to retry it"
 
 // Envelope is the spool record of one accepted message: who sent it, to
 // whom, and where each recipient's copy stands.
@@ -42,6 +53,14 @@ type Envelope struct {
 	// Bounce marks a delivery status notification made by the relay: it is
 	// sent with an empty envelope sender and never bounced itself.
 	Bounce bool `json:"bounce,omitempty"`
+	// SMTPUTF8: the client gave the SMTPUTF8 parameter on MAIL (RFC 6531),
+	// so the envelope and the header fields, at any level of the MIME
+	// structure, may be UTF-8. Each copy is sent with SMTPUTF8 to an
+	// upstream that offers it; to one that does not, only a copy with
+	// nothing non-ASCII in them goes (a domain in A-label form), and any
+	// other bounces. It is kept because nothing else tells it once the
+	// session is over: what needs the parameter is read from the copy.
+	SMTPUTF8 bool `json:"smtputf8,omitempty"`
 }
 
 // Recipient is the state of one recipient's copy: a delivery job of its own.
@@ -56,6 +75,9 @@ type Recipient struct {
 	// Warned records that a "delayed" notice went to the sender.
 	Warned bool `json:"warned,omitempty"`
 }
+
+// Held reports whether the copy waits for the operator (see StatusHeld).
+func (r *Recipient) Held() bool { return r.Status == StatusHeld }
 
 // Final reports whether the copy needs no more attempts.
 func (r *Recipient) Final() bool {
@@ -102,7 +124,7 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	msgDir := filepath.Join(dir, "msg")
-	if err := os.MkdirAll(msgDir, 0o700); err != nil {
+	if err := durable.MkdirAll(msgDir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	db, err := bolt.Open(filepath.Join(dir, "queue.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second,
@@ -113,6 +135,11 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: open queue.db: %w (is another trackrelay running on this data_dir?)", err)
 	}
+	// bbolt syncs the file, not its name.
+	if err := durable.SyncDir(dir); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("spool: %w", err)
+	}
 	if err := db.Update(func(tx *bolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(queueBucket)
 		return err
@@ -121,7 +148,7 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	return &Spool{dir: dir, msgDir: msgDir, db: db, log: log,
-		group: &groupCommitter{db: db, dir: msgDir, lazyDelay: recordDelay}}, nil
+		group: &groupCommitter{db: db, dir: msgDir, lazyDelay: recordDelay, log: log}}, nil
 }
 
 // Close closes the record store.
@@ -232,7 +259,7 @@ func (s *Spool) put(env *Envelope) error {
 	if err != nil {
 		return err
 	}
-	return s.group.update(func(tx *bolt.Tx) error { return tx.Bucket(queueBucket).Put([]byte(env.ID), v) })
+	return s.group.update(env.ID, func(tx *bolt.Tx) error { return tx.Bucket(queueBucket).Put([]byte(env.ID), v) })
 }
 
 // putNew commits the record of a message whose file was just written: the
@@ -242,7 +269,7 @@ func (s *Spool) putNew(env *Envelope) error {
 	if err != nil {
 		return err
 	}
-	return s.group.updateNewFile(func(tx *bolt.Tx) error { return tx.Bucket(queueBucket).Put([]byte(env.ID), v) })
+	return s.group.updateNewFile(env.ID, func(tx *bolt.Tx) error { return tx.Bucket(queueBucket).Put([]byte(env.ID), v) })
 }
 
 // Get returns the record of a queued message.
@@ -284,7 +311,7 @@ const recordDelay = 10 * time.Millisecond
 // final, the record is deleted in the same transaction and the message file
 // removed after it: done reports that.
 func (s *Spool) Record(id string, idx int, rc Recipient) (done bool, err error) {
-	err = s.group.updateLazy(func(tx *bolt.Tx) error {
+	err = s.group.updateLazy(id, func(tx *bolt.Tx) error {
 		b := tx.Bucket(queueBucket)
 		v := b.Get([]byte(id))
 		if v == nil {
@@ -317,6 +344,70 @@ func (s *Spool) Record(id string, idx int, rc Recipient) (done bool, err error) 
 	return true, nil
 }
 
+// Hold sets the copies idxs of id (nil: all of them) that are neither
+// final nor held yet to held, and returns the record as written and the
+// copies it held. It changes the stored record within the transaction, so
+// that an outcome recorded meanwhile for another copy is kept, and a copy
+// that became final meanwhile stays final.
+func (s *Spool) Hold(id string, idxs []int, at time.Time) (*Envelope, []int, error) {
+	return s.updateCopies(id, func(i int, r *Recipient) bool {
+		if r.Final() || r.Held() || (idxs != nil && !slices.Contains(idxs, i)) {
+			return false
+		}
+		r.Status, r.LastResponse, r.UpdatedAt, r.NextAttempt = StatusHeld, heldResponse, at, time.Time{}
+		return true
+	})
+}
+
+// Release puts the held copies of id back in the queue, due at at, and
+// returns the record as written and the copies it released.
+func (s *Spool) Release(id string, at time.Time) (*Envelope, []int, error) {
+	return s.updateCopies(id, func(_ int, r *Recipient) bool {
+		if !r.Held() {
+			return false
+		}
+		r.Status, r.UpdatedAt, r.NextAttempt = StatusQueued, at, at
+		return true
+	})
+}
+
+// updateCopies applies change to each copy of id in one transaction and
+// returns the record and the copies that change reports it changed.
+func (s *Spool) updateCopies(id string, change func(i int, r *Recipient) bool) (*Envelope, []int, error) {
+	var env *Envelope
+	var changed []int
+	err := s.group.update(id, func(tx *bolt.Tx) error {
+		env, changed = nil, nil // a group's write may run twice
+		b := tx.Bucket(queueBucket)
+		v := b.Get([]byte(id))
+		if v == nil {
+			return ErrNoSuchMessage
+		}
+		e := new(Envelope)
+		if err := json.Unmarshal(v, e); err != nil {
+			return err
+		}
+		for i := range e.Recipients {
+			if change(i, &e.Recipients[i]) {
+				changed = append(changed, i)
+			}
+		}
+		env = e
+		if len(changed) == 0 {
+			return nil
+		}
+		nv, err := json.Marshal(e)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(id), nv)
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return env, changed, nil
+}
+
 // Open opens the message file of id for reading.
 func (s *Spool) Open(id string) (*os.File, error) {
 	return os.Open(s.path(id))
@@ -328,7 +419,7 @@ func (s *Spool) Open(id string) (*os.File, error) {
 func (s *Spool) Remove(id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.group.update(func(tx *bolt.Tx) error {
+	if err := s.group.update(id, func(tx *bolt.Tx) error {
 		return tx.Bucket(queueBucket).Delete([]byte(id))
 	}); err != nil {
 		return err
@@ -389,17 +480,18 @@ func (s *Spool) Load() ([]*Envelope, error) {
 }
 
 // setAside moves unreadable records and their files to corrupt/ for the
-// operator: never silently dropped.
+// operator: never silently dropped. The copies are durable before the
+// records are deleted, so a power loss cannot lose both.
 func (s *Spool) setAside(keys [][]byte) error {
 	dir := filepath.Join(s.dir, "corrupt")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := durable.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(queueBucket)
 		for _, k := range keys {
 			id := string(k)
-			if err := os.WriteFile(filepath.Join(dir, sanitizeName(id)+".record"), b.Get(k), 0o600); err != nil {
+			if err := durable.WriteFile(filepath.Join(dir, sanitizeName(id)+".record"), b.Get(k), 0o600); err != nil {
 				return err
 			}
 			if err := os.Rename(s.path(id), filepath.Join(dir, sanitizeName(id)+".eml")); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -409,7 +501,11 @@ func (s *Spool) setAside(keys [][]byte) error {
 				return err
 			}
 		}
-		return nil
+		// The moved message files: their new names, then their old ones.
+		if err := durable.SyncDir(dir); err != nil {
+			return err
+		}
+		return durable.SyncDir(s.msgDir)
 	})
 }
 

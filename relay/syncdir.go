@@ -1,8 +1,9 @@
 package relay
 
 import (
-	"os"
 	"sync"
+
+	"github.com/trackrelay/trackrelay/internal/durable"
 )
 
 // dirSyncer shares directory fsyncs between concurrent callers: a new file
@@ -52,19 +53,7 @@ func (s *dirSyncer) run() {
 		}
 		s.next = nil
 		s.mu.Unlock()
-		r.err = syncDir(s.dir)
+		r.err = durable.SyncDir(s.dir)
 		close(r.done)
 	}
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

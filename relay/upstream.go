@@ -210,8 +210,9 @@ func (p *upstreamPool) Close() {
 
 // send delivers one copy in one transaction and returns the upstream's
 // final reply. A connection that turns out to be dead before anything of
-// the transaction was accepted is replaced once.
-func (p *upstreamPool) send(from, to string, size int64, body io.ReadSeeker) (string, error) {
+// the transaction was accepted is replaced once. smtputf8 is the client's
+// SMTPUTF8 parameter (Envelope.SMTPUTF8).
+func (p *upstreamPool) send(from, to string, size int64, body io.ReadSeeker, smtputf8 bool) (string, error) {
 	p.sem <- struct{}{}
 	defer func() { <-p.sem }()
 	for try := 0; ; try++ {
@@ -223,7 +224,7 @@ func (p *upstreamPool) send(from, to string, size int64, body io.ReadSeeker) (st
 			return "", connError{err}
 		}
 		c := uc.c
-		resp, fresh, err := p.transaction(uc, from, to, size, body)
+		resp, fresh, err := p.transactionOrClose(uc, from, to, size, body, smtputf8)
 		if err == nil {
 			p.health.ok()
 			p.put(uc)
@@ -250,9 +251,24 @@ func (p *upstreamPool) send(from, to string, size int64, body io.ReadSeeker) (st
 	}
 }
 
+// transactionOrClose is transaction, closing the connection when it
+// panics (the panic goes on to the delivery job's boundary): a connection
+// left in the middle of a transaction is never reused, nor left open.
+func (p *upstreamPool) transactionOrClose(uc *upConn, from, to string, size int64, body io.ReadSeeker, smtputf8 bool) (resp string, fresh bool, err error) {
+	returned := false
+	defer func() {
+		if !returned {
+			uc.c.Close()
+		}
+	}()
+	resp, fresh, err = p.transaction(uc, from, to, size, body, smtputf8)
+	returned = true
+	return resp, fresh, err
+}
+
 // transaction runs MAIL, RCPT, DATA. fresh reports that the failure came
 // before the upstream accepted anything of the transaction.
-func (p *upstreamPool) transaction(uc *upConn, from, to string, size int64, body io.Reader) (string, bool, error) {
+func (p *upstreamPool) transaction(uc *upConn, from, to string, size int64, body io.ReadSeeker, smtputf8 bool) (string, bool, error) {
 	c := uc.c
 	if max, ok := c.MaxMessageSize(); ok && max > 0 && size > int64(max) {
 		return "", true, &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
@@ -261,6 +277,29 @@ func (p *upstreamPool) transaction(uc *upConn, from, to string, size int64, body
 	opts := &smtp.MailOptions{Size: size}
 	if ok, _ := c.Extension("8BITMIME"); ok {
 		opts.Body = smtp.Body8BitMIME
+	}
+	// A non-ASCII envelope needs SMTPUTF8 whatever the record says (a
+	// message spooled before the relay offered it has no flag).
+	if smtputf8 || !isASCII(from) || !isASCII(to) {
+		if ok, _ := c.Extension("SMTPUTF8"); ok {
+			// Passed on as the client gave it, even when nothing turns
+			// out to be non-ASCII: the upstream learns what the client
+			// declared.
+			opts.UTF8 = true
+		} else {
+			// RFC 6531 section 3.2: to a server without the extension no
+			// internationalized address goes, nor a header field with
+			// UTF-8 at any level of the MIME structure. A copy that has
+			// one bounces; it is never rewritten on the way. A copy that
+			// has none is not an internationalized message, whatever the
+			// client declared, so it goes as it is without the
+			// parameter (a U-label domain as its A-labels, which that
+			// section does not count as internationalized).
+			var err error
+			if from, to, err = withoutSMTPUTF8(from, to, smtputf8, body); err != nil {
+				return "", true, err
+			}
+		}
 	}
 	if err := c.Mail(from, opts); err != nil {
 		return "", true, err
@@ -272,15 +311,16 @@ func (p *upstreamPool) transaction(uc *upConn, from, to string, size int64, body
 	if err != nil {
 		return "", false, err
 	}
+	src := localReader{body}
 	if uc.raw != nil {
 		d := newDotStuffer(uc.raw)
-		if _, err = io.Copy(d, body); err == nil {
+		if _, err = io.Copy(d, src); err == nil {
 			err = d.finish(w)
 		} else {
 			d.release()
 		}
 	} else {
-		_, err = io.Copy(&crDotGuard{w: w}, body)
+		_, err = io.Copy(&crDotGuard{w: w}, src)
 	}
 	if err != nil {
 		return "", false, err
@@ -297,18 +337,6 @@ func (p *upstreamPool) transaction(uc *upConn, from, to string, size int64, body
 type connError struct{ err error }
 
 func (e connError) Error() string { return e.err.Error() }
-
-// replyText renders an upstream error as the reply line the API shows.
-func replyText(err error) string {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		if se.EnhancedCode != smtp.NoEnhancedCode && se.EnhancedCode != smtp.EnhancedCodeNotSet {
-			return fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
-		}
-		return fmt.Sprintf("%d %s", se.Code, se.Message)
-	}
-	return "connection error: " + err.Error()
-}
 
 // permanent reports whether an upstream failure is final: only a 5xx reply
 // is; anything not understood is retried.

@@ -25,6 +25,8 @@ import (
 
 	"github.com/emersion/go-message"
 	"golang.org/x/net/html"
+
+	"github.com/trackrelay/trackrelay/internal/rawheader"
 )
 
 // chromiumPath is Debian's chromium (apt-get install chromium).
@@ -243,23 +245,13 @@ func htmlParts(msg []byte) ([]htmlPart, error) {
 // so that go-message can read a message whose header lacks that line. It is
 // applied to the original and the rewritten message alike.
 func repairHeader(msg []byte) []byte {
-	for off := 0; off < len(msg); {
-		n := bytes.IndexByte(msg[off:], '\n')
-		if n < 0 {
-			break
-		}
-		line := msg[off : off+n+1]
-		if len(bytes.TrimRight(line, "\r\n")) == 0 {
-			break
-		}
-		if !isHeaderLine(line, off > 0) {
-			out := append([]byte(nil), msg[:off]...)
-			out = append(out, "\r\n"...)
-			return append(out, msg[off:]...)
-		}
-		off += n + 1
+	h, rest, err := rawheader.Read(rawheader.Lines(bufio.NewReader(bytes.NewReader(msg))), len(msg)+1)
+	if err != nil || rest == nil {
+		return msg
 	}
-	return msg
+	out := append([]byte(nil), msg[:len(h.Raw)]...)
+	out = append(out, "\r\n"...)
+	return append(out, msg[len(h.Raw):]...)
 }
 
 // renderCase is one HTML part rendered before and after rewriting.

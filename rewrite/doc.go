@@ -15,8 +15,9 @@
 //     slice and does not allocate per token), edited in place (only href
 //     values and the pixel differ from the input bytes), and encoded again
 //     with its own transfer encoding and line ending style.
-//   - The link and quote rules of DESIGN.md, "Rewriting": which links are
-//     tracked, which are left alone, and which parts of a reply are history.
+//   - The link and quote rules (rules.go, html.go; docs/rewriting.md says
+//     them for readers): which links are tracked, which are left alone, and
+//     which parts of a reply are history.
 //
 // What it must never do
 //
@@ -26,8 +27,11 @@
 //     message itself. Parts inside message/rfc822, multipart/signed and
 //     multipart/encrypted, and HTML sent as an attachment, are copied as they
 //     are. The one header it may alter is the Content-Transfer-Encoding of an
-//     instrumented 7bit/8bit part whose new lines would exceed 998 bytes (the
-//     part is then quoted-printable).
+//     instrumented part that it encodes anew: quoted-printable and base64
+//     parts, and 7bit/8bit parts whose new lines would exceed 998 bytes (the
+//     part is then quoted-printable). That field is then written clean,
+//     naming the encoding used ("quoted-printable;" becomes
+//     "quoted-printable"), so that strict readers decode the part.
 //   - Lose mail. On any parse problem Message returns an error (a panic is
 //     turned into one) and the caller delivers the original bytes: rewriting
 //     fails open. A message carrying a DKIM-Signature is passed through
@@ -42,9 +46,12 @@
 //   - <base href> is ignored: relative links stay relative and untracked.
 //   - data-notrack attributes are removed when clicks are tracked; with
 //     click tracking off the links are not touched at all.
-//   - A header block that ends at a broken line instead of an empty line is
-//     read the way mail clients read it (the body starts at that line), but
-//     an HTML body there is not edited: other readers may see header lines.
+//   - Header blocks are read by internal/rawheader, as the relay reads them:
+//     RFC 5322 with its obsolete syntax (white space before a field's colon).
+//     A block that ends at a line that is not a field even so, instead of an
+//     empty line, is read the way mail clients read it (the body starts at
+//     that line), but an HTML body there is not edited: other readers may see
+//     header lines.
 //   - Speed: the hot path works over byte slices. The lexer and the
 //     quoted-printable decoder mirror x/net/html's Tokenizer and
 //     mime/quotedprintable's Reader exactly (differential tests and fuzz

@@ -7,6 +7,8 @@ import (
 	"io"
 	"mime"
 	"strings"
+
+	"github.com/trackrelay/trackrelay/internal/rawheader"
 )
 
 // errHeaderTooBig is returned for a header block larger than MaxHeaderBytes.
@@ -180,103 +182,55 @@ func copyLines(w *bufio.Writer, src lineSource) error {
 	}
 }
 
-// header is an entity's header block as read, with its fields located.
+// header is an entity's header block as read by rawheader (the reader the
+// relay uses too, so that both agree on where every header ends), with what
+// the walk learnt around it.
 type header struct {
-	raw      []byte // the block including the empty line that ends it, if any
-	fields   []field
+	rawheader.Header
 	lateDKIM bool // a DKIM-Signature field follows a broken line of the block
 	noBody   bool // no empty line ended the block: what follows is not safely a body to edit
 }
 
-// field is one header field; start and end delimit it in header.raw,
-// continuation lines and line ending included. Its value is unfolded only
-// when asked for: most fields are copied and never read.
-type field struct {
-	name       []byte // as written, white space before the colon removed
-	start, end int
-}
-
-// is reports whether the field is named name (lower case), in any case.
-func (f *field) is(name string) bool { return equalFoldASCII(f.name, name) }
-
-// value returns the field's value, unfolded and trimmed.
-func (h *header) value(f *field) string {
-	v := h.raw[f.start:f.end]
-	return unfold(v[bytes.IndexByte(v, ':')+1:])
-}
-
 // readHeader reads a header block up to and including the empty line that
 // ends it (or the end of the body). Like Python's email package and most mail
-// clients, it also ends the block at a line that is neither a field nor a
-// continuation (a missing empty line): that line is then the first line of
-// the body, and the returned lineSource yields it before the rest of src.
+// clients, it also ends the block at a line that is not a header line even
+// under RFC 5322's obsolete syntax (a missing empty line): that line is then
+// the first line of the body, and the returned lineSource yields it before
+// the rest of src.
 func readHeader(src lineSource) (*header, lineSource, error) {
-	var raw []byte
-	for {
-		line, start, err := src.readLine()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, nil, err
-		}
-		if start && !isHeaderLine(line, len(raw) > 0) {
-			return endHeaderEarly(raw, line, src)
-		}
-		raw = append(raw, line...)
-		if len(raw) > MaxHeaderBytes {
-			return nil, nil, errHeaderTooBig
-		}
-		if start && (len(line) == 1 && line[0] == '\n' || len(line) == 2 && line[0] == '\r' && line[1] == '\n') {
-			return parseHeader(raw), src, nil
-		}
+	rh, rest, err := rawheader.Read(src.readLine, MaxHeaderBytes)
+	if errors.Is(err, rawheader.ErrTooLarge) {
+		return nil, nil, errHeaderTooBig
 	}
-	h := parseHeader(raw)
-	h.noBody = true
+	if err != nil {
+		return nil, nil, err
+	}
+	h := &header{Header: rh, noBody: rh.End == nil}
+	if rest != nil {
+		return endHeaderEarly(h, rest, src)
+	}
 	return h, src, nil
 }
 
-// isHeaderLine reports whether line can belong to a header block: the empty
-// line ending it, a continuation (not first), or "name:" with a name of
-// printable ASCII (RFC 5322 section 2.2; white space before the colon and an
-// empty name are tolerated, as go-message does).
-func isHeaderLine(line []byte, notFirst bool) bool {
-	t := bytes.TrimRight(line, "\r\n")
-	if len(t) == 0 {
-		return true
-	}
-	if t[0] == ' ' || t[0] == '\t' {
-		return notFirst
-	}
-	i := bytes.IndexByte(t, ':')
-	if i < 0 {
-		return false
-	}
-	for _, c := range bytes.TrimRight(t[:i], " \t") {
-		if c < 33 || c > 126 {
-			return false
-		}
-	}
-	return true
-}
-
-// endHeaderEarly ends a header block at line, which is not a header line.
-// It reads ahead to the empty line that was meant to end the block, only to
-// see whether a DKIM-Signature stands there: a signed message must not be
-// edited however its header is broken. The lines read are replayed as body.
-func endHeaderEarly(raw, line []byte, src lineSource) (*header, lineSource, error) {
-	h := parseHeader(raw)
-	h.noBody = true
-	ahead := append([]byte(nil), line...)
+// endHeaderEarly handles a header block that ended at line, which is not a
+// header line. It reads ahead to the empty line that was meant to end the
+// block, only to see whether a DKIM-Signature stands there: a signed message
+// must not be edited however its header is broken. The lines read are
+// replayed as body.
+func endHeaderEarly(h *header, line []byte, src lineSource) (*header, lineSource, error) {
+	ahead := line // a copy, owned here
+	start := true
 	for len(ahead) <= MaxHeaderBytes {
-		if hasPrefixFold(string(line), "dkim-signature:") {
-			h.lateDKIM = true
-		}
-		if len(bytes.TrimRight(line, "\r\n")) == 0 {
-			break
+		if start {
+			if name, ok := rawheader.FieldName(line); ok && equalFoldASCII(name, "dkim-signature") {
+				h.lateDKIM = true
+			}
+			if len(bytes.TrimRight(line, "\r\n")) == 0 {
+				break
+			}
 		}
 		var err error
-		line, _, err = src.readLine()
+		line, start, err = src.readLine()
 		if err == io.EOF {
 			break
 		}
@@ -316,77 +270,10 @@ func (p *prefixSource) readLines() []byte {
 	return nil
 }
 
-// parseHeader locates the fields of a raw header block.
-func parseHeader(raw []byte) *header {
-	h := &header{raw: raw}
-	cur := -1 // index of the field being continued
-	for off := 0; off < len(raw); {
-		end := off + bytes.IndexByte(raw[off:], '\n') + 1
-		if end == off { // no line ending: last line
-			end = len(raw)
-		}
-		line := raw[off:end]
-		switch {
-		case len(bytes.TrimRight(line, "\r\n")) == 0:
-			cur = -1 // the empty line ending the block
-		case line[0] == ' ' || line[0] == '\t':
-			if cur >= 0 {
-				h.fields[cur].end = end
-			}
-		default:
-			cur = -1
-			if i := bytes.IndexByte(line, ':'); i > 0 {
-				h.fields = append(h.fields, field{
-					name:  bytes.TrimRight(line[:i], " \t"),
-					start: off,
-					end:   end,
-				})
-				cur = len(h.fields) - 1
-			}
-		}
-		off = end
-	}
-	return h
-}
-
-// unfold joins the lines of a field value, dropping line endings and the
-// white space around them.
-func unfold(v []byte) string {
-	if t := bytes.Trim(v, " \t\r\n"); bytes.IndexByte(t, '\n') < 0 {
-		return string(t) // one line
-	}
-	var b strings.Builder
-	for _, l := range bytes.Split(v, []byte("\n")) {
-		l = bytes.Trim(l, " \t\r")
-		if len(l) == 0 {
-			continue
-		}
-		if b.Len() > 0 {
-			b.WriteByte(' ')
-		}
-		b.Write(l)
-	}
-	return b.String()
-}
-
-// get returns the value of the first field named name (lower case).
+// get returns the value of the first field named name, or "".
 func (h *header) get(name string) string {
-	for i := range h.fields {
-		if h.fields[i].is(name) {
-			return h.value(&h.fields[i])
-		}
-	}
-	return ""
-}
-
-// has reports whether a field named name (lower case) is present.
-func (h *header) has(name string) bool {
-	for i := range h.fields {
-		if h.fields[i].is(name) {
-			return true
-		}
-	}
-	return false
+	v, _ := h.Get(name)
+	return v
 }
 
 // contentType returns the media type (lower case; text/plain when absent)
@@ -414,41 +301,66 @@ func (h *header) disposition() string {
 	return strings.ToLower(strings.TrimSpace(v))
 }
 
-// transferEncoding returns the lower-case Content-Transfer-Encoding, with
-// white space and anything after a stray ';' removed.
+// transferEncoding returns the part's transfer encoding: the token of its
+// Content-Transfer-Encoding before the first ';' or white space, in lower
+// case, so that "quoted-printable;" (a stray semicolon, seen in real mail)
+// reads as quoted-printable.
 func (h *header) transferEncoding() string {
-	v, _, _ := strings.Cut(h.get("content-transfer-encoding"), ";")
-	return strings.ToLower(strings.TrimSpace(v))
+	v := h.get("content-transfer-encoding")
+	if i := strings.IndexAny(v, "; \t"); i >= 0 {
+		v = v[:i]
+	}
+	return strings.ToLower(v)
 }
 
-// withTransferEncoding returns a copy of the raw header block with its
-// Content-Transfer-Encoding set to enc: the existing field is replaced where
-// it stands, or a field is added before the empty line.
+// withTransferEncoding returns the raw header block with a clean
+// Content-Transfer-Encoding field naming enc, for a part encoded anew: a
+// strict reader must not take a field like "quoted-printable;" for an
+// unknown encoding and show the encoded text. The first such field is
+// written anew where it stands, with its own line ending (unless it reads
+// so already), any other is dropped, and a block without one gets one
+// before its empty line.
 func (h *header) withTransferEncoding(enc, eol string) []byte {
-	nf := "Content-Transfer-Encoding: " + enc + eol
-	for _, f := range h.fields {
-		if f.is("content-transfer-encoding") {
-			out := make([]byte, 0, len(h.raw)+len(nf))
-			out = append(out, h.raw[:f.start]...)
-			out = append(out, nf...)
-			return append(out, h.raw[f.end:]...)
+	clean := "Content-Transfer-Encoding: " + enc
+	n, first := 0, -1
+	for i := range h.Fields {
+		if h.Fields[i].Is("content-transfer-encoding") {
+			if n++; first < 0 {
+				first = i
+			}
 		}
 	}
-	// Insert before the empty line that ends the block.
-	at := len(h.raw)
-	switch {
-	case bytes.HasSuffix(h.raw, []byte("\r\n")) && len(bytes.TrimRight(h.raw[lineStart(h.raw, len(h.raw)-2):], "\r\n")) == 0:
-		at = len(h.raw) - 2
-	case bytes.HasSuffix(h.raw, []byte("\n")) && len(bytes.TrimRight(h.raw[lineStart(h.raw, len(h.raw)-1):], "\r\n")) == 0:
-		at = len(h.raw) - 1
+	if n == 1 {
+		if r := string(h.Fields[first].Raw); r == clean+"\r\n" || r == clean+"\n" {
+			return h.Raw
+		}
 	}
-	out := make([]byte, 0, len(h.raw)+len(nf))
-	out = append(out, h.raw[:at]...)
-	out = append(out, nf...)
-	return append(out, h.raw[at:]...)
+	out := make([]byte, 0, len(h.Raw)+len(clean)+len(eol))
+	for i := range h.Fields {
+		f := &h.Fields[i]
+		switch {
+		case i == first:
+			out = append(out, clean...)
+			out = append(out, lineEnding(f.Raw, eol)...)
+		case n > 0 && f.Is("content-transfer-encoding"):
+		default:
+			out = append(out, f.Raw...)
+		}
+	}
+	if first < 0 {
+		out = append(out, clean...)
+		out = append(out, eol...)
+	}
+	return append(out, h.End...)
 }
 
-// lineStart returns the offset of the start of the line holding b[i].
-func lineStart(b []byte, i int) int {
-	return bytes.LastIndexByte(b[:i], '\n') + 1
+// lineEnding returns the line ending of a field, or eol when it has none.
+func lineEnding(raw []byte, eol string) string {
+	switch {
+	case bytes.HasSuffix(raw, []byte("\r\n")):
+		return "\r\n"
+	case bytes.HasSuffix(raw, []byte("\n")):
+		return "\n"
+	}
+	return eol
 }

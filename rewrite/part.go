@@ -41,7 +41,7 @@ func (m *messageRewriter) htmlPart(w *bufio.Writer, src lineSource, h *header, p
 		}
 		if len(body)+len(line) > MaxHTMLBytes {
 			m.noteSkip(SkipTooLarge)
-			for _, b := range [][]byte{h.raw, body, line} {
+			for _, b := range [][]byte{h.Raw, body, line} {
 				if _, err := w.Write(b); err != nil {
 					return err
 				}
@@ -63,7 +63,7 @@ func (m *messageRewriter) htmlPart(w *bufio.Writer, src lineSource, h *header, p
 		return err
 	}
 	if !changed {
-		hraw, out = h.raw, body
+		hraw, out = h.Raw, body
 	}
 	if _, err := w.Write(hraw); err != nil {
 		return err
@@ -78,7 +78,7 @@ func (m *messageRewriter) instrument(h *header, enc string, body []byte) (hraw, 
 	// The line ending before the next delimiter belongs to the delimiter
 	// (RFC 2046 section 5.1.1): it is kept aside and written back as it was.
 	content, tail := splitTail(body)
-	eol := detectEOL(body, h.raw)
+	eol := detectEOL(body, h.Raw)
 
 	var doc []byte
 	switch enc {
@@ -105,12 +105,14 @@ func (m *messageRewriter) instrument(h *header, enc string, body []byte) (hraw, 
 		return nil, nil, false, err
 	}
 
-	hraw = h.raw
+	hraw = h.Raw
 	switch enc {
 	case "quoted-printable":
 		out = encodeQP(m.sc.enc[:0], doc, eol)
+		hraw = h.withTransferEncoding(enc, eol)
 	case "base64":
 		out = encodeBase64(m.sc.enc[:0], doc, eol)
+		hraw = h.withTransferEncoding(enc, eol)
 	case "binary":
 		out = doc
 	default:

@@ -122,7 +122,7 @@ func Message(w io.Writer, r io.Reader, opts Options) (res Result, err error) {
 	m := newMessageRewriter(opts, h)
 	defer m.sc.release()
 	switch {
-	case h.has("dkim-signature") || h.lateDKIM:
+	case h.Has("dkim-signature") || h.lateDKIM:
 		// The signature covers the body (and usually Content-Type); any edit
 		// breaks it. The relay may sign again after rewriting.
 		m.early = SkipDKIM
@@ -243,7 +243,7 @@ func (m *messageRewriter) entity(w *bufio.Writer, src lineSource, h *header, dep
 		if boundary == "" || mt == "multipart/signed" || mt == "multipart/encrypted" || depth >= maxDepth {
 			return m.copyEntity(w, src, h)
 		}
-		if _, err := w.Write(h.raw); err != nil {
+		if _, err := w.Write(h.Raw); err != nil {
 			return err
 		}
 		return m.multipart(w, src, boundary, depth)
@@ -262,7 +262,7 @@ func (m *messageRewriter) entity(w *bufio.Writer, src lineSource, h *header, dep
 
 // copyEntity writes the header as read and copies the body unchanged.
 func (m *messageRewriter) copyEntity(w *bufio.Writer, src lineSource, h *header) error {
-	if _, err := w.Write(h.raw); err != nil {
+	if _, err := w.Write(h.Raw); err != nil {
 		return err
 	}
 	return copyLines(w, src)

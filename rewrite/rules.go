@@ -19,11 +19,11 @@ func newLinkRules(opts Options, h *header) linkRules {
 	}
 	// RFC 2369: List-Unsubscribe: <https://...>, <mailto:...>. Unsubscribing
 	// must work without the tracker and must not count as a click.
-	for i := range h.fields {
-		if !h.fields[i].is("list-unsubscribe") {
+	for i := range h.Fields {
+		if !h.Fields[i].Is("list-unsubscribe") {
 			continue
 		}
-		v := h.value(&h.fields[i])
+		v := h.Fields[i].Value()
 		for {
 			i := strings.IndexByte(v, '<')
 			if i < 0 {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test of trackrelay: builds the binary, runs it against a capturing
 # upstream SMTP server (scripts/capture_smtpd.py, Debian's python3-aiosmtpd),
-# sends mail with swaks and smtplib, follows the tracking URLs and reads the API.
+# sends mail with swaks and smtplib (also with SMTPUTF8), follows the tracking
+# URLs and reads the API.
 #
 # Needs: go, /usr/bin/python3 with python3-aiosmtpd, swaks, openssl, curl.
 # Usage:  bash scripts/e2e.sh            (from anywhere; the repo is found from here)
@@ -11,6 +12,8 @@
 set -euo pipefail
 
 PY=/usr/bin/python3
+# The helpers print UTF-8 addresses (the SMTPUTF8 check), whatever the locale.
+export PYTHONIOENCODING=utf-8
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SCRIPTS="$ROOT/scripts"
 HELPER="$SCRIPTS/e2e_helper.py"
@@ -454,6 +457,29 @@ print(json.dumps({"id": sys.argv[1], "message_id": m["message_id"], "account": "
   "recipients": ["alice@example.com"], "delivered": True, "tracked_false": True}))' "$QID3" "$WORK/msg3.json")
     tally < <("$PY" "$HELPER" api --base "$BASE" --key "$API_KEY" --ref "$QID3" \
         --label "API for the self-address message" --expect "$EXPECT3" --timeout 20 2>&1)
+fi
+
+# ---------------------------------------------------------------- internationalized mail
+# SMTPUTF8 (RFC 6531) with Python's smtplib: a UTF-8 sender and recipient, a
+# domain in U-labels, UTF-8 header fields. The upstream (aiosmtpd offers
+# SMTPUTF8) must get SMTPUTF8 on MAIL and the addresses as sent, and the API
+# must show them.
+rc=0
+"$PY" "$HELPER" smtputf8-send --port "$SMTP_PORT" --cafile "$WORK/tls.crt" \
+    --user alice --password "$PASSWORD" --meta "$WORK/msg4.json" >"$WORK/smtputf8.out" 2>&1 || rc=$?
+tally <"$WORK/smtputf8.out"
+check "smtplib SMTPUTF8 session ends cleanly (exit $rc)" test "$rc" = 0
+tally < <("$PY" "$HELPER" smtputf8-copies --sink "$WORK/sink" --meta "$WORK/msg4.json" \
+    --base "$BASE" --timeout 30 2>&1)
+MSGID4=$(jget "$WORK/msg4.json" message_id)
+if [ -n "$MSGID4" ]; then
+    EXPECT4=$("$PY" -c '
+import json, sys
+m = json.load(open(sys.argv[1]))
+print(json.dumps({"message_id": m["message_id"], "account": "alice", "from": m["from"],
+  "recipients": m["rcpts"], "delivered": True}))' "$WORK/msg4.json")
+    tally < <("$PY" "$HELPER" api --base "$BASE" --key "$API_KEY" --ref "$MSGID4" \
+        --label "API for the SMTPUTF8 message" --expect "$EXPECT4" --timeout 20 2>&1)
 fi
 
 # ---------------------------------------------------------------- shutdown

@@ -253,6 +253,116 @@ def cmd_smtplib_send(args):
 
 
 # --------------------------------------------------------------------------
+# internationalized mail (SMTPUTF8, RFC 6531)
+
+UTF8_FROM = "zoë@example.net"
+# A UTF-8 local part, and an IDN domain in U-labels.
+UTF8_RCPTS = [UTF8_FROM, "user@bücher.example"]
+
+
+def cmd_smtputf8_send(args):
+    """Sends a message with UTF-8 addresses and header fields with smtplib's
+    mail_options=["SMTPUTF8"], and checks that a non-ASCII address without
+    SMTPUTF8 is refused with 553 5.6.7."""
+    ctx = ssl.create_default_context(cafile=args.cafile)
+    run = secrets.token_hex(6)
+    msgid = "<e2e.utf8.%s@example.com>" % run
+    subject = "Grüße aus Köln (e2e %s)" % run
+    link = "https://example.com/angebot?id=%s" % run
+    raw = CRLF.join([
+        "From: Zoë <%s>" % UTF8_FROM,
+        "To: Zoë <%s>, Jürgen <%s>" % tuple(UTF8_RCPTS),
+        "Subject: %s" % subject,
+        "Date: %s" % email.utils.formatdate(localtime=False),
+        "Message-ID: %s" % msgid,
+        "MIME-Version: 1.0",
+        "Content-Type: text/html; charset=utf-8",
+        "Content-Transfer-Encoding: 8bit",
+        "",
+        "<html><body><p>Grüße, hier <a href=\"%s\">das Angebot</a>.</p></body></html>" % link,
+    ]) + CRLF
+    with open(args.meta, "w") as f:
+        json.dump({"message_id": msgid, "subject": subject, "from": UTF8_FROM,
+                   "rcpts": UTF8_RCPTS, "link": link}, f, indent=2)
+    try:
+        with smtplib.SMTP("127.0.0.1", args.port, local_hostname="e2e.test",
+                          timeout=30) as s:
+            s.ehlo()
+            s.starttls(context=ctx)
+            s.ehlo()
+            check(s.has_extn("smtputf8"), "smtplib: EHLO offers SMTPUTF8",
+                  "extensions: %r" % sorted(s.esmtp_features))
+            s.login(args.user, args.password)
+            # As an app sends it: the message as UTF-8 bytes, SMTPUTF8 on MAIL.
+            refused = s.sendmail(UTF8_FROM, UTF8_RCPTS, raw.encode("utf-8"),
+                                 mail_options=["SMTPUTF8"])
+            if not check(not refused, "smtplib sendmail(mail_options=[\"SMTPUTF8\"]) from %s to %s"
+                         % (UTF8_FROM, ", ".join(UTF8_RCPTS)), "refused %r" % refused):
+                return 1
+
+            # Without SMTPUTF8 a non-ASCII address is refused (RFC 6531
+            # section 3.5). smtplib encodes commands as ASCII unless
+            # SMTPUTF8 was given, so the RCPT line goes out as bytes.
+            code, resp = s.mail("alice@example.com")
+            if not check(code == 250, "smtplib: MAIL without SMTPUTF8 accepted",
+                         "%d %r" % (code, resp)):
+                return 1
+            s.send(("RCPT TO:<%s>\r\n" % UTF8_FROM).encode("utf-8"))
+            code, resp = s.getreply()
+            text = resp.decode("utf-8", "replace")
+            check(code == 553 and text.startswith("5.6.7"),
+                  "RCPT TO:<%s> without SMTPUTF8 is refused with 553 5.6.7" % UTF8_FROM,
+                  "%d %s" % (code, text))
+            s.rset()
+            return 0
+    except (smtplib.SMTPException, OSError, ssl.SSLError) as e:
+        out("FAIL", "smtplib SMTPUTF8: session", repr(e))
+        return 1
+
+
+def cmd_smtputf8_copies(args):
+    """Checks the copies of the SMTPUTF8 message at the capturing upstream."""
+    with open(args.meta) as f:
+        meta = json.load(f)
+    want_id = meta["message_id"]
+
+    def mine(c):
+        head, _ = split_head(c["raw"])
+        return msgid_of(head) == want_id
+
+    caps = wait_for(args.sink, mine, len(meta["rcpts"]), args.timeout)
+    if not check(len(caps) == len(meta["rcpts"]),
+                 "sink got %d copies of the SMTPUTF8 message" % len(meta["rcpts"]),
+                 "got %d after %ss" % (len(caps), args.timeout)):
+        return 1
+    got = sorted(r for c in caps for r in c["env"]["rcpt_tos"])
+    check(got == sorted(meta["rcpts"]), "SMTPUTF8 copies: RCPT TO carries the UTF-8 addresses as sent",
+          "envelope recipients %r" % got)
+    subject = ("Subject: %s" % meta["subject"]).encode("utf-8")
+    base = args.base.rstrip("/").encode()
+    for c in caps:
+        env = c["env"]
+        tag = "SMTPUTF8 copy for %s" % (env["rcpt_tos"] or ["?"])[0]
+        opts = [o.upper() for o in env.get("mail_options") or []]
+        check("SMTPUTF8" in opts, "%s: MAIL FROM carried SMTPUTF8" % tag,
+              "mail options %r" % env.get("mail_options"))
+        check(env["mail_from"] == meta["from"], "%s: envelope sender %s kept" % (tag, meta["from"]),
+              repr(env["mail_from"]))
+        head, body = split_head(c["raw"])
+        check(subject in header_lines(head), "%s: UTF-8 Subject kept byte for byte" % tag,
+              repr(header_values(head, "subject")))
+        if env["rcpt_tos"] == [meta["from"]]:
+            # The sender's own copy: never tracked (the addresses compare
+            # as the same mailbox, UTF-8 and all).
+            check(base not in body and meta["link"].encode() in body,
+                  "%s: the sender's own copy is not instrumented" % tag, "body %r" % body[:300])
+        else:
+            check(base + b"/c/" in body and meta["link"].encode() not in body,
+                  "%s: link instrumented" % tag, "body %r" % body[:300])
+    return 0
+
+
+# --------------------------------------------------------------------------
 # reading the capture directory
 
 
@@ -752,6 +862,21 @@ def main(argv):
     s.add_argument("--api", help="API base URL: ask for the message right after the 250")
     s.add_argument("--key", help="API key for --api")
     s.set_defaults(fn=cmd_smtplib_send)
+
+    s = sub.add_parser("smtputf8-send")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--cafile", required=True)
+    s.add_argument("--user", required=True)
+    s.add_argument("--password", required=True)
+    s.add_argument("--meta", required=True)
+    s.set_defaults(fn=cmd_smtputf8_send)
+
+    s = sub.add_parser("smtputf8-copies")
+    s.add_argument("--sink", required=True)
+    s.add_argument("--meta", required=True)
+    s.add_argument("--base", required=True)
+    s.add_argument("--timeout", type=float, default=30)
+    s.set_defaults(fn=cmd_smtputf8_copies)
 
     s = sub.add_parser("copies")
     s.add_argument("--sink", required=True)

@@ -98,7 +98,8 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 )
 BASE="http://127.0.0.1:$HTTP_PORT"
-METRICS="http://127.0.0.1:$METRICS_PORT/metrics"
+METRICS_BASE="http://127.0.0.1:$METRICS_PORT"
+METRICS="$METRICS_BASE/metrics"
 PROM="http://127.0.0.1:$PROM_PORT"
 info "ports: smtp=$SMTP_PORT http=$HTTP_PORT metrics=$METRICS_PORT sink=$SINK_PORT prometheus=$PROM_PORT"
 
@@ -156,11 +157,18 @@ lint_metrics() {
 }
 lint_metrics "before any traffic"
 
-body=$(curl -s --max-time 10 -w ' %{http_code}' "$BASE/readyz" | tr -d '\n' || true)
+# /readyz is operator information: on the metrics listener, never the public one.
+body=$(curl -s --max-time 10 -w ' %{http_code}' "$METRICS_BASE/readyz" | tr -d '\n' || true)
 if [[ $body == *'"ready":true'*' 200' ]]; then
-    pass "GET /readyz: 200 $body"
+    pass "GET /readyz on the metrics listener: 200 $body"
 else
-    fail "GET /readyz: $body"
+    fail "GET /readyz on the metrics listener: $body"
+fi
+code=$(curl -s --max-time 10 -o /dev/null -w '%{http_code}' "$BASE/readyz" || true)
+if [ "$code" = 404 ]; then
+    pass "GET /readyz on the public listener: 404"
+else
+    fail "GET /readyz on the public listener: $code, want 404"
 fi
 
 cat >"$WORK/prometheus.yml" <<EOF

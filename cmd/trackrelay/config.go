@@ -21,7 +21,8 @@ import (
 )
 
 // Config is the YAML configuration file. The struct is the schema: each
-// field's yaml tag is its key, and DESIGN.md's contract names them.
+// field's yaml tag is its key, and docs/configuration.md documents every
+// key (TestConfigKeysDocumented).
 type Config struct {
 	DataDir  string          `yaml:"data_dir"`
 	SMTP     SMTPConfig      `yaml:"smtp"`

@@ -14,8 +14,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"gopkg.in/yaml.v3"
 
+	"github.com/trackrelay/trackrelay/internal/guard"
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/tracker"
+	"github.com/trackrelay/trackrelay/tracker/webhook"
 )
 
 // exportedMetrics returns the names of the metrics serve exports with their
@@ -23,8 +25,9 @@ import (
 func exportedMetrics(t *testing.T) map[string]map[string]bool {
 	t.Helper()
 	rec := &descRecorder{}
-	rec.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rec.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), guard.Panics)
 	tracker.NewMetrics(rec)
+	webhook.NewMetrics(rec)
 	relay.NewMetrics(rec)
 
 	ch := make(chan *prometheus.Desc)

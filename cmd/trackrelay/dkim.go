@@ -11,10 +11,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/trackrelay/trackrelay/internal/durable"
 	"github.com/trackrelay/trackrelay/relay"
 )
 
@@ -95,20 +95,8 @@ func cmdDKIMKeygen(args []string, stdout, stderr io.Writer) int {
 	if path == "" {
 		path = d + "." + *selector + ".dkim.pem"
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		fmt.Fprintf(stderr, "trackrelay dkim-keygen: %v\n", err)
-		return 1
-	}
-	err = pem.Encode(f, &pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(path)
+	// Never over an existing key: its selector may be published already.
+	if err := durable.CreateFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 		fmt.Fprintf(stderr, "trackrelay dkim-keygen: %v\n", err)
 		return 1
 	}

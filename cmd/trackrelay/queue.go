@@ -13,6 +13,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/trackrelay/trackrelay/relay"
 )
 
 const queueUsage = `usage: trackrelay queue [-config FILE] <command>
@@ -20,7 +22,8 @@ const queueUsage = `usage: trackrelay queue [-config FILE] <command>
 commands (talk to the running server through <data_dir>/admin.sock):
   list                 every queued message and the state of its copies
   show ID              one message's record, as JSON
-  retry ID | --all     retry the pending copies now
+  retry ID | --all     retry the pending copies now, and release the held
+                       ones (held after an internal error of the relay)
   delete [-bounce] ID  take a message out of the queue: dropped silently,
                        or with -bounce reported failed to its sender
 `
@@ -140,14 +143,19 @@ func printQueue(body []byte, stdout, stderr io.Writer) int {
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tACCEPTED\tSIZE\tFROM\tRECIPIENT\tSTATUS\tATTEMPTS\tNEXT\tLAST RESPONSE")
+	held := 0
 	for _, e := range list {
 		for _, r := range e.Recipients {
 			next := "-"
-			if r.Status == "deferred" || r.Status == "queued" {
+			switch r.Status {
+			case relay.StatusDeferred, relay.StatusQueued:
 				next = time.Until(r.NextAttempt).Round(time.Second).String()
 				if r.NextAttempt.Before(time.Now()) {
 					next = "now"
 				}
+			case relay.StatusHeld:
+				next = "on retry"
+				held++
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t<%s>\t%s\t%s\t%d\t%s\t%s\n", e.ID, e.AcceptedAt.Local().Format(time.DateTime),
 				e.Size, e.From, r.Address, r.Status, r.Attempts, next, truncate(r.LastResponse, 60))
@@ -155,6 +163,9 @@ func printQueue(body []byte, stdout, stderr io.Writer) int {
 	}
 	tw.Flush()
 	fmt.Fprintf(stdout, "%d message(s) in the queue\n", len(list))
+	if held > 0 {
+		fmt.Fprintf(stdout, "%d copy(ies) held after an internal error of the relay (see its log): not retried until `trackrelay queue retry ID` (or --all) releases them\n", held)
+	}
 	return 0
 }
 

@@ -6,26 +6,41 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // upstreamDownAfter is how long the upstream may fail without a single
 // answer before /readyz reports the relay not ready.
 const upstreamDownAfter = 10 * time.Minute
 
-// readiness answers GET /readyz: 200 when the tracking store answers, the
-// spool directory takes a write, and the upstream (if any) has not been
-// unreachable for upstreamDownAfter; else 503. The body is JSON naming each
-// check, for the operator.
+// readyCacheFor is how long /readyz answers from its last checks: probing
+// it often costs no disk I/O per request.
+const readyCacheFor = time.Second
+
+// readiness answers GET /readyz on the metrics listener: 200 when the
+// tracking store answers, the spool directory takes a write, and the
+// upstream (if any) has not been unreachable for upstreamDownAfter; else
+// 503. The body is JSON naming each check, with its error for the
+// operator: it is never served on the public listener, whose clients must
+// not learn file paths or make the relay write to disk.
 type readiness struct {
 	store    func(context.Context) error
-	spoolDir string
+	spool    func() error
 	upstream func() (lastOK, failingSince time.Time) // nil: capture mode
 	downFor  time.Duration
+	cacheFor time.Duration
 	now      func() time.Time
+
+	mu        sync.Mutex // held while checking, so that checks never overlap
+	checkedAt time.Time
+	last      readyResult
 }
 
-// pinger is a store that can tell whether it answers (tracker.BoltStore).
+// pinger is a store that can tell whether it answers (bolt.Store).
 type pinger interface {
 	Ping(context.Context) error
 }
@@ -33,9 +48,10 @@ type pinger interface {
 func newReadiness(store pinger, spoolDir string, upstream func() (time.Time, time.Time)) *readiness {
 	return &readiness{
 		store:    store.Ping,
-		spoolDir: spoolDir,
+		spool:    func() error { return spoolWritable(spoolDir) },
 		upstream: upstream,
 		downFor:  upstreamDownAfter,
+		cacheFor: readyCacheFor,
 		now:      time.Now,
 	}
 }
@@ -46,48 +62,64 @@ type readyCheck struct {
 	LastOK string `json:"last_ok,omitempty"`
 }
 
+type readyResult struct {
+	Ready  bool                  `json:"ready"`
+	Checks map[string]readyCheck `json:"checks"`
+}
+
 func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	res := rd.result()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	if !res.Ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	json.NewEncoder(w).Encode(res)
+}
+
+// result returns the checks made within cacheFor, or makes them again.
+func (rd *readiness) result() readyResult {
+	rd.mu.Lock()
+	defer rd.mu.Unlock()
+	now := rd.now()
+	if !rd.checkedAt.IsZero() && !now.Before(rd.checkedAt) && now.Sub(rd.checkedAt) < rd.cacheFor {
+		return rd.last
+	}
+	// Not the request's context: the result is shared with the requests
+	// that come after, whose client may still be there.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	checks := map[string]readyCheck{}
-	ready := true
+	res := readyResult{Ready: true, Checks: map[string]readyCheck{}}
 	add := func(name string, err error) {
 		c := readyCheck{OK: err == nil}
 		if err != nil {
 			c.Error = err.Error()
-			ready = false
+			res.Ready = false
 		}
-		checks[name] = c
+		res.Checks[name] = c
 	}
 	add("store", rd.store(ctx))
-	add("spool", spoolWritable(rd.spoolDir))
+	add("spool", rd.spool())
 	if rd.upstream != nil {
 		lastOK, failingSince := rd.upstream()
 		var err error
-		if !failingSince.IsZero() && rd.now().Sub(failingSince) >= rd.downFor {
+		if !failingSince.IsZero() && now.Sub(failingSince) >= rd.downFor {
 			err = fmt.Errorf("unreachable since %s", failingSince.UTC().Format(time.RFC3339))
 		}
 		add("upstream", err)
 		if !lastOK.IsZero() {
-			c := checks["upstream"]
+			c := res.Checks["upstream"]
 			c.LastOK = lastOK.UTC().Format(time.RFC3339)
-			checks["upstream"] = c
+			res.Checks["upstream"] = c
 		}
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	if !ready {
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}
-	json.NewEncoder(w).Encode(struct {
-		Ready  bool                  `json:"ready"`
-		Checks map[string]readyCheck `json:"checks"`
-	}{ready, checks})
+	rd.checkedAt, rd.last = now, res
+	return res
 }
 
 // spoolWritable creates, syncs and removes a small file in the spool
@@ -107,13 +139,27 @@ func spoolWritable(dir string) error {
 	return err
 }
 
-// withReadyz serves /readyz from rd and everything else from h.
-func withReadyz(h http.Handler, rd http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/readyz" {
-			rd.ServeHTTP(w, r)
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
+// healthz answers GET /healthz on the metrics listener as the tracker does
+// on the public one: the process serves.
+func healthz(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if r.Method == http.MethodGet {
+		w.Write([]byte("ok"))
+	}
+}
+
+// metricsHandler serves the operator's listener: /metrics from reg,
+// /readyz from ready, and /healthz.
+func metricsHandler(reg *prometheus.Registry, ready http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("/readyz", ready)
+	mux.HandleFunc("/healthz", healthz)
+	return mux
 }

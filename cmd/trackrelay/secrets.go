@@ -5,7 +5,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/trackrelay/trackrelay/tracker"
+	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
 // Environment variables that carry secrets instead of files, for platforms
@@ -18,12 +18,12 @@ const (
 // loadKeyring builds the token keys: the current secret signs, and the
 // previous ones (tracking.previous_secret_files) still verify, so that
 // links in mail already sent keep working after a rotation.
-func loadKeyring(cfg *Config) (*tracker.Keyring, error) {
+func loadKeyring(cfg *Config) (*token.Keyring, error) {
 	var current []byte
 	if v := os.Getenv(envTrackingSecret); v != "" {
 		current = []byte(strings.TrimSpace(v))
-		if len(current) < tracker.MinSecretLen {
-			return nil, fmt.Errorf("%s holds %d bytes; at least %d are needed", envTrackingSecret, len(current), tracker.MinSecretLen)
+		if len(current) < token.MinSecretLen {
+			return nil, fmt.Errorf("%s holds %d bytes; at least %d are needed", envTrackingSecret, len(current), token.MinSecretLen)
 		}
 	} else {
 		s, err := loadSecret(cfg)
@@ -32,20 +32,20 @@ func loadKeyring(cfg *Config) (*tracker.Keyring, error) {
 		}
 		current = s
 	}
-	var keys []tracker.Key
+	var keys []token.Key
 	for i, path := range cfg.Tracking.PreviousSecretFiles {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("tracking.previous_secret_files[%d]: %w", i, err)
 		}
 		s := []byte(strings.TrimSpace(string(b)))
-		if len(s) < tracker.MinSecretLen {
-			return nil, fmt.Errorf("tracking.previous_secret_files[%d]: %s holds %d bytes; at least %d are needed", i, path, len(s), tracker.MinSecretLen)
+		if len(s) < token.MinSecretLen {
+			return nil, fmt.Errorf("tracking.previous_secret_files[%d]: %s holds %d bytes; at least %d are needed", i, path, len(s), token.MinSecretLen)
 		}
-		keys = append(keys, tracker.Key{ID: keyID(s), Secret: s})
+		keys = append(keys, token.Key{ID: keyID(s), Secret: s})
 	}
-	keys = append(keys, tracker.Key{ID: keyID(current), Secret: current}) // the last one signs
-	k, err := tracker.NewKeyring(keys...)
+	keys = append(keys, token.Key{ID: keyID(current), Secret: current}) // the last one signs
+	k, err := token.NewKeyring(keys...)
 	if err != nil {
 		return nil, fmt.Errorf("tracking secrets: %w (two secrets whose ids collide: make a new current secret)", err)
 	}

@@ -1,9 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -80,5 +85,72 @@ func TestSecrets_fromEnvironment(t *testing.T) {
 	t.Setenv(envTrackingSecret, "short")
 	if _, err := loadKeyring(cfg); err == nil || !strings.Contains(err.Error(), envTrackingSecret) {
 		t.Fatalf("short env secret: %v", err)
+	}
+}
+
+// Starts racing on an empty data dir (a restart loop, a second copy started
+// by mistake) all end up with the one secret and the one API key kept
+// there: none fails, and none signs with a secret that another replaced.
+func TestSecrets_firstStartsAgree(t *testing.T) {
+	const n = 8
+	for range 20 {
+		dir := t.TempDir()
+		secrets := make([][]byte, n)
+		keys := make([]string, n)
+		printed := make([]string, n)
+		errs := make([]error, n)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				cfg := defaultConfig()
+				cfg.DataDir = dir
+				cfg.Accounts = []AccountConfig{defaultAccount()}
+				<-start
+				var out strings.Builder
+				if errs[i] = ensureDefaultAPIKey(cfg, &out, slog.New(slog.DiscardHandler)); errs[i] != nil {
+					return
+				}
+				keys[i], printed[i] = cfg.Accounts[0].APIKeySHA256, out.String()
+				secrets[i], errs[i] = loadSecret(cfg)
+			})
+		}
+		close(start)
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("start %d: %v", i, err)
+			}
+		}
+		kept, err := os.ReadFile(filepath.Join(dir, "tracking-secret"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		apiKey, err := os.ReadFile(filepath.Join(dir, "api-key-default"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(bytes.TrimSpace(apiKey))
+		shown := 0
+		for i := range n {
+			if string(secrets[i]) != strings.TrimSpace(string(kept)) {
+				t.Fatalf("start %d signs with %q; the data dir keeps %q", i, secrets[i], kept)
+			}
+			if keys[i] != hex.EncodeToString(sum[:]) {
+				t.Fatalf("start %d checks API keys against %s; the data dir keeps the key of %x", i, keys[i], sum)
+			}
+			if printed[i] != "" {
+				shown++
+				if !strings.Contains(printed[i], string(bytes.TrimSpace(apiKey))) {
+					t.Errorf("start %d printed a key that is not kept: %q", i, printed[i])
+				}
+			}
+		}
+		if shown != 1 {
+			t.Fatalf("the API key was printed %d times", shown)
+		}
+		if names, _ := filepath.Glob(filepath.Join(dir, ".*")); len(names) != 0 {
+			t.Errorf("left behind: %q", names)
+		}
 	}
 }

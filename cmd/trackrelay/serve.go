@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -24,12 +25,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/trackrelay/trackrelay/internal/durable"
 	"github.com/trackrelay/trackrelay/internal/guard"
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/tracker"
 	"github.com/trackrelay/trackrelay/tracker/geoip"
+	"github.com/trackrelay/trackrelay/tracker/store/bolt"
+	"github.com/trackrelay/trackrelay/tracker/webhook"
 )
 
 func cmdServe(args []string, stdout, stderr io.Writer) int {
@@ -89,7 +92,8 @@ func newLogger(c LogConfig, w io.Writer) *slog.Logger {
 // taking mail, let deliveries under way finish, stop serving hits.
 func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Writer) error {
 	log := newLogger(cfg.Log, stderr)
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	// Durable: the secret and API key made on first start live in it.
+	if err := durable.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
 	if embedded {
@@ -116,24 +120,25 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), guard.Panics)
 	tm := tracker.NewMetrics(reg)
+	wm := webhook.NewMetrics(reg)
 	rm := relay.NewMetrics(reg)
 
 	hooks, err := webhooks(cfg)
 	if err != nil {
 		return err
 	}
-	bopts := tracker.BoltOptions{Metrics: tm, Retention: cfg.Tracking.Retention.D(),
+	bopts := bolt.Options{Metrics: tm.Store, Retention: cfg.Tracking.Retention.D(),
 		MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient, Logger: log.With("part", "store")}
 	for _, h := range hooks {
 		bopts.WebhookAccounts = append(bopts.WebhookAccounts, h.Account)
 	}
-	store, err := tracker.OpenBolt(filepath.Join(cfg.DataDir, "tracking.db"), bopts)
+	st, err := bolt.Open(filepath.Join(cfg.DataDir, "tracking.db"), bopts)
 	if err != nil {
 		return fmt.Errorf("tracking store: %w", err)
 	}
-	defer store.Close()
+	defer st.Close()
 	if len(hooks) > 0 {
-		sender := tracker.StartWebhooks(store, tracker.WebhookOptions{Hooks: hooks, Logger: log.With("part", "webhook"), Metrics: tm})
+		sender := webhook.Start(st, webhook.Options{Hooks: hooks, Logger: log.With("part", "webhook"), Metrics: wm})
 		defer sender.Close()
 	}
 
@@ -165,7 +170,7 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 	if dcfg.DKIM, err = dkimSigner(cfg, log); err != nil {
 		return err
 	}
-	ledger := storeLedger{store: store}
+	ledger := storeLedger{store: st}
 	mint := keyMinters{keys: keys, baseURL: dcfg.BaseURL}
 	deliverer := relay.NewDeliverer(dcfg, spool, ledger, mint, log.With("part", "delivery"), rm)
 	if err := deliverer.Start(); err != nil {
@@ -208,9 +213,9 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 	if cfg.Upstream != nil {
 		upstreamHealth = deliverer.UpstreamHealth
 	}
-	ready := newReadiness(store, filepath.Join(cfg.DataDir, "spool"), upstreamHealth)
+	ready := newReadiness(st, filepath.Join(cfg.DataDir, "spool"), upstreamHealth)
 	httpSrv := &http.Server{
-		Handler:           withReadyz(tracker.NewHandler(tcfg, keys, store), ready),
+		Handler:           tracker.NewHandler(tcfg, keys, st),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -237,9 +242,7 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 			httpLn.Close()
 			return fmt.Errorf("metrics.listen: %w", err)
 		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		metricsSrv = &http.Server{Handler: metricsHandler(reg, ready), ReadHeaderTimeout: 10 * time.Second}
 	}
 
 	adminLn, err := listenAdmin(cfg.DataDir)
@@ -380,8 +383,8 @@ func upstreamConfig(cfg *Config) (*relay.UpstreamConfig, error) {
 }
 
 // webhooks reads the accounts' webhook secrets.
-func webhooks(cfg *Config) ([]tracker.Webhook, error) {
-	var hooks []tracker.Webhook
+func webhooks(cfg *Config) ([]webhook.Hook, error) {
+	var hooks []webhook.Hook
 	for i, a := range cfg.Accounts {
 		if a.WebhookURL == "" {
 			continue
@@ -390,7 +393,7 @@ func webhooks(cfg *Config) ([]tracker.Webhook, error) {
 		if err != nil {
 			return nil, fmt.Errorf("accounts[%d].webhook_secret_file: %w", i, err)
 		}
-		hooks = append(hooks, tracker.Webhook{Account: a.Name, URL: a.WebhookURL, Secret: []byte(strings.TrimSpace(string(b)))})
+		hooks = append(hooks, webhook.Hook{Account: a.Name, URL: a.WebhookURL, Secret: []byte(strings.TrimSpace(string(b)))})
 	}
 	return hooks, nil
 }
@@ -404,7 +407,11 @@ func loadSecret(cfg *Config) ([]byte, error) {
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 			raw := make([]byte, 32)
 			rand.Read(raw)
-			if err := writeFileSync(path, []byte(base64.StdEncoding.EncodeToString(raw)+"\n")); err != nil {
+			// Every link sent depends on it: durable before the first token
+			// is signed, and never replaced (another process starting on the
+			// same data dir may have made it first).
+			err := durable.CreateFile(path, []byte(base64.StdEncoding.EncodeToString(raw)+"\n"), 0o600)
+			if err != nil && !errors.Is(err, fs.ErrExist) {
 				return nil, fmt.Errorf("generating tracking secret: %w", err)
 			}
 		}
@@ -432,20 +439,25 @@ func keyID(secret []byte) byte {
 func ensureDefaultAPIKey(cfg *Config, stdout io.Writer, log *slog.Logger) error {
 	path := filepath.Join(cfg.DataDir, "api-key-default")
 	b, err := os.ReadFile(path)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
+	if errors.Is(err, os.ErrNotExist) {
 		raw := make([]byte, 24)
 		rand.Read(raw)
 		key := "trk_" + base64.RawURLEncoding.EncodeToString(raw)
-		if err := writeFileSync(path, []byte(key+"\n")); err != nil {
+		err = durable.CreateFile(path, []byte(key+"\n"), 0o600)
+		switch {
+		case err == nil:
+			fmt.Fprintf(stdout, "API key of account \"default\" (shown once; also kept in %s):\n%s\n", path, key)
+			b = []byte(key)
+		case errors.Is(err, fs.ErrExist): // made meanwhile by another start
+			b, err = os.ReadFile(path)
+		default:
 			return fmt.Errorf("writing API key: %w", err)
 		}
-		fmt.Fprintf(stdout, "API key of account \"default\" (shown once; also kept in %s):\n%s\n", path, key)
-		b = []byte(key)
-	case err != nil:
-		return fmt.Errorf("reading API key: %w", err)
-	default:
+	} else if err == nil {
 		log.Info("API key of account default is kept in the data dir", "file", path)
+	}
+	if err != nil {
+		return fmt.Errorf("reading API key: %w", err)
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(string(b))))
 	for i := range cfg.Accounts {
@@ -454,19 +466,4 @@ func ensureDefaultAPIKey(cfg *Config, stdout io.Writer, log *slog.Logger) error 
 		}
 	}
 	return nil
-}
-
-func writeFileSync(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
