@@ -193,9 +193,8 @@ type memLedger struct {
 	statusBeforeAccepted int
 	// failAccepted makes the next Accepted calls fail.
 	failAccepted int
-	// acceptDelay and deliveryDelay make Accepted and Delivery slow, as a
-	// store that waits for company.
-	acceptDelay, deliveryDelay time.Duration
+	// acceptDelay makes Accepted slow, as a store that waits for company.
+	acceptDelay time.Duration
 }
 
 func newMemLedger() *memLedger {
@@ -249,10 +248,6 @@ func (l *memLedger) Links(_ context.Context, id string, links []string) error {
 }
 
 func (l *memLedger) Delivery(_ context.Context, id string, rcpt int, r Recipient) error {
-	l.mu.Lock()
-	delay := l.deliveryDelay
-	l.mu.Unlock()
-	time.Sleep(delay)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.accepted[id] == nil {

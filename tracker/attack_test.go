@@ -6,6 +6,7 @@ package tracker
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,6 +15,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/trackrelay/trackrelay/tracker/store"
+	"github.com/trackrelay/trackrelay/tracker/store/bolt"
+	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
 // rawGet sends one request exactly as written (no client-side cleaning
@@ -44,7 +49,13 @@ func rawGet(t *testing.T, srvURL, method, path string, hdr map[string]string) (*
 	return resp, string(body)
 }
 
-// decodeRaw and encodeRaw give the bytes of a token, to forge variants.
+// tokenEncoding and tagLen are the token format's (package token), to
+// forge variants of a token's bytes.
+var tokenEncoding = base64.RawURLEncoding.Strict()
+
+const tagLen = 16
+
+// decodeRaw gives the bytes of a token, to forge variants.
 func decodeRaw(t *testing.T, tok string) []byte {
 	t.Helper()
 	b, err := tokenEncoding.DecodeString(tok)
@@ -61,8 +72,8 @@ func TestAttack_forgedTokens(t *testing.T) {
 	click := e.keys.ClickToken(e.msg.ID, 0, 0, dest)
 	otherMsg := e.keys.ClickToken("Q9Z9Z9", 0, 0, "https://evil.example/")
 	otherRcpt := e.keys.ClickToken(e.msg.ID, 1, 0, dest)
-	sameID, _ := NewKeyring(Key{ID: testKeyring(t).signerID, Secret: testSecret('z')})
-	unknownID, _ := NewKeyring(Key{ID: 77, Secret: testSecret('a')})
+	sameID, _ := token.NewKeyring(token.Key{ID: 1, Secret: testSecret('z')})
+	unknownID, _ := token.NewKeyring(token.Key{ID: 77, Secret: testSecret('a')})
 
 	raw := decodeRaw(t, click)
 	flip := func(i int) string {
@@ -113,7 +124,7 @@ func TestAttack_forgedTokens(t *testing.T) {
 		"CRLF injection":          "/c/" + click + "%0d%0aLocation:%20https://evil.example/",
 		"NUL byte":                "/c/" + click + "%00",
 		"oversized (100 KB)":      "/c/" + strings.Repeat("A", 100<<10),
-		"just over MaxTokenLen":   "/o/" + strings.Repeat("A", MaxTokenLen+1) + ".gif",
+		"just over token.MaxLen":  "/o/" + strings.Repeat("A", token.MaxLen+1) + ".gif",
 		"empty":                   "/c/",
 		"empty with extension":    "/o/.gif",
 	}
@@ -315,15 +326,17 @@ func TestAttack_requestSize(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 		t.Errorf("1.6 MB of headers: %d", resp.StatusCode)
 	}
-	// A body announced but never sent does not hold the answer back.
-	start := time.Now()
+	// A body announced but never sent does not hold the answer back: the
+	// client sends none of it, so an answer at all (rawGet gives up after
+	// 10 s; the test server has no read timeout) shows that nothing waited
+	// for it.
 	resp, _ = rawGet(t, e.srv.URL, "GET", open, map[string]string{"Content-Length": "1073741824"})
-	if resp.StatusCode != http.StatusOK || time.Since(start) > 2*time.Second {
-		t.Errorf("GET with a 1 GiB body announced: %d after %v", resp.StatusCode, time.Since(start))
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET with a 1 GiB body announced: %d", resp.StatusCode)
 	}
 	resp, _ = rawGet(t, e.srv.URL, "DELETE", "/api/v1/messages/"+e.msg.ID, map[string]string{"Content-Length": "1073741824"})
-	if resp.StatusCode != http.StatusUnauthorized || time.Since(start) > 4*time.Second {
-		t.Errorf("DELETE with a 1 GiB body announced: %d after %v", resp.StatusCode, time.Since(start))
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("DELETE with a 1 GiB body announced: %d", resp.StatusCode)
 	}
 	// A long user agent is cut before it is stored.
 	e.do(t, http.MethodGet, e.mint.OpenURL(), http.Header{"User-Agent": {strings.Repeat("U", 32<<10)}})
@@ -338,7 +351,7 @@ func TestAttack_requestSize(t *testing.T) {
 
 // A script hammering one pixel cannot grow the store without bound.
 func TestAttack_hitFloodBounded(t *testing.T) {
-	store := testStore(t, BoltOptions{MaxEventsPerRecipient: 10})
+	store := testStore(t, bolt.Options{MaxEventsPerRecipient: 10})
 	e := newTestEnv(t, store, nil)
 	for range 60 {
 		e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
@@ -390,9 +403,9 @@ func TestAttack_apiIsolation(t *testing.T) {
 		}
 	}
 	// The events feed holds only the account's own.
-	feed := func(c apiClient, after string) FeedPage {
+	feed := func(c apiClient, after string) store.FeedPage {
 		resp, body := c.do("GET", "/api/v1/events?limit=1000&after="+after)
-		var p FeedPage
+		var p store.FeedPage
 		if resp.StatusCode == http.StatusOK {
 			if err := json.Unmarshal([]byte(body), &p); err != nil {
 				t.Fatal(err)

@@ -5,19 +5,22 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+
+	"github.com/trackrelay/trackrelay/tracker/store"
+	"github.com/trackrelay/trackrelay/tracker/store/bolt"
 )
 
 // nopStore records nothing: the baseline a recording server is measured
 // against.
 type nopStore struct{ failingStore }
 
-func (nopStore) AddEvent(context.Context, Event) error { return nil }
-func (nopStore) Message(context.Context, string) (*Message, error) {
+func (nopStore) AddEvent(context.Context, store.Event) error { return nil }
+func (nopStore) Message(context.Context, string) (*store.Message, error) {
 	m := testMessage()
 	return &m, nil
 }
 
-func benchPixel(b *testing.B, store Store) {
+func benchPixel(b *testing.B, store store.Store) {
 	keys := testKeyring(b)
 	if err := store.PutMessage(context.Background(), testMessage()); err != nil {
 		b.Fatal(err)
@@ -43,10 +46,10 @@ func benchPixel(b *testing.B, store Store) {
 // BenchmarkPixel serves the open pixel with every hit committed to a real
 // bbolt file (group commit, fsync per batch).
 func BenchmarkPixel(b *testing.B) {
-	store := testStore(b, BoltOptions{})
-	benchPixel(b, store)
+	st := testStore(b, bolt.Options{})
+	benchPixel(b, st)
 	b.StopTimer()
-	b.ReportMetric(float64(b.N)/float64(max(store.commits.Load(), 1)), "events/commit")
+	b.ReportMetric(float64(b.N)/float64(max(st.Commits(), 1)), "events/commit")
 }
 
 // BenchmarkPixelNoRecord is the same without recording.

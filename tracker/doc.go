@@ -1,35 +1,16 @@
-// Package tracker owns everything trackrelay does after a message leaves:
-// the signed tracking tokens and the URLs minted from them, the HTTP
-// endpoints that serve them (open pixel, click redirect, the JSON API and
-// the health check), the classification of every hit (human, proxy,
-// prefetch, scanner, self) and the event store, with bbolt as its embedded
-// backend.
+// Package tracker is trackrelay's tracking web server: the HTTP endpoints
+// that serve the tracking URLs (open pixel, click redirect), the JSON API
+// (a message's status, its erasure, the account's feed) and the health
+// check. For each hit it finds the client's address (X-Forwarded-For only
+// from trusted proxies), limits what one address may record, asks package
+// classify for a verdict and records the event in a store.Store before the
+// response is sent, waiting StoreTimeout at most.
 //
-// Tokens are HMAC-SHA256 signed (128-bit tag) with a key id, so keys rotate:
-// the newest key of a Keyring signs and every key verifies. A click token
-// carries its destination, so a redirect needs no store.
-//
-// A hit is durable in the Store before its response is sent. BoltStore
-// appends concurrent hits to its hit log (a write-ahead log beside the
-// bbolt file) with one fdatasync per batch (group commit): a lone hit is
-// logged at once, and the hits that arrive during an append form the next
-// batch. An applier commits the log to bbolt every 20 ms, in bigger
-// transactions; reads wait for the hits answered before them, and a
-// restart replays what a crash left in the log. Classification reads
-// message data from an in-memory LRU, so a hit needs no read transaction.
-// The Store interface is the seam for other backends.
-//
-// Each event carries its class with reasons. Evidence that only a sequence
-// shows (a burst of clicks over several links, a click before any open) is
-// added when the event is committed; an earlier event whose class changes
-// gets a "reclassified" entry in the account's feed (GET /api/v1/events),
-// which also lists delivery changes. Feed entries of accounts with a
-// webhook go to a durable outbox in the store, which WebhookSender POSTs,
-// signed, with retries for 24 hours. Privacy: events older than the
-// retention period are swept (their counts stay), the recorded IP may be
-// truncated or dropped, a copy keeps at most MaxEventsPerRecipient
-// detailed events, and DELETE /api/v1/messages/{ref} erases a message's
-// tracking data while its links keep working.
+// The rest lives in packages named for what they own: token (signed
+// tokens, the key ring and the URL layout), classify (every signal and
+// rule), store (the Store interface, its value types and the API views),
+// store/bolt (the embedded bbolt backend), webhook (the sender of the
+// webhook outbox) and geoip.
 //
 // What the package must never do:
 //   - redirect anywhere but to an http(s) destination signed by its own keys
@@ -42,6 +23,6 @@
 //   - show one account's messages to another account's API key;
 //   - put unbounded values (addresses, URLs, ids) in metric labels, or use
 //     global registries or loggers;
-//   - import the relay or rewrite packages: the relay reports to the store
-//     through its own interface, wired in cmd.
+//   - import a store backend (it sees store.Store only; cmd wires bolt in),
+//     the webhook sender, the relay or the rewriter.
 package tracker

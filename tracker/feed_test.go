@@ -2,16 +2,12 @@ package tracker
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,7 +16,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	bolt "go.etcd.io/bbolt"
+	"github.com/trackrelay/trackrelay/tracker/classify"
+	"github.com/trackrelay/trackrelay/tracker/store"
+	"github.com/trackrelay/trackrelay/tracker/store/bolt"
+	"github.com/trackrelay/trackrelay/tracker/webhook"
 )
 
 // api calls the tracker's API as alice (or with key) and decodes the answer.
@@ -48,9 +47,9 @@ func (e *testEnv) api(t *testing.T, method, path, key string, out any) int {
 	return resp.StatusCode
 }
 
-func (e *testEnv) feed(t *testing.T, after string, limit int) FeedPage {
+func (e *testEnv) feed(t *testing.T, after string, limit int) store.FeedPage {
 	t.Helper()
-	var p FeedPage
+	var p store.FeedPage
 	path := "/api/v1/events?after=" + after
 	if limit > 0 {
 		path += "&limit=" + strconv.Itoa(limit)
@@ -65,14 +64,14 @@ func TestFeed_eventsAndDeliveriesInOrder(t *testing.T) {
 	e := newTestEnv(t, nil, nil)
 	ctx := context.Background()
 	delivered := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
-	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, Delivery{Status: StatusDeferred, Attempts: 1, LastResponse: "451 later", UpdatedAt: delivered.Add(-time.Minute)}); err != nil {
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: store.StatusDeferred, Attempts: 1, LastResponse: "451 later", UpdatedAt: delivered.Add(-time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, Delivery{Status: StatusDelivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: delivered}); err != nil {
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: store.StatusDelivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: delivered}); err != nil {
 		t.Fatal(err)
 	}
 	// The same state reported again is not a change.
-	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, Delivery{Status: StatusDelivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: delivered}); err != nil {
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: store.StatusDelivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: delivered}); err != nil {
 		t.Fatal(err)
 	}
 	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
@@ -96,12 +95,12 @@ func TestFeed_eventsAndDeliveriesInOrder(t *testing.T) {
 	if want := []string{"delivery", "delivery", "open", "click"}; !slices.Equal(types, want) {
 		t.Fatalf("types %v, want %v", types, want)
 	}
-	if d := all.Events[1].Delivery; d == nil || d.Status != StatusDelivered || d.Attempts != 2 || d.LastResponse != "250 ok" {
+	if d := all.Events[1].Delivery; d == nil || d.Status != store.StatusDelivered || d.Attempts != 2 || d.LastResponse != "250 ok" {
 		t.Errorf("delivery entry %+v", all.Events[1].Delivery)
 	}
 	click := all.Events[3]
 	if click.Link != "https://example.com/quote?id=1&x=2" || click.LinkIndex == nil || *click.LinkIndex != 0 ||
-		click.Class != ClassHuman || click.Client != "Chrome" || click.IP != "127.0.0.1" || len(click.Reasons) == 0 {
+		click.Class != classify.Human || click.Client != "Chrome" || click.IP != "127.0.0.1" || len(click.Reasons) == 0 {
 		t.Errorf("click entry %+v", click)
 	}
 	// The feed's event ids are the message view's.
@@ -121,12 +120,12 @@ func TestFeed_eventsAndDeliveriesInOrder(t *testing.T) {
 		t.Errorf("page 2 ends with %s", p2.Events[1].ID)
 	}
 	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
-	if p4 := e.feed(t, p3.Next, 2); len(p4.Events) != 1 || p4.Events[0].Type != EventOpen {
+	if p4 := e.feed(t, p3.Next, 2); len(p4.Events) != 1 || p4.Events[0].Type != store.EventOpen {
 		t.Errorf("new event after the cursor: %+v", p4.Events)
 	}
 
 	// Bob sees his own message only.
-	var bobs FeedPage
+	var bobs store.FeedPage
 	if code := e.api(t, http.MethodGet, "/api/v1/events", bobKey, &bobs); code != http.StatusOK || len(bobs.Events) != 1 || bobs.Events[0].Message != "QBOB1" {
 		t.Errorf("bob's feed: %d %+v", code, bobs.Events)
 	}
@@ -149,7 +148,7 @@ func TestFeed_eventsAndDeliveriesInOrder(t *testing.T) {
 func TestErase(t *testing.T) {
 	e := newTestEnv(t, nil, nil)
 	ctx := context.Background()
-	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, Delivery{Status: StatusDelivered, UpdatedAt: time.Now().Add(-time.Hour)}); err != nil {
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: store.StatusDelivered, UpdatedAt: time.Now().Add(-time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	click := e.mint.ClickURL(0, "https://example.com/quote?id=1&x=2")
@@ -185,14 +184,14 @@ func TestErase(t *testing.T) {
 	if err := e.store.PutMessage(ctx, e.msg); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, Delivery{Status: StatusDelivered, UpdatedAt: time.Now()}); err != nil {
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: store.StatusDelivered, UpdatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	// An event already on its way when the message was erased is dropped.
-	if err := e.store.AddEvent(ctx, Event{Type: EventOpen, Message: e.msg.ID, Link: -1, Class: ClassHuman, At: time.Now()}); err != nil {
+	if err := e.store.AddEvent(ctx, store.Event{Type: store.EventOpen, Message: e.msg.ID, Link: -1, Class: classify.Human, At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.store.Lookup(ctx, "alice", e.msg.ID); !errors.Is(err, ErrNotFound) {
+	if _, err := e.store.Lookup(ctx, "alice", e.msg.ID); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("lookup after late reports: %v", err)
 	}
 	if p := e.feed(t, "", 0); len(p.Events) != 0 {
@@ -201,26 +200,12 @@ func TestErase(t *testing.T) {
 	if got := counterValue(t, e.reg, "trackrelay_tracking_events_lost_total"); got != 0 {
 		t.Errorf("events_lost_total = %v", got)
 	}
-	bs := e.store.(*BoltStore)
-	if err := bs.db.View(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketEvents, bucketDeliveries, bucketRecipients, bucketClicks, bucketLinks, bucketMsgFeed} {
-			c := tx.Bucket(b).Cursor()
-			for k, _ := c.First(); k != nil; k, _ = c.Next() {
-				if strings.HasPrefix(string(k), e.msg.ID) {
-					t.Errorf("bucket %s still has %q", b, k)
-				}
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func TestReclassifiedBurst(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	metrics := NewMetrics(reg)
-	e := newTestEnv(t, testStore(t, BoltOptions{Metrics: metrics}), func(c *Config) { c.Metrics = metrics })
+	e := newTestEnv(t, testStore(t, bolt.Options{Metrics: metrics.Store}), func(c *Config) { c.Metrics = metrics })
 	ctx := context.Background()
 	links := []string{"https://example.com/a", "https://example.com/b", "https://example.com/c"}
 	if err := e.store.SetLinks(ctx, e.msg.ID, links); err != nil {
@@ -235,9 +220,9 @@ func TestReclassifiedBurst(t *testing.T) {
 	var got []string
 	for _, fe := range p.Events {
 		s := fe.Type + ":" + fe.Class
-		if fe.Type == EventReclassified {
+		if fe.Type == store.EventReclassified {
 			s += "<-" + fe.PreviousClass
-			if fe.EventID == "" || fe.EventType != EventClick || !slices.Contains(fe.Reasons, ReasonClickBurst) {
+			if fe.EventID == "" || fe.EventType != store.EventClick || !slices.Contains(fe.Reasons, classify.ReasonClickBurst) {
 				t.Errorf("reclassified entry %+v", fe)
 			}
 		}
@@ -252,7 +237,7 @@ func TestReclassifiedBurst(t *testing.T) {
 	}
 	v := e.view(t)
 	for _, ev := range v.Events {
-		if ev.Class != ClassScanner || !slices.Contains(ev.Reasons, ReasonClickBurst) || slices.Contains(ev.Reasons, ReasonNoMachineSignals) {
+		if ev.Class != classify.Scanner || !slices.Contains(ev.Reasons, classify.ReasonClickBurst) || slices.Contains(ev.Reasons, classify.ReasonNoMachineSignals) {
 			t.Errorf("view event %+v", ev)
 		}
 	}
@@ -267,13 +252,13 @@ func TestReclassifiedBurst(t *testing.T) {
 // lastClasses returns, for each event id, the class that the last of
 // entries about it gave: its own open or click entry, or a reclassified
 // entry naming it.
-func lastClasses(entries []FeedEntry) map[string]string {
+func lastClasses(entries []store.FeedEntry) map[string]string {
 	last := map[string]string{}
 	for _, fe := range entries {
 		switch fe.Type {
-		case EventOpen, EventClick:
+		case store.EventOpen, store.EventClick:
 			last[fe.ID] = fe.Class
-		case EventReclassified:
+		case store.EventReclassified:
 			last[fe.EventID] = fe.Class
 		}
 	}
@@ -285,16 +270,16 @@ func lastClasses(entries []FeedEntry) map[string]string {
 // after every hit) and the webhooks gave each event is the class the
 // message view shows, and it is the burst rule's.
 func TestBurst_feedWebhooksAndViewAgree(t *testing.T) {
-	rc := &receiver{secret: []byte("whsec-0123456789abcdef"), got: map[string]FeedEntry{}}
+	rc := &receiver{secret: []byte("whsec-0123456789abcdef"), got: map[string]store.FeedEntry{}}
 	hook := httptest.NewServer(rc) // 127.0.0.1
 	defer hook.Close()
-	s := testStore(t, BoltOptions{WebhookAccounts: []string{"alice"}})
+	s := testStore(t, bolt.Options{WebhookAccounts: []string{"alice"}})
 	var mu sync.Mutex
 	var now time.Time
 	e := newTestEnv(t, s, func(c *Config) {
 		c.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	})
-	ws := StartWebhooks(s, WebhookOptions{Hooks: []Webhook{{Account: "alice", URL: hook.URL, Secret: rc.secret}},
+	ws := webhook.Start(s, webhook.Options{Hooks: []webhook.Hook{{Account: "alice", URL: hook.URL, Secret: rc.secret}},
 		BackoffMin: 10 * time.Millisecond, BackoffMax: 20 * time.Millisecond})
 	defer ws.Close()
 	links := []string{"https://example.com/a", "https://example.com/b", "https://example.com/c", "https://example.com/d"}
@@ -311,22 +296,22 @@ func TestBurst_feedWebhooksAndViewAgree(t *testing.T) {
 	// A scanner follows link 0 twenty times, then links 1 and 2, all
 	// within 2.1 s: every one of the 22 clicks is part of the burst.
 	for i := range 20 {
-		clicks = append(clicks, click{0, time.Duration(i) * 100 * time.Millisecond, ClassScanner})
+		clicks = append(clicks, click{0, time.Duration(i) * 100 * time.Millisecond, classify.Scanner})
 	}
-	clicks = append(clicks, click{1, 2000 * time.Millisecond, ClassScanner}, click{2, 2100 * time.Millisecond, ClassScanner})
+	clicks = append(clicks, click{1, 2000 * time.Millisecond, classify.Scanner}, click{2, 2100 * time.Millisecond, classify.Scanner})
 	// A minute later, hits arrive out of order: links 2, 3 and 0 are
 	// clicked within 3 s of each other (a burst), link 1 five seconds
 	// before any of them (not in it), and the burst is only complete with
 	// the last hit to arrive.
 	clicks = append(clicks,
-		click{0, time.Minute + 10*time.Second, ClassScanner},
-		click{1, time.Minute, ClassHuman},
-		click{2, time.Minute + 7*time.Second, ClassScanner},
-		click{3, time.Minute + 9*time.Second, ClassScanner},
+		click{0, time.Minute + 10*time.Second, classify.Scanner},
+		click{1, time.Minute, classify.Human},
+		click{2, time.Minute + 7*time.Second, classify.Scanner},
+		click{3, time.Minute + 9*time.Second, classify.Scanner},
 	)
 
 	base := time.Now().Add(-time.Hour).UTC()
-	var fed []FeedEntry
+	var fed []store.FeedEntry
 	cursor := ""
 	for _, c := range clicks {
 		mu.Lock()
@@ -335,13 +320,13 @@ func TestBurst_feedWebhooksAndViewAgree(t *testing.T) {
 		if resp, _ := e.do(t, http.MethodGet, e.mint.ClickURL(c.link, links[c.link]), nil); resp.StatusCode != http.StatusFound {
 			t.Fatalf("click: %d", resp.StatusCode)
 		}
-		p := e.feed(t, cursor, MaxFeedLimit)
+		p := e.feed(t, cursor, store.MaxFeedLimit)
 		fed, cursor = append(fed, p.Events...), p.Next
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for s.outboxN.Load() != 0 {
+	for outboxLen(t, s) != 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("webhooks: %d entries still in the outbox", s.outboxN.Load())
+			t.Fatalf("webhooks: %d entries still in the outbox", outboxLen(t, s))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -378,19 +363,19 @@ func TestClickOrderReasons(t *testing.T) {
 	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
 	e.do(t, http.MethodGet, click, nil)
 	v := e.view(t)
-	if r := v.Events[0].Reasons; !slices.Equal(r, []string{ReasonNoMachineSignals, reasonClickBeforeOpen}) {
+	if r := v.Events[0].Reasons; !slices.Equal(r, []string{classify.ReasonNoMachineSignals, classify.ReasonClickBeforeOpen}) {
 		t.Errorf("first click reasons %v", r)
 	}
-	if r := v.Events[2].Reasons; !slices.Equal(r, []string{ReasonNoMachineSignals, reasonOpenedBeforeClick}) {
+	if r := v.Events[2].Reasons; !slices.Equal(r, []string{classify.ReasonNoMachineSignals, classify.ReasonOpenedBeforeClick}) {
 		t.Errorf("second click reasons %v", r)
 	}
-	if v.Events[0].Class != ClassHuman || v.Events[2].Class != ClassHuman {
+	if v.Events[0].Class != classify.Human || v.Events[2].Class != classify.Human {
 		t.Errorf("classes %s %s", v.Events[0].Class, v.Events[2].Class)
 	}
 }
 
 func TestCapPerRecipient(t *testing.T) {
-	s := testStore(t, BoltOptions{MaxEventsPerRecipient: 3})
+	s := testStore(t, bolt.Options{MaxEventsPerRecipient: 3})
 	e := newTestEnv(t, s, nil)
 	for range 10 {
 		e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
@@ -411,7 +396,7 @@ func TestCapPerRecipient(t *testing.T) {
 }
 
 func TestRetentionSweep(t *testing.T) {
-	s := testStore(t, BoltOptions{})
+	s := testStore(t, bolt.Options{})
 	e := newTestEnv(t, s, nil)
 	ctx := context.Background()
 	if err := s.SetLinks(ctx, e.msg.ID, []string{"https://example.com/quote?id=1&x=2"}); err != nil {
@@ -436,15 +421,6 @@ func TestRetentionSweep(t *testing.T) {
 	}
 	if p := e.feed(t, "", 0); len(p.Events) != 0 {
 		t.Errorf("feed after sweep: %+v", p.Events)
-	}
-	// Nor is the click's time kept for burst detection.
-	if err := s.db.View(func(tx *bolt.Tx) error {
-		if n := tx.Bucket(bucketClicks).Stats().KeyN; n != 0 {
-			t.Errorf("%d clicks indexed after sweep", n)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
 	}
 	if resp, _ := e.do(t, http.MethodGet, click, nil); resp.StatusCode != http.StatusFound {
 		t.Errorf("click after sweep: %d", resp.StatusCode)
@@ -471,7 +447,7 @@ func TestIPMode(t *testing.T) {
 	})
 	e.do(t, http.MethodGet, e.mint.OpenURL(), http.Header{"X-Forwarded-For": {"192.0.2.10"}})
 	ev := e.view(t).Events[0]
-	if ev.IP != "192.0.2.0" || ev.Class != ClassSelf {
+	if ev.IP != "192.0.2.0" || ev.Class != classify.Self {
 		t.Errorf("event %+v", ev)
 	}
 }
@@ -483,150 +459,5 @@ func TestNoRecord(t *testing.T) {
 	}
 	if n := len(e.view(t).Events); n != 0 {
 		t.Errorf("%d events recorded", n)
-	}
-}
-
-// receiver is a webhook endpoint on loopback that refuses the first fail
-// requests, then records what it gets.
-type receiver struct {
-	mu     sync.Mutex
-	fail   int
-	tries  int
-	secret []byte
-	got    map[string]FeedEntry
-	seq    []FeedEntry // what it got, in order
-	errs   []string
-}
-
-func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, _ := io.ReadAll(r.Body)
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	rc.tries++
-	if rc.tries <= rc.fail {
-		http.Error(w, "busy", http.StatusServiceUnavailable)
-		return
-	}
-	sig := r.Header.Get(SignatureHeader)
-	ts, mac, ok := strings.Cut(sig, ",v1=")
-	ts, ok2 := strings.CutPrefix(ts, "t=")
-	m := hmac.New(sha256.New, rc.secret)
-	m.Write([]byte(ts + "." + string(body)))
-	if !ok || !ok2 || !hmac.Equal([]byte(mac), []byte(hex.EncodeToString(m.Sum(nil)))) {
-		rc.errs = append(rc.errs, "bad signature "+sig)
-	}
-	var fe FeedEntry
-	if err := json.Unmarshal(body, &fe); err != nil || fe.ID == "" {
-		rc.errs = append(rc.errs, "bad body "+string(body))
-	}
-	if r.Header.Get("Trackrelay-Event-Id") != fe.ID {
-		rc.errs = append(rc.errs, "event id header")
-	}
-	rc.got[fe.ID] = fe
-	rc.seq = append(rc.seq, fe)
-	w.WriteHeader(http.StatusNoContent)
-}
-
-func TestWebhooks_retryUntilDelivered(t *testing.T) {
-	rc := &receiver{fail: 3, secret: []byte("whsec-0123456789abcdef"), got: map[string]FeedEntry{}}
-	srv := httptest.NewServer(rc) // 127.0.0.1
-	defer srv.Close()
-	path := filepath.Join(t.TempDir(), "t.db")
-	s, err := OpenBolt(path, BoltOptions{WebhookAccounts: []string{"alice"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := newTestEnv(t, s, nil)
-	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
-	e.do(t, http.MethodGet, e.mint.ClickURL(0, "https://example.com/a"), nil)
-	if err := s.SetDelivery(context.Background(), e.msg.ID, 0, Delivery{Status: StatusDelivered, UpdatedAt: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	// Close before anything is sent: the outbox is durable.
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s, err = OpenBolt(path, BoltOptions{WebhookAccounts: []string{"alice"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	metrics := NewMetrics(nil)
-	ws := StartWebhooks(s, WebhookOptions{
-		Hooks:      []Webhook{{Account: "alice", URL: srv.URL + "/hook", Secret: rc.secret}},
-		BackoffMin: 20 * time.Millisecond, BackoffMax: 50 * time.Millisecond, Metrics: metrics,
-	})
-	defer ws.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		rc.mu.Lock()
-		n := len(rc.got)
-		rc.mu.Unlock()
-		if n == 3 && s.outboxN.Load() == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of 3 delivered, outbox %d", n, s.outboxN.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	if len(rc.errs) > 0 {
-		t.Errorf("receiver: %v", rc.errs)
-	}
-	var types []string
-	for _, fe := range rc.got {
-		types = append(types, fe.Type)
-	}
-	slices.Sort(types)
-	if !slices.Equal(types, []string{"click", "delivery", "open"}) {
-		t.Errorf("delivered %v", types)
-	}
-	if rc.tries != 6 {
-		t.Errorf("%d tries, want 3 failures and 3 deliveries", rc.tries)
-	}
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(metrics.webhookAttempts)
-	if f, ok := counterValue(t, reg, "trackrelay_webhook_attempts_total", "result", "failure"), counterValue(t, reg, "trackrelay_webhook_attempts_total", "result", "success"); f != 3 || ok != 3 {
-		t.Errorf("attempts: %v failures, %v successes", f, ok)
-	}
-}
-
-func TestWebhooks_expire(t *testing.T) {
-	rc := &receiver{fail: 1 << 30, secret: []byte("s"), got: map[string]FeedEntry{}}
-	srv := httptest.NewServer(rc)
-	defer srv.Close()
-	s := testStore(t, BoltOptions{WebhookAccounts: []string{"alice"}})
-	e := newTestEnv(t, s, nil)
-	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
-	var mu sync.Mutex
-	now := time.Now()
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	ws := StartWebhooks(s, WebhookOptions{Hooks: []Webhook{{Account: "alice", URL: srv.URL, Secret: rc.secret}},
-		BackoffMin: time.Millisecond, BackoffMax: time.Millisecond, Now: clock})
-	defer ws.Close()
-	time.Sleep(50 * time.Millisecond)
-	mu.Lock()
-	now = now.Add(DefaultWebhookMaxAge + time.Minute)
-	mu.Unlock()
-	deadline := time.Now().Add(5 * time.Second)
-	for s.outboxN.Load() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("entry not abandoned after 24h")
-		}
-		s.wakeOutbox()
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func TestSign(t *testing.T) {
-	// t=1700000000, body {"id":"x"}, secret "secret":
-	// printf '1700000000.{"id":"x"}' | openssl dgst -sha256 -hmac secret
-	got := Sign([]byte("secret"), time.Unix(1700000000, 0), []byte(`{"id":"x"}`))
-	m := hmac.New(sha256.New, []byte("secret"))
-	m.Write([]byte(`1700000000.{"id":"x"}`))
-	if want := "t=1700000000,v1=" + hex.EncodeToString(m.Sum(nil)); got != want {
-		t.Errorf("Sign = %s, want %s", got, want)
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/trackrelay/trackrelay/tracker/geoip"
 	"github.com/trackrelay/trackrelay/tracker/geoip/geoiptest"
+	"github.com/trackrelay/trackrelay/tracker/store"
 )
 
 // openTestGeo opens a GeoIP2-City test database: 81.2.69.0/24 GB London,
@@ -85,7 +86,7 @@ func TestGeo(t *testing.T) {
 	}
 	var feedEvents []any
 	for _, fe := range page["events"].([]any) {
-		if typ := fe.(map[string]any)["type"]; typ == EventOpen || typ == EventClick {
+		if typ := fe.(map[string]any)["type"]; typ == store.EventOpen || typ == store.EventClick {
 			feedEvents = append(feedEvents, fe)
 		}
 	}

@@ -2,6 +2,7 @@ package tracker
 
 import (
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
@@ -65,9 +66,8 @@ func TestMetrics_lint(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	m := NewMetrics(reg)
 	m.invalidTokens.Inc()
-	m.eventsLost.Inc()
-	m.commitDuration.Observe(0.001)
-	m.commitBatch.Observe(3)
+	m.Store.Lost()
+	m.Store.Committed(time.Millisecond, 3)
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

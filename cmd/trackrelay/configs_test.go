@@ -17,6 +17,7 @@ import (
 	"github.com/trackrelay/trackrelay/internal/guard"
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/tracker"
+	"github.com/trackrelay/trackrelay/tracker/webhook"
 )
 
 // exportedMetrics returns the names of the metrics serve exports with their
@@ -26,6 +27,7 @@ func exportedMetrics(t *testing.T) map[string]map[string]bool {
 	rec := &descRecorder{}
 	rec.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), guard.Panics)
 	tracker.NewMetrics(rec)
+	webhook.NewMetrics(rec)
 	relay.NewMetrics(rec)
 
 	ch := make(chan *prometheus.Desc)

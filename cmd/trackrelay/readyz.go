@@ -40,7 +40,7 @@ type readiness struct {
 	last      readyResult
 }
 
-// pinger is a store that can tell whether it answers (tracker.BoltStore).
+// pinger is a store that can tell whether it answers (bolt.Store).
 type pinger interface {
 	Ping(context.Context) error
 }

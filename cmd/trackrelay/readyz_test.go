@@ -21,8 +21,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/trackrelay/trackrelay/tracker"
+	"github.com/trackrelay/trackrelay/tracker/store/bolt"
 )
 
 type readyBody struct {
@@ -50,7 +49,7 @@ func getReadyz(t *testing.T, h http.Handler) (int, readyBody) {
 
 func TestReadyz(t *testing.T) {
 	dir := t.TempDir()
-	store, err := tracker.OpenBolt(filepath.Join(dir, "tracking.db"), tracker.BoltOptions{})
+	store, err := bolt.Open(filepath.Join(dir, "tracking.db"), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

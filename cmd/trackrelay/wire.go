@@ -6,13 +6,14 @@ import (
 
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/rewrite"
-	"github.com/trackrelay/trackrelay/tracker"
+	"github.com/trackrelay/trackrelay/tracker/store"
+	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
 // storeLedger lets the relay report to the tracking store: the relay
 // defines the interface, the tracker implements the storage, and this is
 // the only place that knows both.
-type storeLedger struct{ store tracker.Store }
+type storeLedger struct{ store store.Store }
 
 // Accepted puts the message, and its links if given, in two concurrent
 // writes: the store's collector commits them together, with one wait.
@@ -32,7 +33,7 @@ func (l storeLedger) Links(ctx context.Context, queueID string, links []string) 
 }
 
 func (l storeLedger) Delivery(ctx context.Context, queueID string, rcpt int, r relay.Recipient) error {
-	return l.store.SetDelivery(ctx, queueID, rcpt, tracker.Delivery{
+	return l.store.SetDelivery(ctx, queueID, rcpt, store.Delivery{
 		Status:       r.Status,
 		Attempts:     r.Attempts,
 		LastResponse: r.LastResponse,
@@ -41,8 +42,8 @@ func (l storeLedger) Delivery(ctx context.Context, queueID string, rcpt int, r r
 }
 
 // trackerMessage is what the tracker keeps of an accepted message.
-func trackerMessage(env *relay.Envelope) tracker.Message {
-	m := tracker.Message{
+func trackerMessage(env *relay.Envelope) store.Message {
+	m := store.Message{
 		ID:         env.ID,
 		MessageID:  env.MessageID,
 		Account:    env.Account,
@@ -52,15 +53,15 @@ func trackerMessage(env *relay.Envelope) tracker.Message {
 		Mode:       env.Mode,
 	}
 	for _, r := range env.Recipients {
-		m.Recipients = append(m.Recipients, tracker.Recipient{Address: r.Address, Tracked: r.Tracked})
+		m.Recipients = append(m.Recipients, store.Recipient{Address: r.Address, Tracked: r.Tracked})
 	}
 	return m
 }
 
 // pendingMessages lets the API answer for a message accepted but not yet
 // in the tracker's store (the relay reports it moments after its 250).
-func pendingMessages(d *relay.Deliverer) func(account, ref string) (*tracker.Message, bool) {
-	return func(account, ref string) (*tracker.Message, bool) {
+func pendingMessages(d *relay.Deliverer) func(account, ref string) (*store.Message, bool) {
+	return func(account, ref string) (*store.Message, bool) {
 		env, ok := d.Pending(account, ref)
 		if !ok {
 			return nil, false
@@ -72,7 +73,7 @@ func pendingMessages(d *relay.Deliverer) func(account, ref string) (*tracker.Mes
 
 // keyMinters mints each copy's tracking URLs with the tracker's keys.
 type keyMinters struct {
-	keys    *tracker.Keyring
+	keys    *token.Keyring
 	baseURL string
 }
 

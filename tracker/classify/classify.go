@@ -1,0 +1,201 @@
+package classify
+
+import (
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Classes: who, most likely, caused a hit.
+const (
+	// Human is a person opening or clicking.
+	Human = "human"
+	// Proxy is a real open through a mail provider's image proxy
+	// (Gmail, Yahoo): IP and user agent are the proxy's.
+	Proxy = "proxy"
+	// Prefetch is a privacy prefetch such as Apple Mail Privacy Protection.
+	Prefetch = "prefetch"
+	// Scanner is a security scanner or other robot.
+	Scanner = "scanner"
+	// Self is the sender itself (its submitting IP, or its own copy).
+	Self = "self"
+)
+
+// Classes lists every class, strongest first.
+var Classes = []string{Self, Scanner, Prefetch, Proxy, Human}
+
+// Counted reports whether an event of class counts as a person's open or
+// click: a human's, or one through an image proxy.
+func Counted(class string) bool { return class == Human || class == Proxy }
+
+// Reasons recorded with an event's class. Every event has at least one.
+// Besides these, a click within the scanner window of delivery is recorded
+// with the reason "click-<elapsed>-after-delivery", e.g.
+// "click-2s-after-delivery".
+const (
+	ReasonNoMachineSignals = "no-machine-signals"  // human: nothing points at a machine
+	ReasonGoogleProxyIP    = "google-proxy-ip"     // from Gmail's image proxy networks (ipranges/)
+	ReasonYahooProxyIP     = "yahoo-proxy-ip"      // from Yahoo Mail's image proxy networks (ipranges/)
+	ReasonClickFromProxyIP = "click-from-proxy-ip" // a click from a mail provider's fetcher network
+
+	ReasonSubmitterIP    = "submitter-ip"          // hit from the IP that submitted the message
+	ReasonUntrackedCopy  = "untracked-copy"        // hit on a copy that was not to be tracked (sender's own)
+	ReasonAppleMPPIP     = "apple-mpp-ip"          // Apple's 17.0.0.0/8 (Mail Privacy Protection)
+	ReasonPrefetchHeader = "prefetch-header"       // Sec-Purpose / Purpose / X-Moz / X-Purpose prefetch
+	ReasonGoogleProxyUA  = "google-image-proxy-ua" // Gmail's image proxy
+	ReasonYahooProxyUA   = "yahoo-image-proxy-ua"  // Yahoo Mail's image proxy
+	ReasonHeadRequest    = "head-request"          // browsers and mail clients GET; robots HEAD
+	ReasonScannerUA      = "scanner-ua"            // a known scanner, robot or HTTP library
+	ReasonEmptyUA        = "empty-user-agent"      // no user agent at all
+	ReasonClickBurst     = "click-burst"           // 3+ links of the copy clicked within 5 s (see Burst)
+
+	// A click records the order of its copy's pixel and clicks (see Click).
+	ReasonOpenedBeforeClick = "opened-before-click" // a counted open came before it
+	ReasonClickBeforeOpen   = "click-before-open"   // none did (images blocked, or a robot)
+)
+
+// Hit is what classification looks at: one request for a pixel or a
+// redirect, and what is known of its message.
+type Hit struct {
+	// Click is true for a click, false for an open.
+	Click bool
+	// Method is the request's HTTP method.
+	Method string
+	// IP is the client's full address (invalid when unknown).
+	IP netip.Addr
+	// Header is the request's header.
+	Header http.Header
+	// UserAgent is the request's user agent.
+	UserAgent string
+	// At is when the hit arrived.
+	At time.Time
+	// SubmitIP is the address that submitted the message; "" when unknown.
+	SubmitIP string
+	// Untracked is true for a hit on a copy that was not to be tracked
+	// (the sender's own).
+	Untracked bool
+	// DeliveredAt is when the copy was delivered; zero when not (known to
+	// be) delivered.
+	DeliveredAt time.Time
+	// ScannerWindow is how soon after delivery a click is a link
+	// scanner's; zero or negative disables the rule.
+	ScannerWindow time.Duration
+}
+
+// Verdict is the result of Classify.
+type Verdict struct {
+	// Class is one of the classes (Human, Proxy, Prefetch, Scanner, Self).
+	Class string
+	// Client is a readable name of the client, e.g. "Apple Mail".
+	Client string
+	// Reasons are the evidence for Class; there is at least one.
+	Reasons []string
+}
+
+// Classify decides the class, reasons and readable client of a hit on its
+// own; what the copy's other events show is Click's.
+// Evidence is collected first; the class is the strongest one found, in the
+// order self, scanner, prefetch, proxy, human.
+func Classify(h Hit) Verdict {
+	ui := lookupUA(h.UserAgent)
+	v := Verdict{Client: ui.client}
+	if name := webmailClient(h.Header); name != "" && !ui.googleProxy && !ui.yahooProxy {
+		v.Client = name
+	}
+	var self, scanner, prefetch, proxy bool
+	add := func(flag *bool, reason string) {
+		*flag = true
+		v.Reasons = append(v.Reasons, reason)
+	}
+	if h.SubmitIP != "" && h.IP.IsValid() {
+		if sip, err := netip.ParseAddr(h.SubmitIP); err == nil && sip.Unmap() == h.IP.Unmap() {
+			add(&self, ReasonSubmitterIP)
+		}
+	}
+	if h.Untracked {
+		add(&self, ReasonUntrackedCopy)
+	}
+	if h.Method == http.MethodHead {
+		add(&scanner, ReasonHeadRequest)
+	}
+	switch {
+	case ui.empty:
+		add(&scanner, ReasonEmptyUA)
+	case ui.scanner:
+		add(&scanner, ReasonScannerUA)
+	}
+	if h.Click && !h.DeliveredAt.IsZero() && h.ScannerWindow > 0 {
+		if d := h.At.Sub(h.DeliveredAt); d >= 0 && d < h.ScannerWindow {
+			add(&scanner, "click-"+shortDuration(d)+"-after-delivery")
+		}
+	}
+	ip := h.IP.Unmap()
+	if h.IP.IsValid() && inPrefixes(ip, appleMPP) {
+		add(&prefetch, ReasonAppleMPPIP)
+	}
+	if isPrefetchRequest(h.Header) {
+		add(&prefetch, ReasonPrefetchHeader)
+	}
+	googleUA, yahooUA := ui.googleProxy, ui.yahooProxy
+	googleIP := h.IP.IsValid() && inPrefixes(ip, googleProxy)
+	yahooIP := h.IP.IsValid() && inPrefixes(ip, yahooProxy)
+	switch {
+	case h.Click && (googleUA || yahooUA || googleIP || yahooIP):
+		// The proxies fetch images; a person's click comes from their
+		// browser, not from the proxy.
+		add(&scanner, ReasonClickFromProxyIP)
+	case googleUA || googleIP:
+		if googleUA {
+			add(&proxy, ReasonGoogleProxyUA)
+		}
+		if googleIP {
+			add(&proxy, ReasonGoogleProxyIP)
+		}
+	case yahooUA || yahooIP:
+		if yahooUA {
+			add(&proxy, ReasonYahooProxyUA)
+		}
+		if yahooIP {
+			add(&proxy, ReasonYahooProxyIP)
+		}
+	}
+	switch {
+	case self:
+		v.Class = Self
+	case scanner:
+		v.Class = Scanner
+	case prefetch:
+		v.Class = Prefetch
+	case proxy:
+		v.Class = Proxy
+	default:
+		v.Class = Human
+		v.Reasons = append(v.Reasons, ReasonNoMachineSignals)
+	}
+	return v
+}
+
+// isPrefetchRequest reports whether a request announces itself as a
+// prefetch or preview rather than a navigation.
+func isPrefetchRequest(h http.Header) bool {
+	for _, name := range prefetchHdrs {
+		for _, v := range h.Values(name) {
+			v = strings.ToLower(v)
+			if strings.Contains(v, "prefetch") || strings.Contains(v, "preview") || strings.Contains(v, "prerender") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// shortDuration renders d in whole seconds ("0s", "2s") or, under one
+// second, milliseconds ("350ms"), for reasons.
+func shortDuration(d time.Duration) string {
+	if d < time.Second {
+		return strconv.FormatInt(d.Milliseconds(), 10) + "ms"
+	}
+	return strconv.FormatInt(int64(d/time.Second), 10) + "s"
+}

@@ -1,6 +1,0 @@
-//go:build !linux
-
-package tracker
-
-// preallocate is a no-op where fallocate is not available.
-func preallocate(path string, size int64) error { return nil }

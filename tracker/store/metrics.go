@@ -1,0 +1,155 @@
+package store
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are a store's Prometheus metrics, which every backend reports:
+// its commits, the hits it could not keep, and its webhook outbox. Labels
+// take only bounded values. A nil *Metrics counts nothing.
+type Metrics struct {
+	eventsLost     prometheus.Counter
+	commitDuration prometheus.Histogram
+	commitBatch    prometheus.Histogram
+	logSync        prometheus.Histogram
+	eventsDropped  *prometheus.CounterVec
+	reclassified   *prometheus.CounterVec
+	eventsExpired  prometheus.Counter
+	outbox         prometheus.GaugeFunc
+	outboxFn       atomic.Pointer[func() float64]
+}
+
+// Reasons of Metrics.Unlisted.
+const (
+	UnlistedOverCap     = "over_cap"
+	UnlistedErased      = "erased"
+	UnlistedRateLimited = "rate_limited"
+)
+
+// NewMetrics creates a store's metrics and registers them on reg. A nil
+// reg leaves them unregistered (useful in tests). It panics if a metric of
+// the same name is already registered on reg, like prometheus.MustRegister.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		eventsLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "trackrelay",
+			Subsystem: "tracking",
+			Name:      "events_lost_total",
+			Help:      "Tracking hits served but not recorded because the store failed or timed out.",
+		}),
+		commitDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "trackrelay",
+			Subsystem: "store",
+			Name:      "commit_duration_seconds",
+			Help:      "Time of one store commit (write and fsync) of a batch of events.",
+			Buckets:   []float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, 1},
+		}),
+		commitBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "trackrelay",
+			Subsystem: "store",
+			Name:      "commit_batch_size",
+			Help:      "Number of events written by one store commit.",
+			Buckets:   []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024},
+		}),
+		logSync: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "trackrelay",
+			Subsystem: "store",
+			Name:      "log_sync_duration_seconds",
+			Help:      "Time of one append (write and fdatasync) of a batch of hits to the hit log: what a hit waits for before its response.",
+			Buckets:   []float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, 1},
+		}),
+	}
+	m.eventsDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "trackrelay",
+		Subsystem: "store",
+		Name:      "events_unlisted_total",
+		Help:      "Hits served but not kept as detailed events, by reason: over_cap (the copy reached tracking.max_events_per_recipient; its counters still count it), erased (the message's tracking data was deleted) or rate_limited (its client address exceeded the recording rate; not counted at all).",
+	}, []string{"reason"})
+	m.reclassified = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "trackrelay",
+		Subsystem: "tracking",
+		Name:      "reclassified_total",
+		Help:      "Events whose class changed as later evidence arrived, by new class (human, proxy, prefetch, scanner, self).",
+	}, []string{"class"})
+	m.eventsExpired = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "trackrelay",
+		Subsystem: "store",
+		Name:      "events_expired_total",
+		Help:      "Events deleted by the retention sweep (tracking.retention); their counts stay.",
+	})
+	m.outbox = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "trackrelay",
+		Subsystem: "webhook",
+		Name:      "outbox_entries",
+		Help:      "Webhook deliveries waiting in the durable outbox.",
+	}, func() float64 {
+		if f := m.outboxFn.Load(); f != nil {
+			return (*f)()
+		}
+		return 0
+	})
+	for _, r := range []string{UnlistedOverCap, UnlistedErased, UnlistedRateLimited} {
+		m.eventsDropped.WithLabelValues(r)
+	}
+	if reg != nil {
+		reg.MustRegister(m.eventsLost, m.commitDuration, m.commitBatch, m.logSync, m.eventsDropped,
+			m.reclassified, m.eventsExpired, m.outbox)
+	}
+	return m
+}
+
+// Lost counts a hit that was served but not recorded.
+func (m *Metrics) Lost() {
+	if m != nil {
+		m.eventsLost.Inc()
+	}
+}
+
+// Unlisted counts n hits served but not kept as detailed events, for
+// reason (UnlistedOverCap, UnlistedErased, UnlistedRateLimited).
+func (m *Metrics) Unlisted(reason string, n int) {
+	if m != nil && n > 0 {
+		m.eventsDropped.WithLabelValues(reason).Add(float64(n))
+	}
+}
+
+// Committed observes one commit of writes writes that took d.
+func (m *Metrics) Committed(d time.Duration, writes int) {
+	if m != nil {
+		m.commitDuration.Observe(d.Seconds())
+		m.commitBatch.Observe(float64(writes))
+	}
+}
+
+// LogSynced observes one append of a batch of hits to a hit log that
+// took d, fdatasync included.
+func (m *Metrics) LogSynced(d time.Duration) {
+	if m != nil {
+		m.logSync.Observe(d.Seconds())
+	}
+}
+
+// Reclassified counts an event whose class became class.
+func (m *Metrics) Reclassified(class string) {
+	if m != nil {
+		m.reclassified.WithLabelValues(class).Inc()
+	}
+}
+
+// Expired counts n events deleted by retention.
+func (m *Metrics) Expired(n int) {
+	if m != nil && n > 0 {
+		m.eventsExpired.Add(float64(n))
+	}
+}
+
+// SetOutboxFunc makes the outbox gauge read f: the store that keeps the
+// outbox sets it once open.
+func (m *Metrics) SetOutboxFunc(f func() float64) {
+	if m != nil {
+		m.outboxFn.Store(&f)
+	}
+}

@@ -1,0 +1,147 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+)
+
+// ErrNotFound is returned when a message does not exist, or belongs to
+// another account.
+var ErrNotFound = errors.New("store: not found")
+
+// ErrClosed is returned by a store that has been closed.
+var ErrClosed = errors.New("store: closed")
+
+// ErrErased is returned by Store.Message for a message whose tracking data
+// was erased (DELETE /api/v1/messages/{ref}): its hits are not recorded.
+var ErrErased = errors.New("store: message erased")
+
+// Event types.
+const (
+	EventOpen  = "open"
+	EventClick = "click"
+	// EventDelivery is a feed entry for a change of a copy's delivery state.
+	EventDelivery = "delivery"
+	// EventReclassified is a feed entry announcing that an earlier event's
+	// class changed as evidence arrived.
+	EventReclassified = "reclassified"
+)
+
+// Delivery statuses.
+const (
+	StatusQueued    = "queued"
+	StatusDeferred  = "deferred"
+	StatusDelivered = "delivered"
+	StatusBounced   = "bounced"
+	// StatusHeld: the relay holds the copy after an internal error, until
+	// its operator retries it.
+	StatusHeld = "held"
+)
+
+// Message is what the relay tells the store about an accepted message.
+type Message struct {
+	ID         string    // queue id (what tokens carry)
+	MessageID  string    // RFC 5322 Message-ID without <>
+	Account    string    // account that sent it
+	From       string    // envelope sender
+	SubmitIP   string    // IP that submitted the message (for class "self")
+	AcceptedAt time.Time // when the relay made it durable
+	Mode       string    // none|opens|clicks|all
+	Recipients []Recipient
+}
+
+// Recipient is one recipient of a Message, in envelope order; its index is
+// what tokens carry.
+type Recipient struct {
+	// Address is the recipient's address.
+	Address string
+	// Tracked is false for copies that are never instrumented (the
+	// account's self_addresses, or mode none).
+	Tracked bool
+}
+
+// Delivery is the state of one recipient's copy.
+type Delivery struct {
+	Status       string // queued|deferred|held|delivered|bounced
+	Attempts     int
+	LastResponse string
+	UpdatedAt    time.Time
+}
+
+// Event is one recorded tracking hit.
+type Event struct {
+	// ID is set by the store when it reads an event back ("ev_..."); it is
+	// the id of the event in the API, the feed and webhooks.
+	ID        string
+	Type      string // "open" | "click"
+	At        time.Time
+	Message   string // queue id
+	Recipient int
+	Link      int // click: link index; open: -1
+	IP        string
+	UserAgent string
+	Client    string // readable client name, e.g. "Apple Mail"
+	Country   string // ISO 3166-1 alpha-2 code of the client's country, if known
+	City      string // English name of the client's city, if known
+	Class     string // one of package classify's classes
+	Reasons   []string
+	// URL is the destination of a click, as signed in its token.
+	URL string
+}
+
+// Store is the tracker's ledger: messages, their links, the delivery state of
+// each copy and the tracking events. The bbolt implementation is package
+// bolt's; other backends implement the same interface and pass the
+// conformance suite of package storetest. All methods are safe for
+// concurrent use.
+type Store interface {
+	// PutMessage records an accepted message. Idempotent.
+	PutMessage(ctx context.Context, m Message) error
+	// SetLinks records the tracked link destinations of a message, by index.
+	// Idempotent.
+	SetLinks(ctx context.Context, message string, links []string) error
+	// SetDelivery records the state of one recipient's copy.
+	SetDelivery(ctx context.Context, message string, recipient int, d Delivery) error
+	// AddEvent records a hit and returns only once it is durably committed.
+	AddEvent(ctx context.Context, e Event) error
+	// Lookup returns the API view of a message of account; ref is the queue
+	// id or the Message-ID, with or without <>. A message of another account
+	// is ErrNotFound.
+	Lookup(ctx context.Context, account, ref string) (*MessageView, error)
+	// Message returns a message by queue id, ErrNotFound, or ErrErased when
+	// its tracking data was erased. The result is shared: callers must not
+	// modify it.
+	Message(ctx context.Context, id string) (*Message, error)
+	// Feed returns the account's events and delivery changes committed
+	// after the opaque cursor after ("" for the beginning), oldest first,
+	// at most limit of them, and the cursor to pass next time.
+	Feed(ctx context.Context, account, after string, limit int) (*FeedPage, error)
+	// Erase deletes the tracking data of a message of account (events,
+	// counters, deliveries, links, the message record). Later hits on its
+	// links are served but not recorded. A message of another account is
+	// ErrNotFound.
+	Erase(ctx context.Context, account, ref string) error
+	// Close releases the store; pending AddEvent calls fail with ErrClosed.
+	Close() error
+}
+
+// DeliveryReader is implemented by stores that can return the delivery state
+// of one copy. The HTTP handler uses it, when present, to tell link scanners
+// (which click right after delivery) from people.
+type DeliveryReader interface {
+	// Delivery returns the state of one recipient's copy, or ErrNotFound.
+	// When the status is delivered, UpdatedAt is the time of delivery.
+	Delivery(ctx context.Context, message string, recipient int) (Delivery, error)
+}
+
+// TrimAngles returns a Message-ID without the angle brackets around it, as
+// stores keep it and as Lookup accepts it with or without them.
+func TrimAngles(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) >= 2 && s[0] == '<' && s[len(s)-1] == '>' {
+		return s[1 : len(s)-1]
+	}
+	return s
+}
