@@ -353,3 +353,12 @@ func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
 
 // errorsIsNoRows reports a query that returned no row.
 func errorsIsNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }
+
+// Ping reports whether the store is open and the database answers, for
+// readiness checks.
+func (s *Store) Ping(ctx context.Context) error {
+	if s.isClosed() {
+		return store.ErrClosed
+	}
+	return s.pool.Ping(ctx)
+}
