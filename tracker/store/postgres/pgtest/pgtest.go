@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -46,6 +47,13 @@ type Cluster struct {
 	dir  string
 	as   string // user to run the server as; "" the current one
 	dbs  atomic.Int64
+
+	// The watchdog stops the server and removes its directory when its
+	// stdin, held by this process, closes: at Stop, or when this process
+	// dies without calling it (a panicking test, a test timeout, a kill).
+	watchdog *exec.Cmd
+	guard    io.WriteCloser
+	stopOnce sync.Once
 }
 
 // Bin returns the directory of the newest installed server binaries, or
@@ -115,6 +123,10 @@ func Start() (*Cluster, error) {
 		opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", c.Port, c.dir)
 		var out []byte
 		if out, err = c.run("pg_ctl", "-D", data, "-l", filepath.Join(c.dir, "log"), "-w", "-t", "60", "-o", opts, "start"); err == nil {
+			if err := c.startWatchdog(); err != nil {
+				c.Stop()
+				return nil, err
+			}
 			return c, nil
 		}
 		log, _ := os.ReadFile(filepath.Join(c.dir, "log"))
@@ -145,12 +157,39 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
+// startWatchdog starts the process that stops the server once this one
+// closes its stdin or exits. It runs in its own process group, so that an
+// interrupt of the test run reaches it only through that pipe.
+func (c *Cluster) startWatchdog() error {
+	script := `cat >/dev/null; "$0" -D "$1" -m fast -w stop >/dev/null 2>&1; rm -rf "$2"`
+	args := []string{"-c", script, filepath.Join(c.bin, "pg_ctl"), filepath.Join(c.dir, "data"), c.dir}
+	if c.as != "" {
+		c.watchdog = exec.Command("runuser", slices.Concat([]string{"-u", c.as, "--", "sh"}, args)...)
+	} else {
+		c.watchdog = exec.Command("sh", args...)
+	}
+	ownGroup(c.watchdog)
+	var err error
+	if c.guard, err = c.watchdog.StdinPipe(); err != nil {
+		return err
+	}
+	if err := c.watchdog.Start(); err != nil {
+		return fmt.Errorf("pgtest: start the watchdog: %w", err)
+	}
+	return nil
+}
+
 // Stop stops the server and removes its directory.
 func (c *Cluster) Stop() {
-	if c.Port != 0 {
-		c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-m", "fast", "-w", "stop")
-	}
-	os.RemoveAll(c.dir)
+	c.stopOnce.Do(func() {
+		if c.watchdog != nil {
+			c.guard.Close()
+			c.watchdog.Wait()
+		} else if c.Port != 0 {
+			c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-m", "fast", "-w", "stop")
+		}
+		os.RemoveAll(c.dir)
+	})
 }
 
 // URL returns the connection URI of database db.
