@@ -82,7 +82,13 @@ func Bin() (string, error) {
 
 // Start makes and starts a cluster. fsync is off: the cluster is for
 // functional tests, whose data need not survive a power loss.
-func Start() (*Cluster, error) {
+func Start() (*Cluster, error) { return start(false) }
+
+// StartDurable makes and starts a cluster with fsync on, as a production
+// server runs: for benchmarks and durability tests.
+func StartDurable() (*Cluster, error) { return start(true) }
+
+func start(fsync bool) (*Cluster, error) {
 	bin, err := Bin()
 	if err != nil {
 		return nil, err
@@ -120,7 +126,10 @@ func Start() (*Cluster, error) {
 			c.Stop()
 			return nil, err
 		}
-		opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", c.Port, c.dir)
+		opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c max_connections=200", c.Port, c.dir)
+		if !fsync {
+			opts += " -c fsync=off"
+		}
 		var out []byte
 		if out, err = c.run("pg_ctl", "-D", data, "-l", filepath.Join(c.dir, "log"), "-w", "-t", "60", "-o", opts, "start"); err == nil {
 			if err := c.startWatchdog(); err != nil {
