@@ -370,3 +370,47 @@ func TestReplayedBatchIsHarmless(t *testing.T) {
 		t.Errorf("feed: %+v, %v; want 2 entries", p, err)
 	}
 }
+
+// One node at a time sends a webhook delivery: what one node's OutboxDue
+// returned is leased to it; another node gets it once the first retries
+// it, or once the lease runs out (the first node died).
+func TestOutboxLease(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	opts := Options{WebhookAccounts: []string{"alice"}, OutboxLease: time.Hour}
+	a := testStore(t, dsn, opts)
+	b := testStore(t, dsn, opts)
+	ctx := context.Background()
+	putMessage(t, a, "Q5", 1)
+	putMessage(t, a, "Q6", 1)
+	now := time.Now()
+	for _, id := range []string{"Q5", "Q6"} {
+		if err := a.AddEvent(ctx, open(now, id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	items, err := a.OutboxDue(now.Add(time.Minute), 1)
+	if err != nil || len(items) != 1 {
+		t.Fatalf("node a: %+v, %v", items, err)
+	}
+	other, err := b.OutboxDue(now.Add(time.Minute), 10)
+	if err != nil || len(other) != 1 || other[0].ID == items[0].ID {
+		t.Fatalf("node b while a holds %s: %+v, %v; want the other item only", items[0].ID, other, err)
+	}
+	if again, err := b.OutboxDue(now.Add(time.Minute), 10); err != nil || len(again) != 0 {
+		t.Fatalf("node b again: %+v, %v; want nothing", again, err)
+	}
+	if err := a.OutboxRetry(items, []time.Time{now}); err != nil {
+		t.Fatal(err)
+	}
+	retried, err := b.OutboxDue(now.Add(time.Minute), 10)
+	if err != nil || len(retried) != 1 || retried[0].ID != items[0].ID || retried[0].Attempts != 1 {
+		t.Fatalf("node b after a's retry: %+v, %v", retried, err)
+	}
+	// Node b dies holding both: once the leases run out, node a sends them.
+	if _, err := a.pool.Exec(ctx, "UPDATE outbox SET leased_until = clock_timestamp() - interval '1 second'"); err != nil {
+		t.Fatal(err)
+	}
+	if late, err := a.OutboxDue(now.Add(time.Minute), 10); err != nil || len(late) != 2 {
+		t.Fatalf("node a after b's leases ran out: %+v, %v", late, err)
+	}
+}

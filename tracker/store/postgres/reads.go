@@ -426,15 +426,26 @@ func (s *Store) waitXmin(ctx context.Context) error {
 	}
 }
 
-// OutboxDue implements store.Outbox.
+// OutboxDue implements store.Outbox. The items returned are leased to this
+// node for Options.OutboxLease (on the database's clock): another node's
+// sender does not get them meanwhile, unless their lease runs out (their
+// sender died) first. OutboxDone and OutboxRetry end the lease.
 func (s *Store) OutboxDue(now time.Time, limit int) ([]store.OutboxItem, error) {
 	if s.isClosed() {
 		return nil, store.ErrClosed
 	}
 	ctx := context.Background()
-	rows, _ := s.pool.Query(ctx, `SELECT o.entry, o.account, o.attempts, o.first_at, `+feedColumns+`
-		FROM outbox o JOIN feed f ON f.seq = o.entry `+feedJoins+`
-		WHERE o.due <= $1 ORDER BY o.due, o.entry LIMIT $2`, now, limit)
+	rows, _ := s.pool.Query(ctx, `WITH c AS (
+			SELECT entry FROM outbox
+			WHERE due <= $1 AND (leased_until IS NULL OR leased_until <= clock_timestamp())
+			ORDER BY due, entry LIMIT $2 FOR UPDATE SKIP LOCKED),
+		l AS (
+			UPDATE outbox o SET leased_until = clock_timestamp() + make_interval(secs => $3)
+			FROM c WHERE o.entry = c.entry
+			RETURNING o.entry, o.account, o.attempts, o.first_at, o.due)
+		SELECT l.entry, l.account, l.attempts, l.first_at, `+feedColumns+`
+		FROM l JOIN feed f ON f.seq = l.entry `+feedJoins+`
+		ORDER BY l.due, l.entry`, now, limit, s.opts.OutboxLease.Seconds())
 	defer rows.Close()
 	var items []store.OutboxItem
 	var gone []int64
@@ -497,7 +508,7 @@ func (s *Store) OutboxRetry(items []store.OutboxItem, next []time.Time) error {
 	if len(items) == 0 {
 		return nil
 	}
-	if _, err := s.pool.Exec(context.Background(), `UPDATE outbox SET due = u.due, attempts = outbox.attempts + 1
+	if _, err := s.pool.Exec(context.Background(), `UPDATE outbox SET due = u.due, attempts = outbox.attempts + 1, leased_until = NULL
 		FROM unnest($1::bigint[], $2::timestamptz[]) AS u(entry, due) WHERE outbox.entry = u.entry`,
 		outboxKeys(items), next[:len(items)]); err != nil {
 		return fmt.Errorf("postgres store: outbox: %w", err)

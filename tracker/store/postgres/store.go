@@ -31,6 +31,9 @@ const (
 	// running when it is called to end, so that it shows what this node
 	// committed before (see Feed).
 	DefaultFeedWait = 2 * time.Second
+	// DefaultOutboxLease is how long OutboxDue claims the webhook
+	// deliveries it returns.
+	DefaultOutboxLease = 5 * time.Minute
 )
 
 // Options tunes a Store. Zero fields take the defaults.
@@ -53,6 +56,8 @@ type Options struct {
 	ConnectTimeout time.Duration
 	// FeedWait: see DefaultFeedWait.
 	FeedWait time.Duration
+	// OutboxLease: see DefaultOutboxLease.
+	OutboxLease time.Duration
 }
 
 // Store is the PostgreSQL store.Store, shared by the nodes of a fleet.
@@ -116,6 +121,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	}
 	if opts.FeedWait <= 0 {
 		opts.FeedWait = DefaultFeedWait
+	}
+	if opts.OutboxLease <= 0 {
+		opts.OutboxLease = DefaultOutboxLease
 	}
 	cfg, err := ParseDSN(dsn)
 	if err != nil {
