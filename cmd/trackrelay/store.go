@@ -13,6 +13,7 @@ import (
 	"github.com/trackrelay/trackrelay/internal/guard"
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/tracker"
+	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/geoip"
 	"github.com/trackrelay/trackrelay/tracker/store/bolt"
 	"github.com/trackrelay/trackrelay/tracker/webhook"
@@ -46,6 +47,35 @@ func openGeoIP(cfg *Config, log *slog.Logger) (tracker.GeoLocator, error) {
 	}
 	log.Info("geoip database loaded", "path", path, "type", db.DatabaseType())
 	return db, nil
+}
+
+// loadIPLists reads the classifier's range tables with the lists of dir
+// in place of the shipped ones of the same name.
+func loadIPLists(dir string) (*classify.Tables, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, err
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("%s is not a directory", dir)
+	}
+	return classify.LoadTables(os.DirFS(dir))
+}
+
+// useIPLists makes the classifier read tracking.ip_lists_dir's lists, when
+// set: read once at start, so that no hit waits on a file.
+func useIPLists(cfg *Config, log *slog.Logger) error {
+	dir := cfg.Tracking.IPListsDir
+	if dir == "" {
+		return nil
+	}
+	t, err := loadIPLists(dir)
+	if err != nil {
+		return fmt.Errorf("tracking.ip_lists_dir: %w", err)
+	}
+	classify.Use(t)
+	log.Info("ip range lists loaded", "dir", dir)
+	return nil
 }
 
 // trackingStore is the tracking store with the webhook sender that reads

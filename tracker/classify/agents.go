@@ -62,6 +62,9 @@ type uaInfo struct {
 	client                  string
 	empty, scanner          bool
 	googleProxy, yahooProxy bool
+	// bare is an agent of exactly "Mozilla/5.0", as Mail Privacy
+	// Protection sends.
+	bare bool
 }
 
 // uaCache remembers the uaInfo of recent user agents: hits come from few
@@ -87,6 +90,7 @@ func lookupUA(userAgent string) uaInfo {
 		empty:       strings.TrimSpace(ua) == "",
 		googleProxy: strings.Contains(ua, "googleimageproxy"),
 		yahooProxy:  strings.Contains(ua, "yahoomailproxy"),
+		bare:        strings.TrimSpace(userAgent) == "Mozilla/5.0",
 	}
 	for _, s := range scannerAgents {
 		if strings.Contains(ua, s.sub) {

@@ -51,6 +51,11 @@ const (
 	ReasonEmptyUA        = "empty-user-agent"      // no user agent at all
 	ReasonClickBurst     = "click-burst"           // 3+ links of the copy clicked within 5 s (see Burst)
 
+	// Apple's Mail Privacy Protection fetches with the agent exactly
+	// "Mozilla/5.0" through iCloud Private Relay's egress addresses
+	// (ipranges/icloud-private-relay.txt).
+	ReasonPrivateRelayEgress = "private-relay-egress"
+
 	// A click records the order of its copy's pixel and clicks (see Click).
 	ReasonOpenedBeforeClick = "opened-before-click" // a counted open came before it
 	ReasonClickBeforeOpen   = "click-before-open"   // none did (images blocked, or a robot)
@@ -131,16 +136,23 @@ func Classify(h Hit) Verdict {
 			add(&scanner, "click-"+shortDuration(d)+"-after-delivery")
 		}
 	}
+	t := tables()
 	ip := h.IP.Unmap()
-	if h.IP.IsValid() && inPrefixes(ip, appleMPP) {
+	valid := h.IP.IsValid()
+	if valid && t.appleMPP.Contains(ip) {
 		add(&prefetch, ReasonAppleMPPIP)
+	}
+	if ui.bare && valid && t.privateRelay.Contains(ip) {
+		// Mail Privacy Protection's fetches, which leave through Private
+		// Relay: Safari's users share the addresses, never the agent.
+		add(&prefetch, ReasonPrivateRelayEgress)
 	}
 	if isPrefetchRequest(h.Header) {
 		add(&prefetch, ReasonPrefetchHeader)
 	}
 	googleUA, yahooUA := ui.googleProxy, ui.yahooProxy
-	googleIP := h.IP.IsValid() && inPrefixes(ip, googleProxy)
-	yahooIP := h.IP.IsValid() && inPrefixes(ip, yahooProxy)
+	googleIP := valid && t.googleProxy.Contains(ip)
+	yahooIP := valid && t.yahooProxy.Contains(ip)
 	switch {
 	case h.Click && (googleUA || yahooUA || googleIP || yahooIP):
 		// The proxies fetch images; a person's click comes from their
