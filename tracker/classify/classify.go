@@ -55,6 +55,14 @@ const (
 	// "Mozilla/5.0" through iCloud Private Relay's egress addresses
 	// (ipranges/icloud-private-relay.txt).
 	ReasonPrivateRelayEgress = "private-relay-egress"
+	// ReasonGatewayRange, followed by the gateway's name (e.g.
+	// "gateway-range:eop"), is a hit from a security gateway's range
+	// (ipranges/gateway-*.txt): scanner.
+	ReasonGatewayRange = "gateway-range:"
+	// ReasonGatewayNetwork, followed by the gateway's name, is a click from
+	// a gateway's service network, where a person may browse through the
+	// vendor's isolation: supporting evidence only, recorded on any class.
+	ReasonGatewayNetwork = "gateway-network:"
 
 	// A click records the order of its copy's pixel and clicks (see Click).
 	ReasonOpenedBeforeClick = "opened-before-click" // a counted open came before it
@@ -150,6 +158,16 @@ func Classify(h Hit) Verdict {
 	if isPrefetchRequest(h.Header) {
 		add(&prefetch, ReasonPrefetchHeader)
 	}
+	var evidence string
+	if g, ok := t.gateway(ip); ok {
+		if g.grade == MailScanning || !h.Click {
+			add(&scanner, ReasonGatewayRange+g.name)
+		} else {
+			// A person may click through the vendor's browser isolation:
+			// recorded, deciding nothing alone.
+			evidence = ReasonGatewayNetwork + g.name
+		}
+	}
 	googleUA, yahooUA := ui.googleProxy, ui.yahooProxy
 	googleIP := valid && t.googleProxy.Contains(ip)
 	yahooIP := valid && t.yahooProxy.Contains(ip)
@@ -172,6 +190,9 @@ func Classify(h Hit) Verdict {
 		if yahooIP {
 			add(&proxy, ReasonYahooProxyIP)
 		}
+	}
+	if evidence != "" {
+		v.Reasons = append(v.Reasons, evidence)
 	}
 	switch {
 	case self:

@@ -15,7 +15,7 @@ import (
 	"go4.org/netipx"
 )
 
-// The IP ranges of prefetchers and image proxies are
+// The IP ranges of prefetchers, image proxies and security gateways are
 // data, kept with their sources in ipranges/.
 //
 //go:embed ipranges/*.txt
@@ -32,18 +32,65 @@ const (
 	fileYahooProxy   = "yahoo-mail-proxy.txt"
 )
 
+// Grade is how certain a security gateway's range is to be a machine.
+type Grade int
+
+const (
+	// MailScanning is a gateway's own mail-scanning range: whatever
+	// fetches from it, pixel or link, is the gateway.
+	MailScanning Grade = iota
+	// ServiceNetwork is a gateway's service network, through which a
+	// person may also browse (the vendor's browser isolation): a pixel
+	// from it is the gateway (a person's mail client loads images
+	// itself), a click is only supporting evidence.
+	ServiceNetwork
+)
+
+// gatewayFiles are the security gateways' range files, with their grade.
+// The name is the one in the reasons (gateway-range:<name>).
+var gatewayFiles = []struct {
+	name, file string
+	grade      Grade
+}{
+	{"eop", "gateway-eop.txt", MailScanning},
+	{"proofpoint", "gateway-proofpoint.txt", ServiceNetwork},
+}
+
 // Tables are the IP range tables classification reads.
 type Tables struct {
 	appleMPP, privateRelay, googleProxy, yahooProxy *netipx.IPSet
+	gateways                                        []gatewaySet
+}
+
+type gatewaySet struct {
+	name  string
+	grade Grade
+	set   *netipx.IPSet
+}
+
+// gateway returns the security gateway whose range holds a, if any.
+func (t *Tables) gateway(a netip.Addr) (gatewaySet, bool) {
+	if !a.IsValid() {
+		return gatewaySet{}, false
+	}
+	for _, g := range t.gateways {
+		if g.set.Contains(a) {
+			return g, true
+		}
+	}
+	return gatewaySet{}, false
 }
 
 // LoadTables reads the range tables: each file of dir (nil: none) named
-// like a shipped one (apple-mpp.txt, icloud-private-relay.txt, ...)
-// replaces it; the shipped copy is used for the
+// like a shipped one (apple-mpp.txt, icloud-private-relay.txt,
+// gateway-eop.txt, ...) replaces it; the shipped copy is used for the
 // others. A .txt file of dir with another name is an error, so that a
 // misnamed fresh list is not silently ignored.
 func LoadTables(dir fs.FS) (*Tables, error) {
 	known := map[string]bool{fileAppleMPP: true, filePrivateRelay: true, fileGoogleProxy: true, fileYahooProxy: true}
+	for _, g := range gatewayFiles {
+		known[g.file] = true
+	}
 	if dir != nil {
 		names, err := fs.Glob(dir, "*.txt")
 		if err != nil {
@@ -87,6 +134,13 @@ func LoadTables(dir fs.FS) (*Tables, error) {
 		if *f.set, err = load(f.name); err != nil {
 			return nil, err
 		}
+	}
+	for _, g := range gatewayFiles {
+		set, err := load(g.file)
+		if err != nil {
+			return nil, err
+		}
+		t.gateways = append(t.gateways, gatewaySet{g.name, g.grade, set})
 	}
 	return &t, nil
 }

@@ -79,6 +79,32 @@ func TestClassify_privateRelay(t *testing.T) {
 	})
 }
 
+// Security gateways fetch pixels and links from their own networks, with
+// browser agents and at any time. Exchange Online Protection's addresses
+// are Microsoft's endpoints service's; Proofpoint's its support page's
+// (ipranges/gateway-*.txt).
+func TestClassify_gateways(t *testing.T) {
+	runRules(t, []ruleCase{
+		{name: "eop pixel fetch", ip: "40.92.18.5", ua: uaChrome, class: Scanner, reason: ReasonGatewayRange + "eop"},
+		{name: "eop link fetch a day later", click: true, ip: "40.107.212.33", ua: uaEdge, at: 24 * time.Hour, class: Scanner, reason: ReasonGatewayRange + "eop"},
+		{name: "eop 52.100/14", click: true, ip: "52.103.0.9", ua: uaChrome, class: Scanner, reason: ReasonGatewayRange + "eop"},
+		{name: "eop 104.47/17", ip: "104.47.101.200", ua: uaOutlookWord, class: Scanner, reason: ReasonGatewayRange + "eop"},
+		{name: "eop ipv6", click: true, ip: "2a01:111:f403:c80c::5", ua: uaChrome, class: Scanner, reason: ReasonGatewayRange + "eop"},
+		{name: "proofpoint pixel fetch", ip: "67.231.153.30", ua: uaChrome, class: Scanner, reason: ReasonGatewayRange + "proofpoint"},
+		// A person may click through Proofpoint's browser isolation: the
+		// network is recorded, the class stays.
+		{name: "click from proofpoint's network", click: true, ip: "67.231.153.30", ua: uaChrome, class: Human, reason: ReasonGatewayNetwork + "proofpoint"},
+		// Look-alikes: people in Microsoft's and others' clouds, offices.
+		{name: "person in windows 365 (azure)", ip: "20.105.3.17", ua: uaEdge, class: Human},
+		{name: "person clicking from azure", click: true, ip: "20.105.3.17", ua: uaEdge, class: Human},
+		{name: "outlook on the web's own network", ip: "52.96.10.4", ua: uaEdge, class: Human},
+		{name: "just past 40.92.0.0/15", ip: "40.94.0.1", ua: uaChrome, class: Human},
+		{name: "just past 104.47.0.0/17", click: true, ip: "104.47.128.1", ua: uaChrome, class: Human},
+		{name: "person on an office nat", click: true, ip: "203.0.113.9", ua: uaChrome, class: Human},
+		{name: "push notification open seconds after delivery", ip: "203.0.113.9", ua: uaIOSMail, at: 2 * time.Second, class: Human},
+	})
+}
+
 // A list in the directory replaces the shipped one of its name; the others
 // stay.
 func TestLoadTables(t *testing.T) {
@@ -98,12 +124,12 @@ func TestLoadTables(t *testing.T) {
 	if v := hit("104.28.28.10", uaMPP); v.Class != Human {
 		t.Errorf("address only in the shipped list: %+v", v)
 	}
-	if v := hit("17.58.101.4", uaChrome); v.Class != Prefetch {
-		t.Errorf("shipped apple list no longer used: %+v", v)
+	if v := hit("40.92.18.5", uaChrome); v.Class != Scanner {
+		t.Errorf("shipped eop list no longer used: %+v", v)
 	}
 	for name, fsys := range map[string]fstest.MapFS{
 		"unknown name": {"icloud-relay.txt": {Data: []byte("198.51.100.0/24\n")}},
-		"bad line":     {"apple-mpp.txt": {Data: []byte("17.0.0.0/8\n17.0.0.0/33\n")}},
+		"bad line":     {"gateway-eop.txt": {Data: []byte("40.92.0.0/15\n40.107.0.0/33\n")}},
 	} {
 		if _, err := LoadTables(fsys); err == nil {
 			t.Errorf("%s: accepted", name)
