@@ -55,6 +55,8 @@ const (
 	// "Mozilla/5.0" through iCloud Private Relay's egress addresses
 	// (ipranges/icloud-private-relay.txt).
 	ReasonPrivateRelayEgress = "private-relay-egress"
+	// Gmail's image prefetcher, by its own agent (GmailPrefetchUA).
+	ReasonGmailPrefetchUA = "gmail-prefetch-ua"
 	// ReasonGatewayRange, followed by the gateway's name (e.g.
 	// "gateway-range:eop"), is a hit from a security gateway's range
 	// (ipranges/gateway-*.txt): scanner.
@@ -155,6 +157,9 @@ func Classify(h Hit) Verdict {
 		// Relay: Safari's users share the addresses, never the agent.
 		add(&prefetch, ReasonPrivateRelayEgress)
 	}
+	if ui.gmailPrefetch {
+		add(&prefetch, ReasonGmailPrefetchUA)
+	}
 	if isPrefetchRequest(h.Header) {
 		add(&prefetch, ReasonPrefetchHeader)
 	}
@@ -176,6 +181,9 @@ func Classify(h Hit) Verdict {
 		// The proxies fetch images; a person's click comes from their
 		// browser, not from the proxy.
 		add(&scanner, ReasonClickFromProxyIP)
+	case ui.gmailPrefetch:
+		// Gmail's prefetcher comes from Google's network too; its agent
+		// says it is no open.
 	case googleUA || googleIP:
 		if googleUA {
 			add(&proxy, ReasonGoogleProxyUA)

@@ -105,6 +105,23 @@ func TestClassify_gateways(t *testing.T) {
 	})
 }
 
+// Gmail's prefetcher has its own agent and is no open; Gmail's image
+// proxy fetching for a reader is (gmass.co/blog/false-opens-in-gmail/,
+// bird.com/en-us/blog/gmail-prefetching-images).
+func TestClassify_gmailPrefetch(t *testing.T) {
+	runRules(t, []ruleCase{
+		{name: "prefetcher from google's network", ip: "66.249.84.17", ua: GmailPrefetchUA, class: Prefetch, reason: ReasonGmailPrefetchUA,
+			not: []string{ReasonGoogleProxyIP}},
+		{name: "prefetcher from elsewhere", ip: "203.0.113.9", ua: GmailPrefetchUA, class: Prefetch, reason: ReasonGmailPrefetchUA},
+		{name: "image proxy stays proxy", ip: "66.249.84.17", ua: uaGmailProxy, class: Proxy, reason: ReasonGoogleProxyUA},
+		{name: "the prefetcher's agent clicking", click: true, ip: "66.249.84.17", ua: GmailPrefetchUA, class: Scanner, reason: ReasonClickFromProxyIP},
+		{name: "old edge without the trailing token", ip: "203.0.113.9", ua: strings.TrimSuffix(GmailPrefetchUA, " Mozilla/5.0"), class: Human},
+	})
+	if v := Classify(Hit{Method: http.MethodGet, IP: netip.MustParseAddr("66.249.84.17"), UserAgent: GmailPrefetchUA, At: time.Now()}); v.Client != "Gmail" {
+		t.Errorf("client %q, want Gmail", v.Client)
+	}
+}
+
 // A list in the directory replaces the shipped one of its name; the others
 // stay.
 func TestLoadTables(t *testing.T) {
