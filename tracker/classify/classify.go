@@ -57,6 +57,9 @@ const (
 	ReasonPrivateRelayEgress = "private-relay-egress"
 	// Gmail's image prefetcher, by its own agent (GmailPrefetchUA).
 	ReasonGmailPrefetchUA = "gmail-prefetch-ua"
+	// A click whose agent is exactly "Mozilla/5.0": no browser sends that
+	// alone, and Mail Privacy Protection never follows links.
+	ReasonClickBareUA = "click-bare-ua"
 	// ReasonGatewayRange, followed by the gateway's name (e.g.
 	// "gateway-range:eop"), is a hit from a security gateway's range
 	// (ipranges/gateway-*.txt): scanner.
@@ -172,6 +175,9 @@ func Classify(h Hit) Verdict {
 			// recorded, deciding nothing alone.
 			evidence = ReasonGatewayNetwork + g.name
 		}
+	}
+	if h.Click && ui.bare {
+		add(&scanner, ReasonClickBareUA)
 	}
 	googleUA, yahooUA := ui.googleProxy, ui.yahooProxy
 	googleIP := valid && t.googleProxy.Contains(ip)

@@ -74,7 +74,6 @@ func TestClassify_privateRelay(t *testing.T) {
 		{name: "ios mail over private relay, protection off", ip: "146.75.128.9", ua: uaIOSMail, class: Human},
 		{name: "safari click over private relay", click: true, ip: "104.28.28.10", ua: uaSafari, class: Human},
 		{name: "bare agent just outside the list", ip: "104.28.28.64", ua: uaSafari, class: Human},
-		{name: "bare agent from a home address", ip: "203.0.113.9", ua: uaMPP, class: Human},
 		{name: "a longer agent starting like mpp's", ip: "104.28.28.10", ua: "Mozilla/5.0 (iPhone)", class: Human, not: []string{ReasonPrivateRelayEgress}},
 	})
 }
@@ -120,6 +119,17 @@ func TestClassify_gmailPrefetch(t *testing.T) {
 	if v := Classify(Hit{Method: http.MethodGet, IP: netip.MustParseAddr("66.249.84.17"), UserAgent: GmailPrefetchUA, At: time.Now()}); v.Client != "Gmail" {
 		t.Errorf("client %q, want Gmail", v.Client)
 	}
+}
+
+// Mail Privacy Protection never follows links and no browser sends
+// "Mozilla/5.0" alone: such a click is a machine's, wherever it comes from.
+func TestClassify_bareAgentClick(t *testing.T) {
+	runRules(t, []ruleCase{
+		{name: "bare click from a home address", click: true, ip: "203.0.113.9", ua: uaMPP, class: Scanner, reason: ReasonClickBareUA},
+		{name: "bare click from private relay", click: true, ip: "104.28.28.10", ua: uaMPP, class: Scanner, reason: ReasonClickBareUA},
+		{name: "bare open from a home address", ip: "203.0.113.9", ua: uaMPP, class: Human},
+		{name: "safari click from a home address", click: true, ip: "203.0.113.9", ua: uaSafari, class: Human},
+	})
 }
 
 // A list in the directory replaces the shipped one of its name; the others
