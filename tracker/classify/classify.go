@@ -68,6 +68,9 @@ const (
 	// a gateway's service network, where a person may browse through the
 	// vendor's isolation: supporting evidence only, recorded on any class.
 	ReasonGatewayNetwork = "gateway-network:"
+	// ReasonGatewayPair: a click from the address whose pixel fetch was a
+	// gateway's seconds before (see InGatewayPair).
+	ReasonGatewayPair = "open-and-click-from-gateway"
 
 	// A click records the order of its copy's pixel and clicks (see Click).
 	ReasonOpenedBeforeClick = "opened-before-click" // a counted open came before it
@@ -172,7 +175,7 @@ func Classify(h Hit) Verdict {
 			add(&scanner, ReasonGatewayRange+g.name)
 		} else {
 			// A person may click through the vendor's browser isolation:
-			// recorded, deciding nothing alone.
+			// recorded, deciding nothing alone (see InGatewayPair).
 			evidence = ReasonGatewayNetwork + g.name
 		}
 	}

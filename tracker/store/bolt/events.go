@@ -245,13 +245,17 @@ func (c *commitTx) reclassify(acct string, e *store.Event, rs *storedRcpt, w win
 }
 
 // sequenceEvidence adds to e what the copy's other events show
-// (classify.InSequence) and returns whether e changed and which clicks of
-// history join a burst with it, not being part of one yet. A counted open
-// marks the copy as opened, for the clicks after it.
+// (classify.InSequence, classify.InGatewayPair) and returns whether e
+// changed and which clicks of history join a burst with it, not being part
+// of one yet. A counted open marks the copy as opened, for the clicks
+// after it; a gateway's pixel fetch is kept for the clicks after it.
 func sequenceEvidence(rs *storedRcpt, e *store.Event, history []windowClick) (bool, []windowClick) {
 	if e.Type == store.EventOpen {
 		if classify.Counted(e.Class) {
 			rs.Opened = true
+		}
+		if e.IP != "" && classify.FromGateway(e.Reasons) && (rs.Gateway == nil || !e.At.Before(rs.Gateway.At)) {
+			rs.Gateway = &gatewayOpen{IP: e.IP, At: e.At}
 		}
 		return false, nil
 	}
@@ -264,6 +268,9 @@ func sequenceEvidence(rs *storedRcpt, e *store.Event, history []windowClick) (bo
 	}
 	v, in := classify.InSequence(classify.Verdict{Class: e.Class, Client: e.Client, Reasons: e.Reasons},
 		classify.Click{Link: e.Link, At: e.At}, rs.Opened, clicks)
+	if g := rs.Gateway; g != nil {
+		v = classify.InGatewayPair(v, e.IP, e.At, classify.GatewayOpen{IP: g.IP, At: g.At})
+	}
 	e.Class, e.Reasons = v.Class, v.Reasons
 	var joined []windowClick
 	for _, i := range in {

@@ -99,6 +99,15 @@ type storedRcpt struct {
 	Opened  bool           `json:"o,omitempty"` // a counted open was seen
 	OverCap []overCapClick `json:"oc,omitempty"`
 	Tally   *tally         `json:"t,omitempty"`
+	// Gateway is the copy's latest pixel fetch by a security gateway, for
+	// classify.InGatewayPair.
+	Gateway *gatewayOpen `json:"gw,omitempty"`
+}
+
+// gatewayOpen is a classify.GatewayOpen as stored.
+type gatewayOpen struct {
+	IP string    `json:"ip"`
+	At time.Time `json:"at"`
 }
 
 // tally counts events that are not kept in detail. Opens, Clicks, Links,
