@@ -62,11 +62,18 @@ func loadIPLists(dir string) (*classify.Tables, error) {
 	return classify.LoadTables(os.DirFS(dir))
 }
 
-// useIPLists makes the classifier read tracking.ip_lists_dir's lists, when
-// set: read once at start, so that no hit waits on a file.
+// useIPLists loads the classifier's range tables at start, so that no hit
+// waits on them (parsing the shipped lists takes some milliseconds): the
+// shipped lists, with tracking.ip_lists_dir's in place of those of the
+// same name when set.
 func useIPLists(cfg *Config, log *slog.Logger) error {
 	dir := cfg.Tracking.IPListsDir
 	if dir == "" {
+		t, err := classify.LoadTables(nil)
+		if err != nil {
+			return err
+		}
+		classify.Use(t)
 		return nil
 	}
 	t, err := loadIPLists(dir)
