@@ -171,7 +171,7 @@ func Classify(h Hit) Verdict {
 	}
 	var evidence string
 	if g, ok := t.gateway(ip); ok {
-		if g.grade == MailScanning || !h.Click {
+		if g.grade == mailScanning || !h.Click {
 			add(&scanner, ReasonGatewayRange+g.name)
 		} else {
 			// A person may click through the vendor's browser isolation:

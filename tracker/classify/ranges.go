@@ -32,28 +32,28 @@ const (
 	fileYahooProxy   = "yahoo-mail-proxy.txt"
 )
 
-// Grade is how certain a security gateway's range is to be a machine.
-type Grade int
+// grade is how certain a security gateway's range is to be a machine.
+type grade int
 
 const (
-	// MailScanning is a gateway's own mail-scanning range: whatever
+	// mailScanning is a gateway's own mail-scanning range: whatever
 	// fetches from it, pixel or link, is the gateway.
-	MailScanning Grade = iota
-	// ServiceNetwork is a gateway's service network, through which a
+	mailScanning grade = iota
+	// serviceNetwork is a gateway's service network, through which a
 	// person may also browse (the vendor's browser isolation): a pixel
 	// from it is the gateway (a person's mail client loads images
 	// itself), a click is only supporting evidence.
-	ServiceNetwork
+	serviceNetwork
 )
 
 // gatewayFiles are the security gateways' range files, with their grade.
 // The name is the one in the reasons (gateway-range:<name>).
 var gatewayFiles = []struct {
 	name, file string
-	grade      Grade
+	grade      grade
 }{
-	{"eop", "gateway-eop.txt", MailScanning},
-	{"proofpoint", "gateway-proofpoint.txt", ServiceNetwork},
+	{"eop", "gateway-eop.txt", mailScanning},
+	{"proofpoint", "gateway-proofpoint.txt", serviceNetwork},
 }
 
 // Tables are the IP range tables classification reads.
@@ -64,7 +64,7 @@ type Tables struct {
 
 type gatewaySet struct {
 	name  string
-	grade Grade
+	grade grade
 	set   *netipx.IPSet
 }
 
