@@ -127,16 +127,17 @@ func InSequence(v Verdict, c Click, opened bool, history []Click) (Verdict, []in
 }
 
 // The gateway pair rule: a security gateway that fetches a copy's pixel
-// also follows its links, from the same address, seconds apart. A click
-// from a gateway's range or network (a reason ReasonGatewayRange or
-// ReasonGatewayNetwork) from the address whose pixel fetch was a
-// gateway's, within GatewayPairWindow after it, is the gateway's. Only
-// addresses in a gateway's lists take part: timing alone never makes
-// anyone a machine, and an open alone decides nothing here.
+// also follows its links, from the same address, seconds apart, in either
+// order. A click from a gateway's range or network (a reason
+// ReasonGatewayRange or ReasonGatewayNetwork) from the address whose pixel
+// fetch was a gateway's, within GatewayPairWindow before or after it, is
+// the gateway's. Only addresses in a gateway's lists take part: timing
+// alone never makes anyone a machine, and an open alone decides nothing
+// here.
 const GatewayPairWindow = 30 * time.Second
 
-// GatewayOpen is a copy's latest pixel fetch by a security gateway, as the
-// store recorded it.
+// GatewayOpen is a copy's pixel fetch by a security gateway, as the store
+// recorded it.
 type GatewayOpen struct {
 	// IP is the address as recorded (per tracking.ip_mode; "" when not
 	// recorded, which never pairs).
@@ -155,15 +156,18 @@ func FromGateway(reasons []string) bool {
 }
 
 // InGatewayPair applies the gateway pair rule to a click's verdict v, as
-// Classify or InSequence gave it, recorded from ip at at, given its copy's
-// latest gateway pixel fetch o. A pair makes it scanner, with
-// ReasonGatewayPair in place of ReasonNoMachineSignals; self clicks are
-// returned as they are. v.Reasons is not modified.
+// Classify or InSequence gave it, recorded from ip at at, given a gateway
+// pixel fetch o of its copy, before or after it: the store calls it for a
+// new click with the copy's latest such fetch, and for a new such fetch
+// with the copy's recent clicks from gateway networks. A pair makes the
+// click scanner, with ReasonGatewayPair in place of
+// ReasonNoMachineSignals; self clicks are returned as they are. v.Reasons
+// is not modified.
 func InGatewayPair(v Verdict, ip string, at time.Time, o GatewayOpen) Verdict {
 	if v.Class == Self || ip == "" || ip != o.IP || !FromGateway(v.Reasons) {
 		return v
 	}
-	if d := at.Sub(o.At); d < 0 || d > GatewayPairWindow {
+	if d := at.Sub(o.At); d < -GatewayPairWindow || d > GatewayPairWindow {
 		return v
 	}
 	if slices.Contains(v.Reasons, ReasonGatewayPair) {
