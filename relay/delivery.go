@@ -12,12 +12,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/trackrelay/trackrelay/internal/durable"
 	"github.com/trackrelay/trackrelay/internal/guard"
+	"github.com/trackrelay/trackrelay/internal/msgid"
 	"github.com/trackrelay/trackrelay/rewrite"
 )
 
@@ -589,12 +589,9 @@ func (d *Deliverer) dropJobs(drop func(job) bool) {
 }
 
 func pendingKey(account, messageID string) string {
-	// Normalised as the tracking store does: spaces, then one pair of <>.
-	messageID = strings.TrimSpace(messageID)
-	if len(messageID) >= 2 && messageID[0] == '<' && messageID[len(messageID)-1] == '>' {
-		messageID = messageID[1 : len(messageID)-1]
-	}
-	return account + "\x00" + messageID
+	// Normalised as the tracking store does, so that both find a message
+	// by the same references.
+	return account + "\x00" + msgid.Normalize(messageID)
 }
 
 // addPending and dropPending must be called with d.mu held.

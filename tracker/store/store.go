@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"errors"
-	"strings"
 	"time"
 )
 
@@ -134,14 +133,4 @@ type DeliveryReader interface {
 	// Delivery returns the state of one recipient's copy, or ErrNotFound.
 	// When the status is delivered, UpdatedAt is the time of delivery.
 	Delivery(ctx context.Context, message string, recipient int) (Delivery, error)
-}
-
-// TrimAngles returns a Message-ID without the angle brackets around it, as
-// stores keep it and as Lookup accepts it with or without them.
-func TrimAngles(s string) string {
-	s = strings.TrimSpace(s)
-	if len(s) >= 2 && s[0] == '<' && s[len(s)-1] == '>' {
-		return s[1 : len(s)-1]
-	}
-	return s
 }

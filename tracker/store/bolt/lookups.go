@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/msgid"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	bbolt "go.etcd.io/bbolt"
 )
@@ -140,7 +141,7 @@ func resolve(tx *bbolt.Tx, account, ref string) (storedMessage, error) {
 			return rec, nil
 		}
 	}
-	id := tx.Bucket(bucketMsgIDs).Get(msgIDKey(account, store.TrimAngles(ref)))
+	id := tx.Bucket(bucketMsgIDs).Get(msgIDKey(account, msgid.Normalize(ref)))
 	if id == nil {
 		return rec, store.ErrNotFound
 	}

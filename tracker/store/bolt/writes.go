@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/trackrelay/trackrelay/internal/msgid"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	bbolt "go.etcd.io/bbolt"
 )
@@ -20,7 +21,7 @@ func (s *Store) PutMessage(ctx context.Context, m store.Message) error {
 	if err := validID(m.ID); err != nil {
 		return err
 	}
-	m.MessageID = store.TrimAngles(m.MessageID)
+	m.MessageID = msgid.Normalize(m.MessageID)
 	if len(m.MessageID) > maxIDLen {
 		return fmt.Errorf("tracker: message %s: Message-ID too long", m.ID)
 	}
