@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/internal/durable"
 	"github.com/trackrelay/trackrelay/internal/guard"
 	"github.com/trackrelay/trackrelay/internal/msgid"
@@ -399,7 +400,7 @@ func (d *Deliverer) run(j job) {
 		return
 	}
 	now := time.Now().UTC()
-	var result string
+	var result delivery.Status
 	rc.Attempts++
 	rc.UpdatedAt = now
 	switch {
@@ -418,8 +419,8 @@ func (d *Deliverer) run(j job) {
 		rc.Status, rc.LastResponse = StatusDeferred, replyText(sendErr)
 		rc.NextAttempt = now.Add(d.backoff(rc.Attempts))
 	}
-	d.metrics.attempts.WithLabelValues(result).Inc()
-	d.metrics.attemptDuration.WithLabelValues(result).Observe(time.Since(start).Seconds())
+	d.metrics.attempts.WithLabelValues(string(result)).Inc()
+	d.metrics.attemptDuration.WithLabelValues(string(result)).Observe(time.Since(start).Seconds())
 	d.finishing <- struct{}{}
 	d.wg.Add(1)
 	go func() {
@@ -431,7 +432,7 @@ func (d *Deliverer) run(j job) {
 		defer guard.Recover(guard.Finish, log, func(*guard.Panic) {
 			d.hold(env.ID, []int{j.rcpt}, guard.Finish, log)
 		})
-		d.finish(env, j, rc, result, log)
+		d.finish(env, j, rc, string(result), log)
 	}()
 }
 

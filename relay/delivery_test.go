@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/trackrelay/trackrelay/internal/delivery"
 )
 
 // attachment is random-looking binary data that must arrive unchanged.
@@ -369,7 +370,7 @@ func startDeliverer(t *testing.T, d *Deliverer) {
 }
 
 // enqueueHTML spools htmlMsg for one tracked recipient in state status.
-func enqueueHTML(t *testing.T, spool *Spool, rcpt, status string, next time.Time) *Envelope {
+func enqueueHTML(t *testing.T, spool *Spool, rcpt string, status delivery.Status, next time.Time) *Envelope {
 	t.Helper()
 	env := &Envelope{From: "s@example.com", Mode: "all", AcceptedAt: time.Now().UTC(),
 		Recipients: []Recipient{{Address: rcpt, Tracked: true, Status: status, NextAttempt: next}}}

@@ -18,6 +18,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/rewrite"
 )
 
@@ -263,7 +264,7 @@ func (l *memLedger) Delivery(_ context.Context, id string, rcpt int, r Recipient
 }
 
 // waitStatus waits until copy rcpt of id reaches status.
-func (l *memLedger) waitStatus(t *testing.T, id string, rcpt int, status string) Recipient {
+func (l *memLedger) waitStatus(t *testing.T, id string, rcpt int, status delivery.Status) Recipient {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/internal/guard"
 )
 
@@ -78,7 +79,7 @@ func (r *panicRig) restart(cfg DeliveryConfig) {
 
 // spoolMessage spools msg from From to rcpt, its copy in state status due
 // at next, without submitting it.
-func (r *panicRig) spoolMessage(from, rcpt, msg, status string, next time.Time) *Envelope {
+func (r *panicRig) spoolMessage(from, rcpt, msg string, status delivery.Status, next time.Time) *Envelope {
 	r.t.Helper()
 	env := &Envelope{Account: "alice", From: from, Mode: ModeAll, AcceptedAt: time.Now().UTC(),
 		Recipients: []Recipient{{Address: rcpt, Tracked: true, Status: status, NextAttempt: next}}}

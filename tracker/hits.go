@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	"github.com/trackrelay/trackrelay/tracker/token"
@@ -158,7 +159,7 @@ func (h *handler) record(r *http.Request, t token.Token) {
 	if t.Kind == token.KindClick && err == nil {
 		if dr, ok := h.store.(store.DeliveryReader); ok {
 			d, derr := dr.Delivery(ctx, t.Message, t.Recipient)
-			if derr == nil && d.Status == store.StatusDelivered {
+			if derr == nil && d.Status == delivery.Delivered {
 				in.DeliveredAt = d.UpdatedAt
 			}
 		}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/trackrelay/trackrelay/internal/delivery"
 )
 
 // ErrNotFound is returned when a message does not exist, or belongs to
@@ -26,17 +28,6 @@ const (
 	// EventReclassified is a feed entry announcing that an earlier event's
 	// class changed as evidence arrived.
 	EventReclassified = "reclassified"
-)
-
-// Delivery statuses.
-const (
-	StatusQueued    = "queued"
-	StatusDeferred  = "deferred"
-	StatusDelivered = "delivered"
-	StatusBounced   = "bounced"
-	// StatusHeld: the relay holds the copy after an internal error, until
-	// its operator retries it.
-	StatusHeld = "held"
 )
 
 // Message is what the relay tells the store about an accepted message.
@@ -63,7 +54,7 @@ type Recipient struct {
 
 // Delivery is the state of one recipient's copy.
 type Delivery struct {
-	Status       string // queued|deferred|held|delivered|bounced
+	Status       delivery.Status
 	Attempts     int
 	LastResponse string
 	UpdatedAt    time.Time

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/internal/msgid"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	bbolt "go.etcd.io/bbolt"
@@ -127,7 +128,7 @@ func (s *Store) SetDelivery(ctx context.Context, message string, recipient int, 
 				old = nil
 			}
 		}
-		if old != nil && rec.Status == store.StatusDelivered && prev.Status == store.StatusDelivered && prev.UpdatedAt.Before(rec.UpdatedAt) {
+		if old != nil && rec.Status == delivery.Delivered && prev.Status == delivery.Delivered && prev.UpdatedAt.Before(rec.UpdatedAt) {
 			rec.UpdatedAt = prev.UpdatedAt
 		}
 		val, err := json.Marshal(rec)
