@@ -8,13 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/backoff"
 	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/internal/durable"
 	"github.com/trackrelay/trackrelay/internal/guard"
@@ -746,13 +746,7 @@ func (d *Deliverer) writeAccepted(env *Envelope, links []string, busy chan struc
 // backoff is the wait after the n-th failed attempt: exponential, capped,
 // with ±20% jitter so that a queue does not retry in lockstep.
 func (d *Deliverer) backoff(n int) time.Duration {
-	w := d.cfg.RetryInitial
-	for i := 1; i < n && w < d.cfg.RetryMax; i++ {
-		w *= 2
-	}
-	w = min(w, d.cfg.RetryMax)
-	jitter := time.Duration(rand.Int64N(int64(w)/5*2+1)) - w/5
-	return w + jitter
+	return backoff.Jitter(backoff.Exp(d.cfg.RetryInitial, d.cfg.RetryMax, n))
 }
 
 // attempt instruments the copy and delivers it. Its error is one that may
