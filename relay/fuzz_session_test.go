@@ -16,7 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/ratelimit"
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/time/rate"
 )
 
 // panicSpotter is a slog handler that notes any record about a panic:
@@ -102,7 +104,7 @@ func FuzzSMTPSession(f *testing.F) {
 	}, spool, d, log, nil)
 	// Keep each input fast: cheap unknown-user checks, no login throttling.
 	srv.accounts.dummyOnce.Do(func() { srv.accounts.dummy = hash })
-	srv.limiter = newAuthLimiter(1<<30, time.Nanosecond)
+	srv.limiter = ratelimit.New(rate.Every(time.Nanosecond), 1<<30)
 	before := runtime.NumGoroutine()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -125,7 +125,7 @@ func (h *handler) record(r *http.Request, t token.Token) {
 	ctx := h.deadline.context()
 	at := h.now().UTC()
 	ip := clientIP(r, h.trusted)
-	if !h.cfg.NoRecord && !h.limiter.allow(ip, time.Now()) {
+	if !h.cfg.NoRecord && !h.limiter.Allow(ip, time.Now()) {
 		h.metrics.Store.Unlisted(store.UnlistedRateLimited, 1)
 		return
 	}
