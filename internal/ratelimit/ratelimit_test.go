@@ -2,6 +2,8 @@ package ratelimit
 
 import (
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -98,6 +100,25 @@ func TestLimiter_BeginEnd(t *testing.T) {
 	}
 	if !l.Begin(netip.MustParseAddr("198.51.100.5"), t0) {
 		t.Fatal("another client refused")
+	}
+}
+
+// Guesses sent on many connections at once: only the burst begins.
+func TestLimiter_BeginConcurrent(t *testing.T) {
+	l := New(rate.Every(30*time.Second), 5)
+	var begun atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Go(func() {
+			// Each from its own address in one /64, none yet ended.
+			if l.Begin(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 14: byte(i >> 8), 15: byte(i)}), t0) {
+				begun.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := begun.Load(); n != 5 {
+		t.Fatalf("%d attempts begun at once, want the burst of 5", n)
 	}
 }
 
