@@ -274,7 +274,8 @@ type renderCase struct {
 	err  error
 }
 
-// run renders both documents in the tab of tab and compares the screenshots.
+// run renders both documents in the open tab of the chromedp context tab
+// and compares the screenshots.
 func (c *renderCase) run(tab context.Context, srv *renderServer) {
 	t0 := time.Now()
 	defer func() { c.took = time.Since(t0) }()
