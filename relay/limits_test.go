@@ -242,7 +242,7 @@ func TestLimitConn_timeoutAfterReadAhead(t *testing.T) {
 // write with the next transaction's commands (as a pipelining client
 // sends them) is stored intact, and so is the next message.
 func TestServer_pipelinedAfterLargeMessage(t *testing.T) {
-	a := newAttackServer(t, attackOpts{maxSize: 8 << 20})
+	a := newHarness(t, harnessOpts{maxSize: 8 << 20})
 	c := a.dial("")
 	c.expect("EHLO app.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
