@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -354,12 +353,7 @@ func TestGroupCommit_panicFailsTheGroupAndGoesOn(t *testing.T) {
 		t.Fatalf("message whose commit panicked: %v, want a 451", err)
 	}
 	checkOnePanic(t, before, guard.GroupCommit)
-	if envs, _ := h.spool.List(); len(envs) != 0 {
-		t.Errorf("%d records in the spool after a failed commit", len(envs))
-	}
-	if files, _ := os.ReadDir(h.spool.msgDir); len(files) != 0 {
-		t.Errorf("%d message files left after a failed commit", len(files))
-	}
+	h.assertNothingStored()
 	reply, err := h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg))
 	if err != nil {
 		t.Fatalf("the next message: %v", err)
