@@ -678,11 +678,7 @@ func TestAttack_slowloris(t *testing.T) {
 func TestAttack_dataTimeout(t *testing.T) {
 	a := newHarness(t, harnessOpts{dataTimeout: 400 * time.Millisecond, cmdTimeout: time.Hour})
 	c := a.dial("")
-	c.expect("EHLO app.example", 250)
-	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
-	c.expect("MAIL FROM:<alice@example.com>", 250)
-	c.expect("RCPT TO:<bob@example.net>", 250)
-	c.expect("DATA", 354)
+	c.startData("bob@example.net")
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
@@ -721,11 +717,7 @@ func TestAttack_longLines(t *testing.T) {
 	}
 	// A data line past the limit refuses the message.
 	c = a.dial("")
-	c.expect("EHLO app.example", 250)
-	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
-	c.expect("MAIL FROM:<alice@example.com>", 250)
-	c.expect("RCPT TO:<bob@example.net>", 250)
-	c.expect("DATA", 354)
+	c.startData("bob@example.net")
 	c.write("Subject: x\r\n\r\n" + strings.Repeat("b", 100<<10) + "\r\n.\r\n")
 	if r := c.read(); r.code != 500 {
 		t.Errorf("100 KiB data line: %v", r)

@@ -449,17 +449,28 @@ func plainIR(identity, user, pass string) string {
 	return base64.StdEncoding.EncodeToString([]byte(identity + "\x00" + user + "\x00" + pass))
 }
 
-// sendRaw says EHLO, logs in as alice and sends msg to rcpts recipients
-// with DATA, returning the final reply.
-func (rc *rawClient) sendRaw(rcpts int, msg string) reply {
+// startData says EHLO, logs in as alice and opens a message to rcpts:
+// the server's 354 is read.
+func (rc *rawClient) startData(rcpts ...string) {
 	rc.t.Helper()
 	rc.expect("EHLO app.example", 250)
 	rc.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
 	rc.expect("MAIL FROM:<alice@example.com>", 250)
-	for i := range rcpts {
-		rc.expect(fmt.Sprintf("RCPT TO:<r%d@example.net>", i), 250)
+	for _, r := range rcpts {
+		rc.expect("RCPT TO:<"+r+">", 250)
 	}
 	rc.expect("DATA", 354)
+}
+
+// sendRaw sends msg as alice to rcpts recipients, r0@example.net and on,
+// returning the reply to its end of data.
+func (rc *rawClient) sendRaw(rcpts int, msg string) reply {
+	rc.t.Helper()
+	to := make([]string, rcpts)
+	for i := range to {
+		to[i] = fmt.Sprintf("r%d@example.net", i)
+	}
+	rc.startData(to...)
 	rc.write(msg + ".\r\n")
 	return rc.read()
 }
