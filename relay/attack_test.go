@@ -25,7 +25,7 @@ import (
 func TestAttack_openRelay(t *testing.T) {
 	// alice may send without AUTH from 192.0.2.0/24 only; the attacker is
 	// on 127.0.0.1 and has no password.
-	a := newHarness(t, harnessOpts{networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}})
+	h := newHarness(t, harnessOpts{networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}})
 	senders := []string{
 		"alice@example.com",              // the account's own address
 		"spammer@elsewhere.example",      // a remote sender
@@ -55,7 +55,7 @@ func TestAttack_openRelay(t *testing.T) {
 	greets := []string{"EHLO attacker.example", "HELO attacker.example", "ehlo relay.test"}
 	for i, from := range senders {
 		v := verbs[i%len(verbs)]
-		c := a.dial("")
+		c := h.dial("")
 		c.expect(greets[i%len(greets)], 250)
 		if r := c.cmd(v[0] + "<" + from + ">"); r.code < 500 || r.code > 599 {
 			t.Errorf("MAIL <%s>: want 5xx, got %v", from, r)
@@ -72,18 +72,18 @@ func TestAttack_openRelay(t *testing.T) {
 	}
 
 	// RCPT before MAIL, and MAIL before any greeting.
-	c := a.dial("")
+	c := h.dial("")
 	c.expect("EHLO attacker.example", 250)
 	if r := c.cmd("RCPT TO:<victim@evil.example>"); r.code < 500 {
 		t.Errorf("RCPT before MAIL: want 5xx, got %v", r)
 	}
-	c = a.dial("")
+	c = h.dial("")
 	if r := c.cmd("MAIL FROM:<spammer@elsewhere.example>"); r.code < 500 {
 		t.Errorf("MAIL before EHLO: want 5xx, got %v", r)
 	}
 
 	// Spoofing the client address or the authenticated identity gets nothing.
-	c = a.dial("")
+	c = h.dial("")
 	c.expect("EHLO attacker.example", 250)
 	for _, line := range []string{"XCLIENT ADDR=192.0.2.10", "XFORWARD ADDR=192.0.2.10"} {
 		if r := c.cmd(line); r.code < 500 {
@@ -95,7 +95,7 @@ func TestAttack_openRelay(t *testing.T) {
 	}
 
 	// Everything in one packet, the way a spam bot pipelines it.
-	c = a.dial("")
+	c = h.dial("")
 	c.write("EHLO bot.example\r\nMAIL FROM:<spammer@elsewhere.example>\r\nRCPT TO:<victim@evil.example>\r\n" +
 		"DATA\r\nSubject: buy now\r\n\r\nspam\r\n.\r\nQUIT\r\n")
 	if r := c.read(); r.code != 250 {
@@ -115,12 +115,12 @@ func TestAttack_openRelay(t *testing.T) {
 	}
 
 	// The refusals are not an artefact of the harness: alice with AUTH gets through.
-	c = a.dial("")
+	c = h.dial("")
 	c.expect("EHLO app.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
 	c.expect("MAIL FROM:<alice@example.com>", 250)
 	c.expect("RSET", 250)
-	a.assertNothingStored()
+	h.assertNothingStored()
 }
 
 // A peer on one of the account's networks may send; one outside may not,
@@ -148,13 +148,13 @@ func TestAttack_openRelay_networkBoundary(t *testing.T) {
 // CVE-2011-0411 class: what a man in the middle appends after STARTTLS in
 // the same packet must not run inside the TLS session.
 func TestAttack_startTLSInjection(t *testing.T) {
-	a := newHarness(t, harnessOpts{tls: true})
+	h := newHarness(t, harnessOpts{tls: true})
 	for _, injected := range []string{
 		"RSET\r\n",
 		"NOOP\r\nNOOP\r\n",
 		"EHLO mitm.example\r\nMAIL FROM:<mitm@evil.example>\r\nRCPT TO:<mitm@evil.example>\r\n",
 	} {
-		c := a.dial("")
+		c := h.dial("")
 		c.expect("EHLO app.example", 250)
 		c.write("STARTTLS\r\n" + injected)
 		if r := c.read(); r.code != 220 {
@@ -180,15 +180,15 @@ func TestAttack_startTLSInjection(t *testing.T) {
 		c.expect("DATA", 354)
 		r = c.expect("Subject: hi\r\n\r\nhello\r\n.", 250)
 		id := queueID(t, r.text())
-		a.ledger.mu.Lock()
-		env := a.ledger.accepted[id]
-		a.ledger.mu.Unlock()
+		h.ledger.mu.Lock()
+		env := h.ledger.accepted[id]
+		h.ledger.mu.Unlock()
 		if env == nil {
 			// The ledger learns off the SMTP path: wait for it.
-			a.ledger.waitStatus(t, id, 0, StatusDelivered)
-			a.ledger.mu.Lock()
-			env = a.ledger.accepted[id]
-			a.ledger.mu.Unlock()
+			h.ledger.waitStatus(t, id, 0, StatusDelivered)
+			h.ledger.mu.Lock()
+			env = h.ledger.accepted[id]
+			h.ledger.mu.Unlock()
 		}
 		if env.From != "alice@example.com" || len(env.Recipients) != 1 || env.Recipients[0].Address != "bob@example.net" {
 			t.Errorf("injected envelope leaked into the message: %+v", env)
@@ -199,8 +199,8 @@ func TestAttack_startTLSInjection(t *testing.T) {
 
 // STARTTLS forgets what was said in the clear, AUTH included (RFC 3207).
 func TestAttack_startTLSResetsState(t *testing.T) {
-	a := newHarness(t, harnessOpts{tls: true})
-	c := a.dial("")
+	h := newHarness(t, harnessOpts{tls: true})
+	c := h.dial("")
 	c.expect("EHLO app.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235) // loopback: allowed in the clear
 	c.expect("STARTTLS", 220)
@@ -218,8 +218,8 @@ func TestAttack_startTLSResetsState(t *testing.T) {
 }
 
 func TestAttack_authBeforeTLS_nonLoopback(t *testing.T) {
-	a := newHarness(t, harnessOpts{tls: true, remote: "203.0.113.7"})
-	c := a.dial("")
+	h := newHarness(t, harnessOpts{tls: true, remote: "203.0.113.7"})
+	c := h.dial("")
 	r := c.expect("EHLO app.example", 250)
 	if strings.Contains(r.text(), "AUTH") || !strings.Contains(r.text(), "STARTTLS") {
 		t.Errorf("EHLO in the clear from the internet: %v", r)
@@ -251,9 +251,9 @@ func TestAttack_authBeforeTLS_nonLoopback(t *testing.T) {
 
 func TestAttack_tlsMinimumVersion(t *testing.T) {
 	// newHarness's TLS config sets no minimum: NewServer does.
-	a := newHarness(t, harnessOpts{tls: true})
+	h := newHarness(t, harnessOpts{tls: true})
 	for _, v := range []uint16{tls.VersionTLS10, tls.VersionTLS11} {
-		c := a.dial("")
+		c := h.dial("")
 		c.expect("EHLO app.example", 250)
 		c.expect("STARTTLS", 220)
 		err := c.startTLS(&tls.Config{InsecureSkipVerify: true, MinVersion: v, MaxVersion: v})
@@ -261,7 +261,7 @@ func TestAttack_tlsMinimumVersion(t *testing.T) {
 			t.Errorf("TLS version %x: handshake succeeded", v)
 		}
 	}
-	c := a.dial("")
+	c := h.dial("")
 	c.expect("EHLO app.example", 250)
 	c.expect("STARTTLS", 220)
 	if err := c.startTLS(&tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12}); err != nil {
@@ -271,8 +271,8 @@ func TestAttack_tlsMinimumVersion(t *testing.T) {
 
 func TestAttack_requireTLS(t *testing.T) {
 	// Even alice's own network and loopback get nothing before STARTTLS.
-	a := newHarness(t, harnessOpts{tls: true, requireTLS: true, networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
-	c := a.dial("")
+	h := newHarness(t, harnessOpts{tls: true, requireTLS: true, networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	c := h.dial("")
 	r := c.expect("EHLO app.example", 250)
 	if strings.Contains(r.text(), "AUTH") {
 		t.Errorf("EHLO before TLS with require_tls advertises AUTH: %v", r)
@@ -290,13 +290,13 @@ func TestAttack_requireTLS(t *testing.T) {
 	c.expect("MAIL FROM:<alice@example.com>", 250)
 	c.expect("RSET", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
-	a.assertNothingStored()
+	h.assertNothingStored()
 }
 
 // ---- 3. Credentials ----
 
 func TestAttack_wrongCredentials(t *testing.T) {
-	a := newHarness(t, harnessOpts{accounts: []Account{
+	h := newHarness(t, harnessOpts{accounts: []Account{
 		{Name: "alice", PasswordHash: cheapHash, Mode: ModeAll},
 		{Name: "netonly", Networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}, Mode: ModeAll},
 	}})
@@ -311,7 +311,7 @@ func TestAttack_wrongCredentials(t *testing.T) {
 	}
 	for i, tc := range cases {
 		// A fresh source address each, so the rate limiter stays out of it.
-		c := a.dial(fmt.Sprintf("127.0.1.%d", i+1))
+		c := h.dial(fmt.Sprintf("127.0.1.%d", i+1))
 		c.expect("EHLO app.example", 250)
 		want := 535
 		if strings.Contains(tc.what, "NUL") {
@@ -323,12 +323,12 @@ func TestAttack_wrongCredentials(t *testing.T) {
 		c.expect("MAIL FROM:<alice@example.com>", 530)
 	}
 	// AUTH LOGIN the same way.
-	c := a.dial("127.0.1.100")
+	c := h.dial("127.0.1.100")
 	c.expect("EHLO app.example", 250)
 	c.expect("AUTH LOGIN", 334)
 	c.expect(base64.StdEncoding.EncodeToString([]byte("alice")), 334)
 	c.expect(base64.StdEncoding.EncodeToString([]byte("wrong")), 535)
-	a.assertNothingStored()
+	h.assertNothingStored()
 }
 
 // Every failed login costs the same, so the time does not tell a guesser
@@ -361,7 +361,7 @@ func TestAttack_authOneCompareOfTheAccountsCost(t *testing.T) {
 		mu.Unlock()
 		return bcrypt.ErrMismatchedHashAndPassword
 	}
-	a := newHarness(t, harnessOpts{realBcrypt: true, accounts: []Account{
+	h := newHarness(t, harnessOpts{realBcrypt: true, accounts: []Account{
 		{Name: "alice", PasswordHash: alice, Mode: ModeAll},
 		{Name: "bob", PasswordHash: bob, Mode: ModeAll},
 		{Name: "netonly", Networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}, Mode: ModeAll},
@@ -383,7 +383,7 @@ func TestAttack_authOneCompareOfTheAccountsCost(t *testing.T) {
 		mu.Lock()
 		checks = nil
 		mu.Unlock()
-		c := a.dial(fmt.Sprintf("127.0.2.%d", i+1)) // each its own address: no rate limit
+		c := h.dial(fmt.Sprintf("127.0.2.%d", i+1)) // each its own address: no rate limit
 		c.expect("EHLO app.example", 250)
 		if tc.login {
 			c.expect("AUTH LOGIN", 334)
@@ -464,9 +464,9 @@ func TestAccounts_dummyHashMatchesCost(t *testing.T) {
 }
 
 func TestAttack_authRateLimit(t *testing.T) {
-	a := newHarness(t, harnessOpts{})
+	h := newHarness(t, harnessOpts{})
 	// Five guesses on one connection, then the next is refused, slowly.
-	c := a.dial("127.0.3.1")
+	c := h.dial("127.0.3.1")
 	c.expect("EHLO guesser.example", 250)
 	for i := range 5 {
 		c.expect("AUTH PLAIN "+plainIR("", "alice", "guess"+strconv.Itoa(i)), 535)
@@ -480,13 +480,13 @@ func TestAttack_authRateLimit(t *testing.T) {
 		t.Errorf("rate limited: %v", r)
 	}
 	// A new connection from the same address is still refused, right password or not.
-	c = a.dial("127.0.3.1")
+	c = h.dial("127.0.3.1")
 	c.expect("EHLO guesser.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 454)
 	c.expect("AUTH LOGIN "+base64.StdEncoding.EncodeToString([]byte("alice")), 334)
 	c.expect(base64.StdEncoding.EncodeToString([]byte(testPassword)), 454)
 	// Other addresses are not punished for it.
-	c = a.dial("127.0.3.2")
+	c = h.dial("127.0.3.2")
 	c.expect("EHLO app.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
 }
@@ -494,11 +494,11 @@ func TestAttack_authRateLimit(t *testing.T) {
 // Guesses sent on many connections at once still count against the one
 // budget of the address: the limit is not checked and charged separately.
 func TestAttack_authRateLimitParallel(t *testing.T) {
-	a := newHarness(t, harnessOpts{})
+	h := newHarness(t, harnessOpts{})
 	const n = 20
 	conns := make([]*rawClient, n)
 	for i := range conns {
-		conns[i] = a.dial("127.0.3.3")
+		conns[i] = h.dial("127.0.3.3")
 		conns[i].expect("EHLO guesser.example", 250)
 	}
 	codes := make([]int, n)
@@ -526,7 +526,7 @@ func TestAttack_authRateLimitParallel(t *testing.T) {
 		t.Errorf("%d guesses were checked; the burst allows 5", tried)
 	}
 	// A right password right after is refused as well.
-	c := a.dial("127.0.3.3")
+	c := h.dial("127.0.3.3")
 	c.expect("EHLO guesser.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 454)
 }
@@ -535,14 +535,14 @@ func TestAttack_authRateLimitParallel(t *testing.T) {
 func TestAttack_authRateLimitIPv6(t *testing.T) {
 	var mu sync.Mutex
 	n := 0
-	a := newHarness(t, harnessOpts{tls: true, remotes: func() string {
+	h := newHarness(t, harnessOpts{tls: true, remotes: func() string {
 		mu.Lock()
 		defer mu.Unlock()
 		n++
 		return fmt.Sprintf("2001:db8:1:2::%x", n)
 	}})
 	guess := func(pass string) int {
-		c := a.dial("")
+		c := h.dial("")
 		c.expect("EHLO guesser.example", 250)
 		c.expect("STARTTLS", 220)
 		if err := c.startTLS(clientTLS()); err != nil {
@@ -563,9 +563,9 @@ func TestAttack_authRateLimitIPv6(t *testing.T) {
 
 // Successful logins do not use up the budget of an address.
 func TestAttack_authRateLimitSparesSuccess(t *testing.T) {
-	a := newHarness(t, harnessOpts{})
+	h := newHarness(t, harnessOpts{})
 	for range 8 {
-		c := a.dial("127.0.3.4")
+		c := h.dial("127.0.3.4")
 		c.expect("EHLO app.example", 250)
 		c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
 		c.expect("QUIT", 221)
@@ -575,12 +575,12 @@ func TestAttack_authRateLimitSparesSuccess(t *testing.T) {
 // ---- 4. Resource limits ----
 
 func TestAttack_maxConnections(t *testing.T) {
-	a := newHarness(t, harnessOpts{maxConns: 3})
+	h := newHarness(t, harnessOpts{maxConns: 3})
 	var held []*rawClient
 	for i := range 3 {
-		held = append(held, a.dial(fmt.Sprintf("127.0.4.%d", i+1)))
+		held = append(held, h.dial(fmt.Sprintf("127.0.4.%d", i+1)))
 	}
-	c, greet := a.connect("127.0.4.9")
+	c, greet := h.connect("127.0.4.9")
 	if greet.code != 421 || !strings.HasPrefix(greet.text(), "4.7.0") {
 		t.Fatalf("connection over max_connections: %v", greet)
 	}
@@ -591,7 +591,7 @@ func TestAttack_maxConnections(t *testing.T) {
 	held[0].expect("QUIT", 221)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		_, greet := a.connect("127.0.4.9")
+		_, greet := h.connect("127.0.4.9")
 		if greet.code == 220 {
 			break
 		}
@@ -603,22 +603,22 @@ func TestAttack_maxConnections(t *testing.T) {
 }
 
 func TestAttack_maxConnectionsPerIP(t *testing.T) {
-	a := newHarness(t, harnessOpts{maxConns: 100, maxPerIP: 2})
-	a.dial("127.0.5.1")
-	a.dial("127.0.5.1")
-	_, greet := a.connect("127.0.5.1")
+	h := newHarness(t, harnessOpts{maxConns: 100, maxPerIP: 2})
+	h.dial("127.0.5.1")
+	h.dial("127.0.5.1")
+	_, greet := h.connect("127.0.5.1")
 	if greet.code != 421 {
 		t.Fatalf("third connection from one address: %v", greet)
 	}
-	a.dial("127.0.5.2") // another address is unaffected
+	h.dial("127.0.5.2") // another address is unaffected
 }
 
 // A slowloris client that trickles a command byte by byte, or says nothing,
 // is cut after the command timeout: it gets 421 4.4.2 and the connection
 // closes while it is still trickling.
 func TestAttack_slowloris(t *testing.T) {
-	a := newHarness(t, harnessOpts{cmdTimeout: 300 * time.Millisecond})
-	c := a.dial("")
+	h := newHarness(t, harnessOpts{cmdTimeout: 300 * time.Millisecond})
+	c := h.dial("")
 	var sent atomic.Int64
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -663,7 +663,7 @@ func TestAttack_slowloris(t *testing.T) {
 	close(stop)
 	<-done
 
-	idle := a.dial("")
+	idle := h.dial("")
 	if r := idle.read(); r.code != 421 || !strings.HasPrefix(r.text(), "4.4.2") {
 		t.Errorf("idle client: %v", r)
 	}
@@ -676,8 +676,8 @@ func TestAttack_slowloris(t *testing.T) {
 // timeout with 421 4.4.2, and nothing is stored. The command timeout is
 // far beyond the test's patience, so only the data timeout can cut it.
 func TestAttack_dataTimeout(t *testing.T) {
-	a := newHarness(t, harnessOpts{dataTimeout: 400 * time.Millisecond, cmdTimeout: time.Hour})
-	c := a.dial("")
+	h := newHarness(t, harnessOpts{dataTimeout: 400 * time.Millisecond, cmdTimeout: time.Hour})
+	c := h.dial("")
 	c.startData("bob@example.net")
 	stop := make(chan struct{})
 	defer close(stop)
@@ -701,13 +701,13 @@ func TestAttack_dataTimeout(t *testing.T) {
 	if !c.closed(hangGuard) {
 		t.Error("trickling client left connected")
 	}
-	a.assertNothingStored()
+	h.assertNothingStored()
 }
 
 func TestAttack_longLines(t *testing.T) {
-	a := newHarness(t, harnessOpts{maxSize: 4 << 20})
+	h := newHarness(t, harnessOpts{maxSize: 4 << 20})
 	// A command line past the limit closes the connection.
-	c := a.dial("")
+	c := h.dial("")
 	c.write("EHLO " + strings.Repeat("a", 100<<10) + "\r\n")
 	if r := c.read(); r.code != 500 {
 		t.Errorf("100 KiB command line: %v", r)
@@ -716,63 +716,63 @@ func TestAttack_longLines(t *testing.T) {
 		t.Error("connection left open after a command line over the limit")
 	}
 	// A data line past the limit refuses the message.
-	c = a.dial("")
+	c = h.dial("")
 	c.startData("bob@example.net")
 	c.write("Subject: x\r\n\r\n" + strings.Repeat("b", 100<<10) + "\r\n.\r\n")
 	if r := c.read(); r.code != 500 {
 		t.Errorf("100 KiB data line: %v", r)
 	}
 	c.closed(2 * time.Second)
-	a.assertNothingStored()
+	h.assertNothingStored()
 }
 
 func TestAttack_headerTooLarge(t *testing.T) {
-	a := newHarness(t, harnessOpts{maxSize: 8 << 20})
+	h := newHarness(t, harnessOpts{maxSize: 8 << 20})
 	var b strings.Builder
 	line := "X-Pad: " + strings.Repeat("p", 990) + "\r\n"
 	for b.Len() < 1<<20+1 {
 		b.WriteString(line)
 	}
 	b.WriteString("Subject: big header\r\n\r\nbody\r\n")
-	c := a.dial("")
+	c := h.dial("")
 	r := c.sendRaw(1, b.String())
 	if r.code != 552 || !strings.HasPrefix(r.text(), "5.3.4") {
 		t.Errorf("1 MiB header: %v", r)
 	}
 	c.expect("NOOP", 250) // the session goes on, the client got a clean refusal
-	a.assertNothingStored()
+	h.assertNothingStored()
 	// One long folded field is the same.
-	c = a.dial("")
+	c = h.dial("")
 	r = c.sendRaw(1, "Subject: x\r\n"+strings.Repeat(" fold "+strings.Repeat("f", 1000)+"\r\n", 1100)+"\r\nbody\r\n")
 	if r.code != 552 {
 		t.Errorf("1 MiB folded field: %v", r)
 	}
-	a.assertNothingStored()
+	h.assertNothingStored()
 }
 
 func TestAttack_messageTooLarge(t *testing.T) {
-	a := newHarness(t, harnessOpts{maxSize: 64 << 10})
+	h := newHarness(t, harnessOpts{maxSize: 64 << 10})
 	body := strings.Repeat(strings.Repeat("z", 998)+"\r\n", 200)
-	c := a.dial("")
+	c := h.dial("")
 	r := c.sendRaw(1, "Subject: big\r\n\r\n"+body)
 	if r.code != 552 || !strings.HasPrefix(r.text(), "5.3.4") {
 		t.Errorf("200 KB message with a 64 KiB limit: %v", r)
 	}
 	c.expect("NOOP", 250)
 	// Declared up front with SIZE, it is refused at MAIL.
-	c = a.dial("")
+	c = h.dial("")
 	c.expect("EHLO app.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
 	r = c.cmd("MAIL FROM:<alice@example.com> SIZE=10000000")
 	if r.code != 552 || !strings.HasPrefix(r.text(), "5.3.4") {
 		t.Errorf("MAIL with SIZE over the limit: %v", r)
 	}
-	a.assertNothingStored()
+	h.assertNothingStored()
 }
 
 func TestAttack_maxRecipients(t *testing.T) {
-	a := newHarness(t, harnessOpts{maxRcpts: 3})
-	c := a.dial("")
+	h := newHarness(t, harnessOpts{maxRcpts: 3})
+	c := h.dial("")
 	c.expect("EHLO app.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
 	c.expect("MAIL FROM:<alice@example.com>", 250)
@@ -789,8 +789,8 @@ func TestAttack_maxRecipients(t *testing.T) {
 
 // Unknown commands: a few are answered, then the connection is closed.
 func TestAttack_invalidCommands(t *testing.T) {
-	a := newHarness(t, harnessOpts{})
-	c := a.dial("")
+	h := newHarness(t, harnessOpts{})
+	c := h.dial("")
 	c.expect("EHLO scanner.example", 250)
 	for _, junk := range []string{"GET / HTTP/1.1", "Host: relay.test", "USER root", "\x16\x03\x01"} {
 		if r := c.cmd(junk); r.code != 500 && r.code != 501 {
@@ -808,7 +808,7 @@ func TestAttack_invalidCommands(t *testing.T) {
 
 // 200 idle connections that said EHLO cost little memory.
 func TestAttack_idleConnectionsMemory(t *testing.T) {
-	a := newHarness(t, harnessOpts{maxConns: 1000, maxPerIP: 1000, log: slog.New(slog.DiscardHandler)})
+	h := newHarness(t, harnessOpts{maxConns: 1000, maxPerIP: 1000, log: slog.New(slog.DiscardHandler)})
 	heap := func() uint64 {
 		runtime.GC()
 		runtime.GC()
@@ -820,7 +820,7 @@ func TestAttack_idleConnectionsMemory(t *testing.T) {
 	goBefore := runtime.NumGoroutine()
 	const n = 200
 	for i := range n {
-		c := a.dial(fmt.Sprintf("127.0.6.%d", i%250+1))
+		c := h.dial(fmt.Sprintf("127.0.6.%d", i%250+1))
 		c.expect("EHLO idle.example", 250)
 	}
 	after := heap()

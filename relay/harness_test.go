@@ -41,7 +41,7 @@ var (
 )
 
 // harnessOpts configures a test relay. Zero values keep the relay's own
-// defaults.
+// defaults, but for the retry delays, short so that no test waits long.
 type harnessOpts struct {
 	// The account is alice, with password testPassword, these networks and
 	// these self addresses; accounts, when set, replaces her.
@@ -70,7 +70,7 @@ type harnessOpts struct {
 	upstream   bool // deliver to a sink on loopback; otherwise capture to dir/outbox
 	upSMTPUTF8 bool // the upstream sink offers SMTPUTF8
 	upConns    int
-	retry      time.Duration
+	retry      time.Duration // the first retry delay, 50ms when 0; the longest is four times it
 	lifetime   time.Duration
 	dir        string // the spool's parent; a temporary directory when ""
 	noStart    bool   // leave the deliverer stopped
