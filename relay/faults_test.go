@@ -3,13 +3,10 @@ package relay
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"regexp"
 	"strings"
@@ -273,27 +270,21 @@ func TestAdmin_queueCommands(t *testing.T) {
 	h.ledger.waitStatus(t, id1, 0, StatusDeferred)
 	h.ledger.waitStatus(t, id2, 0, StatusDeferred)
 
-	srv := httptest.NewServer(h.d.AdminHandler())
-	defer srv.Close()
-	var list []Envelope
-	resp, _ := http.Get(srv.URL + "/queue")
-	json.NewDecoder(resp.Body).Decode(&list)
-	resp.Body.Close()
-	if len(list) != 2 {
-		t.Fatalf("queue list: %d entries", len(list))
+	list, err := h.spool.List()
+	if err != nil || len(list) != 2 {
+		t.Fatalf("queue list: %d entries, %v", len(list), err)
 	}
-	if resp, _ := http.Get(srv.URL + "/queue/NOPE"); resp.StatusCode != 404 {
-		t.Errorf("show unknown: %d", resp.StatusCode)
+	if _, err := h.spool.Get("NOPE"); !errors.Is(err, ErrNoSuchMessage) {
+		t.Errorf("show unknown: %v", err)
 	}
 	// Retry one now: it goes through on its second attempt without waiting an hour.
-	resp, _ = http.Post(srv.URL+"/queue/"+id1+"/retry", "", nil)
-	resp.Body.Close()
+	if n, released, err := h.d.Retry(id1); n != 1 || released != 0 || err != nil {
+		t.Fatalf("retry: %d rescheduled, %d released, %v", n, released, err)
+	}
 	h.ledger.waitStatus(t, id1, 0, StatusDelivered)
 	// Delete the other with a bounce.
-	resp, _ = http.Post(srv.URL+"/queue/"+id2+"/delete?bounce=true", "", nil)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("delete: %d", resp.StatusCode)
+	if err := h.d.Delete(id2, true); err != nil {
+		t.Fatalf("delete: %v", err)
 	}
 	r := h.ledger.waitStatus(t, id2, 0, StatusBounced)
 	if !strings.Contains(r.LastResponse, "operator") {

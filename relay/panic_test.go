@@ -3,11 +3,8 @@ package relay
 import (
 	"crypto"
 	"crypto/ed25519"
-	"encoding/json"
 	"errors"
 	"io"
-	"net/http"
-	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -121,15 +118,7 @@ func (r *panicRig) checkHeld(id string) {
 	if rc := env.Recipients[0]; rc.Status != StatusHeld || rc.LastResponse != heldResponse {
 		r.t.Errorf("spool record of the copy: status %q, last response %q", rc.Status, rc.LastResponse)
 	}
-	admin := httptest.NewServer(r.d.AdminHandler())
-	defer admin.Close()
-	resp, err := http.Get(admin.URL + "/queue")
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	var list []Envelope
-	err = json.NewDecoder(resp.Body).Decode(&list)
-	resp.Body.Close()
+	list, err := r.spool.List()
 	if err != nil {
 		r.t.Fatal(err)
 	}
