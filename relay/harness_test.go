@@ -104,7 +104,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	if log == nil {
 		log = testLogger(t)
 	}
-	dc := DeliveryConfig{Hostname: "relay.test", RetryInitial: o.retry, RetryMax: 4*o.retry + time.Millisecond, Lifetime: o.lifetime, BaseURL: "http://t.test"}
+	dc := DeliveryConfig{Hostname: "relay.test", RetryInitial: o.retry, RetryMax: 4*o.retry + time.Millisecond, Lifetime: o.lifetime}
 	if o.retry == 0 {
 		dc.RetryInitial, dc.RetryMax = 50*time.Millisecond, 200*time.Millisecond
 	}

@@ -167,6 +167,18 @@ func (m testMinter) ClickURL(i int, dest string) string {
 	return fmt.Sprintf("http://t.test/c/%s-%d-%d", m.id, m.rcpt, i)
 }
 
+// The test minters' URLs are on http://t.test, as a tracker's are on its base URL.
+func (testMinter) Ours(dest string) bool {
+	const base = "http://t.test"
+	return len(dest) >= len(base) && strings.EqualFold(dest[:len(base)], base) &&
+		(len(dest) == len(base) || strings.ContainsRune("/?#", rune(dest[len(base)])))
+}
+
+func (testMinter) IsOpenURL(u string) bool {
+	const prefix = "http://t.test/o/"
+	return len(u) >= len(prefix) && strings.EqualFold(u[:len(prefix)], prefix)
+}
+
 // memLedger is an in-memory Ledger for tests.
 type memLedger struct {
 	mu        sync.Mutex
