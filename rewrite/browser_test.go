@@ -75,7 +75,7 @@ func TestBrowserNoVisibleChange(t *testing.T) {
 		id := fmt.Sprintf("m%03d", len(srv.names))
 		srv.names = append(srv.names, name)
 		var out bytes.Buffer
-		res, err := Message(&out, bytes.NewReader(in), Options{Opens: true, Clicks: true, Minter: browserMinter{base: srv.URL, id: id}, BaseURL: srv.URL})
+		res, err := Message(&out, bytes.NewReader(in), Options{Opens: true, Clicks: true, Minter: browserMinter{testURLs: testURLs{srv.URL}, id: id}})
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 			continue
@@ -195,7 +195,10 @@ const controlTemplate = "template--postmark-welcome.eml"
 
 // browserMinter mints URLs on the local render server: the pixel of message
 // id is /o/<id>.gif, so the server can tell which pixels were loaded.
-type browserMinter struct{ base, id string }
+type browserMinter struct {
+	testURLs
+	id string
+}
 
 func (m browserMinter) OpenURL() string { return m.base + "/o/" + m.id + ".gif" }
 func (m browserMinter) ClickURL(i int, dest string) string {
