@@ -6,7 +6,10 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,6 +69,19 @@ Content-Transfer-Encoding: base64
 // attachmentOf returns the decoded body of the message's application/pdf part.
 func attachmentOf(t *testing.T, data []byte) []byte {
 	t.Helper()
+	return partOf(t, data, "application/pdf")
+}
+
+// htmlOf returns the decoded text/html part of a message.
+func htmlOf(t *testing.T, data []byte) string {
+	t.Helper()
+	return string(partOf(t, data, "text/html"))
+}
+
+// partOf returns the decoded body of the message's last part of media
+// type mt.
+func partOf(t *testing.T, data []byte, mt string) []byte {
+	t.Helper()
 	e, err := message.Read(bytes.NewReader(data))
 	if err != nil {
 		t.Fatal(err)
@@ -75,32 +91,12 @@ func attachmentOf(t *testing.T, data []byte) []byte {
 		if err != nil {
 			return err
 		}
-		if mt, _, _ := part.Header.ContentType(); mt == "application/pdf" {
+		if pt, _, _ := part.Header.ContentType(); pt == mt {
 			got, err = readAllBody(part)
 		}
 		return err
 	})
 	return got
-}
-
-// htmlOf returns the decoded text/html part of a message.
-func htmlOf(t *testing.T, data []byte) string {
-	t.Helper()
-	e, err := message.Read(bytes.NewReader(data))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var html []byte
-	e.Walk(func(path []int, part *message.Entity, err error) error {
-		if err != nil {
-			return err
-		}
-		if mt, _, _ := part.Header.ContentType(); mt == "text/html" {
-			html, err = readAllBody(part)
-		}
-		return err
-	})
-	return string(html)
 }
 
 func readAllBody(e *message.Entity) ([]byte, error) {
@@ -220,7 +216,11 @@ func TestDelivery_noBounceToNullSender(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.ledger.waitStatus(t, queueID(t, reply), 0, StatusBounced)
-	time.Sleep(200 * time.Millisecond)
+	// A bounce is queued (and counted) before the copy's status is
+	// recorded: had there been one, it would be counted by now.
+	if n := testutil.ToFloat64(h.d.metrics.bounces); n != 0 {
+		t.Fatalf("%v bounces queued for a null-sender message", n)
+	}
 	if n := len(h.sink.messages()); n != 0 {
 		t.Fatalf("a bounce of a null-sender message was sent (%d messages)", n)
 	}
@@ -414,10 +414,58 @@ func TestDeliverer_announcesEachMessageOnce(t *testing.T) {
 	}
 }
 
+// gatedLedger is a memLedger whose Accepted and Delivery calls wait at a
+// gate, when one is set, until the test closes it; held counts the calls
+// waiting there.
+type gatedLedger struct {
+	*memLedger
+	acceptGate, deliveryGate atomic.Pointer[chan struct{}]
+	held                     atomic.Int64
+}
+
+func (l *gatedLedger) Accepted(ctx context.Context, env *Envelope, links []string) error {
+	l.wait(l.acceptGate.Load())
+	return l.memLedger.Accepted(ctx, env, links)
+}
+
+func (l *gatedLedger) Delivery(ctx context.Context, id string, rcpt int, r Recipient) error {
+	l.wait(l.deliveryGate.Load())
+	return l.memLedger.Delivery(ctx, id, rcpt, r)
+}
+
+// hold sets the gate g and returns the function that opens it. The test's
+// end opens it too, so that a failing test leaves no call waiting.
+func (l *gatedLedger) hold(t *testing.T, g *atomic.Pointer[chan struct{}]) (open func()) {
+	gate := make(chan struct{})
+	g.Store(&gate)
+	open = sync.OnceFunc(func() { close(gate) })
+	t.Cleanup(open)
+	return open
+}
+
+func (l *gatedLedger) wait(gate *chan struct{}) {
+	if gate == nil {
+		return
+	}
+	l.held.Add(1)
+	defer l.held.Add(-1)
+	<-*gate
+}
+
+// waitUntil polls cond until it holds; past hangGuard the test fails.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(hangGuard); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: not yet %s", hangGuard, what)
+		}
+	}
+}
+
 // A message whose first attempt does not start soon (its copy is deferred)
 // is announced all the same, by the announcer, after announceDelay.
 func TestDeliverer_announcesMessagesNotAttempted(t *testing.T) {
-	ledger := newMemLedger()
+	ledger := &gatedLedger{memLedger: newMemLedger()}
 	d, spool := captureDeliverer(t, ledger, DeliveryConfig{})
 	startDeliverer(t, d)
 	env := enqueueHTML(t, spool, "r@example.net", StatusDeferred, time.Now().Add(time.Hour))
@@ -429,10 +477,9 @@ func TestDeliverer_announcesMessagesNotAttempted(t *testing.T) {
 	}
 
 	// A backlog is announced many at a time, though each report waits
-	// (for company, in the tracking store).
-	ledger.mu.Lock()
-	ledger.acceptDelay = 50 * time.Millisecond
-	ledger.mu.Unlock()
+	// (for company, in the tracking store): every announcer holds one at
+	// the gate at once.
+	open := ledger.hold(t, &ledger.acceptGate)
 	const n = 100
 	var ids []string
 	for i := range n {
@@ -441,22 +488,24 @@ func TestDeliverer_announcesMessagesNotAttempted(t *testing.T) {
 		d.Submit(e, false)
 		ids = append(ids, e.ID)
 	}
-	start = time.Now()
+	waitUntil(t, fmt.Sprintf("%d announcements waiting for the ledger at once", announcers), func() bool {
+		return ledger.held.Load() == announcers
+	})
+	open()
 	for _, id := range ids {
 		ledger.waitAccepted(t, id)
-	}
-	if took, oneByOne := time.Since(start), n*ledger.acceptDelay; took > oneByOne/2 {
-		t.Errorf("%d announcements took %v; one at a time they take %v", n, took, oneByOne)
 	}
 }
 
 // Recording an outcome (the ledger's and the spool's commits, which wait
-// for company) does not hold a worker: one worker delivers copies while the
-// records of the earlier ones are still on their way.
+// for company) does not hold a worker: one worker delivers every copy while
+// the records of all of them are still on their way.
 func TestDeliverer_recordsDoNotHoldWorkers(t *testing.T) {
-	ledger := newMemLedger()
-	ledger.deliveryDelay = 300 * time.Millisecond
+	ledger := &gatedLedger{memLedger: newMemLedger()}
+	open := ledger.hold(t, &ledger.deliveryGate)
 	d, spool := captureDeliverer(t, ledger, DeliveryConfig{Workers: 1})
+	// Four records per worker may be on their way at once, and the worker
+	// delivers a fifth copy before it waits for one of them.
 	const n = 5
 	var ids []string
 	for i := range n {
@@ -464,15 +513,19 @@ func TestDeliverer_recordsDoNotHoldWorkers(t *testing.T) {
 		d.Submit(env, true)
 		ids = append(ids, env.ID)
 	}
-	start := time.Now()
 	if err := d.Start(); err != nil {
 		t.Fatal(err)
 	}
+	waitUntil(t, fmt.Sprintf("%d copies delivered while their records wait", n), func() bool {
+		files, _ := filepath.Glob(filepath.Join(d.cfg.CaptureDir, "*.eml"))
+		return len(files) == n
+	})
+	if got := ledger.held.Load(); got == 0 {
+		t.Error("no record waiting at the gate")
+	}
+	open()
 	for _, id := range ids {
 		ledger.waitStatus(t, id, 0, StatusDelivered)
-	}
-	if took := time.Since(start); took >= n*ledger.deliveryDelay {
-		t.Errorf("%d copies recorded in %v by one worker: each record held it", n, took)
 	}
 	if err := d.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
@@ -582,7 +635,14 @@ func TestDeliverer_bouncesLoadedAtStartAreNotReported(t *testing.T) {
 			t.Fatal("the bounce was not delivered")
 		}
 	}
-	time.Sleep(announceDelayDefault + 50*time.Millisecond) // past the announcer's turn
+	// Once the message is neither pending nor being announced, no report
+	// of it can start any more.
+	waitUntil(t, "the bounce neither pending nor being announced", func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		_, announcing := d.announcing[env.ID]
+		return d.pending[env.ID] == nil && !announcing
+	})
 	ledger.mu.Lock()
 	defer ledger.mu.Unlock()
 	if n := ledger.acceptedN[env.ID]; n != 0 {

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"bufio"
-	"bytes"
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rsa"
@@ -351,102 +350,4 @@ func dkimTag(v, name string) string {
 		}
 	}
 	return ""
-}
-
-// dkimSource returns what the rewriter reads for a tracked copy: the spool
-// file, or, when the message is DKIM-signed only for domains we hold keys
-// for, the spool file without its DKIM-Signature fields, so that the copy
-// is instrumented and then signed again. Only the header is held in memory.
-func (d *Deliverer) dkimSource(f *os.File) (io.Reader, error) {
-	if d.cfg.DKIM == nil {
-		return f, nil
-	}
-	br := bufio.NewReaderSize(f, 16<<10)
-	h, body, err := readHeader(br, dkimMaxHeader)
-	if err == nil && d.cfg.DKIM.resignable(h) {
-		var hdr bytes.Buffer
-		for _, fl := range h.fields {
-			if !fl.is("DKIM-Signature") {
-				hdr.Write(fl.raw)
-			}
-		}
-		hdr.Write(h.end)
-		return io.MultiReader(&hdr, body), nil
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return nil, err
-	}
-	return f, nil
-}
-
-// signCopy returns the copy to send with its DKIM-Signature in front, or
-// the copy as it is when there is no key for its From domain, it is
-// already signed, or signing fails: a signature is never worth a lost
-// mail. A panic of the key is returned as its *guard.Panic, for the job to
-// hold the copy. body is read from its start; what is returned is at its
-// start.
-func (d *Deliverer) signCopy(body io.ReadSeeker, size int64, log *slog.Logger) (io.ReadSeeker, int64, error) {
-	if d.cfg.DKIM == nil {
-		return body, size, nil
-	}
-	sig, err := d.cfg.DKIM.sign(body, log)
-	if _, serr := body.Seek(0, io.SeekStart); serr != nil {
-		return nil, 0, serr
-	}
-	var p *guard.Panic
-	switch {
-	case errors.As(err, &p):
-		// Not a failure to deliver unsigned over: the job's boundary
-		// holds the copy.
-		return nil, 0, p
-	case err == nil:
-		d.metrics.dkimSignatures.WithLabelValues("signed").Inc()
-		return &signedCopy{sig: []byte(sig), body: body, size: size}, size + int64(len(sig)), nil
-	case errors.Is(err, errDKIMNoKey), errors.Is(err, errDKIMSigned):
-		return body, size, nil
-	default:
-		d.metrics.dkimSignatures.WithLabelValues("error").Inc()
-		log.Warn("dkim: signing failed; delivering the copy unsigned", "err", err)
-		return body, size, nil
-	}
-}
-
-// signedCopy reads a DKIM-Signature field followed by the copy it signs,
-// and seeks over both.
-type signedCopy struct {
-	sig  []byte
-	body io.ReadSeeker // positioned at pos-len(sig) once pos is past sig
-	size int64         // of body
-	pos  int64
-}
-
-func (c *signedCopy) Read(p []byte) (int, error) {
-	if c.pos < int64(len(c.sig)) {
-		n := copy(p, c.sig[c.pos:])
-		c.pos += int64(n)
-		return n, nil
-	}
-	n, err := c.body.Read(p)
-	c.pos += int64(n)
-	return n, err
-}
-
-func (c *signedCopy) Seek(off int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		off += c.pos
-	case io.SeekEnd:
-		off += int64(len(c.sig)) + c.size
-	default:
-		return 0, errors.New("signedCopy.Seek: invalid whence")
-	}
-	if off < 0 {
-		return 0, errors.New("signedCopy.Seek: negative position")
-	}
-	if _, err := c.body.Seek(max(0, off-int64(len(c.sig))), io.SeekStart); err != nil {
-		return 0, err
-	}
-	c.pos = off
-	return off, nil
 }

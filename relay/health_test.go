@@ -1,20 +1,54 @@
+//go:build unix
+
 package relay
 
 import (
+	"errors"
+	"fmt"
 	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
 
-func TestUpstreamHealth(t *testing.T) {
-	// A port nothing listens on.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// reservePort holds a loopback port with a socket that is bound but not
+// listening: connections to it are refused, and no other socket can take
+// the port, until listen makes that socket a listener on it.
+func reservePort(t *testing.T) (addr string, listen func() net.Listener) {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
+	f := os.NewFile(uintptr(fd), "reserved port")
+	t.Cleanup(func() { f.Close() })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr = fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	return addr, func() net.Listener {
+		t.Helper()
+		if err := syscall.Listen(fd, syscall.SOMAXCONN); err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.FileListener(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ln
+	}
+}
+
+func TestUpstreamHealth(t *testing.T) {
+	// A port that refuses connections, held so that the upstream can come
+	// back on it.
+	addr, listen := reservePort(t)
 
 	p := newUpstreamPool(UpstreamConfig{Address: addr, TLS: TLSNone, DialTimeout: 2 * time.Second}, NewMetrics(nil))
 	d := &Deliverer{up: p}
@@ -23,8 +57,9 @@ func TestUpstreamHealth(t *testing.T) {
 	}
 	msg := "Subject: x\r\n\r\nhello\r\n"
 	before := time.Now()
-	if _, err := p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg), false); err == nil {
-		t.Fatal("send to a closed port succeeded")
+	_, err := p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg), false)
+	if ce, ok := err.(connError); !ok || !errors.Is(ce.err, syscall.ECONNREFUSED) {
+		t.Fatalf("send to a port that refuses connections: %v", err)
 	}
 	ok, failing := d.UpstreamHealth()
 	if !ok.IsZero() || failing.Before(before) {
@@ -37,10 +72,7 @@ func TestUpstreamHealth(t *testing.T) {
 	}
 
 	// The upstream comes back on the same address.
-	s, err := trySinkAt(t, addr)
-	if err != nil {
-		t.Skipf("cannot listen on %s again: %v", addr, err)
-	}
+	s := startSink(t, listen(), nil)
 	if _, err := p.send("a@example.com", "b@example.net", int64(len(msg)), strings.NewReader(msg), false); err != nil {
 		t.Fatalf("send to the sink: %v", err)
 	}

@@ -30,66 +30,42 @@ type Metrics struct {
 // unregistered, for tests).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		sessions: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "trackrelay_smtp_sessions_total",
-			Help: "SMTP sessions started.",
-		}),
-		connRejected: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "trackrelay_smtp_connections_rejected_total",
-			Help: "SMTP connections refused with 421 because a connection limit was reached.",
-		}),
-		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "trackrelay_smtp_auth_failures_total",
-			Help: "Failed SMTP AUTH attempts, by reason (bad_credentials, rate_limited).",
-		}, []string{"reason"}),
-		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "trackrelay_smtp_messages_total",
-			Help: "Messages by result (accepted, rejected) and rejection reason (auth_required, tls_required, bad_address, too_large, line_too_long, bad_message, timeout, spool_error).",
-		}, []string{"result", "reason"}),
-		acceptedBytes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "trackrelay_smtp_accepted_bytes_total",
-			Help: "Bytes of accepted messages, as spooled.",
-		}),
-		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "trackrelay_delivery_attempts_total",
-			Help: "Delivery attempts of recipient copies, by result (delivered, deferred, bounced).",
-		}, []string{"result"}),
+		sessions: counter("trackrelay_smtp_sessions_total",
+			"SMTP sessions started."),
+		connRejected: counter("trackrelay_smtp_connections_rejected_total",
+			"SMTP connections refused with 421 because a connection limit was reached."),
+		authFailures: counterVec("trackrelay_smtp_auth_failures_total",
+			"Failed SMTP AUTH attempts, by reason (bad_credentials, rate_limited).", "reason"),
+		messages: counterVec("trackrelay_smtp_messages_total",
+			"Messages by result (accepted, rejected) and rejection reason (auth_required, tls_required, bad_address, too_large, line_too_long, bad_message, timeout, spool_error).", "result", "reason"),
+		acceptedBytes: counter("trackrelay_smtp_accepted_bytes_total",
+			"Bytes of accepted messages, as spooled."),
+		attempts: counterVec("trackrelay_delivery_attempts_total",
+			"Delivery attempts of recipient copies, by result (delivered, deferred, bounced).", "result"),
 		attemptDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "trackrelay_delivery_attempt_duration_seconds",
 			Help:    "Time taken by one delivery attempt (instrumenting and sending one copy), by result.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
 		}, []string{"result"}),
-		rewrites: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "trackrelay_rewrite_total",
-			Help: "Copies passed through the rewriter, by outcome (rewritten, unchanged, dkim_signed, failed, untracked).",
-		}, []string{"outcome"}),
+		rewrites: counterVec("trackrelay_rewrite_total",
+			"Copies passed through the rewriter, by outcome (rewritten, unchanged, dkim_signed, failed, untracked).", "outcome"),
 		rewriteDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "trackrelay_rewrite_duration_seconds",
 			Help:    "Time taken to instrument one recipient copy.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 3, 10),
 		}),
-		linksRewritten: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "trackrelay_rewrite_links_total",
-			Help: "Links turned into click redirects, summed over all copies.",
-		}),
-		bounces: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "trackrelay_delivery_bounces_total",
-			Help: "Delivery status notifications (bounces) generated.",
-		}),
+		linksRewritten: counter("trackrelay_rewrite_links_total",
+			"Links turned into click redirects, summed over all copies."),
+		bounces: counter("trackrelay_delivery_bounces_total",
+			"Delivery status notifications (bounces) generated."),
 		queue: &queueCollector{desc: prometheus.NewDesc("trackrelay_queue_recipients",
 			"Recipient copies in the spool, by state (queued, deferred, sending, held: after an internal error, until the operator retries them).", []string{"state"}, nil)},
-		upstreamDials: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "trackrelay_upstream_connections_total",
-			Help: "Connections opened to the upstream server, by result (ok, error).",
-		}, []string{"result"}),
-		ledgerErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "trackrelay_ledger_errors_total",
-			Help: "Failures to record acceptance or delivery status in the tracking store.",
-		}),
-		dkimSignatures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "trackrelay_dkim_signatures_total",
-			Help: "DKIM signing of outgoing copies, by result (signed; error: delivered unsigned).",
-		}, []string{"result"}),
+		upstreamDials: counterVec("trackrelay_upstream_connections_total",
+			"Connections opened to the upstream server, by result (ok, error).", "result"),
+		ledgerErrors: counter("trackrelay_ledger_errors_total",
+			"Failures to record acceptance or delivery status in the tracking store."),
+		dkimSignatures: counterVec("trackrelay_dkim_signatures_total",
+			"DKIM signing of outgoing copies, by result (signed; error: delivered unsigned).", "result"),
 	}
 	for _, r := range []string{"signed", "error"} {
 		m.dkimSignatures.WithLabelValues(r)
@@ -100,6 +76,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.bounces, m.queue, m.upstreamDials, m.ledgerErrors, m.dkimSignatures)
 	}
 	return m
+}
+
+// counter and counterVec make a counter, and one with labels, named and
+// described so.
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
 }
 
 // queueCollector counts the queue's copies by state when scraped: telling

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -282,6 +283,23 @@ func (s *Spool) Get(id string) (*Envelope, error) {
 		return json.Unmarshal(v, env)
 	})
 	return env, err
+}
+
+// List returns every message in the spool, oldest first.
+func (s *Spool) List() ([]*Envelope, error) {
+	var envs []*Envelope
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(queueBucket).ForEach(func(k, v []byte) error {
+			env := new(Envelope)
+			if err := json.Unmarshal(v, env); err != nil {
+				return nil // set aside at the next start; Load logs it
+			}
+			envs = append(envs, env)
+			return nil
+		})
+	})
+	sort.Slice(envs, func(i, j int) bool { return envs[i].AcceptedAt.Before(envs[j].AcceptedAt) })
+	return envs, err
 }
 
 // Update applies fn to the record of id and stores the result durably.

@@ -326,15 +326,17 @@ func TestAttack_requestSize(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 		t.Errorf("1.6 MB of headers: %d", resp.StatusCode)
 	}
-	// A body announced but never sent does not hold the answer back.
-	start := time.Now()
+	// A body announced but never sent does not hold the answer back: the
+	// client sends none of it, so an answer at all (rawGet gives up after
+	// 10 s; the test server has no read timeout) shows that nothing waited
+	// for it.
 	resp, _ = rawGet(t, e.srv.URL, "GET", open, map[string]string{"Content-Length": "1073741824"})
-	if resp.StatusCode != http.StatusOK || time.Since(start) > 2*time.Second {
-		t.Errorf("GET with a 1 GiB body announced: %d after %v", resp.StatusCode, time.Since(start))
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET with a 1 GiB body announced: %d", resp.StatusCode)
 	}
 	resp, _ = rawGet(t, e.srv.URL, "DELETE", "/api/v1/messages/"+e.msg.ID, map[string]string{"Content-Length": "1073741824"})
-	if resp.StatusCode != http.StatusUnauthorized || time.Since(start) > 4*time.Second {
-		t.Errorf("DELETE with a 1 GiB body announced: %d after %v", resp.StatusCode, time.Since(start))
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("DELETE with a 1 GiB body announced: %d", resp.StatusCode)
 	}
 	// A long user agent is cut before it is stored.
 	e.do(t, http.MethodGet, e.mint.OpenURL(), http.Header{"User-Agent": {strings.Repeat("U", 32<<10)}})

@@ -1,9 +1,20 @@
 package main
 
 import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
+
+	"github.com/trackrelay/trackrelay/internal/durable"
 
 	"github.com/trackrelay/trackrelay/tracker/token"
 )
@@ -66,4 +77,74 @@ func upstreamPassword(u *UpstreamConfig) (string, error) {
 		return "", fmt.Errorf("upstream.password_file: %w", err)
 	}
 	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// loadSecret reads tracking.secret_file, or the secret kept in the data
+// dir, generating it on first start.
+func loadSecret(cfg *Config) ([]byte, error) {
+	path := cfg.Tracking.SecretFile
+	if path == "" {
+		path = filepath.Join(cfg.DataDir, "tracking-secret")
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			raw := make([]byte, 32)
+			rand.Read(raw)
+			// Every link sent depends on it: durable before the first token
+			// is signed, and never replaced (another process starting on the
+			// same data dir may have made it first).
+			err := durable.CreateFile(path, []byte(base64.StdEncoding.EncodeToString(raw)+"\n"), 0o600)
+			if err != nil && !errors.Is(err, fs.ErrExist) {
+				return nil, fmt.Errorf("generating tracking secret: %w", err)
+			}
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("tracking.secret_file: %w", err)
+	}
+	secret := []byte(strings.TrimSpace(string(b)))
+	if len(secret) < 32 {
+		return nil, fmt.Errorf("tracking.secret_file: %s holds %d bytes; at least 32 are needed", path, len(secret))
+	}
+	return secret, nil
+}
+
+// keyID names a secret by its hash, so that the id of a key does not depend
+// on the order keys are listed in when they rotate.
+func keyID(secret []byte) byte {
+	h := sha256.Sum256(append([]byte("trackrelay key id\x00"), secret...))
+	return h[0]
+}
+
+// ensureDefaultAPIKey gives the embedded defaults' account its API key: made
+// and printed once on first start, kept in the data dir.
+func ensureDefaultAPIKey(cfg *Config, stdout io.Writer, log *slog.Logger) error {
+	path := filepath.Join(cfg.DataDir, "api-key-default")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		raw := make([]byte, 24)
+		rand.Read(raw)
+		key := "trk_" + base64.RawURLEncoding.EncodeToString(raw)
+		err = durable.CreateFile(path, []byte(key+"\n"), 0o600)
+		switch {
+		case err == nil:
+			fmt.Fprintf(stdout, "API key of account \"default\" (shown once; also kept in %s):\n%s\n", path, key)
+			b = []byte(key)
+		case errors.Is(err, fs.ErrExist): // made meanwhile by another start
+			b, err = os.ReadFile(path)
+		default:
+			return fmt.Errorf("writing API key: %w", err)
+		}
+	} else if err == nil {
+		log.Info("API key of account default is kept in the data dir", "file", path)
+	}
+	if err != nil {
+		return fmt.Errorf("reading API key: %w", err)
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(string(b))))
+	for i := range cfg.Accounts {
+		if cfg.Accounts[i].Name == "default" && cfg.Accounts[i].APIKeySHA256 == "" {
+			cfg.Accounts[i].APIKeySHA256 = hex.EncodeToString(sum[:])
+		}
+	}
+	return nil
 }
