@@ -1,6 +1,3 @@
-// Package backoff computes how long to wait before retrying after
-// failures: exponential, capped, and, where many retries could fall due
-// together, jittered.
 package backoff
 
 import (

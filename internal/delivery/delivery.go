@@ -1,6 +1,3 @@
-// Package delivery names the states of one recipient's copy of a message.
-// The relay keeps them in its spool and the tracking store in its records
-// and API, under the same strings, so that the one set serves both.
 package delivery
 
 // Status is the delivery state of one recipient's copy. Its string is what

@@ -1,7 +1,3 @@
-// Package ratelimit limits what one client may do, per client address: a
-// token bucket each (golang.org/x/time/rate), kept in memory that idle
-// clients leave. The relay limits failed logins with it, the tracker the
-// hits it records.
 package ratelimit
 
 import (
