@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	bbolt "go.etcd.io/bbolt"
@@ -69,10 +70,10 @@ type storedRecipient struct {
 }
 
 type storedDelivery struct {
-	Status       string    `json:"st"`
-	Attempts     int       `json:"n,omitempty"`
-	LastResponse string    `json:"resp,omitempty"`
-	UpdatedAt    time.Time `json:"at"`
+	Status       delivery.Status `json:"st"`
+	Attempts     int             `json:"n,omitempty"`
+	LastResponse string          `json:"resp,omitempty"`
+	UpdatedAt    time.Time       `json:"at"`
 }
 
 type storedEvent struct {
