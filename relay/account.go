@@ -5,11 +5,9 @@ import (
 	"errors"
 	"net/netip"
 	"sync"
-	"time"
 
 	"github.com/emersion/go-sasl"
 	"golang.org/x/crypto/bcrypt"
-	"golang.org/x/time/rate"
 )
 
 // Tracking modes: what a recipient's copy gets.
@@ -130,86 +128,6 @@ func (as *accounts) byNetwork(ip netip.Addr) *Account {
 		}
 	}
 	return best
-}
-
-// authLimiter rate-limits failed logins per client (clientKey): a burst of
-// attempts, then one every interval. Attempts under way count against the
-// budget until they end, so that guesses sent on many connections at once
-// cannot all be checked before the first failure is recorded. Entries are
-// forgotten once idle.
-type authLimiter struct {
-	mu       sync.Mutex
-	perIP    map[netip.Addr]*limiterEntry
-	every    time.Duration
-	burst    int
-	lastScan time.Time
-}
-
-type limiterEntry struct {
-	lim      *rate.Limiter
-	seen     time.Time
-	inflight int // attempts begun and not yet ended
-}
-
-func newAuthLimiter(burst int, every time.Duration) *authLimiter {
-	return &authLimiter{perIP: map[netip.Addr]*limiterEntry{}, every: every, burst: burst}
-}
-
-// begin starts a login attempt from ip. It returns false, and the attempt
-// must be refused, when the client has used up its failed attempts,
-// counting those under way. Otherwise end must be called once the attempt
-// is decided.
-func (l *authLimiter) begin(ip netip.Addr) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	k := clientKey(ip)
-	e := l.perIP[k]
-	if e == nil {
-		e = &limiterEntry{lim: rate.NewLimiter(rate.Every(l.every), l.burst)}
-		l.perIP[k] = e
-	}
-	e.seen = now
-	if e.lim.TokensAt(now)-float64(e.inflight) < 1 {
-		return false
-	}
-	e.inflight++
-	return true
-}
-
-// end finishes an attempt begun by begin; a failed one is charged.
-func (l *authLimiter) end(ip netip.Addr, ok bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	if e := l.perIP[clientKey(ip)]; e != nil {
-		e.inflight--
-		e.seen = now
-		if !ok {
-			e.lim.AllowN(now, 1)
-		}
-	}
-	if now.Sub(l.lastScan) > time.Minute {
-		l.lastScan = now
-		idle := l.every * time.Duration(l.burst+1)
-		for k, v := range l.perIP {
-			if v.inflight == 0 && now.Sub(v.seen) > idle {
-				delete(l.perIP, k)
-			}
-		}
-	}
-}
-
-// clientKey is what per-client limits count by: an IPv4 address, or the
-// /64 of an IPv6 address, since one IPv6 client is given a whole /64 and
-// could otherwise take a new address for every attempt.
-func clientKey(ip netip.Addr) netip.Addr {
-	if ip.Is6() && !ip.Is4In6() {
-		if p, err := ip.Prefix(64); err == nil {
-			return p.Addr()
-		}
-	}
-	return ip
 }
 
 // loginServer is the server side of SASL LOGIN (draft-murchison-sasl-login),

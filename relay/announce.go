@@ -3,19 +3,16 @@ package relay
 import (
 	"context"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/trackrelay/trackrelay/internal/guard"
+	"github.com/trackrelay/trackrelay/internal/msgid"
 )
 
 func pendingKey(account, messageID string) string {
-	// Normalised as the tracking store does: spaces, then one pair of <>.
-	messageID = strings.TrimSpace(messageID)
-	if len(messageID) >= 2 && messageID[0] == '<' && messageID[len(messageID)-1] == '>' {
-		messageID = messageID[1 : len(messageID)-1]
-	}
-	return account + "\x00" + messageID
+	// Normalised as the tracking store does, so that both find a message
+	// by the same references.
+	return account + "\x00" + msgid.Normalize(messageID)
 }
 
 // addPending and dropPending must be called with d.mu held.

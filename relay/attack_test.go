@@ -4,23 +4,11 @@ package relay
 // loopback and asserts the exact outcome. SECURITY.md lists them.
 
 import (
-	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"math/big"
-	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -32,315 +20,12 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// attackOpts configures a relay under attack. Zero values keep the relay's
-// own defaults, except the timeouts, which are short so that no test waits
-// long.
-type attackOpts struct {
-	tls         bool
-	requireTLS  bool
-	cmdTimeout  time.Duration
-	dataTimeout time.Duration
-	maxConns    int
-	maxPerIP    int
-	maxSize     int64
-	maxRcpts    int
-	networks    []netip.Prefix // alice's networks
-	remote      string         // when set, every peer appears to come from this IP
-	remotes     func() string  // when set, each peer appears to come from the IP it returns
-	accounts    []Account      // replaces alice
-	log         *slog.Logger
-	// ownDummy leaves the dummy hash to the accounts' dummyHash; other
-	// tests preset one of the cheapest cost, which changes no answer, only
-	// the time.
-	ownDummy bool
-}
-
-var cheapHash, _ = bcrypt.GenerateFromPassword([]byte(testPassword), bcrypt.MinCost)
-
-type attackServer struct {
-	t      *testing.T
-	addr   string
-	dir    string
-	srv    *Server
-	ledger *memLedger
-}
-
-func newAttackServer(t *testing.T, o attackOpts) *attackServer {
-	t.Helper()
-	a := &attackServer{t: t, dir: t.TempDir(), ledger: newMemLedger()}
-	spool, err := OpenSpool(filepath.Join(a.dir, "spool"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := o.log
-	if log == nil {
-		log = testLogger(t)
-	}
-	d := NewDeliverer(DeliveryConfig{Hostname: "relay.test", CaptureDir: filepath.Join(a.dir, "outbox"),
-		RetryInitial: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond, BaseURL: "http://t.test"},
-		spool, a.ledger, testMinters{}, log, nil)
-	if err := d.Start(); err != nil {
-		t.Fatal(err)
-	}
-	cfg := ServerConfig{
-		Hostname:            "relay.test",
-		MaxMessageBytes:     o.maxSize,
-		MaxRecipients:       o.maxRcpts,
-		RequireTLS:          o.requireTLS,
-		CommandTimeout:      o.cmdTimeout,
-		DataTimeout:         o.dataTimeout,
-		MaxConnections:      o.maxConns,
-		MaxConnectionsPerIP: o.maxPerIP,
-		Accounts:            o.accounts,
-	}
-	if cfg.CommandTimeout == 0 {
-		cfg.CommandTimeout = 5 * time.Second
-	}
-	if cfg.DataTimeout == 0 {
-		cfg.DataTimeout = 5 * time.Second
-	}
-	if cfg.Accounts == nil {
-		cfg.Accounts = []Account{{Name: "alice", PasswordHash: cheapHash, Networks: o.networks, Mode: ModeAll}}
-	}
-	if o.tls {
-		cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{testCert(t)}}
-	}
-	a.srv = NewServer(cfg, spool, d, log, nil)
-	if !o.ownDummy {
-		a.srv.accounts.dummyOnce.Do(func() { a.srv.accounts.dummy = cheapHash })
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.addr = ln.Addr().String()
-	var l net.Listener = ln
-	if o.remote != "" {
-		l = remoteListener{Listener: ln, next: func() string { return o.remote }}
-	}
-	if o.remotes != nil {
-		l = remoteListener{Listener: ln, next: o.remotes}
-	}
-	go a.srv.Serve(l)
-	t.Cleanup(func() {
-		a.srv.smtp.Close()
-		d.Shutdown(shutdownCtx(t))
-		spool.Close()
-	})
-	return a
-}
-
-// stored lists every message file the spool or the outbox holds.
-func (a *attackServer) stored() []string {
-	var files []string
-	for _, d := range []string{filepath.Join(a.dir, "spool", "msg"), filepath.Join(a.dir, "outbox")} {
-		entries, _ := os.ReadDir(d)
-		for _, e := range entries {
-			files = append(files, filepath.Join(d, e.Name()))
-		}
-	}
-	a.ledger.mu.Lock()
-	for id := range a.ledger.accepted {
-		files = append(files, "ledger:"+id)
-	}
-	a.ledger.mu.Unlock()
-	return files
-}
-
-func (a *attackServer) assertNothingStored() {
-	a.t.Helper()
-	if f := a.stored(); len(f) != 0 {
-		a.t.Fatalf("the relay stored something: %v", f)
-	}
-}
-
-// remoteListener makes every connection appear to come from ip, so that a
-// client on loopback can play a peer on the internet.
-type remoteListener struct {
-	net.Listener
-	next func() string
-}
-
-func (l remoteListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	port := c.RemoteAddr().(*net.TCPAddr).Port
-	return remoteConn{Conn: c, remote: &net.TCPAddr{IP: net.ParseIP(l.next()), Port: port}}, nil
-}
-
-type remoteConn struct {
-	net.Conn
-	remote net.Addr
-}
-
-func (c remoteConn) RemoteAddr() net.Addr { return c.remote }
-
-// testCert is a self-signed certificate for 127.0.0.1.
-func testCert(t testing.TB) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "relay.test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-// reply is one SMTP reply: its code and its lines, without the codes.
-type reply struct {
-	code  int
-	lines []string
-	err   error
-}
-
-func (r reply) text() string { return strings.Join(r.lines, "\n") }
-
-func (r reply) String() string {
-	if r.err != nil {
-		return "error: " + r.err.Error()
-	}
-	return strconv.Itoa(r.code) + " " + r.text()
-}
-
-// rawClient speaks SMTP byte by byte, so that tests can send what no
-// well-behaved client would.
-type rawClient struct {
-	t *testing.T
-	c net.Conn
-	r *bufio.Reader
-}
-
-// dialFrom connects from the loopback address local ("" for any) and reads
-// the greeting.
-func dialFrom(t *testing.T, addr, local string) (*rawClient, reply) {
-	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second}
-	if local != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
-	}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	rc := &rawClient{t: t, c: c, r: bufio.NewReader(c)}
-	return rc, rc.read()
-}
-
-// dial connects from 127.0.0.1 and expects the 220 greeting.
-func (a *attackServer) dial(local string) *rawClient {
-	a.t.Helper()
-	rc, greet := dialFrom(a.t, a.addr, local)
-	if greet.code != 220 {
-		a.t.Fatalf("greeting: %v", greet)
-	}
-	return rc
-}
-
-func (rc *rawClient) read() reply {
-	rc.c.SetReadDeadline(time.Now().Add(30 * time.Second))
-	var r reply
-	for {
-		line, err := rc.r.ReadString('\n')
-		if err != nil {
-			r.err = err
-			return r
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if len(line) < 3 {
-			r.err = fmt.Errorf("short reply line %q", line)
-			return r
-		}
-		code, err := strconv.Atoi(line[:3])
-		if err != nil {
-			r.err = fmt.Errorf("bad reply line %q", line)
-			return r
-		}
-		r.code = code
-		r.lines = append(r.lines, line[min(4, len(line)):])
-		if len(line) == 3 || line[3] != '-' {
-			return r
-		}
-	}
-}
-
-func (rc *rawClient) write(s string) {
-	rc.c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(rc.c, s); err != nil {
-		rc.t.Fatalf("write: %v", err)
-	}
-}
-
-func (rc *rawClient) cmd(line string) reply {
-	rc.write(line + "\r\n")
-	return rc.read()
-}
-
-// expect sends line and fails unless the reply has code want.
-func (rc *rawClient) expect(line string, want int) reply {
-	rc.t.Helper()
-	r := rc.cmd(line)
-	if r.code != want {
-		rc.t.Fatalf("%.60q: want %d, got %v", line, want, r)
-	}
-	return r
-}
-
-// hangGuard bounds a wait for something that must happen, so that a broken
-// server fails the test instead of hanging it; it is no claim of how soon.
-const hangGuard = 30 * time.Second
-
-// closed reports whether the server closes the connection within d,
-// reading and discarding whatever it still sends.
-func (rc *rawClient) closed(d time.Duration) bool {
-	rc.c.SetReadDeadline(time.Now().Add(d))
-	_, err := io.Copy(io.Discard, rc.r)
-	return err == nil || errors.Is(err, net.ErrClosed) || isReset(err)
-}
-
-func isReset(err error) bool {
-	var ne *net.OpError
-	return errors.As(err, &ne) && !ne.Timeout()
-}
-
-// startTLS upgrades the connection; the server's 220 must already be read.
-func (rc *rawClient) startTLS(conf *tls.Config) error {
-	tc := tls.Client(rc.c, conf)
-	tc.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := tc.Handshake(); err != nil {
-		return err
-	}
-	tc.SetDeadline(time.Time{})
-	rc.c = tc
-	rc.r = bufio.NewReader(tc)
-	return nil
-}
-
-func plainIR(identity, user, pass string) string {
-	return base64.StdEncoding.EncodeToString([]byte(identity + "\x00" + user + "\x00" + pass))
-}
-
-func clientTLS() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
-
 // ---- 1. Open relay ----
 
 func TestAttack_openRelay(t *testing.T) {
 	// alice may send without AUTH from 192.0.2.0/24 only; the attacker is
 	// on 127.0.0.1 and has no password.
-	a := newAttackServer(t, attackOpts{networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}})
+	h := newHarness(t, harnessOpts{networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}})
 	senders := []string{
 		"alice@example.com",              // the account's own address
 		"spammer@elsewhere.example",      // a remote sender
@@ -370,7 +55,7 @@ func TestAttack_openRelay(t *testing.T) {
 	greets := []string{"EHLO attacker.example", "HELO attacker.example", "ehlo relay.test"}
 	for i, from := range senders {
 		v := verbs[i%len(verbs)]
-		c := a.dial("")
+		c := h.dial("")
 		c.expect(greets[i%len(greets)], 250)
 		if r := c.cmd(v[0] + "<" + from + ">"); r.code < 500 || r.code > 599 {
 			t.Errorf("MAIL <%s>: want 5xx, got %v", from, r)
@@ -387,18 +72,18 @@ func TestAttack_openRelay(t *testing.T) {
 	}
 
 	// RCPT before MAIL, and MAIL before any greeting.
-	c := a.dial("")
+	c := h.dial("")
 	c.expect("EHLO attacker.example", 250)
 	if r := c.cmd("RCPT TO:<victim@evil.example>"); r.code < 500 {
 		t.Errorf("RCPT before MAIL: want 5xx, got %v", r)
 	}
-	c = a.dial("")
+	c = h.dial("")
 	if r := c.cmd("MAIL FROM:<spammer@elsewhere.example>"); r.code < 500 {
 		t.Errorf("MAIL before EHLO: want 5xx, got %v", r)
 	}
 
 	// Spoofing the client address or the authenticated identity gets nothing.
-	c = a.dial("")
+	c = h.dial("")
 	c.expect("EHLO attacker.example", 250)
 	for _, line := range []string{"XCLIENT ADDR=192.0.2.10", "XFORWARD ADDR=192.0.2.10"} {
 		if r := c.cmd(line); r.code < 500 {
@@ -410,7 +95,7 @@ func TestAttack_openRelay(t *testing.T) {
 	}
 
 	// Everything in one packet, the way a spam bot pipelines it.
-	c = a.dial("")
+	c = h.dial("")
 	c.write("EHLO bot.example\r\nMAIL FROM:<spammer@elsewhere.example>\r\nRCPT TO:<victim@evil.example>\r\n" +
 		"DATA\r\nSubject: buy now\r\n\r\nspam\r\n.\r\nQUIT\r\n")
 	if r := c.read(); r.code != 250 {
@@ -430,19 +115,19 @@ func TestAttack_openRelay(t *testing.T) {
 	}
 
 	// The refusals are not an artefact of the harness: alice with AUTH gets through.
-	c = a.dial("")
+	c = h.dial("")
 	c.expect("EHLO app.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
 	c.expect("MAIL FROM:<alice@example.com>", 250)
 	c.expect("RSET", 250)
-	a.assertNothingStored()
+	h.assertNothingStored()
 }
 
 // A peer on one of the account's networks may send; one outside may not,
 // even when it claims to be on it.
 func TestAttack_openRelay_networkBoundary(t *testing.T) {
 	nets := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
-	in := newAttackServer(t, attackOpts{networks: nets, remote: "192.0.2.10"})
+	in := newHarness(t, harnessOpts{networks: nets, remote: "192.0.2.10"})
 	c := in.dial("")
 	c.expect("EHLO app.example", 250)
 	c.expect("MAIL FROM:<alice@example.com>", 250)
@@ -450,7 +135,7 @@ func TestAttack_openRelay_networkBoundary(t *testing.T) {
 	c.expect("RSET", 250)
 
 	for _, ip := range []string{"192.0.3.10", "::ffff:192.0.3.10", "2001:db8::1"} {
-		out := newAttackServer(t, attackOpts{networks: nets, remote: ip})
+		out := newHarness(t, harnessOpts{networks: nets, remote: ip})
 		c := out.dial("")
 		c.expect("EHLO app.example", 250)
 		c.expect("MAIL FROM:<alice@example.com>", 530)
@@ -463,13 +148,13 @@ func TestAttack_openRelay_networkBoundary(t *testing.T) {
 // CVE-2011-0411 class: what a man in the middle appends after STARTTLS in
 // the same packet must not run inside the TLS session.
 func TestAttack_startTLSInjection(t *testing.T) {
-	a := newAttackServer(t, attackOpts{tls: true})
+	h := newHarness(t, harnessOpts{tls: true})
 	for _, injected := range []string{
 		"RSET\r\n",
 		"NOOP\r\nNOOP\r\n",
 		"EHLO mitm.example\r\nMAIL FROM:<mitm@evil.example>\r\nRCPT TO:<mitm@evil.example>\r\n",
 	} {
-		c := a.dial("")
+		c := h.dial("")
 		c.expect("EHLO app.example", 250)
 		c.write("STARTTLS\r\n" + injected)
 		if r := c.read(); r.code != 220 {
@@ -495,15 +180,15 @@ func TestAttack_startTLSInjection(t *testing.T) {
 		c.expect("DATA", 354)
 		r = c.expect("Subject: hi\r\n\r\nhello\r\n.", 250)
 		id := queueID(t, r.text())
-		a.ledger.mu.Lock()
-		env := a.ledger.accepted[id]
-		a.ledger.mu.Unlock()
+		h.ledger.mu.Lock()
+		env := h.ledger.accepted[id]
+		h.ledger.mu.Unlock()
 		if env == nil {
 			// The ledger learns off the SMTP path: wait for it.
-			a.ledger.waitStatus(t, id, 0, StatusDelivered)
-			a.ledger.mu.Lock()
-			env = a.ledger.accepted[id]
-			a.ledger.mu.Unlock()
+			h.ledger.waitStatus(t, id, 0, StatusDelivered)
+			h.ledger.mu.Lock()
+			env = h.ledger.accepted[id]
+			h.ledger.mu.Unlock()
 		}
 		if env.From != "alice@example.com" || len(env.Recipients) != 1 || env.Recipients[0].Address != "bob@example.net" {
 			t.Errorf("injected envelope leaked into the message: %+v", env)
@@ -514,8 +199,8 @@ func TestAttack_startTLSInjection(t *testing.T) {
 
 // STARTTLS forgets what was said in the clear, AUTH included (RFC 3207).
 func TestAttack_startTLSResetsState(t *testing.T) {
-	a := newAttackServer(t, attackOpts{tls: true})
-	c := a.dial("")
+	h := newHarness(t, harnessOpts{tls: true})
+	c := h.dial("")
 	c.expect("EHLO app.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235) // loopback: allowed in the clear
 	c.expect("STARTTLS", 220)
@@ -533,8 +218,8 @@ func TestAttack_startTLSResetsState(t *testing.T) {
 }
 
 func TestAttack_authBeforeTLS_nonLoopback(t *testing.T) {
-	a := newAttackServer(t, attackOpts{tls: true, remote: "203.0.113.7"})
-	c := a.dial("")
+	h := newHarness(t, harnessOpts{tls: true, remote: "203.0.113.7"})
+	c := h.dial("")
 	r := c.expect("EHLO app.example", 250)
 	if strings.Contains(r.text(), "AUTH") || !strings.Contains(r.text(), "STARTTLS") {
 		t.Errorf("EHLO in the clear from the internet: %v", r)
@@ -554,7 +239,7 @@ func TestAttack_authBeforeTLS_nonLoopback(t *testing.T) {
 	c.expect("MAIL FROM:<alice@example.com>", 250)
 
 	// Without any TLS configured, such a peer can never AUTH.
-	b := newAttackServer(t, attackOpts{remote: "203.0.113.7"})
+	b := newHarness(t, harnessOpts{remote: "203.0.113.7"})
 	c = b.dial("")
 	r = c.expect("EHLO app.example", 250)
 	if strings.Contains(r.text(), "AUTH") || strings.Contains(r.text(), "STARTTLS") {
@@ -565,10 +250,10 @@ func TestAttack_authBeforeTLS_nonLoopback(t *testing.T) {
 }
 
 func TestAttack_tlsMinimumVersion(t *testing.T) {
-	// newAttackServer's TLS config sets no minimum: NewServer does.
-	a := newAttackServer(t, attackOpts{tls: true})
+	// newHarness's TLS config sets no minimum: NewServer does.
+	h := newHarness(t, harnessOpts{tls: true})
 	for _, v := range []uint16{tls.VersionTLS10, tls.VersionTLS11} {
-		c := a.dial("")
+		c := h.dial("")
 		c.expect("EHLO app.example", 250)
 		c.expect("STARTTLS", 220)
 		err := c.startTLS(&tls.Config{InsecureSkipVerify: true, MinVersion: v, MaxVersion: v})
@@ -576,7 +261,7 @@ func TestAttack_tlsMinimumVersion(t *testing.T) {
 			t.Errorf("TLS version %x: handshake succeeded", v)
 		}
 	}
-	c := a.dial("")
+	c := h.dial("")
 	c.expect("EHLO app.example", 250)
 	c.expect("STARTTLS", 220)
 	if err := c.startTLS(&tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12}); err != nil {
@@ -586,8 +271,8 @@ func TestAttack_tlsMinimumVersion(t *testing.T) {
 
 func TestAttack_requireTLS(t *testing.T) {
 	// Even alice's own network and loopback get nothing before STARTTLS.
-	a := newAttackServer(t, attackOpts{tls: true, requireTLS: true, networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
-	c := a.dial("")
+	h := newHarness(t, harnessOpts{tls: true, requireTLS: true, networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	c := h.dial("")
 	r := c.expect("EHLO app.example", 250)
 	if strings.Contains(r.text(), "AUTH") {
 		t.Errorf("EHLO before TLS with require_tls advertises AUTH: %v", r)
@@ -605,13 +290,13 @@ func TestAttack_requireTLS(t *testing.T) {
 	c.expect("MAIL FROM:<alice@example.com>", 250)
 	c.expect("RSET", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
-	a.assertNothingStored()
+	h.assertNothingStored()
 }
 
 // ---- 3. Credentials ----
 
 func TestAttack_wrongCredentials(t *testing.T) {
-	a := newAttackServer(t, attackOpts{accounts: []Account{
+	h := newHarness(t, harnessOpts{accounts: []Account{
 		{Name: "alice", PasswordHash: cheapHash, Mode: ModeAll},
 		{Name: "netonly", Networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}, Mode: ModeAll},
 	}})
@@ -626,7 +311,7 @@ func TestAttack_wrongCredentials(t *testing.T) {
 	}
 	for i, tc := range cases {
 		// A fresh source address each, so the rate limiter stays out of it.
-		c := a.dial(fmt.Sprintf("127.0.1.%d", i+1))
+		c := h.dial(fmt.Sprintf("127.0.1.%d", i+1))
 		c.expect("EHLO app.example", 250)
 		want := 535
 		if strings.Contains(tc.what, "NUL") {
@@ -638,12 +323,12 @@ func TestAttack_wrongCredentials(t *testing.T) {
 		c.expect("MAIL FROM:<alice@example.com>", 530)
 	}
 	// AUTH LOGIN the same way.
-	c := a.dial("127.0.1.100")
+	c := h.dial("127.0.1.100")
 	c.expect("EHLO app.example", 250)
 	c.expect("AUTH LOGIN", 334)
 	c.expect(base64.StdEncoding.EncodeToString([]byte("alice")), 334)
 	c.expect(base64.StdEncoding.EncodeToString([]byte("wrong")), 535)
-	a.assertNothingStored()
+	h.assertNothingStored()
 }
 
 // Every failed login costs the same, so the time does not tell a guesser
@@ -676,7 +361,7 @@ func TestAttack_authOneCompareOfTheAccountsCost(t *testing.T) {
 		mu.Unlock()
 		return bcrypt.ErrMismatchedHashAndPassword
 	}
-	a := newAttackServer(t, attackOpts{ownDummy: true, accounts: []Account{
+	h := newHarness(t, harnessOpts{realBcrypt: true, accounts: []Account{
 		{Name: "alice", PasswordHash: alice, Mode: ModeAll},
 		{Name: "bob", PasswordHash: bob, Mode: ModeAll},
 		{Name: "netonly", Networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}, Mode: ModeAll},
@@ -698,7 +383,7 @@ func TestAttack_authOneCompareOfTheAccountsCost(t *testing.T) {
 		mu.Lock()
 		checks = nil
 		mu.Unlock()
-		c := a.dial(fmt.Sprintf("127.0.2.%d", i+1)) // each its own address: no rate limit
+		c := h.dial(fmt.Sprintf("127.0.2.%d", i+1)) // each its own address: no rate limit
 		c.expect("EHLO app.example", 250)
 		if tc.login {
 			c.expect("AUTH LOGIN", 334)
@@ -779,9 +464,9 @@ func TestAccounts_dummyHashMatchesCost(t *testing.T) {
 }
 
 func TestAttack_authRateLimit(t *testing.T) {
-	a := newAttackServer(t, attackOpts{})
+	h := newHarness(t, harnessOpts{})
 	// Five guesses on one connection, then the next is refused, slowly.
-	c := a.dial("127.0.3.1")
+	c := h.dial("127.0.3.1")
 	c.expect("EHLO guesser.example", 250)
 	for i := range 5 {
 		c.expect("AUTH PLAIN "+plainIR("", "alice", "guess"+strconv.Itoa(i)), 535)
@@ -795,13 +480,13 @@ func TestAttack_authRateLimit(t *testing.T) {
 		t.Errorf("rate limited: %v", r)
 	}
 	// A new connection from the same address is still refused, right password or not.
-	c = a.dial("127.0.3.1")
+	c = h.dial("127.0.3.1")
 	c.expect("EHLO guesser.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 454)
 	c.expect("AUTH LOGIN "+base64.StdEncoding.EncodeToString([]byte("alice")), 334)
 	c.expect(base64.StdEncoding.EncodeToString([]byte(testPassword)), 454)
 	// Other addresses are not punished for it.
-	c = a.dial("127.0.3.2")
+	c = h.dial("127.0.3.2")
 	c.expect("EHLO app.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
 }
@@ -809,11 +494,11 @@ func TestAttack_authRateLimit(t *testing.T) {
 // Guesses sent on many connections at once still count against the one
 // budget of the address: the limit is not checked and charged separately.
 func TestAttack_authRateLimitParallel(t *testing.T) {
-	a := newAttackServer(t, attackOpts{})
+	h := newHarness(t, harnessOpts{})
 	const n = 20
 	conns := make([]*rawClient, n)
 	for i := range conns {
-		conns[i] = a.dial("127.0.3.3")
+		conns[i] = h.dial("127.0.3.3")
 		conns[i].expect("EHLO guesser.example", 250)
 	}
 	codes := make([]int, n)
@@ -841,7 +526,7 @@ func TestAttack_authRateLimitParallel(t *testing.T) {
 		t.Errorf("%d guesses were checked; the burst allows 5", tried)
 	}
 	// A right password right after is refused as well.
-	c := a.dial("127.0.3.3")
+	c := h.dial("127.0.3.3")
 	c.expect("EHLO guesser.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 454)
 }
@@ -850,14 +535,14 @@ func TestAttack_authRateLimitParallel(t *testing.T) {
 func TestAttack_authRateLimitIPv6(t *testing.T) {
 	var mu sync.Mutex
 	n := 0
-	a := newAttackServer(t, attackOpts{tls: true, remotes: func() string {
+	h := newHarness(t, harnessOpts{tls: true, remotes: func() string {
 		mu.Lock()
 		defer mu.Unlock()
 		n++
 		return fmt.Sprintf("2001:db8:1:2::%x", n)
 	}})
 	guess := func(pass string) int {
-		c := a.dial("")
+		c := h.dial("")
 		c.expect("EHLO guesser.example", 250)
 		c.expect("STARTTLS", 220)
 		if err := c.startTLS(clientTLS()); err != nil {
@@ -878,9 +563,9 @@ func TestAttack_authRateLimitIPv6(t *testing.T) {
 
 // Successful logins do not use up the budget of an address.
 func TestAttack_authRateLimitSparesSuccess(t *testing.T) {
-	a := newAttackServer(t, attackOpts{})
+	h := newHarness(t, harnessOpts{})
 	for range 8 {
-		c := a.dial("127.0.3.4")
+		c := h.dial("127.0.3.4")
 		c.expect("EHLO app.example", 250)
 		c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
 		c.expect("QUIT", 221)
@@ -890,12 +575,12 @@ func TestAttack_authRateLimitSparesSuccess(t *testing.T) {
 // ---- 4. Resource limits ----
 
 func TestAttack_maxConnections(t *testing.T) {
-	a := newAttackServer(t, attackOpts{maxConns: 3})
+	h := newHarness(t, harnessOpts{maxConns: 3})
 	var held []*rawClient
 	for i := range 3 {
-		held = append(held, a.dial(fmt.Sprintf("127.0.4.%d", i+1)))
+		held = append(held, h.dial(fmt.Sprintf("127.0.4.%d", i+1)))
 	}
-	c, greet := dialFrom(t, a.addr, "127.0.4.9")
+	c, greet := h.connect("127.0.4.9")
 	if greet.code != 421 || !strings.HasPrefix(greet.text(), "4.7.0") {
 		t.Fatalf("connection over max_connections: %v", greet)
 	}
@@ -906,7 +591,7 @@ func TestAttack_maxConnections(t *testing.T) {
 	held[0].expect("QUIT", 221)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		_, greet := dialFrom(t, a.addr, "127.0.4.9")
+		_, greet := h.connect("127.0.4.9")
 		if greet.code == 220 {
 			break
 		}
@@ -918,22 +603,22 @@ func TestAttack_maxConnections(t *testing.T) {
 }
 
 func TestAttack_maxConnectionsPerIP(t *testing.T) {
-	a := newAttackServer(t, attackOpts{maxConns: 100, maxPerIP: 2})
-	a.dial("127.0.5.1")
-	a.dial("127.0.5.1")
-	_, greet := dialFrom(t, a.addr, "127.0.5.1")
+	h := newHarness(t, harnessOpts{maxConns: 100, maxPerIP: 2})
+	h.dial("127.0.5.1")
+	h.dial("127.0.5.1")
+	_, greet := h.connect("127.0.5.1")
 	if greet.code != 421 {
 		t.Fatalf("third connection from one address: %v", greet)
 	}
-	a.dial("127.0.5.2") // another address is unaffected
+	h.dial("127.0.5.2") // another address is unaffected
 }
 
 // A slowloris client that trickles a command byte by byte, or says nothing,
 // is cut after the command timeout: it gets 421 4.4.2 and the connection
 // closes while it is still trickling.
 func TestAttack_slowloris(t *testing.T) {
-	a := newAttackServer(t, attackOpts{cmdTimeout: 300 * time.Millisecond})
-	c := a.dial("")
+	h := newHarness(t, harnessOpts{cmdTimeout: 300 * time.Millisecond})
+	c := h.dial("")
 	var sent atomic.Int64
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -978,7 +663,7 @@ func TestAttack_slowloris(t *testing.T) {
 	close(stop)
 	<-done
 
-	idle := a.dial("")
+	idle := h.dial("")
 	if r := idle.read(); r.code != 421 || !strings.HasPrefix(r.text(), "4.4.2") {
 		t.Errorf("idle client: %v", r)
 	}
@@ -991,13 +676,9 @@ func TestAttack_slowloris(t *testing.T) {
 // timeout with 421 4.4.2, and nothing is stored. The command timeout is
 // far beyond the test's patience, so only the data timeout can cut it.
 func TestAttack_dataTimeout(t *testing.T) {
-	a := newAttackServer(t, attackOpts{dataTimeout: 400 * time.Millisecond, cmdTimeout: time.Hour})
-	c := a.dial("")
-	c.expect("EHLO app.example", 250)
-	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
-	c.expect("MAIL FROM:<alice@example.com>", 250)
-	c.expect("RCPT TO:<bob@example.net>", 250)
-	c.expect("DATA", 354)
+	h := newHarness(t, harnessOpts{dataTimeout: 400 * time.Millisecond, cmdTimeout: time.Hour})
+	c := h.dial("")
+	c.startData("bob@example.net")
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
@@ -1020,13 +701,13 @@ func TestAttack_dataTimeout(t *testing.T) {
 	if !c.closed(hangGuard) {
 		t.Error("trickling client left connected")
 	}
-	a.assertNothingStored()
+	h.assertNothingStored()
 }
 
 func TestAttack_longLines(t *testing.T) {
-	a := newAttackServer(t, attackOpts{maxSize: 4 << 20})
+	h := newHarness(t, harnessOpts{maxSize: 4 << 20})
 	// A command line past the limit closes the connection.
-	c := a.dial("")
+	c := h.dial("")
 	c.write("EHLO " + strings.Repeat("a", 100<<10) + "\r\n")
 	if r := c.read(); r.code != 500 {
 		t.Errorf("100 KiB command line: %v", r)
@@ -1035,81 +716,63 @@ func TestAttack_longLines(t *testing.T) {
 		t.Error("connection left open after a command line over the limit")
 	}
 	// A data line past the limit refuses the message.
-	c = a.dial("")
-	c.expect("EHLO app.example", 250)
-	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
-	c.expect("MAIL FROM:<alice@example.com>", 250)
-	c.expect("RCPT TO:<bob@example.net>", 250)
-	c.expect("DATA", 354)
+	c = h.dial("")
+	c.startData("bob@example.net")
 	c.write("Subject: x\r\n\r\n" + strings.Repeat("b", 100<<10) + "\r\n.\r\n")
 	if r := c.read(); r.code != 500 {
 		t.Errorf("100 KiB data line: %v", r)
 	}
 	c.closed(2 * time.Second)
-	a.assertNothingStored()
-}
-
-// sendRaw authenticates and sends msg with DATA, returning the final reply.
-func (a *attackServer) sendRaw(c *rawClient, rcpts int, msg string) reply {
-	a.t.Helper()
-	c.expect("EHLO app.example", 250)
-	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
-	c.expect("MAIL FROM:<alice@example.com>", 250)
-	for i := range rcpts {
-		c.expect(fmt.Sprintf("RCPT TO:<r%d@example.net>", i), 250)
-	}
-	c.expect("DATA", 354)
-	c.write(msg + ".\r\n")
-	return c.read()
+	h.assertNothingStored()
 }
 
 func TestAttack_headerTooLarge(t *testing.T) {
-	a := newAttackServer(t, attackOpts{maxSize: 8 << 20})
+	h := newHarness(t, harnessOpts{maxSize: 8 << 20})
 	var b strings.Builder
 	line := "X-Pad: " + strings.Repeat("p", 990) + "\r\n"
 	for b.Len() < 1<<20+1 {
 		b.WriteString(line)
 	}
 	b.WriteString("Subject: big header\r\n\r\nbody\r\n")
-	c := a.dial("")
-	r := a.sendRaw(c, 1, b.String())
+	c := h.dial("")
+	r := c.sendRaw(1, b.String())
 	if r.code != 552 || !strings.HasPrefix(r.text(), "5.3.4") {
 		t.Errorf("1 MiB header: %v", r)
 	}
 	c.expect("NOOP", 250) // the session goes on, the client got a clean refusal
-	a.assertNothingStored()
+	h.assertNothingStored()
 	// One long folded field is the same.
-	c = a.dial("")
-	r = a.sendRaw(c, 1, "Subject: x\r\n"+strings.Repeat(" fold "+strings.Repeat("f", 1000)+"\r\n", 1100)+"\r\nbody\r\n")
+	c = h.dial("")
+	r = c.sendRaw(1, "Subject: x\r\n"+strings.Repeat(" fold "+strings.Repeat("f", 1000)+"\r\n", 1100)+"\r\nbody\r\n")
 	if r.code != 552 {
 		t.Errorf("1 MiB folded field: %v", r)
 	}
-	a.assertNothingStored()
+	h.assertNothingStored()
 }
 
 func TestAttack_messageTooLarge(t *testing.T) {
-	a := newAttackServer(t, attackOpts{maxSize: 64 << 10})
+	h := newHarness(t, harnessOpts{maxSize: 64 << 10})
 	body := strings.Repeat(strings.Repeat("z", 998)+"\r\n", 200)
-	c := a.dial("")
-	r := a.sendRaw(c, 1, "Subject: big\r\n\r\n"+body)
+	c := h.dial("")
+	r := c.sendRaw(1, "Subject: big\r\n\r\n"+body)
 	if r.code != 552 || !strings.HasPrefix(r.text(), "5.3.4") {
 		t.Errorf("200 KB message with a 64 KiB limit: %v", r)
 	}
 	c.expect("NOOP", 250)
 	// Declared up front with SIZE, it is refused at MAIL.
-	c = a.dial("")
+	c = h.dial("")
 	c.expect("EHLO app.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
 	r = c.cmd("MAIL FROM:<alice@example.com> SIZE=10000000")
 	if r.code != 552 || !strings.HasPrefix(r.text(), "5.3.4") {
 		t.Errorf("MAIL with SIZE over the limit: %v", r)
 	}
-	a.assertNothingStored()
+	h.assertNothingStored()
 }
 
 func TestAttack_maxRecipients(t *testing.T) {
-	a := newAttackServer(t, attackOpts{maxRcpts: 3})
-	c := a.dial("")
+	h := newHarness(t, harnessOpts{maxRcpts: 3})
+	c := h.dial("")
 	c.expect("EHLO app.example", 250)
 	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
 	c.expect("MAIL FROM:<alice@example.com>", 250)
@@ -1126,8 +789,8 @@ func TestAttack_maxRecipients(t *testing.T) {
 
 // Unknown commands: a few are answered, then the connection is closed.
 func TestAttack_invalidCommands(t *testing.T) {
-	a := newAttackServer(t, attackOpts{})
-	c := a.dial("")
+	h := newHarness(t, harnessOpts{})
+	c := h.dial("")
 	c.expect("EHLO scanner.example", 250)
 	for _, junk := range []string{"GET / HTTP/1.1", "Host: relay.test", "USER root", "\x16\x03\x01"} {
 		if r := c.cmd(junk); r.code != 500 && r.code != 501 {
@@ -1145,7 +808,7 @@ func TestAttack_invalidCommands(t *testing.T) {
 
 // 200 idle connections that said EHLO cost little memory.
 func TestAttack_idleConnectionsMemory(t *testing.T) {
-	a := newAttackServer(t, attackOpts{maxConns: 1000, maxPerIP: 1000, log: slog.New(slog.DiscardHandler)})
+	h := newHarness(t, harnessOpts{maxConns: 1000, maxPerIP: 1000, log: slog.New(slog.DiscardHandler)})
 	heap := func() uint64 {
 		runtime.GC()
 		runtime.GC()
@@ -1157,7 +820,7 @@ func TestAttack_idleConnectionsMemory(t *testing.T) {
 	goBefore := runtime.NumGoroutine()
 	const n = 200
 	for i := range n {
-		c := a.dial(fmt.Sprintf("127.0.6.%d", i%250+1))
+		c := h.dial(fmt.Sprintf("127.0.6.%d", i%250+1))
 		c.expect("EHLO idle.example", 250)
 	}
 	after := heap()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/internal/guard"
 )
 
@@ -63,7 +64,7 @@ func (d *Deliverer) run(j job) {
 		return
 	}
 	now := time.Now().UTC()
-	var result string
+	var result delivery.Status
 	rc.Attempts++
 	rc.UpdatedAt = now
 	switch {
@@ -82,8 +83,8 @@ func (d *Deliverer) run(j job) {
 		rc.Status, rc.LastResponse = StatusDeferred, replyText(sendErr)
 		rc.NextAttempt = now.Add(d.backoff(rc.Attempts))
 	}
-	d.metrics.attempts.WithLabelValues(result).Inc()
-	d.metrics.attemptDuration.WithLabelValues(result).Observe(time.Since(start).Seconds())
+	d.metrics.attempts.WithLabelValues(string(result)).Inc()
+	d.metrics.attemptDuration.WithLabelValues(string(result)).Observe(time.Since(start).Seconds())
 	d.finishing <- struct{}{}
 	d.wg.Add(1)
 	go func() {
@@ -95,7 +96,7 @@ func (d *Deliverer) run(j job) {
 		defer guard.Recover(guard.Finish, log, func(*guard.Panic) {
 			d.hold(env.ID, []int{j.rcpt}, guard.Finish, log)
 		})
-		d.finish(env, j, rc, result, log)
+		d.finish(env, j, rc, string(result), log)
 	}()
 }
 

@@ -59,10 +59,9 @@ func (d *Deliverer) instrument(env *Envelope, idx int, f *os.File, log *slog.Log
 		release = func() { tmp.Close() }
 	}
 	res, err := rewrite.Message(out, src, rewrite.Options{
-		Opens:   opens,
-		Clicks:  clicks,
-		Minter:  d.minters.Minter(env.ID, idx),
-		BaseURL: d.cfg.BaseURL,
+		Opens:  opens,
+		Clicks: clicks,
+		Minter: d.minters.Minter(env.ID, idx),
 	})
 	d.metrics.rewriteDuration.Observe(time.Since(start).Seconds())
 	if err != nil || !res.Changed {

@@ -32,8 +32,6 @@ type DeliveryConfig struct {
 	// DelayWarning: a copy still not delivered this long after acceptance
 	// makes the sender a "delayed" notice, once. Zero: never.
 	DelayWarning time.Duration
-	// BaseURL is the tracking base URL (links on it are not re-tracked).
-	BaseURL string
 	// MemoryCopyLimit: copies up to this size are instrumented in memory,
 	// larger ones through a temporary file in the spool.
 	MemoryCopyLimit int64

@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/trackrelay/trackrelay/internal/delivery"
 )
 
 // attachment is random-looking binary data that must arrive unchanged.
@@ -68,6 +69,19 @@ Content-Transfer-Encoding: base64
 // attachmentOf returns the decoded body of the message's application/pdf part.
 func attachmentOf(t *testing.T, data []byte) []byte {
 	t.Helper()
+	return partOf(t, data, "application/pdf")
+}
+
+// htmlOf returns the decoded text/html part of a message.
+func htmlOf(t *testing.T, data []byte) string {
+	t.Helper()
+	return string(partOf(t, data, "text/html"))
+}
+
+// partOf returns the decoded body of the message's last part of media
+// type mt.
+func partOf(t *testing.T, data []byte, mt string) []byte {
+	t.Helper()
 	e, err := message.Read(bytes.NewReader(data))
 	if err != nil {
 		t.Fatal(err)
@@ -77,32 +91,12 @@ func attachmentOf(t *testing.T, data []byte) []byte {
 		if err != nil {
 			return err
 		}
-		if mt, _, _ := part.Header.ContentType(); mt == "application/pdf" {
+		if pt, _, _ := part.Header.ContentType(); pt == mt {
 			got, err = readAllBody(part)
 		}
 		return err
 	})
 	return got
-}
-
-// htmlOf returns the decoded text/html part of a message.
-func htmlOf(t *testing.T, data []byte) string {
-	t.Helper()
-	e, err := message.Read(bytes.NewReader(data))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var html []byte
-	e.Walk(func(path []int, part *message.Entity, err error) error {
-		if err != nil {
-			return err
-		}
-		if mt, _, _ := part.Header.ContentType(); mt == "text/html" {
-			html, err = readAllBody(part)
-		}
-		return err
-	})
-	return string(html)
 }
 
 func readAllBody(e *message.Entity) ([]byte, error) {
@@ -376,7 +370,7 @@ func startDeliverer(t *testing.T, d *Deliverer) {
 }
 
 // enqueueHTML spools htmlMsg for one tracked recipient in state status.
-func enqueueHTML(t *testing.T, spool *Spool, rcpt, status string, next time.Time) *Envelope {
+func enqueueHTML(t *testing.T, spool *Spool, rcpt string, status delivery.Status, next time.Time) *Envelope {
 	t.Helper()
 	env := &Envelope{From: "s@example.com", Mode: "all", AcceptedAt: time.Now().UTC(),
 		Recipients: []Recipient{{Address: rcpt, Tracked: true, Status: status, NextAttempt: next}}}

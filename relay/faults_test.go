@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -250,11 +249,7 @@ func TestServer_diskFailureDuringAccept(t *testing.T) {
 		t.Fatalf("want a 451 that does not leak the cause, got %v", err)
 	}
 	h.spool.writeFault = nil
-	entries, _ := os.ReadDir(filepath.Join(h.dir, "spool", "msg"))
-	envs, _ := h.spool.List()
-	if len(entries) != 0 || len(envs) != 0 {
-		t.Fatalf("half-stored message: %d files, %d records", len(entries), len(envs))
-	}
+	h.assertNothingStored() // no half-stored message
 	// The next message goes through.
 	if _, err := h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg)); err != nil {
 		t.Fatal(err)

@@ -3,12 +3,10 @@ package relay
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -17,6 +15,9 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/time/rate"
+
+	"github.com/trackrelay/trackrelay/internal/ratelimit"
 )
 
 // panicSpotter is a slog handler that notes any record about a panic:
@@ -76,44 +77,31 @@ func FuzzSMTPSession(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 
-	dir := f.TempDir()
-	spool, err := OpenSpool(filepath.Join(dir, "spool"), nil)
-	if err != nil {
-		f.Fatal(err)
-	}
-	spotter := &panicSpotter{}
-	log := slog.New(spotter)
-	d := NewDeliverer(DeliveryConfig{Hostname: "relay.test", CaptureDir: filepath.Join(dir, "outbox"),
-		RetryInitial: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond, BaseURL: "http://t.test"},
-		spool, newMemLedger(), testMinters{}, log, nil)
-	if err := d.Start(); err != nil {
-		f.Fatal(err)
-	}
-	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
-	srv := NewServer(ServerConfig{
-		Hostname:        "relay.test",
-		TLSConfig:       &tls.Config{Certificates: []tls.Certificate{testCert(f)}},
-		MaxMessageBytes: 64 << 10,
-		MaxRecipients:   5,
-		CommandTimeout:  2 * time.Second,
-		DataTimeout:     2 * time.Second,
-		Accounts: []Account{{Name: "alice", PasswordHash: hash, Mode: ModeAll,
-			Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}},
-	}, spool, d, log, nil)
-	// Keep each input fast: cheap unknown-user checks, no login throttling.
-	srv.accounts.dummyOnce.Do(func() { srv.accounts.dummy = hash })
-	srv.limiter = newAuthLimiter(1<<30, time.Nanosecond)
+	// Registered before the harness's cleanup, this runs after it: once the
+	// relay is shut down, nothing it started may still run.
 	before := runtime.NumGoroutine()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		f.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	served := make(chan struct{})
-	go func() { srv.Serve(ln); close(served) }()
+	f.Cleanup(func() {
+		if !waitGoroutines(before, 5*time.Second) {
+			f.Errorf("goroutines after the server closed: %d, before it started: %d\n%s", runtime.NumGoroutine(), before, allStacks())
+		}
+	})
+	spotter := &panicSpotter{}
+	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	h := newHarness(f, harnessOpts{
+		log:         slog.New(spotter),
+		tls:         true,
+		maxSize:     64 << 10,
+		maxRcpts:    5,
+		cmdTimeout:  2 * time.Second,
+		dataTimeout: 2 * time.Second,
+		accounts: []Account{{Name: "alice", PasswordHash: hash, Mode: ModeAll,
+			Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}},
+		// Keep each input fast: no login throttling.
+		server: func(s *Server) { s.limiter = ratelimit.New(rate.Every(time.Nanosecond), 1<<30) },
+	})
 
 	session := func(script []byte) ([]byte, error) {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
 		if err != nil {
 			return nil, err
 		}
@@ -130,16 +118,6 @@ func FuzzSMTPSession(f *testing.F) {
 	// one session, once what it started has settled.
 	var baselineOnce sync.Once
 	baseline := 0
-
-	f.Cleanup(func() {
-		srv.Shutdown(context.Background())
-		<-served
-		d.Shutdown(context.Background())
-		spool.Close()
-		if !waitGoroutines(before, 5*time.Second) {
-			f.Errorf("goroutines after the server closed: %d, before it started: %d\n%s", runtime.NumGoroutine(), before, allStacks())
-		}
-	})
 
 	f.Fuzz(func(t *testing.T, script []byte) {
 		if len(script) > 32<<10 {

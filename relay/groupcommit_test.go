@@ -21,13 +21,22 @@ func TestGroupCommit_isolatesFailures(t *testing.T) {
 	testGroupCommit(t, true)
 }
 
-func testGroupCommit(t *testing.T, failSome bool) {
+// openTestDB opens a bbolt file of the test's own with one bucket, "b".
+func openTestDB(t *testing.T) *bolt.DB {
+	t.Helper()
 	db, err := bolt.Open(filepath.Join(t.TempDir(), "g.db"), 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
-	db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("b")); return err })
+	t.Cleanup(func() { db.Close() })
+	if err := db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("b")); return err }); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+func testGroupCommit(t *testing.T, failSome bool) {
+	db := openTestDB(t)
 	g := &groupCommitter{db: db}
 	const n = 200
 	bad := errors.New("bad write")
@@ -74,12 +83,7 @@ func testGroupCommit(t *testing.T, failSome bool) {
 // A record of a new file waits for a durable directory: if the directory
 // cannot be synced it fails, and the group's other writes go on.
 func TestGroupCommit_newFileNeedsItsDirectory(t *testing.T) {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "g.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("b")); return err })
+	db := openTestDB(t)
 	put := func(k string) func(tx *bolt.Tx) error {
 		return func(tx *bolt.Tx) error { return tx.Bucket([]byte("b")).Put([]byte(k), []byte("v")) }
 	}
@@ -141,12 +145,7 @@ func TestGroupCommit_newFileNeedsItsDirectory(t *testing.T) {
 // accepted message) and shares its commit; alone, it commits after the
 // delay, not never.
 func TestGroupCommit_lazyWritesRideAlong(t *testing.T) {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "g.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("b")); return err })
+	db := openTestDB(t)
 	var mu sync.Mutex
 	txs := map[int]int{} // transaction id -> writes
 	put := func(k string) func(tx *bolt.Tx) error {
@@ -224,12 +223,7 @@ func TestGroupCommit_lazyWritesRideAlong(t *testing.T) {
 // Every write of a group whose commit panics fails, none is written, and
 // the next write commits.
 func TestGroupCommit_panicFailsEveryWriteOfItsGroup(t *testing.T) {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "g.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("b")); return err })
+	db := openTestDB(t)
 	put := func(k string) func(tx *bolt.Tx) error {
 		return func(tx *bolt.Tx) error { return tx.Bucket([]byte("b")).Put([]byte(k), []byte("v")) }
 	}

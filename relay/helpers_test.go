@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -16,8 +15,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
-	"golang.org/x/crypto/bcrypt"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/rewrite"
 )
 
@@ -169,15 +168,16 @@ func (m testMinter) ClickURL(i int, dest string) string {
 	return fmt.Sprintf("http://t.test/c/%s-%d-%d", m.id, m.rcpt, i)
 }
 
-type harness struct {
-	t      testing.TB
-	spool  *Spool
-	d      *Deliverer
-	srv    *Server
-	addr   string
-	sink   *sink
-	ledger *memLedger
-	dir    string
+// The test minters' URLs are on http://t.test, as a tracker's are on its base URL.
+func (testMinter) Ours(dest string) bool {
+	const base = "http://t.test"
+	return len(dest) >= len(base) && strings.EqualFold(dest[:len(base)], base) &&
+		(len(dest) == len(base) || strings.ContainsRune("/?#", rune(dest[len(base)])))
+}
+
+func (testMinter) IsOpenURL(u string) bool {
+	const prefix = "http://t.test/o/"
+	return len(u) >= len(prefix) && strings.EqualFold(u[:len(prefix)], prefix)
 }
 
 // memLedger is an in-memory Ledger for tests.
@@ -258,7 +258,7 @@ func (l *memLedger) Delivery(_ context.Context, id string, rcpt int, r Recipient
 }
 
 // waitStatus waits until copy rcpt of id reaches status.
-func (l *memLedger) waitStatus(t *testing.T, id string, rcpt int, status string) Recipient {
+func (l *memLedger) waitStatus(t *testing.T, id string, rcpt int, status delivery.Status) Recipient {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -277,133 +277,6 @@ func (l *memLedger) get(id string, rcpt int) (Recipient, bool) {
 	defer l.mu.Unlock()
 	r, ok := l.status[fmt.Sprintf("%s/%d", id, rcpt)]
 	return r, ok
-}
-
-var testPassword = "correct horse battery staple"
-var testHash, _ = bcrypt.GenerateFromPassword([]byte(testPassword), bcrypt.MinCost+6)
-
-type harnessOpts struct {
-	upstream   bool
-	networks   []netip.Prefix
-	maxSize    int64
-	maxRcpts   int
-	retry      time.Duration
-	lifetime   time.Duration
-	dir        string
-	noStart    bool
-	selfAddrs  []string
-	tlsRequire bool
-	upConns    int
-	upSMTPUTF8 bool // the upstream sink offers SMTPUTF8
-}
-
-func newHarness(t testing.TB, o harnessOpts) *harness {
-	t.Helper()
-	h := &harness{t: t, ledger: newMemLedger()}
-	h.dir = o.dir
-	if h.dir == "" {
-		h.dir = t.TempDir()
-	}
-	var err error
-	h.spool, err = OpenSpool(h.dir+"/spool", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc := DeliveryConfig{Hostname: "relay.test", RetryInitial: o.retry, RetryMax: 4*o.retry + time.Millisecond, Lifetime: o.lifetime, BaseURL: "http://t.test"}
-	if o.retry == 0 {
-		dc.RetryInitial, dc.RetryMax = 50*time.Millisecond, 200*time.Millisecond
-	}
-	if o.upstream {
-		if o.upSMTPUTF8 {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			h.sink = serveSink(t, ln, nil, true)
-		} else {
-			h.sink = newSink(t)
-		}
-		dc.Upstream = &UpstreamConfig{Address: h.sink.addr, TLS: TLSNone, MaxConnections: 2}
-		if o.upConns > 0 {
-			dc.Upstream.MaxConnections = o.upConns
-		}
-	} else {
-		dc.CaptureDir = h.dir + "/outbox"
-	}
-	h.d = NewDeliverer(dc, h.spool, h.ledger, testMinters{}, testLogger(t), nil)
-	if !o.noStart {
-		if err := h.d.Start(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sc := ServerConfig{
-		Hostname:        "relay.test",
-		MaxMessageBytes: o.maxSize,
-		MaxRecipients:   o.maxRcpts,
-		Accounts: []Account{{
-			Name: "alice", PasswordHash: testHash, Networks: o.networks, Mode: ModeAll,
-			SelfAddresses: o.selfAddrs,
-		}},
-	}
-	h.srv = NewServer(sc, h.spool, h.d, testLogger(t), nil)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.addr = ln.Addr().String()
-	go h.srv.Serve(ln)
-	t.Cleanup(func() {
-		h.srv.smtp.Close()
-		h.d.Shutdown(shutdownCtx(t))
-		h.spool.Close()
-	})
-	return h
-}
-
-// client dials the relay and says EHLO.
-func (h *harness) client() *smtp.Client {
-	h.t.Helper()
-	c, err := smtp.Dial(h.addr)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	if err := c.Hello("client.test"); err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// send submits msg as alice with AUTH PLAIN and returns the 250 text.
-func (h *harness) send(from string, to []string, msg string) (string, error) {
-	c := h.client()
-	if err := c.Auth(sasl.NewPlainClient("", "alice", testPassword)); err != nil {
-		return "", err
-	}
-	return sendOn(c, from, to, msg)
-}
-
-func sendOn(c *smtp.Client, from string, to []string, msg string) (string, error) {
-	if err := c.Mail(from, nil); err != nil {
-		return "", err
-	}
-	for _, r := range to {
-		if err := c.Rcpt(r, nil); err != nil {
-			return "", err
-		}
-	}
-	w, err := c.Data()
-	if err != nil {
-		return "", err
-	}
-	if _, err := io.Copy(w, strings.NewReader(msg)); err != nil {
-		return "", err
-	}
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		return "", err
-	}
-	return resp.StatusText, nil
 }
 
 func smtpCode(err error) int {

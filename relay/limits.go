@@ -7,6 +7,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/trackrelay/trackrelay/internal/ratelimit"
 )
 
 // connLimiter caps the connections held open at once, overall and per
@@ -29,7 +31,7 @@ func (cl *connLimiter) wrap(l net.Listener, m *Metrics) net.Listener {
 }
 
 func (cl *connLimiter) acquire(ip netip.Addr) bool {
-	ip = clientKey(ip)
+	ip = ratelimit.Key(ip)
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	if cl.max > 0 && cl.total >= cl.max {
@@ -44,7 +46,7 @@ func (cl *connLimiter) acquire(ip netip.Addr) bool {
 }
 
 func (cl *connLimiter) release(ip netip.Addr) {
-	ip = clientKey(ip)
+	ip = ratelimit.Key(ip)
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	cl.total--

@@ -242,13 +242,9 @@ func TestLimitConn_timeoutAfterReadAhead(t *testing.T) {
 // write with the next transaction's commands (as a pipelining client
 // sends them) is stored intact, and so is the next message.
 func TestServer_pipelinedAfterLargeMessage(t *testing.T) {
-	a := newAttackServer(t, attackOpts{maxSize: 8 << 20})
-	c := a.dial("")
-	c.expect("EHLO app.example", 250)
-	c.expect("AUTH PLAIN "+plainIR("", "alice", testPassword), 235)
-	c.expect("MAIL FROM:<alice@example.com>", 250)
-	c.expect("RCPT TO:<bob@example.net>", 250)
-	c.expect("DATA", 354)
+	h := newHarness(t, harnessOpts{maxSize: 8 << 20})
+	c := h.dial("")
+	c.startData("bob@example.net")
 	var body strings.Builder
 	body.WriteString("Subject: big\r\n\r\n")
 	line := strings.Repeat("0123456789", 7) + "\r\n"
@@ -271,7 +267,7 @@ func TestServer_pipelinedAfterLargeMessage(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	var files []string
 	for time.Now().Before(deadline) {
-		files, _ = filepath.Glob(filepath.Join(a.dir, "outbox", "*.eml"))
+		files, _ = filepath.Glob(filepath.Join(h.dir, "outbox", "*.eml"))
 		if len(files) == 2 {
 			break
 		}

@@ -5,7 +5,6 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"io"
-	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/internal/guard"
 )
 
@@ -75,7 +75,7 @@ func (r *panicRig) restart(cfg DeliveryConfig) {
 
 // spoolMessage spools msg from From to rcpt, its copy in state status due
 // at next, without submitting it.
-func (r *panicRig) spoolMessage(from, rcpt, msg, status string, next time.Time) *Envelope {
+func (r *panicRig) spoolMessage(from, rcpt, msg string, status delivery.Status, next time.Time) *Envelope {
 	r.t.Helper()
 	env := &Envelope{Account: "alice", From: from, Mode: ModeAll, AcceptedAt: time.Now().UTC(),
 		Recipients: []Recipient{{Address: rcpt, Tracked: true, Status: status, NextAttempt: next}}}
@@ -343,12 +343,7 @@ func TestGroupCommit_panicFailsTheGroupAndGoesOn(t *testing.T) {
 		t.Fatalf("message whose commit panicked: %v, want a 451", err)
 	}
 	checkOnePanic(t, before, guard.GroupCommit)
-	if envs, _ := h.spool.List(); len(envs) != 0 {
-		t.Errorf("%d records in the spool after a failed commit", len(envs))
-	}
-	if files, _ := os.ReadDir(h.spool.msgDir); len(files) != 0 {
-		t.Errorf("%d message files left after a failed commit", len(files))
-	}
+	h.assertNothingStored()
 	reply, err := h.send("alice@example.com", []string{"bob@example.net"}, crlf(htmlMsg))
 	if err != nil {
 		t.Fatalf("the next message: %v", err)

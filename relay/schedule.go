@@ -2,8 +2,9 @@ package relay
 
 import (
 	"container/heap"
-	"math/rand/v2"
 	"time"
+
+	"github.com/trackrelay/trackrelay/internal/backoff"
 )
 
 type job struct {
@@ -120,11 +121,5 @@ func (d *Deliverer) dropJobs(drop func(job) bool) {
 // backoff is the wait after the n-th failed attempt: exponential, capped,
 // with ±20% jitter so that a queue does not retry in lockstep.
 func (d *Deliverer) backoff(n int) time.Duration {
-	w := d.cfg.RetryInitial
-	for i := 1; i < n && w < d.cfg.RetryMax; i++ {
-		w *= 2
-	}
-	w = min(w, d.cfg.RetryMax)
-	jitter := time.Duration(rand.Int64N(int64(w)/5*2+1)) - w/5
-	return w + jitter
+	return backoff.Jitter(backoff.Exp(d.cfg.RetryInitial, d.cfg.RetryMax, n))
 }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/trackrelay/trackrelay/internal/ratelimit"
+	"golang.org/x/time/rate"
 )
 
 // ServerConfig is the SMTP submission side of the relay.
@@ -40,7 +42,7 @@ type Server struct {
 	log      *slog.Logger
 	metrics  *Metrics
 	accounts accounts
-	limiter  *authLimiter
+	limiter  *ratelimit.Limiter // failed logins per client (Begin, End)
 	conns    *connLimiter
 	nextCID  atomic.Uint64
 
@@ -84,7 +86,7 @@ func NewServer(cfg ServerConfig, spool *Spool, d *Deliverer, log *slog.Logger, m
 		log:      log,
 		metrics:  m,
 		accounts: accounts{list: cfg.Accounts},
-		limiter:  newAuthLimiter(5, 30*time.Second),
+		limiter:  ratelimit.New(rate.Every(30*time.Second), 5), // 5 failures, then one every 30s
 		conns:    newConnLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
 	}
 	srv := smtp.NewServer(s)

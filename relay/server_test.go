@@ -1,8 +1,6 @@
 package relay
 
 import (
-	"bufio"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -35,10 +33,7 @@ func TestServer_openRelayRefused(t *testing.T) {
 			t.Errorf("RCPT %s without AUTH: want 5xx, got %v", to, err)
 		}
 	}
-	entries, _ := os.ReadDir(filepath.Join(h.dir, "spool", "msg"))
-	if len(entries) != 0 {
-		t.Fatalf("spool holds %d files after refused session", len(entries))
-	}
+	h.assertNothingStored()
 }
 
 func TestServer_wrongPassword(t *testing.T) {
@@ -226,34 +221,12 @@ func TestServer_limits(t *testing.T) {
 	if smtpCode(err) != 452 {
 		t.Fatalf("too many recipients: want 452, got %v", err)
 	}
-	entries, _ := os.ReadDir(filepath.Join(h.dir, "spool", "msg"))
-	if len(entries) != 0 {
-		t.Fatalf("rejected message left %d spool files", len(entries))
-	}
+	h.assertNothingStored()
 }
 
 func TestServer_ehloAdvertises(t *testing.T) {
 	h := newHarness(t, harnessOpts{maxSize: 1 << 20})
-	conn, err := net.Dial("tcp", h.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	r := bufio.NewReader(conn)
-	r.ReadString('\n')
-	conn.Write([]byte("EHLO client.test\r\n"))
-	var lines []string
-	for {
-		l, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, strings.TrimSpace(l))
-		if strings.HasPrefix(l, "250 ") {
-			break
-		}
-	}
-	all := strings.Join(lines, "\n")
+	all := h.dial("").expect("EHLO client.test", 250).text()
 	for _, want := range []string{"SIZE 1048576", "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES", "AUTH PLAIN LOGIN"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("EHLO lacks %s:\n%s", want, all)

@@ -101,14 +101,14 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 }
 
 func (s *session) authenticate(user, pass string) error {
-	if !s.srv.limiter.begin(s.ip) {
+	if !s.srv.limiter.Begin(s.ip, time.Now()) {
 		s.srv.metrics.authFailures.WithLabelValues("rate_limited").Inc()
 		s.log.Warn("AUTH refused: too many failed logins", "user", user)
 		time.Sleep(time.Second) // slow the guesser down, not just refuse it
 		return errAuthRateLimited
 	}
 	acct, err := s.srv.accounts.authenticate(user, pass)
-	s.srv.limiter.end(s.ip, err == nil)
+	s.srv.limiter.End(s.ip, time.Now(), err != nil)
 	if err != nil {
 		s.srv.metrics.authFailures.WithLabelValues("bad_credentials").Inc()
 		s.log.Warn("AUTH failed", "user", user)

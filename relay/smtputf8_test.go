@@ -14,30 +14,7 @@ import (
 
 // sendUTF8 submits msg as alice with AUTH PLAIN and SMTPUTF8 on MAIL.
 func (h *harness) sendUTF8(from string, to []string, msg string) (string, error) {
-	c := h.client()
-	if err := c.Auth(sasl.NewPlainClient("", "alice", testPassword)); err != nil {
-		return "", err
-	}
-	if err := c.Mail(from, &smtp.MailOptions{UTF8: true}); err != nil {
-		return "", err
-	}
-	for _, r := range to {
-		if err := c.Rcpt(r, nil); err != nil {
-			return "", err
-		}
-	}
-	w, err := c.Data()
-	if err != nil {
-		return "", err
-	}
-	if _, err := io.Copy(w, strings.NewReader(msg)); err != nil {
-		return "", err
-	}
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		return "", err
-	}
-	return resp.StatusText, nil
+	return h.sendWith(&smtp.MailOptions{UTF8: true}, from, to, msg)
 }
 
 // wantSMTPError fails unless err is an SMTP reply with code and enhanced code.

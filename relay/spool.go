@@ -20,19 +20,19 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/internal/durable"
 )
 
-// Delivery states of one recipient copy, as the API shows them.
+// Delivery states of one recipient copy, as the API shows them: the
+// relay's names for the shared set of internal/delivery.
 const (
-	StatusQueued    = "queued"
-	StatusDeferred  = "deferred"
-	StatusDelivered = "delivered"
-	StatusBounced   = "bounced"
-	// StatusHeld is a copy whose job panicked: it is in no schedule, a
-	// restart leaves it held (re-queueing it at once would be a crash
-	// loop), and only the operator's retry releases it.
-	StatusHeld = "held"
+	StatusQueued    = delivery.Queued
+	StatusDeferred  = delivery.Deferred
+	StatusDelivered = delivery.Delivered
+	StatusBounced   = delivery.Bounced
+	// StatusHeld is a copy whose job panicked (see delivery.Held).
+	StatusHeld = delivery.Held
 )
 
 // heldResponse is the last response of a held copy. What went wrong is in
@@ -66,13 +66,13 @@ type Envelope struct {
 
 // Recipient is the state of one recipient's copy: a delivery job of its own.
 type Recipient struct {
-	Address      string    `json:"address"`
-	Tracked      bool      `json:"tracked"`
-	Status       string    `json:"status"`
-	Attempts     int       `json:"attempts"`
-	NextAttempt  time.Time `json:"next_attempt"`
-	LastResponse string    `json:"last_response,omitempty"`
-	UpdatedAt    time.Time `json:"updated_at"`
+	Address      string          `json:"address"`
+	Tracked      bool            `json:"tracked"`
+	Status       delivery.Status `json:"status"`
+	Attempts     int             `json:"attempts"`
+	NextAttempt  time.Time       `json:"next_attempt"`
+	LastResponse string          `json:"last_response,omitempty"`
+	UpdatedAt    time.Time       `json:"updated_at"`
 	// Warned records that a "delayed" notice went to the sender.
 	Warned bool `json:"warned,omitempty"`
 }
@@ -81,9 +81,7 @@ type Recipient struct {
 func (r *Recipient) Held() bool { return r.Status == StatusHeld }
 
 // Final reports whether the copy needs no more attempts.
-func (r *Recipient) Final() bool {
-	return r.Status == StatusDelivered || r.Status == StatusBounced
-}
+func (r *Recipient) Final() bool { return r.Status.Final() }
 
 // Done reports whether every copy of the message is final.
 func (e *Envelope) Done() bool {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
@@ -15,14 +14,17 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/emulation"
+	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/chromedp"
 	"github.com/emersion/go-message"
 	"golang.org/x/net/html"
 
@@ -73,7 +75,7 @@ func TestBrowserNoVisibleChange(t *testing.T) {
 		id := fmt.Sprintf("m%03d", len(srv.names))
 		srv.names = append(srv.names, name)
 		var out bytes.Buffer
-		res, err := Message(&out, bytes.NewReader(in), Options{Opens: true, Clicks: true, Minter: browserMinter{base: srv.URL, id: id}, BaseURL: srv.URL})
+		res, err := Message(&out, bytes.NewReader(in), Options{Opens: true, Clicks: true, Minter: browserMinter{testURLs: testURLs{srv.URL}, id: id}})
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 			continue
@@ -128,37 +130,41 @@ func TestBrowserNoVisibleChange(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	br, err := startBrowser(ctx, t.TempDir())
+	var protoErrs protocolErrors
+	br, stop, err := startBrowser(ctx, t.TempDir(), protoErrs.add)
 	if err != nil {
 		t.Fatalf("chromium: %v", err)
 	}
-	defer br.close()
+	defer stop()
 
 	start := time.Now()
 	work := make(chan *renderCase)
 	var wg sync.WaitGroup
 	for range browserWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tb, err := br.newTab(ctx)
+		wg.Go(func() {
+			// A tab of its own, opened by the first run and reused for
+			// every page: a tab per page starts a renderer process for
+			// each and triples the test's time.
+			tab, closeTab := chromedp.NewContext(br)
+			defer closeTab()
+			err := chromedp.Do(tab)
 			for c := range work {
 				if err != nil {
-					c.err = err
+					c.err = fmt.Errorf("opening a tab: %w", err)
 					continue
 				}
-				c.run(ctx, tb, srv)
+				c.run(tab, srv)
 			}
-			if err == nil {
-				tb.close()
-			}
-		}()
+		})
 	}
 	for _, c := range cases {
 		work <- c
 	}
 	close(work)
 	wg.Wait()
+	for _, e := range protoErrs.list() {
+		t.Errorf("chromium: %s", e)
+	}
 
 	identical, controls := 0, 0
 	for _, c := range cases {
@@ -189,7 +195,10 @@ const controlTemplate = "template--postmark-welcome.eml"
 
 // browserMinter mints URLs on the local render server: the pixel of message
 // id is /o/<id>.gif, so the server can tell which pixels were loaded.
-type browserMinter struct{ base, id string }
+type browserMinter struct {
+	testURLs
+	id string
+}
 
 func (m browserMinter) OpenURL() string { return m.base + "/o/" + m.id + ".gif" }
 func (m browserMinter) ClickURL(i int, dest string) string {
@@ -268,15 +277,17 @@ type renderCase struct {
 	err  error
 }
 
-func (c *renderCase) run(ctx context.Context, br *tab, srv *renderServer) {
+// run renders both documents in the open tab of the chromedp context tab
+// and compares the screenshots.
+func (c *renderCase) run(tab context.Context, srv *renderServer) {
 	t0 := time.Now()
 	defer func() { c.took = time.Since(t0) }()
-	a, err := br.screenshot(ctx, c.orig, c.width)
+	a, err := screenshot(tab, c.orig, c.width)
 	if err != nil {
 		c.err = fmt.Errorf("original: %w", err)
 		return
 	}
-	b, err := br.screenshot(ctx, c.edited, c.width)
+	b, err := screenshot(tab, c.edited, c.width)
 	if err != nil {
 		c.err = fmt.Errorf("rewritten: %w", err)
 		return
@@ -448,302 +459,106 @@ func placeholderPNG() []byte {
 	return b.Bytes()
 }
 
-// browser is one headless chromium driven over the DevTools protocol
-// through --remote-debugging-pipe (file descriptors 3 and 4, messages ended
-// by NUL), so no extra dependency and no port are needed.
-type browser struct {
-	cmd  *exec.Cmd
-	in   *os.File // our end of chromium's fd 3
-	wmu  sync.Mutex
-	next atomic.Int64
-
-	mu      sync.Mutex
-	pending map[int64]chan cdpMessage
-	events  map[string]chan cdpMessage // by session id
-	dead    error
-	stderr  bytes.Buffer
+// protocolErrors collects the errors chromedp meets outside an action, such
+// as a message from the browser it cannot decode; the test fails on them.
+type protocolErrors struct {
+	mu   sync.Mutex
+	errs []string
 }
 
-type cdpMessage struct {
-	ID        int64           `json:"id,omitempty"`
-	Method    string          `json:"method,omitempty"`
-	SessionID string          `json:"sessionId,omitempty"`
-	Params    json.RawMessage `json:"params,omitempty"`
-	Result    json.RawMessage `json:"result,omitempty"`
-	Error     *struct {
-		Code    int    `json:"code"`
-		Message string `json:"message"`
-	} `json:"error,omitempty"`
+func (p *protocolErrors) add(format string, args ...any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.errs = append(p.errs, fmt.Sprintf(format, args...))
 }
 
-func startBrowser(ctx context.Context, dir string) (*browser, error) {
-	cmdR, cmdW, err := os.Pipe()
-	if err != nil {
-		return nil, err
+func (p *protocolErrors) list() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.errs)
+}
+
+// startBrowser starts one headless chromium for the whole test, under ctx,
+// with a fresh profile in dir. chromedp drives it over
+// --remote-debugging-pipe, so no port is opened. Every host but the render
+// server fails to resolve at once. Errors outside an action go to errorf.
+// The returned func stops the browser and waits for it to exit.
+func startBrowser(ctx context.Context, dir string, errorf func(string, ...any)) (context.Context, context.CancelFunc, error) {
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx,
+		chromedp.ExecPath(chromiumPath),
+		chromedp.Flag("headless", true),
+		chromedp.Flag("no-sandbox", true),
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("hide-scrollbars", true),
+		chromedp.Flag("mute-audio", true),
+		chromedp.Flag("disable-extensions", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("force-device-scale-factor", "1"),
+		chromedp.UserDataDir(filepath.Join(dir, "profile")),
+		chromedp.WindowSize(browserWidth, browserHeight),
+		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
+	)
+	browserCtx, cancelBrowser := chromedp.NewContext(allocCtx, chromedp.WithErrorf(errorf))
+	stop := func() { cancelBrowser(); cancelAlloc() }
+	// The first run starts the browser and ties its life to ctx.
+	if err := chromedp.Do(browserCtx); err != nil {
+		stop()
+		return nil, nil, err
 	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	b := &browser{in: cmdW, pending: map[int64]chan cdpMessage{}, events: map[string]chan cdpMessage{}}
-	b.cmd = exec.CommandContext(ctx, chromiumPath,
-		"--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-		"--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-		"--hide-scrollbars", "--mute-audio", "--disable-extensions", "--disable-dev-shm-usage",
-		"--force-device-scale-factor=1", "--user-data-dir="+filepath.Join(dir, "profile"),
-		fmt.Sprintf("--window-size=%d,%d", browserWidth, browserHeight),
-		// Only the render server resolves; every other host fails at once.
-		"--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-		"--remote-debugging-pipe", "about:blank")
-	b.cmd.ExtraFiles = []*os.File{cmdR, outW} // fd 3: commands in, fd 4: replies out
-	b.cmd.Stderr = &lockedWriter{w: &b.stderr, mu: &b.mu}
-	if err := b.cmd.Start(); err != nil {
-		return nil, err
-	}
-	cmdR.Close()
-	outW.Close()
-	go b.read(outR)
-	return b, nil
+	return browserCtx, stop, nil
 }
 
-type lockedWriter struct {
-	w  io.Writer
-	mu *sync.Mutex
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
-func (b *browser) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+// screenshot loads url in the open tab of tab, with scripts off as in mail
+// clients and the viewport width at device scale factor 1, waits for its load
+// event (which includes its images) and returns a screenshot of the whole
+// page, at most browserMaxHeight px tall.
+func screenshot(tab context.Context, url string, width int) (*image.RGBA, error) {
+	ctx, cancel := context.WithTimeout(tab, time.Minute)
 	defer cancel()
-	b.call(ctx, "", "Browser.close", nil, nil)
-	b.in.Close()
-	done := make(chan struct{})
-	go func() { b.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		b.cmd.Process.Kill()
-		<-done
+	var viewport []chromedp.EmulateViewportOption
+	if width < browserWidth {
+		viewport = append(viewport, chromedp.EmulateMobile)
 	}
-}
-
-func (b *browser) read(r io.Reader) {
-	br := bufio.NewReaderSize(r, 1<<20)
-	for {
-		raw, err := br.ReadBytes(0)
+	if err := chromedp.Do(ctx,
+		chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+			_, err := cdp.Call(ctx, t, emulation.SetScriptExecutionDisabled, emulation.SetScriptExecutionDisabledParams{Value: true})
+			return err
+		}),
+		chromedp.EmulateViewport(int64(width), browserHeight, viewport...),
+		chromedp.Navigate(url),
+	); err != nil {
+		return nil, err
+	}
+	shot, err := chromedp.Run(ctx, func(ctx context.Context, t *chromedp.Target) ([]byte, error) {
+		lm, err := cdp.Call(ctx, t, page.GetLayoutMetrics, cdp.Empty{})
 		if err != nil {
-			b.mu.Lock()
-			b.dead = fmt.Errorf("chromium exited: %v; stderr: %s", err, lastLines(b.stderr.String(), 5))
-			for id, ch := range b.pending {
-				close(ch)
-				delete(b.pending, id)
-			}
-			b.mu.Unlock()
-			return
-		}
-		var m cdpMessage
-		if err := json.Unmarshal(raw[:len(raw)-1], &m); err != nil {
-			continue
-		}
-		b.mu.Lock()
-		if m.ID != 0 {
-			if ch, ok := b.pending[m.ID]; ok {
-				ch <- m
-				delete(b.pending, m.ID)
-			}
-		} else if ch, ok := b.events[m.SessionID]; ok {
-			select {
-			case ch <- m:
-			default: // an unwatched flood; the ones waited for are few
-			}
-		}
-		b.mu.Unlock()
-	}
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
-// call sends one DevTools command and decodes its result into result.
-func (b *browser) call(ctx context.Context, session, method string, params, result any) error {
-	p, err := json.Marshal(params)
-	if err != nil {
-		return err
-	}
-	if params == nil {
-		p = []byte("{}")
-	}
-	id := b.next.Add(1)
-	msg, err := json.Marshal(cdpMessage{ID: id, Method: method, SessionID: session, Params: p})
-	if err != nil {
-		return err
-	}
-	ch := make(chan cdpMessage, 1)
-	b.mu.Lock()
-	if b.dead != nil {
-		b.mu.Unlock()
-		return b.dead
-	}
-	b.pending[id] = ch
-	b.mu.Unlock()
-	b.wmu.Lock()
-	_, err = b.in.Write(append(msg, 0))
-	b.wmu.Unlock()
-	if err != nil {
-		return err
-	}
-	select {
-	case m, ok := <-ch:
-		if !ok {
-			b.mu.Lock()
-			defer b.mu.Unlock()
-			return b.dead
-		}
-		if m.Error != nil {
-			return fmt.Errorf("%s: %s", method, m.Error.Message)
-		}
-		if result != nil {
-			return json.Unmarshal(m.Result, result)
-		}
-		return nil
-	case <-ctx.Done():
-		b.mu.Lock()
-		delete(b.pending, id)
-		b.mu.Unlock()
-		return fmt.Errorf("%s: %w", method, ctx.Err())
-	}
-}
-
-// tab is one page of the browser, reused for many renders (a new tab per
-// render would start a renderer process each time).
-type tab struct {
-	b       *browser
-	target  string
-	session string
-	events  chan cdpMessage
-	width   int // viewport width set
-}
-
-// newTab opens a tab with scripts off, as in mail clients.
-func (b *browser) newTab(ctx context.Context) (*tab, error) {
-	var target struct {
-		TargetID string `json:"targetId"`
-	}
-	if err := b.call(ctx, "", "Target.createTarget", map[string]any{"url": "about:blank"}, &target); err != nil {
-		return nil, err
-	}
-	var att struct {
-		SessionID string `json:"sessionId"`
-	}
-	if err := b.call(ctx, "", "Target.attachToTarget", map[string]any{"targetId": target.TargetID, "flatten": true}, &att); err != nil {
-		return nil, err
-	}
-	t := &tab{b: b, target: target.TargetID, session: att.SessionID, events: make(chan cdpMessage, 256)}
-	b.mu.Lock()
-	b.events[t.session] = t.events
-	b.mu.Unlock()
-	for _, c := range []struct {
-		method string
-		params any
-	}{
-		{"Page.enable", nil},
-		{"Page.setLifecycleEventsEnabled", map[string]any{"enabled": true}},
-		{"Emulation.setScriptExecutionDisabled", map[string]any{"value": true}},
-	} {
-		if err := b.call(ctx, t.session, c.method, c.params, nil); err != nil {
-			t.close()
 			return nil, err
 		}
-	}
-	return t, nil
-}
-
-func (t *tab) close() {
-	t.b.mu.Lock()
-	delete(t.b.events, t.session)
-	t.b.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	t.b.call(ctx, "", "Target.closeTarget", map[string]any{"targetId": t.target}, nil)
-}
-
-// screenshot loads url, waits for its load event (which includes its
-// images) and returns a screenshot of the whole page.
-func (t *tab) screenshot(ctx context.Context, url string, width int) (*image.RGBA, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	b, s, events := t.b, t.session, t.events
-	if width != t.width {
-		if err := b.call(ctx, s, "Emulation.setDeviceMetricsOverride", map[string]any{"width": width, "height": browserHeight, "deviceScaleFactor": 1, "mobile": width < browserWidth}, nil); err != nil {
+		if lm.CSSContentSize == nil {
+			return nil, errors.New("Page.getLayoutMetrics: no content size")
+		}
+		w := max(width, int(lm.CSSContentSize.Width+0.5))
+		h := min(browserMaxHeight, max(browserHeight, int(lm.CSSContentSize.Height+0.5)))
+		res, err := cdp.Call(ctx, t, page.CaptureScreenshot, page.CaptureScreenshotParams{
+			Format:                page.CaptureScreenshotFormatPng,
+			CaptureBeyondViewport: new(true),
+			FromSurface:           new(true),
+			Clip:                  &page.Viewport{Width: float64(w), Height: float64(h), Scale: 1},
+		})
+		if err != nil {
 			return nil, err
 		}
-		t.width = width
-	}
-	for drained := false; !drained; {
-		select {
-		case <-events:
-		default:
-			drained = true
-		}
-	}
-	var nav struct {
-		FrameID   string `json:"frameId"`
-		LoaderID  string `json:"loaderId"`
-		ErrorText string `json:"errorText"`
-	}
-	if err := b.call(ctx, s, "Page.navigate", map[string]any{"url": url}, &nav); err != nil {
+		return res.Data, nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	if nav.ErrorText != "" {
-		return nil, fmt.Errorf("navigate: %s", nav.ErrorText)
-	}
-	// Wait for this navigation's load event: the document and its images.
-	for loaded := false; !loaded; {
-		select {
-		case m := <-events:
-			if m.Method != "Page.lifecycleEvent" {
-				continue
-			}
-			var ev struct {
-				FrameID  string `json:"frameId"`
-				LoaderID string `json:"loaderId"`
-				Name     string `json:"name"`
-			}
-			if json.Unmarshal(m.Params, &ev) == nil && ev.Name == "load" && ev.FrameID == nav.FrameID && ev.LoaderID == nav.LoaderID {
-				loaded = true
-			}
-		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for load: %w", ctx.Err())
-		}
-	}
-	var lm struct {
-		ContentSize struct {
-			Width  float64 `json:"width"`
-			Height float64 `json:"height"`
-		} `json:"cssContentSize"`
-	}
-	if err := b.call(ctx, s, "Page.getLayoutMetrics", nil, &lm); err != nil {
-		return nil, err
-	}
-	w := max(width, int(lm.ContentSize.Width+0.5))
-	h := min(browserMaxHeight, max(browserHeight, int(lm.ContentSize.Height+0.5)))
-	var shot struct {
-		Data []byte `json:"data"` // base64 in JSON
-	}
-	if err := b.call(ctx, s, "Page.captureScreenshot", map[string]any{
-		"format": "png", "captureBeyondViewport": true, "fromSurface": true,
-		"clip": map[string]any{"x": 0, "y": 0, "width": w, "height": h, "scale": 1},
-	}, &shot); err != nil {
-		return nil, err
-	}
-	img, err := png.Decode(bytes.NewReader(shot.Data))
+	img, err := png.Decode(bytes.NewReader(shot))
 	if err != nil {
 		return nil, err
 	}

@@ -13,7 +13,7 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files of testdata/")
 
 // fixedMinter mints short, readable, deterministic URLs for golden files.
-type fixedMinter struct{}
+type fixedMinter struct{ testURLs }
 
 func (fixedMinter) OpenURL() string { return testBase + "/o/OPEN" }
 func (fixedMinter) ClickURL(i int, dest string) string {
@@ -33,7 +33,7 @@ func TestGolden(t *testing.T) {
 			t.Fatal(err)
 		}
 		var out bytes.Buffer
-		res, err := Message(&out, bytes.NewReader(in), Options{Opens: true, Clicks: true, Minter: fixedMinter{}, BaseURL: testBase})
+		res, err := Message(&out, bytes.NewReader(in), Options{Opens: true, Clicks: true, Minter: fixedMinter{testURLs{testBase}}})
 		if err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}

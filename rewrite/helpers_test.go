@@ -14,14 +14,34 @@ import (
 
 const testBase = "https://t.example.com"
 
+// testURLs tells the URLs on a tracking base from others, as the tracker's
+// minter does, for the test minters.
+type testURLs struct{ base string }
+
+func (u testURLs) Ours(dest string) bool {
+	if u.base == "" || len(dest) < len(u.base) || !strings.EqualFold(dest[:len(u.base)], u.base) {
+		return false
+	}
+	tail := dest[len(u.base):]
+	return tail == "" || strings.ContainsRune("/?#", rune(tail[0]))
+}
+
+func (u testURLs) IsOpenURL(s string) bool {
+	p := u.base + "/o/"
+	return u.base != "" && len(s) >= len(p) && strings.EqualFold(s[:len(p)], p)
+}
+
 // recMinter mints URLs on testBase and records what it was asked.
 type recMinter struct {
+	testURLs
 	dests map[int]string
 	opens int
 	bad   []string // inconsistent calls
 }
 
-func newRecMinter() *recMinter { return &recMinter{dests: make(map[int]string)} }
+func newRecMinter() *recMinter {
+	return &recMinter{testURLs: testURLs{testBase}, dests: make(map[int]string)}
+}
 
 func (m *recMinter) OpenURL() string {
 	m.opens++
@@ -49,7 +69,7 @@ func clickIndex(href string) (int, bool) {
 }
 
 func allOpts(m Minter) Options {
-	return Options{Opens: true, Clicks: true, Minter: m, BaseURL: testBase}
+	return Options{Opens: true, Clicks: true, Minter: m}
 }
 
 // crlf turns the LF line endings of a Go literal into CRLF.

@@ -418,11 +418,11 @@ func mayBeHTTP(val []byte) bool {
 // isOldPixel reports whether the <img> tag with the attributes attrs is one
 // of our open pixels.
 func (s *htmlScan) isOldPixel(attrs []tagAttr) bool {
-	if s.rules.pixelPrefix == "" {
+	if s.rules.minter == nil {
 		return false
 	}
 	a := findAttr(attrs, "src")
-	return a != nil && hasPrefixFold(normalizeURL(unescapeAttr(string(a.val))), s.rules.pixelPrefix)
+	return a != nil && s.rules.minter.IsOpenURL(normalizeURL(unescapeAttr(string(a.val))))
 }
 
 // conditionalComment returns the inside of a downlevel-hidden conditional

@@ -132,6 +132,13 @@ func (l *lexer) next() tokKind {
 	return tokEOF
 }
 
+// rawTextElements are the elements whose content the Tokenizer reads as
+// raw text, up to their end tag (or, plaintext, to the end). Comparing
+// against them keeps the name the lexer holds from being allocated.
+var rawTextElements = [...]string{
+	"iframe", "noembed", "noframes", "noscript", "plaintext", "script", "style", "textarea", "title", "xmp",
+}
+
 // readStartTag reads a start tag whose "<x" has been consumed.
 func (l *lexer) readStartTag() tokKind {
 	if !l.readTag(true) {
@@ -145,27 +152,11 @@ func (l *lexer) readStartTag() tokKind {
 			}
 			buf[i] = c
 		}
-		switch string(buf[:len(n)]) {
-		case "iframe":
-			l.rawTag = "iframe"
-		case "noembed":
-			l.rawTag = "noembed"
-		case "noframes":
-			l.rawTag = "noframes"
-		case "noscript":
-			l.rawTag = "noscript"
-		case "plaintext":
-			l.rawTag = "plaintext"
-		case "script":
-			l.rawTag = "script"
-		case "style":
-			l.rawTag = "style"
-		case "textarea":
-			l.rawTag = "textarea"
-		case "title":
-			l.rawTag = "title"
-		case "xmp":
-			l.rawTag = "xmp"
+		for _, t := range rawTextElements {
+			if string(buf[:len(n)]) == t {
+				l.rawTag = t
+				break
+			}
 		}
 	}
 	// Self-closing: '/' before '>', unless that '/' ends the last

@@ -9,7 +9,9 @@ import (
 	"sync"
 )
 
-// Minter mints the tracking URLs of one recipient's copy.
+// Minter mints the tracking URLs of one recipient's copy, and tells the
+// tracker's own URLs from others: the URL layout is the tracker's, and
+// rewrite knows nothing of it.
 type Minter interface {
 	// OpenURL returns the absolute URL of the open pixel.
 	OpenURL() string
@@ -17,14 +19,20 @@ type Minter interface {
 	// the message (0-based, document order over all HTML parts; identical destinations share one index).
 	// dest is the entity-decoded absolute http(s) URL exactly as the browser would have followed it.
 	ClickURL(index int, dest string) string
+	// Ours reports whether the absolute http(s) URL dest is on the
+	// tracking server: such a link is left alone, never tracked twice.
+	Ours(dest string) bool
+	// IsOpenURL reports whether url is an open pixel of the tracking
+	// server (of any message): such a pixel inside quoted history is
+	// removed, so that a reply never fires an earlier email's open.
+	IsOpenURL(url string) bool
 }
 
 // Options says what to instrument.
 type Options struct {
-	Opens   bool // insert the open pixel
-	Clicks  bool // turn links into click redirects
-	Minter  Minter
-	BaseURL string // links already on BaseURL are left alone; BaseURL+"/o/" pixels inside quoted history are removed
+	Opens  bool // insert the open pixel
+	Clicks bool // turn links into click redirects
+	Minter Minter
 }
 
 // Result reports what Message did.

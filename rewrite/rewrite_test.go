@@ -631,7 +631,7 @@ type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, errors.New("disk on fire") }
 
-type panicMinter struct{}
+type panicMinter struct{ testURLs }
 
 func (panicMinter) OpenURL() string             { panic("boom") }
 func (panicMinter) ClickURL(int, string) string { panic("boom") }

@@ -6,17 +6,12 @@ import (
 
 // linkRules decides which link destinations are tracked.
 type linkRules struct {
-	base        string          // BaseURL without trailing '/'; "" when unset
-	pixelPrefix string          // base + "/o/"
-	unsub       map[string]bool // http(s) targets of List-Unsubscribe
+	minter Minter          // tells the tracker's own URLs; nil when nothing is tracked
+	unsub  map[string]bool // http(s) targets of List-Unsubscribe
 }
 
 func newLinkRules(opts Options, h *header) linkRules {
-	r := linkRules{unsub: make(map[string]bool)}
-	if b := strings.TrimRight(strings.TrimSpace(opts.BaseURL), "/"); b != "" {
-		r.base = b
-		r.pixelPrefix = b + "/o/"
-	}
+	r := linkRules{minter: opts.Minter, unsub: make(map[string]bool)}
 	// RFC 2369: List-Unsubscribe: <https://...>, <mailto:...>. Unsubscribing
 	// must work without the tracker and must not count as a click.
 	for i := range h.Fields {
@@ -43,7 +38,7 @@ func newLinkRules(opts Options, h *header) linkRules {
 }
 
 // trackable returns the destination of the raw href value val and whether it
-// is to be tracked: an absolute http(s) URL, not on BaseURL, not a
+// is to be tracked: an absolute http(s) URL, not the tracker's own, not a
 // List-Unsubscribe target. Everything else (mailto:, tel:, sms:, #fragments,
 // cid:, data:, javascript:, relative and other URLs) is left alone. A <base
 // href> is deliberately ignored: relative links stay relative and untracked.
@@ -61,10 +56,8 @@ func (r *linkRules) trackable(val string) (string, bool) {
 	if rest == "" || rest[0] == '/' || rest[0] == '\\' || rest[0] == '?' || rest[0] == '#' {
 		return "", false // no host
 	}
-	if r.base != "" && hasPrefixFold(dest, r.base) {
-		if tail := dest[len(r.base):]; tail == "" || strings.ContainsRune("/?#", rune(tail[0])) {
-			return "", false
-		}
+	if r.minter != nil && r.minter.Ours(dest) {
+		return "", false
 	}
 	if r.unsub[dest] {
 		return "", false

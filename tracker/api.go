@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/trackrelay/trackrelay/internal/msgid"
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
 
@@ -105,7 +106,7 @@ func (h *handler) lookupPending(ctx context.Context, account, ref string) (*stor
 // the store's would be right after PutMessage.
 func pendingView(m *store.Message) *store.MessageView {
 	cp := *m
-	cp.MessageID = store.TrimAngles(cp.MessageID)
+	cp.MessageID = msgid.Normalize(cp.MessageID)
 	cp.AcceptedAt = cp.AcceptedAt.UTC()
 	return store.BuildView(&cp, nil, map[int]store.Delivery{}, nil, map[int]*store.Tally{})
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	"github.com/trackrelay/trackrelay/tracker/store/bolt"
@@ -64,14 +65,14 @@ func TestFeed_eventsAndDeliveriesInOrder(t *testing.T) {
 	e := newTestEnv(t, nil, nil)
 	ctx := context.Background()
 	delivered := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
-	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: store.StatusDeferred, Attempts: 1, LastResponse: "451 later", UpdatedAt: delivered.Add(-time.Minute)}); err != nil {
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: delivery.Deferred, Attempts: 1, LastResponse: "451 later", UpdatedAt: delivered.Add(-time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: store.StatusDelivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: delivered}); err != nil {
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: delivery.Delivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: delivered}); err != nil {
 		t.Fatal(err)
 	}
 	// The same state reported again is not a change.
-	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: store.StatusDelivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: delivered}); err != nil {
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: delivery.Delivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: delivered}); err != nil {
 		t.Fatal(err)
 	}
 	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
@@ -95,7 +96,7 @@ func TestFeed_eventsAndDeliveriesInOrder(t *testing.T) {
 	if want := []string{"delivery", "delivery", "open", "click"}; !slices.Equal(types, want) {
 		t.Fatalf("types %v, want %v", types, want)
 	}
-	if d := all.Events[1].Delivery; d == nil || d.Status != store.StatusDelivered || d.Attempts != 2 || d.LastResponse != "250 ok" {
+	if d := all.Events[1].Delivery; d == nil || d.Status != delivery.Delivered || d.Attempts != 2 || d.LastResponse != "250 ok" {
 		t.Errorf("delivery entry %+v", all.Events[1].Delivery)
 	}
 	click := all.Events[3]
@@ -148,7 +149,7 @@ func TestFeed_eventsAndDeliveriesInOrder(t *testing.T) {
 func TestErase(t *testing.T) {
 	e := newTestEnv(t, nil, nil)
 	ctx := context.Background()
-	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: store.StatusDelivered, UpdatedAt: time.Now().Add(-time.Hour)}); err != nil {
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: delivery.Delivered, UpdatedAt: time.Now().Add(-time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	click := e.mint.ClickURL(0, "https://example.com/quote?id=1&x=2")
@@ -184,7 +185,7 @@ func TestErase(t *testing.T) {
 	if err := e.store.PutMessage(ctx, e.msg); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: store.StatusDelivered, UpdatedAt: time.Now()}); err != nil {
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: delivery.Delivered, UpdatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	// An event already on its way when the message was erased is dropped.

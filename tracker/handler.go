@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/ratelimit"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	"github.com/trackrelay/trackrelay/tracker/token"
 )
@@ -104,7 +105,7 @@ type handler struct {
 	accounts []apiAccount
 	trusted  []netip.Prefix
 	now      func() time.Time
-	limiter  *recordLimiter // nil: no limit
+	limiter  *ratelimit.Limiter // recording limit; nil: no limit
 	deadline *storeDeadlines
 	mux      *http.ServeMux
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	"github.com/trackrelay/trackrelay/tracker/store/bolt"
@@ -434,7 +435,7 @@ func TestSelfAndScannerWindow(t *testing.T) {
 		c.Now = func() time.Time { return now }
 	})
 	ctx := context.Background()
-	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: store.StatusDelivered, Attempts: 1, LastResponse: "250 ok", UpdatedAt: now.Add(-2 * time.Second)}); err != nil {
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: delivery.Delivered, Attempts: 1, LastResponse: "250 ok", UpdatedAt: now.Add(-2 * time.Second)}); err != nil {
 		t.Fatal(err)
 	}
 	// Click 2 s after delivery: a scanner.
@@ -471,7 +472,7 @@ func TestAPI(t *testing.T) {
 	if err := e.store.SetLinks(ctx, e.msg.ID, []string{"https://example.com/quote?id=1&x=2"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: store.StatusDelivered, Attempts: 1, LastResponse: "250 2.0.0 ok", UpdatedAt: testAccepted.Add(time.Second)}); err != nil {
+	if err := e.store.SetDelivery(ctx, e.msg.ID, 0, store.Delivery{Status: delivery.Delivered, Attempts: 1, LastResponse: "250 2.0.0 ok", UpdatedAt: testAccepted.Add(time.Second)}); err != nil {
 		t.Fatal(err)
 	}
 	e.do(t, http.MethodGet, e.mint.OpenURL(), nil)
@@ -544,7 +545,7 @@ func TestAPI(t *testing.T) {
 		t.Errorf("accepted_at = %v", doc["accepted_at"])
 	}
 	rv := v.Recipients[0]
-	if !rv.Opened || rv.Opens != 1 || rv.Clicks != 1 || rv.Delivery.Status != store.StatusDelivered || rv.Address != "bob@example.net" || !rv.Tracked {
+	if !rv.Opened || rv.Opens != 1 || rv.Clicks != 1 || rv.Delivery.Status != delivery.Delivered || rv.Address != "bob@example.net" || !rv.Tracked {
 		t.Errorf("recipient 0 = %+v", rv)
 	}
 	if r1 := recips[1].(map[string]any); r1["first_opened_at"] != nil || r1["opened"] != false || r1["tracked"] != false {

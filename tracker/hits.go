@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	"github.com/trackrelay/trackrelay/tracker/token"
@@ -124,7 +125,7 @@ func (h *handler) record(r *http.Request, t token.Token) {
 	ctx := h.deadline.context()
 	at := h.now().UTC()
 	ip := clientIP(r, h.trusted)
-	if !h.cfg.NoRecord && !h.limiter.allow(ip, time.Now()) {
+	if !h.cfg.NoRecord && !h.limiter.Allow(ip, time.Now()) {
 		h.metrics.Store.Unlisted(store.UnlistedRateLimited, 1)
 		return
 	}
@@ -158,7 +159,7 @@ func (h *handler) record(r *http.Request, t token.Token) {
 	if t.Kind == token.KindClick && err == nil {
 		if dr, ok := h.store.(store.DeliveryReader); ok {
 			d, derr := dr.Delivery(ctx, t.Message, t.Recipient)
-			if derr == nil && d.Status == store.StatusDelivered {
+			if derr == nil && d.Status == delivery.Delivered {
 				in.DeliveredAt = d.UpdatedAt
 			}
 		}

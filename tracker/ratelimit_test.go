@@ -66,7 +66,7 @@ func TestRecordLimit_disabled(t *testing.T) {
 	l := newRecordLimiter(-1, 0)
 	now := time.Now()
 	for i := 0; i < 1000; i++ {
-		if !l.allow(netip.MustParseAddr("192.0.2.1"), now) {
+		if !l.Allow(netip.MustParseAddr("192.0.2.1"), now) {
 			t.Fatal("a disabled limit refused a hit")
 		}
 	}

@@ -114,6 +114,10 @@ type TrackingConfig struct {
 	// GeoIPDB is a MaxMind DB file (GeoLite2/GeoIP2 City or Country): each
 	// event then gets the client's country and city. Empty: none.
 	GeoIPDB string `yaml:"geoip_db"`
+	// IPListsDir holds fresher copies of the classifier's IP range lists
+	// (icloud-private-relay.txt, gateway-eop.txt, ...), loaded at start in
+	// place of the shipped ones of the same name. Empty: the shipped ones.
+	IPListsDir string `yaml:"ip_lists_dir"`
 }
 
 // StoreConfig selects the tracking store: bbolt in data_dir (the
@@ -459,6 +463,11 @@ func (c *Config) validate() []error {
 			bad("tracking.geoip_db", "not a usable MaxMind DB: %v", err)
 		} else {
 			_ = db.Close()
+		}
+	}
+	if c.Tracking.IPListsDir != "" {
+		if _, err := loadIPLists(c.Tracking.IPListsDir); err != nil {
+			bad("tracking.ip_lists_dir", "%v", err)
 		}
 	}
 	if c.Delivery.RetryInitial <= 0 || c.Delivery.RetryMax < c.Delivery.RetryInitial {

@@ -22,7 +22,6 @@ func startDelivery(cfg *Config, spool *relay.Spool, st *trackingStore, keys *tok
 		RetryMax:     cfg.Delivery.RetryMax.D(),
 		Lifetime:     cfg.Delivery.Lifetime.D(),
 		DelayWarning: cfg.Delivery.DelayWarning.D(),
-		BaseURL:      baseURL(cfg),
 	}
 	if u := cfg.Upstream; u != nil {
 		up, err := upstreamConfig(cfg)
@@ -39,7 +38,7 @@ func startDelivery(cfg *Config, spool *relay.Spool, st *trackingStore, keys *tok
 	if dcfg.DKIM, err = dkimSigner(cfg, log); err != nil {
 		return nil, err
 	}
-	mint := keyMinters{keys: keys, baseURL: dcfg.BaseURL}
+	mint := keyMinters{keys: keys, baseURL: baseURL(cfg)}
 	d := relay.NewDeliverer(dcfg, spool, storeLedger{store: st}, mint, log.With("part", "delivery"), m.relay)
 	if err := d.Start(); err != nil {
 		return nil, err

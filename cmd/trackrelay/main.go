@@ -7,6 +7,7 @@
 //	trackrelay hash-password < password
 //	trackrelay queue [-config FILE] list|show|retry|delete
 //	trackrelay dkim-keygen -domain D -selector S [-type rsa|ed25519] [-bits N] [-out FILE]
+//	trackrelay ipranges build -in CSV -out FILE [-source TEXT]
 //	trackrelay version
 package main
 
@@ -19,6 +20,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -35,6 +37,9 @@ commands:
   queue [-config FILE] CMD     list, show, retry or delete queued messages
   dkim-keygen -domain D -selector S [-type rsa|ed25519] [-bits 2048] [-out FILE]
                                write a DKIM private key, print its DNS TXT record
+  ipranges build -in CSV -out FILE [-source TEXT]
+                               compact a downloaded IP range list (e.g. Apple's
+                               egress-ip-ranges.csv) for tracking.ip_lists_dir
   version                      print the version
 `
 
@@ -76,6 +81,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdHashPassword(stdin, stdout, stderr)
 	case "dkim-keygen":
 		return cmdDKIMKeygen(args[1:], stdout, stderr)
+	case "ipranges":
+		return cmdIPRanges(args[1:], time.Now(), stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "trackrelay", version)
 		return 0

@@ -14,7 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/trackrelay/trackrelay/relay"
+	"github.com/trackrelay/trackrelay/internal/delivery"
 )
 
 const queueUsage = `usage: trackrelay queue [-config FILE] <command>
@@ -127,11 +127,11 @@ type queueEntry struct {
 	AcceptedAt time.Time `json:"accepted_at"`
 	Size       int64     `json:"size"`
 	Recipients []struct {
-		Address      string    `json:"address"`
-		Status       string    `json:"status"`
-		Attempts     int       `json:"attempts"`
-		NextAttempt  time.Time `json:"next_attempt"`
-		LastResponse string    `json:"last_response"`
+		Address      string          `json:"address"`
+		Status       delivery.Status `json:"status"`
+		Attempts     int             `json:"attempts"`
+		NextAttempt  time.Time       `json:"next_attempt"`
+		LastResponse string          `json:"last_response"`
 	} `json:"recipients"`
 }
 
@@ -148,12 +148,12 @@ func printQueue(body []byte, stdout, stderr io.Writer) int {
 		for _, r := range e.Recipients {
 			next := "-"
 			switch r.Status {
-			case relay.StatusDeferred, relay.StatusQueued:
+			case delivery.Deferred, delivery.Queued:
 				next = time.Until(r.NextAttempt).Round(time.Second).String()
 				if r.NextAttempt.Before(time.Now()) {
 					next = "now"
 				}
-			case relay.StatusHeld:
+			case delivery.Held:
 				next = "on retry"
 				held++
 			}

@@ -86,6 +86,9 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 	if err != nil {
 		return err
 	}
+	if err := useIPLists(cfg, log); err != nil {
+		return err
+	}
 	m := newMetrics()
 	st, err := openStore(cfg, m, log)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/trackrelay/trackrelay/internal/guard"
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/tracker"
+	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/geoip"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	"github.com/trackrelay/trackrelay/tracker/store/bolt"
@@ -64,6 +65,42 @@ var (
 	_ backend = (*bolt.Store)(nil)
 	_ backend = (*postgres.Store)(nil)
 )
+
+// loadIPLists reads the classifier's range tables with the lists of dir
+// in place of the shipped ones of the same name.
+func loadIPLists(dir string) (*classify.Tables, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, err
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("%s is not a directory", dir)
+	}
+	return classify.LoadTables(os.DirFS(dir))
+}
+
+// useIPLists loads the classifier's range tables at start, so that no hit
+// waits on them (parsing the shipped lists takes some milliseconds): the
+// shipped lists, with tracking.ip_lists_dir's in place of those of the
+// same name when set.
+func useIPLists(cfg *Config, log *slog.Logger) error {
+	dir := cfg.Tracking.IPListsDir
+	if dir == "" {
+		t, err := classify.LoadTables(nil)
+		if err != nil {
+			return err
+		}
+		classify.Use(t)
+		return nil
+	}
+	t, err := loadIPLists(dir)
+	if err != nil {
+		return fmt.Errorf("tracking.ip_lists_dir: %w", err)
+	}
+	classify.Use(t)
+	log.Info("ip range lists loaded", "dir", dir)
+	return nil
+}
 
 // trackingStore is the tracking store with the webhook sender that reads
 // its outbox.

@@ -62,7 +62,19 @@ type uaInfo struct {
 	client                  string
 	empty, scanner          bool
 	googleProxy, yahooProxy bool
+	// bare is an agent of exactly "Mozilla/5.0", as Mail Privacy
+	// Protection sends.
+	bare bool
+	// gmailPrefetch is Gmail's image prefetcher (GmailPrefetchUA).
+	gmailPrefetch bool
 }
+
+// GmailPrefetchUA is the agent of Gmail's image prefetcher, which loads a
+// message's images seconds after delivery while its user has Gmail open,
+// whether or not the message is read: not the GoogleImageProxy fetch of
+// a real open (gmass.co/blog/false-opens-in-gmail/,
+// bird.com/en-us/blog/gmail-prefetching-images).
+const GmailPrefetchUA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/42.0.2311.135 Safari/537.36 Edge/12.246 Mozilla/5.0"
 
 // uaCache remembers the uaInfo of recent user agents: hits come from few
 // distinct ones, and matching each against every table entry is the
@@ -87,6 +99,10 @@ func lookupUA(userAgent string) uaInfo {
 		empty:       strings.TrimSpace(ua) == "",
 		googleProxy: strings.Contains(ua, "googleimageproxy"),
 		yahooProxy:  strings.Contains(ua, "yahoomailproxy"),
+		bare:        strings.TrimSpace(userAgent) == "Mozilla/5.0",
+	}
+	if strings.TrimSpace(userAgent) == GmailPrefetchUA {
+		ui.gmailPrefetch, ui.client = true, "Gmail"
 	}
 	for _, s := range scannerAgents {
 		if strings.Contains(ua, s.sub) {

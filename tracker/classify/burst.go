@@ -2,6 +2,7 @@ package classify
 
 import (
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -123,4 +124,56 @@ func InSequence(v Verdict, c Click, opened bool, history []Click) (Verdict, []in
 	}
 	v.Class, v.Reasons = InBurst(v.Reasons)
 	return v, joined
+}
+
+// The gateway pair rule: a security gateway that fetches a copy's pixel
+// also follows its links, from the same address, seconds apart, in either
+// order. A click from a gateway's range or network (a reason
+// ReasonGatewayRange or ReasonGatewayNetwork) from the address whose pixel
+// fetch was a gateway's, within GatewayPairWindow before or after it, is
+// the gateway's. Only addresses in a gateway's lists take part: timing
+// alone never makes anyone a machine, and an open alone decides nothing
+// here.
+const GatewayPairWindow = 30 * time.Second
+
+// GatewayOpen is a copy's pixel fetch by a security gateway, as the store
+// recorded it.
+type GatewayOpen struct {
+	// IP is the address as recorded (per tracking.ip_mode; "" when not
+	// recorded, which never pairs).
+	IP string
+	// At is when the pixel was fetched.
+	At time.Time
+}
+
+// FromGateway reports whether reasons say a hit came from a security
+// gateway's range or network: the store keeps such an open of a copy as
+// its GatewayOpen.
+func FromGateway(reasons []string) bool {
+	return slices.ContainsFunc(reasons, func(r string) bool {
+		return strings.HasPrefix(r, ReasonGatewayRange) || strings.HasPrefix(r, ReasonGatewayNetwork)
+	})
+}
+
+// InGatewayPair applies the gateway pair rule to a click's verdict v, as
+// Classify or InSequence gave it, recorded from ip at at, given a gateway
+// pixel fetch o of its copy, before or after it: the store calls it for a
+// new click with the copy's latest such fetch, and for a new such fetch
+// with the copy's recent clicks from gateway networks. A pair makes the
+// click scanner, with ReasonGatewayPair in place of
+// ReasonNoMachineSignals; self clicks are returned as they are. v.Reasons
+// is not modified.
+func InGatewayPair(v Verdict, ip string, at time.Time, o GatewayOpen) Verdict {
+	if v.Class == Self || ip == "" || ip != o.IP || !FromGateway(v.Reasons) {
+		return v
+	}
+	if d := at.Sub(o.At); d < -GatewayPairWindow || d > GatewayPairWindow {
+		return v
+	}
+	if slices.Contains(v.Reasons, ReasonGatewayPair) {
+		return v
+	}
+	reasons := slices.DeleteFunc(slices.Clone(v.Reasons), func(r string) bool { return r == ReasonNoMachineSignals })
+	v.Class, v.Reasons = Scanner, append(reasons, ReasonGatewayPair)
+	return v
 }

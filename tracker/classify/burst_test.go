@@ -1,6 +1,8 @@
 package classify
 
 import (
+	"net/http"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -65,5 +67,52 @@ func TestInSequence(t *testing.T) {
 	}
 	if c, r := InBurst([]string{ReasonScannerUA, ReasonClickBurst}); c != Scanner || len(r) != 2 {
 		t.Errorf("InBurst of a burst's click: %s %v", c, r)
+	}
+}
+
+// A pixel and a click from one gateway address seconds apart are the
+// gateway; timing alone, from an address in no gateway list, is nobody's
+// proof: a person on an office NAT opens and clicks within seconds.
+func TestInGatewayPair(t *testing.T) {
+	base := time.Date(2026, 8, 20, 9, 0, 0, 0, time.UTC)
+	click := func(ip, ua string) Verdict {
+		return Classify(Hit{Click: true, Method: http.MethodGet, IP: netip.MustParseAddr(ip), Header: http.Header{}, UserAgent: ua, At: base})
+	}
+	proofpoint := click("67.231.153.30", uaChrome)
+	office := click("203.0.113.9", uaChrome)
+	for _, tc := range []struct {
+		name  string
+		v     Verdict
+		ip    string
+		at    time.Duration // of the click, after the pixel
+		open  GatewayOpen
+		class string
+	}{
+		{"proofpoint pixel then click 3s later", proofpoint, "67.231.153.30", 3 * time.Second, GatewayOpen{"67.231.153.30", base}, Scanner},
+		{"30s later", proofpoint, "67.231.153.30", 30 * time.Second, GatewayOpen{"67.231.153.30", base}, Scanner},
+		{"31s later", proofpoint, "67.231.153.30", 31 * time.Second, GatewayOpen{"67.231.153.30", base}, Human},
+		{"click 2s before the pixel", proofpoint, "67.231.153.30", -2 * time.Second, GatewayOpen{"67.231.153.30", base}, Scanner},
+		{"click 31s before the pixel", proofpoint, "67.231.153.30", -31 * time.Second, GatewayOpen{"67.231.153.30", base}, Human},
+		{"another proofpoint address", proofpoint, "67.231.153.30", time.Second, GatewayOpen{"67.231.153.31", base}, Human},
+		{"address not recorded", proofpoint, "", time.Second, GatewayOpen{"", base}, Human},
+		{"office nat, same address, seconds apart", office, "203.0.113.9", time.Second, GatewayOpen{"203.0.113.9", base}, Human},
+		{"self", Verdict{Class: Self, Reasons: []string{ReasonSubmitterIP, ReasonGatewayNetwork + "proofpoint"}}, "67.231.153.30", time.Second, GatewayOpen{"67.231.153.30", base}, Self},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := slices.Clone(tc.v.Reasons)
+			v := InGatewayPair(tc.v, tc.ip, base.Add(tc.at), tc.open)
+			if v.Class != tc.class {
+				t.Errorf("class %s (%v), want %s", v.Class, v.Reasons, tc.class)
+			}
+			if tc.class == Scanner && (!slices.Contains(v.Reasons, ReasonGatewayPair) || slices.Contains(v.Reasons, ReasonNoMachineSignals)) {
+				t.Errorf("reasons %v", v.Reasons)
+			}
+			if !slices.Equal(tc.v.Reasons, before) {
+				t.Errorf("the caller's reasons were written to: %v", tc.v.Reasons)
+			}
+		})
+	}
+	if !FromGateway([]string{ReasonGatewayRange + "eop"}) || FromGateway([]string{ReasonNoMachineSignals}) {
+		t.Error("FromGateway")
 	}
 }

@@ -51,6 +51,27 @@ const (
 	ReasonEmptyUA        = "empty-user-agent"      // no user agent at all
 	ReasonClickBurst     = "click-burst"           // 3+ links of the copy clicked within 5 s (see Burst)
 
+	// Apple's Mail Privacy Protection fetches with the agent exactly
+	// "Mozilla/5.0" through iCloud Private Relay's egress addresses
+	// (ipranges/icloud-private-relay.txt).
+	ReasonPrivateRelayEgress = "private-relay-egress"
+	// Gmail's image prefetcher, by its own agent (GmailPrefetchUA).
+	ReasonGmailPrefetchUA = "gmail-prefetch-ua"
+	// A click whose agent is exactly "Mozilla/5.0": no browser sends that
+	// alone, and Mail Privacy Protection never follows links.
+	ReasonClickBareUA = "click-bare-ua"
+	// ReasonGatewayRange, followed by the gateway's name (e.g.
+	// "gateway-range:eop"), is a hit from a security gateway's range
+	// (ipranges/gateway-*.txt): scanner.
+	ReasonGatewayRange = "gateway-range:"
+	// ReasonGatewayNetwork, followed by the gateway's name, is a click from
+	// a gateway's service network, where a person may browse through the
+	// vendor's isolation: supporting evidence only, recorded on any class.
+	ReasonGatewayNetwork = "gateway-network:"
+	// ReasonGatewayPair: a click from the address whose pixel fetch was a
+	// gateway's seconds before (see InGatewayPair).
+	ReasonGatewayPair = "open-and-click-from-gateway"
+
 	// A click records the order of its copy's pixel and clicks (see Click).
 	ReasonOpenedBeforeClick = "opened-before-click" // a counted open came before it
 	ReasonClickBeforeOpen   = "click-before-open"   // none did (images blocked, or a robot)
@@ -131,21 +152,47 @@ func Classify(h Hit) Verdict {
 			add(&scanner, "click-"+shortDuration(d)+"-after-delivery")
 		}
 	}
+	t := tables()
 	ip := h.IP.Unmap()
-	if h.IP.IsValid() && inPrefixes(ip, appleMPP) {
+	valid := h.IP.IsValid()
+	if valid && t.appleMPP.Contains(ip) {
 		add(&prefetch, ReasonAppleMPPIP)
+	}
+	if ui.bare && valid && t.privateRelay.Contains(ip) {
+		// Mail Privacy Protection's fetches, which leave through Private
+		// Relay: Safari's users share the addresses, never the agent.
+		add(&prefetch, ReasonPrivateRelayEgress)
+	}
+	if ui.gmailPrefetch {
+		add(&prefetch, ReasonGmailPrefetchUA)
 	}
 	if isPrefetchRequest(h.Header) {
 		add(&prefetch, ReasonPrefetchHeader)
 	}
+	var evidence string
+	if g, ok := t.gateway(ip); ok {
+		if g.grade == mailScanning || !h.Click {
+			add(&scanner, ReasonGatewayRange+g.name)
+		} else {
+			// A person may click through the vendor's browser isolation:
+			// recorded, deciding nothing alone (see InGatewayPair).
+			evidence = ReasonGatewayNetwork + g.name
+		}
+	}
+	if h.Click && ui.bare {
+		add(&scanner, ReasonClickBareUA)
+	}
 	googleUA, yahooUA := ui.googleProxy, ui.yahooProxy
-	googleIP := h.IP.IsValid() && inPrefixes(ip, googleProxy)
-	yahooIP := h.IP.IsValid() && inPrefixes(ip, yahooProxy)
+	googleIP := valid && t.googleProxy.Contains(ip)
+	yahooIP := valid && t.yahooProxy.Contains(ip)
 	switch {
 	case h.Click && (googleUA || yahooUA || googleIP || yahooIP):
 		// The proxies fetch images; a person's click comes from their
 		// browser, not from the proxy.
 		add(&scanner, ReasonClickFromProxyIP)
+	case ui.gmailPrefetch:
+		// Gmail's prefetcher comes from Google's network too; its agent
+		// says it is no open.
 	case googleUA || googleIP:
 		if googleUA {
 			add(&proxy, ReasonGoogleProxyUA)
@@ -160,6 +207,9 @@ func Classify(h Hit) Verdict {
 		if yahooIP {
 			add(&proxy, ReasonYahooProxyIP)
 		}
+	}
+	if evidence != "" {
+		v.Reasons = append(v.Reasons, evidence)
 	}
 	switch {
 	case self:

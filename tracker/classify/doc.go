@@ -4,8 +4,10 @@
 //
 // It holds every signal and rule: user agents of mail clients, browsers,
 // scanners and image proxies; the prefetch headers; web mail named by the
-// Referer; the IP ranges of image proxies and of Apple's Mail Privacy
-// Protection, kept as data with their sources in ipranges/; the click
+// Referer; the IP ranges of image proxies, of Apple's Mail Privacy
+// Protection (Apple's network and iCloud Private Relay's egress) and of
+// security gateways, graded by how certain they are, kept as data with
+// their sources in ipranges/ and loaded once (LoadTables, Use); the click
 // within the scanner window of delivery; and the evidence only a copy's
 // sequence of events shows: whether an open came before a click, and the
 // burst rule (Burst), which the store applies when it commits a click,

@@ -1,7 +1,3 @@
-// Package geoip looks up the country and city of an IP address in a MaxMind
-// DB file (GeoLite2 or GeoIP2 City or Country, or a database with the same
-// layout). The file is memory-mapped: a lookup walks the search tree in
-// place and decodes only the two fields it returns.
 package geoip
 
 import (

@@ -3,8 +3,9 @@ package store
 import (
 	"context"
 	"errors"
-	"strings"
 	"time"
+
+	"github.com/trackrelay/trackrelay/internal/delivery"
 )
 
 // ErrNotFound is returned when a message does not exist, or belongs to
@@ -27,17 +28,6 @@ const (
 	// EventReclassified is a feed entry announcing that an earlier event's
 	// class changed as evidence arrived.
 	EventReclassified = "reclassified"
-)
-
-// Delivery statuses.
-const (
-	StatusQueued    = "queued"
-	StatusDeferred  = "deferred"
-	StatusDelivered = "delivered"
-	StatusBounced   = "bounced"
-	// StatusHeld: the relay holds the copy after an internal error, until
-	// its operator retries it.
-	StatusHeld = "held"
 )
 
 // Message is what the relay tells the store about an accepted message.
@@ -64,7 +54,7 @@ type Recipient struct {
 
 // Delivery is the state of one recipient's copy.
 type Delivery struct {
-	Status       string // queued|deferred|held|delivered|bounced
+	Status       delivery.Status
 	Attempts     int
 	LastResponse string
 	UpdatedAt    time.Time
@@ -134,14 +124,4 @@ type DeliveryReader interface {
 	// Delivery returns the state of one recipient's copy, or ErrNotFound.
 	// When the status is delivered, UpdatedAt is the time of delivery.
 	Delivery(ctx context.Context, message string, recipient int) (Delivery, error)
-}
-
-// TrimAngles returns a Message-ID without the angle brackets around it, as
-// stores keep it and as Lookup accepts it with or without them.
-func TrimAngles(s string) string {
-	s = strings.TrimSpace(s)
-	if len(s) >= 2 && s[0] == '<' && s[len(s)-1] == '>' {
-		return s[1 : len(s)-1]
-	}
-	return s
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 )
 
@@ -59,10 +60,10 @@ type RecipientView struct {
 
 // DeliveryView is the delivery state of one recipient's copy.
 type DeliveryView struct {
-	Status       string    `json:"status"`
-	Attempts     int       `json:"attempts"`
-	LastResponse string    `json:"last_response"`
-	UpdatedAt    time.Time `json:"updated_at"`
+	Status       delivery.Status `json:"status"`
+	Attempts     int             `json:"attempts"`
+	LastResponse string          `json:"last_response"`
+	UpdatedAt    time.Time       `json:"updated_at"`
 }
 
 // LinkView is one tracked link of a message, with its counted clicks.
@@ -125,7 +126,7 @@ func BuildView(m *Message, links []string, deliveries map[int]Delivery, events [
 	for i, r := range m.Recipients {
 		d, ok := deliveries[i]
 		if !ok {
-			d = Delivery{Status: StatusQueued, UpdatedAt: m.AcceptedAt}
+			d = Delivery{Status: delivery.Queued, UpdatedAt: m.AcceptedAt}
 		}
 		v.Recipients[i] = RecipientView{
 			Address: r.Address,

@@ -286,3 +286,24 @@ func (m *Minter) OpenURL() string {
 func (m *Minter) ClickURL(index int, dest string) string {
 	return m.base + ClickPath + m.keys.ClickToken(m.message, m.recipient, index, dest)
 }
+
+// Ours reports whether the absolute URL u is on the tracking server: the
+// base URL itself, or the base followed by '/', '?' or '#'. The base
+// compares case-insensitively, as a browser's scheme and host do.
+func (m *Minter) Ours(u string) bool {
+	if m.base == "" || !hasPrefixFold(u, m.base) {
+		return false
+	}
+	tail := u[len(m.base):]
+	return tail == "" || tail[0] == '/' || tail[0] == '?' || tail[0] == '#'
+}
+
+// IsOpenURL reports whether u is an open pixel of the tracking server, of
+// any message and copy.
+func (m *Minter) IsOpenURL(u string) bool {
+	return m.base != "" && hasPrefixFold(u, m.base) && hasPrefixFold(u[len(m.base):], OpenPath)
+}
+
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}

@@ -191,3 +191,41 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// The minter tells the tracking server's URLs from others: rewrite leaves
+// links on the base alone and removes its open pixels from quoted history.
+func TestMinter_ours(t *testing.T) {
+	kr, err := NewKeyring(Key{ID: 1, Secret: bytes.Repeat([]byte("k"), 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := kr.Minter("https://t.example.com/", "Q1", 0)
+	for _, c := range []struct {
+		url       string
+		ours, pix bool
+	}{
+		{"https://t.example.com", true, false},
+		{"https://t.example.com/", true, false},
+		{"https://t.example.com/c/abc", true, false},
+		{"HTTPS://T.Example.COM/o/abc.gif", true, true},
+		{"https://t.example.com/o/", true, true},
+		{"https://t.example.com?x", true, false},
+		{"https://t.example.com#f", true, false},
+		{"https://t.example.com.evil.example/o/x", false, false},
+		{"https://t.example.comx/", false, false},
+		{"http://t.example.com/o/x", false, false},
+		{"https://example.com/o/x", false, false},
+		{m.OpenURL(), true, true},
+		{m.ClickURL(0, "https://example.com/"), true, false},
+	} {
+		if got := m.Ours(c.url); got != c.ours {
+			t.Errorf("Ours(%q) = %v, want %v", c.url, got, c.ours)
+		}
+		if got := m.IsOpenURL(c.url); got != c.pix {
+			t.Errorf("IsOpenURL(%q) = %v, want %v", c.url, got, c.pix)
+		}
+	}
+	if none := kr.Minter("", "Q1", 0); none.Ours("https://t.example.com/") || none.IsOpenURL("/o/x") {
+		t.Error("a minter without a base claims URLs")
+	}
+}

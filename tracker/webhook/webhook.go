@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/backoff"
 	"github.com/trackrelay/trackrelay/internal/guard"
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
@@ -203,14 +204,7 @@ func (w *Sender) round() int {
 
 // backoff is the wait after the attempts+1'th failure.
 func (w *Sender) backoff(attempts int) time.Duration {
-	d := w.opts.BackoffMin
-	for range min(attempts, 32) {
-		d *= 2
-		if d >= w.opts.BackoffMax {
-			return w.opts.BackoffMax
-		}
-	}
-	return d
+	return backoff.Exp(w.opts.BackoffMin, w.opts.BackoffMax, attempts+1)
 }
 
 // send POSTs one item and says whether the endpoint took it. A send that

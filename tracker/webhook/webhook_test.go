@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/internal/guard"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
@@ -138,7 +139,7 @@ func TestWebhooks_retryUntilDelivered(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "t.db")
 	s := openOutbox(t, path)
 	seed(t, s.Store)
-	if err := s.SetDelivery(context.Background(), "Q1A2B3", 0, store.Delivery{Status: store.StatusDelivered, UpdatedAt: time.Now()}); err != nil {
+	if err := s.SetDelivery(context.Background(), "Q1A2B3", 0, store.Delivery{Status: delivery.Delivered, UpdatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	// Close before anything is sent: the outbox is durable.

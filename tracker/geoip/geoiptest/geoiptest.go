@@ -1,5 +1,3 @@
-// Package geoiptest writes small MaxMind DB files for tests, in the layout
-// of GeoIP2-City (country.iso_code, city.names.en).
 package geoiptest
 
 import (

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"testing"
 	"time"
+
+	"github.com/trackrelay/trackrelay/internal/delivery"
 )
 
 var encodeStrings = []string{
@@ -47,7 +49,7 @@ func TestEncode_sameBytesAsEncodingJSON(t *testing.T) {
 			fe := storedFeedEntry{Kind: s, Message: s, Recipient: i, Event: uint64(j), At: at, Class: s, Prev: s, Reasons: []string{s}}
 			got, err = encodeFeedEntry(&fe)
 			sameAsJSON(t, "feed entry", fe, got, err)
-			fe = storedFeedEntry{Kind: s, Message: s, At: at, Delivery: &storedDelivery{Status: s, UpdatedAt: at}}
+			fe = storedFeedEntry{Kind: s, Message: s, At: at, Delivery: &storedDelivery{Status: delivery.Status(s), UpdatedAt: at}}
 			got, err = encodeFeedEntry(&fe)
 			sameAsJSON(t, "delivery entry", fe, got, err)
 		}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	bbolt "go.etcd.io/bbolt"
@@ -47,7 +48,7 @@ func TestErase_leavesNoKeys(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: store.StatusDelivered, UpdatedAt: now}); err != nil {
+	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: delivery.Delivered, UpdatedAt: now}); err != nil {
 		t.Fatal(err)
 	}
 	buckets := [][]byte{bucketEvents, bucketDeliveries, bucketRecipients, bucketClicks, bucketLinks, bucketMsgFeed}
@@ -57,7 +58,7 @@ func TestErase_leavesNoKeys(t *testing.T) {
 	if err := s.Erase(ctx, "alice", m.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: store.StatusDelivered, UpdatedAt: now}); err != nil {
+	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: delivery.Delivered, UpdatedAt: now}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.AddEvent(ctx, store.Event{Type: store.EventOpen, Message: m.ID, Link: -1, Class: classify.Human, At: now}); err != nil {

@@ -3,6 +3,7 @@ package bolt
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/trackrelay/trackrelay/internal/guard"
@@ -189,6 +190,9 @@ func (c *commitTx) add(r *eventReq) error {
 			return err
 		}
 	}
+	if err := c.gatewayPairs(acct, e, rs, seq, kept); err != nil {
+		return err
+	}
 	if burstable {
 		return c.keepClick(rkey, rs, e, seq, kept)
 	}
@@ -244,14 +248,82 @@ func (c *commitTx) reclassify(acct string, e *store.Event, rs *storedRcpt, w win
 	return err
 }
 
+// gatewayPairs applies the gateway pair rule (classify.InGatewayPair) in
+// the order a click then a pixel fetch: a gateway's pixel fetch e makes
+// the copy's recent clicks from the same gateway address scanner's, each
+// with a reclassified entry in the feed. A click e that may pair with a
+// later fetch is remembered in rs.GatewayClicks.
+func (c *commitTx) gatewayPairs(acct string, e *store.Event, rs *storedRcpt, seq uint64, kept bool) error {
+	switch {
+	case e.IP == "" || !classify.FromGateway(e.Reasons):
+		return nil
+	case e.Type == store.EventClick:
+		if !kept || e.Class == classify.Scanner || e.Class == classify.Self {
+			return nil
+		}
+		gc := append(rs.GatewayClicks, gatewayClick{IP: e.IP, At: e.At, Seq: seq})
+		slices.SortFunc(gc, func(a, b gatewayClick) int { return a.At.Compare(b.At) })
+		newest := gc[len(gc)-1].At
+		gc = slices.DeleteFunc(gc, func(g gatewayClick) bool { return g.At.Before(newest.Add(-classify.GatewayPairWindow)) })
+		rs.GatewayClicks = gc[max(len(gc)-maxGatewayClicks, 0):]
+		return nil
+	case e.Type != store.EventOpen:
+		return nil
+	}
+	o := classify.GatewayOpen{IP: e.IP, At: e.At}
+	events := c.tx.Bucket(bucketEvents)
+	var left []gatewayClick
+	for _, g := range rs.GatewayClicks {
+		key := eventKey(e.Message, g.Seq)
+		v := events.Get(key)
+		if v == nil {
+			continue // expired
+		}
+		var se storedEvent
+		if err := json.Unmarshal(v, &se); err != nil {
+			return err
+		}
+		prev := se.Class
+		nv := classify.InGatewayPair(classify.Verdict{Class: se.Class, Client: se.Client, Reasons: se.Reasons}, se.IP, se.At, o)
+		if nv.Class == prev {
+			left = append(left, g)
+			continue
+		}
+		se.Class, se.Reasons = nv.Class, nv.Reasons
+		b, err := encodeEvent(&se)
+		if err != nil {
+			return err
+		}
+		if err := events.Put(key, b); err != nil {
+			return err
+		}
+		if acct == "" {
+			continue
+		}
+		c.reclassified = append(c.reclassified, se.Class)
+		if _, err := c.feed(acct, storedFeedEntry{
+			Kind: feedKindRecls, Message: e.Message, Recipient: e.Recipient, Event: g.Seq, At: e.At,
+			Class: se.Class, Prev: prev, Reasons: se.Reasons,
+		}); err != nil {
+			return err
+		}
+	}
+	rs.GatewayClicks = left
+	return nil
+}
+
 // sequenceEvidence adds to e what the copy's other events show
-// (classify.InSequence) and returns whether e changed and which clicks of
-// history join a burst with it, not being part of one yet. A counted open
-// marks the copy as opened, for the clicks after it.
+// (classify.InSequence, classify.InGatewayPair) and returns whether e
+// changed and which clicks of history join a burst with it, not being part
+// of one yet. A counted open marks the copy as opened, for the clicks
+// after it; a gateway's pixel fetch is kept for the clicks after it.
 func sequenceEvidence(rs *storedRcpt, e *store.Event, history []windowClick) (bool, []windowClick) {
 	if e.Type == store.EventOpen {
 		if classify.Counted(e.Class) {
 			rs.Opened = true
+		}
+		if e.IP != "" && classify.FromGateway(e.Reasons) && (rs.Gateway == nil || !e.At.Before(rs.Gateway.At)) {
+			rs.Gateway = &gatewayOpen{IP: e.IP, At: e.At}
 		}
 		return false, nil
 	}
@@ -264,6 +336,9 @@ func sequenceEvidence(rs *storedRcpt, e *store.Event, history []windowClick) (bo
 	}
 	v, in := classify.InSequence(classify.Verdict{Class: e.Class, Client: e.Client, Reasons: e.Reasons},
 		classify.Click{Link: e.Link, At: e.At}, rs.Opened, clicks)
+	if g := rs.Gateway; g != nil {
+		v = classify.InGatewayPair(v, e.IP, e.At, classify.GatewayOpen{IP: g.IP, At: g.At})
+	}
 	e.Class, e.Reasons = v.Class, v.Reasons
 	var joined []windowClick
 	for _, i := range in {

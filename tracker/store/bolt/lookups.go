@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
+	"github.com/trackrelay/trackrelay/internal/msgid"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	bbolt "go.etcd.io/bbolt"
 )
@@ -62,7 +64,7 @@ func (s *Store) meta(id string) (*metaEntry, error) {
 			if err := json.Unmarshal(v, &d); err != nil {
 				return err
 			}
-			if i < len(e.delivered) && d.Status == store.StatusDelivered {
+			if i < len(e.delivered) && d.Status == delivery.Delivered {
 				e.delivered[i] = d.UpdatedAt
 			}
 		}
@@ -112,7 +114,7 @@ func (s *Store) Delivery(ctx context.Context, message string, recipient int) (st
 	if recipient >= len(e.delivered) || e.delivered[recipient].IsZero() {
 		return store.Delivery{}, store.ErrNotFound
 	}
-	return store.Delivery{Status: store.StatusDelivered, UpdatedAt: e.delivered[recipient]}, nil
+	return store.Delivery{Status: delivery.Delivered, UpdatedAt: e.delivered[recipient]}, nil
 }
 
 func (rec *storedMessage) message() *store.Message {
@@ -140,7 +142,7 @@ func resolve(tx *bbolt.Tx, account, ref string) (storedMessage, error) {
 			return rec, nil
 		}
 	}
-	id := tx.Bucket(bucketMsgIDs).Get(msgIDKey(account, store.TrimAngles(ref)))
+	id := tx.Bucket(bucketMsgIDs).Get(msgIDKey(account, msgid.Normalize(ref)))
 	if id == nil {
 		return rec, store.ErrNotFound
 	}

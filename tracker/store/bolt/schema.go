@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	bbolt "go.etcd.io/bbolt"
@@ -69,10 +70,10 @@ type storedRecipient struct {
 }
 
 type storedDelivery struct {
-	Status       string    `json:"st"`
-	Attempts     int       `json:"n,omitempty"`
-	LastResponse string    `json:"resp,omitempty"`
-	UpdatedAt    time.Time `json:"at"`
+	Status       delivery.Status `json:"st"`
+	Attempts     int             `json:"n,omitempty"`
+	LastResponse string          `json:"resp,omitempty"`
+	UpdatedAt    time.Time       `json:"at"`
 }
 
 type storedEvent struct {
@@ -99,7 +100,34 @@ type storedRcpt struct {
 	Opened  bool           `json:"o,omitempty"` // a counted open was seen
 	OverCap []overCapClick `json:"oc,omitempty"`
 	Tally   *tally         `json:"t,omitempty"`
+	// Gateway is the copy's latest pixel fetch by a security gateway, for
+	// classify.InGatewayPair with the clicks after it.
+	Gateway *gatewayOpen `json:"gw,omitempty"`
+	// GatewayClicks are the copy's latest clicks kept in detail that came
+	// from a gateway's network and are not scanner's, for
+	// classify.InGatewayPair with a gateway pixel fetch after them; at most
+	// maxGatewayClicks, none older than classify.GatewayPairWindow before
+	// the newest.
+	GatewayClicks []gatewayClick `json:"gwc,omitempty"`
 }
+
+// gatewayOpen is a classify.GatewayOpen as stored.
+type gatewayOpen struct {
+	IP string    `json:"ip"`
+	At time.Time `json:"at"`
+}
+
+// gatewayClick is a click of GatewayClicks: its address, time and
+// sequence in the events bucket.
+type gatewayClick struct {
+	IP  string    `json:"ip"`
+	At  time.Time `json:"at"`
+	Seq uint64    `json:"s"`
+}
+
+// maxGatewayClicks bounds storedRcpt.GatewayClicks: a gateway follows a
+// message's links within seconds, far fewer than this many.
+const maxGatewayClicks = 16
 
 // tally counts events that are not kept in detail. Opens, Clicks, Links,
 // First and Last count only what a person did.

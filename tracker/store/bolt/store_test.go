@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	bbolt "go.etcd.io/bbolt"
@@ -188,7 +189,7 @@ func TestBolt_reportsShareCommits(t *testing.T) {
 			mm := testMessage()
 			mm.ID, mm.MessageID = id, id+"@example.com"
 			errs <- s.PutMessage(ctx, mm)
-			errs <- s.SetDelivery(ctx, id, 0, store.Delivery{Status: store.StatusDelivered, Attempts: 1, UpdatedAt: time.Now()})
+			errs <- s.SetDelivery(ctx, id, 0, store.Delivery{Status: delivery.Delivered, Attempts: 1, UpdatedAt: time.Now()})
 		})
 		wg.Go(func() {
 			errs <- s.AddEvent(ctx, store.Event{Type: store.EventOpen, Message: m.ID, Link: -1, Class: classify.Human, At: time.Now()})
@@ -211,7 +212,7 @@ func TestBolt_reportsShareCommits(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if v.Recipients[0].Delivery.Status != store.StatusDelivered {
+		if v.Recipients[0].Delivery.Status != delivery.Delivered {
 			t.Fatalf("R%04d: status %q", i, v.Recipients[0].Delivery.Status)
 		}
 	}
@@ -254,7 +255,7 @@ func TestBolt_failedWriteSparesItsBatch(t *testing.T) {
 	}()
 	waitQueued(1)
 	go func() {
-		errs <- s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: store.StatusDelivered, Attempts: 1, UpdatedAt: time.Now()})
+		errs <- s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: delivery.Delivered, Attempts: 1, UpdatedAt: time.Now()})
 	}()
 	waitQueued(2)
 	boom := errors.New("boom")
@@ -290,7 +291,7 @@ func TestBolt_failedWriteSparesItsBatch(t *testing.T) {
 		}
 		seen[r] = true
 	}
-	if v.Recipients[0].Delivery.Status != store.StatusDelivered {
+	if v.Recipients[0].Delivery.Status != delivery.Delivered {
 		t.Errorf("delivery %+v", v.Recipients[0].Delivery)
 	}
 	// The click and the delivery each queue one webhook entry.

@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
+	"github.com/trackrelay/trackrelay/internal/msgid"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	bbolt "go.etcd.io/bbolt"
 )
@@ -20,7 +22,7 @@ func (s *Store) PutMessage(ctx context.Context, m store.Message) error {
 	if err := validID(m.ID); err != nil {
 		return err
 	}
-	m.MessageID = store.TrimAngles(m.MessageID)
+	m.MessageID = msgid.Normalize(m.MessageID)
 	if len(m.MessageID) > maxIDLen {
 		return fmt.Errorf("tracker: message %s: Message-ID too long", m.ID)
 	}
@@ -126,7 +128,7 @@ func (s *Store) SetDelivery(ctx context.Context, message string, recipient int, 
 				old = nil
 			}
 		}
-		if old != nil && rec.Status == store.StatusDelivered && prev.Status == store.StatusDelivered && prev.UpdatedAt.Before(rec.UpdatedAt) {
+		if old != nil && rec.Status == delivery.Delivered && prev.Status == delivery.Delivered && prev.UpdatedAt.Before(rec.UpdatedAt) {
 			rec.UpdatedAt = prev.UpdatedAt
 		}
 		val, err := json.Marshal(rec)

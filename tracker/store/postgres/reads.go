@@ -14,6 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
+	"github.com/trackrelay/trackrelay/internal/msgid"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
@@ -67,7 +69,7 @@ func resolve(ctx context.Context, q interface {
 			UNION ALL
 			(SELECT `+messageColumns+`, 1 FROM messages WHERE account = $2 AND message_id = $3
 				ORDER BY accepted_at DESC, id DESC LIMIT 1)) r
-		ORDER BY pref LIMIT 1`, ref, account, store.TrimAngles(ref)))
+		ORDER BY pref LIMIT 1`, ref, account, msgid.Normalize(ref)))
 	if errorsIsNoRows(err) {
 		return nil, store.ErrNotFound
 	}
@@ -110,14 +112,14 @@ func (s *Store) Delivery(ctx context.Context, message string, recipient int) (st
 	}
 	var at time.Time
 	err := s.pool.QueryRow(ctx, `SELECT updated_at FROM deliveries WHERE message = $1 AND recipient = $2 AND status = $3`,
-		message, recipient, store.StatusDelivered).Scan(&at)
+		message, recipient, delivery.Delivered).Scan(&at)
 	if errorsIsNoRows(err) {
 		return store.Delivery{}, store.ErrNotFound
 	}
 	if err != nil {
 		return store.Delivery{}, fmt.Errorf("postgres store: delivery of %s/%d: %w", message, recipient, err)
 	}
-	return store.Delivery{Status: store.StatusDelivered, UpdatedAt: at.UTC()}, nil
+	return store.Delivery{Status: delivery.Delivered, UpdatedAt: at.UTC()}, nil
 }
 
 // Lookup implements store.Store. It reads in one snapshot: the events kept

@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
+	"github.com/trackrelay/trackrelay/internal/msgid"
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
 
@@ -20,10 +22,10 @@ type storedRecipient struct {
 
 // storedDelivery is a delivery state in feed.delivery.
 type storedDelivery struct {
-	Status       string    `json:"s"`
-	Attempts     int       `json:"n,omitempty"`
-	LastResponse string    `json:"r,omitempty"`
-	UpdatedAt    time.Time `json:"at"`
+	Status       delivery.Status `json:"s"`
+	Attempts     int             `json:"n,omitempty"`
+	LastResponse string          `json:"r,omitempty"`
+	UpdatedAt    time.Time       `json:"at"`
 }
 
 // PutMessage implements store.Store. Putting the same message again replaces it;
@@ -50,7 +52,7 @@ func (s *Store) PutMessage(ctx context.Context, m store.Message) error {
 			ON CONFLICT (id) DO UPDATE SET account = excluded.account, message_id = excluded.message_id,
 				sender = excluded.sender, submit_ip = excluded.submit_ip, accepted_at = excluded.accepted_at,
 				mode = excluded.mode, recipients = excluded.recipients`,
-			m.ID, clean(m.Account), clean(store.TrimAngles(m.MessageID)), clean(m.From), clean(m.SubmitIP),
+			m.ID, clean(m.Account), clean(msgid.Normalize(m.MessageID)), clean(m.From), clean(m.SubmitIP),
 			m.AcceptedAt.UTC(), clean(m.Mode), string(recipients))
 		return err
 	})
@@ -98,7 +100,7 @@ func (s *Store) SetDelivery(ctx context.Context, message string, recipient int, 
 	if recipient < 0 || int64(recipient) > int64(^uint32(0)>>1) {
 		return fmt.Errorf("postgres store: message %s: invalid recipient %d", message, recipient)
 	}
-	rec := storedDelivery{Status: clean(d.Status), Attempts: d.Attempts, LastResponse: clean(d.LastResponse), UpdatedAt: d.UpdatedAt.UTC()}
+	rec := storedDelivery{Status: delivery.Status(clean(string(d.Status))), Attempts: d.Attempts, LastResponse: clean(d.LastResponse), UpdatedAt: d.UpdatedAt.UTC()}
 	var xid string
 	outboxed := false
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -123,10 +125,10 @@ func (s *Store) SetDelivery(ctx context.Context, message string, recipient int, 
 			return nil
 		}
 		if status != nil {
-			prev = &storedDelivery{Status: *status, Attempts: *attempts, UpdatedAt: *updated}
+			prev = &storedDelivery{Status: delivery.Status(*status), Attempts: *attempts, UpdatedAt: *updated}
 		}
 		cur := rec
-		if prev != nil && cur.Status == store.StatusDelivered && prev.Status == store.StatusDelivered && prev.UpdatedAt.Before(cur.UpdatedAt) {
+		if prev != nil && cur.Status == delivery.Delivered && prev.Status == delivery.Delivered && prev.UpdatedAt.Before(cur.UpdatedAt) {
 			cur.UpdatedAt = prev.UpdatedAt
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO deliveries (message, recipient, status, attempts, last_response, updated_at)

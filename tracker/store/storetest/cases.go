@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
@@ -38,7 +39,7 @@ func testPutAndLookup(t *testing.T, newStore NewStore) {
 		if err != nil {
 			t.Fatalf("Lookup(%q): %v", ref, err)
 		}
-		if v.ID != m.ID || len(v.Recipients) != 2 || len(v.Links) != 2 || v.Recipients[0].Delivery.Status != store.StatusQueued {
+		if v.ID != m.ID || len(v.Recipients) != 2 || len(v.Links) != 2 || v.Recipients[0].Delivery.Status != delivery.Queued {
 			t.Errorf("Lookup(%q) = %+v", ref, v)
 		}
 	}
@@ -54,14 +55,14 @@ func testDelivery(t *testing.T, newStore NewStore) {
 	ctx := context.Background()
 	m := putTestMessage(t, s)
 	first := time.Date(2025, 3, 1, 9, 0, 5, 0, time.UTC)
-	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: store.StatusDeferred, Attempts: 1, LastResponse: "451 4.7.1 try later", UpdatedAt: first.Add(-time.Second)}); err != nil {
+	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: delivery.Deferred, Attempts: 1, LastResponse: "451 4.7.1 try later", UpdatedAt: first.Add(-time.Second)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: store.StatusDelivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: first}); err != nil {
+	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: delivery.Delivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: first}); err != nil {
 		t.Fatal(err)
 	}
 	// Reported again after a restart: the delivery time stays the first one.
-	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: store.StatusDelivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: first.Add(time.Minute)}); err != nil {
+	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: delivery.Delivered, Attempts: 2, LastResponse: "250 ok", UpdatedAt: first.Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
 	if dr, ok := s.(store.DeliveryReader); ok {
@@ -69,7 +70,7 @@ func testDelivery(t *testing.T, newStore NewStore) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d.Status != store.StatusDelivered || !d.UpdatedAt.Equal(first) {
+		if d.Status != delivery.Delivered || !d.UpdatedAt.Equal(first) {
 			t.Errorf("Delivery = %+v", d)
 		}
 		if _, err := dr.Delivery(ctx, m.ID, 1); !errors.Is(err, store.ErrNotFound) {
@@ -80,7 +81,7 @@ func testDelivery(t *testing.T, newStore NewStore) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := v.Recipients[0].Delivery; got.Status != store.StatusDelivered || got.LastResponse != "250 ok" {
+	if got := v.Recipients[0].Delivery; got.Status != delivery.Delivered || got.LastResponse != "250 ok" {
 		t.Errorf("view delivery = %+v", got)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
@@ -59,7 +60,7 @@ func testFeedOrderAndCursors(t *testing.T, newStore NewStore) {
 		}
 		want = append(want, e.Type)
 	}
-	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: store.StatusDelivered, Attempts: 1, UpdatedAt: at.Add(time.Minute)}); err != nil {
+	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: delivery.Delivered, Attempts: 1, UpdatedAt: at.Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
 	want = append(want, store.EventDelivery)
@@ -94,7 +95,7 @@ func testFeedOrderAndCursors(t *testing.T, newStore NewStore) {
 			t.Errorf("entry %d: %+v, want type %s", i, fe, want[i])
 		}
 	}
-	if d := got[len(got)-1].Delivery; d == nil || d.Status != store.StatusDelivered {
+	if d := got[len(got)-1].Delivery; d == nil || d.Status != delivery.Delivered {
 		t.Errorf("delivery entry: %+v", d)
 	}
 	// Nothing new: the same cursor again, and an empty page.
@@ -135,7 +136,7 @@ func testErase(t *testing.T, newStore NewStore) {
 	if err := s.PutMessage(ctx, m); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: store.StatusDelivered, UpdatedAt: time.Now()}); err != nil {
+	if err := s.SetDelivery(ctx, m.ID, 0, store.Delivery{Status: delivery.Delivered, UpdatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.AddEvent(ctx, store.Event{Type: store.EventOpen, Message: m.ID, Link: -1, Class: classify.Human, At: time.Now()}); err != nil {
