@@ -80,7 +80,7 @@ func (h *handler) serveHit(w http.ResponseWriter, r *http.Request, kind token.Ki
 			tok = u
 		}
 	}
-	t, err := h.keys.Verify(tok)
+	t, err := h.keys.Load().Verify(tok)
 	var dest string
 	if err == nil && t.Kind != kind {
 		err = token.ErrInvalid
