@@ -61,15 +61,17 @@ func (r *reloader) reload() {
 // apply builds everything the reload replaces before replacing any of it,
 // so that a failure leaves the node as it was.
 func (r *reloader) apply(next *Config) error {
-	// An account without a mode takes tracking.mode, which keeps its
-	// value from the start like every key a reload does not apply.
-	withMode := *next
-	withMode.Tracking.Mode = r.started.Tracking.Mode
-	smtpAccounts, err := relayAccounts(&withMode)
+	// An account without a mode takes tracking.mode, and the secret made
+	// on first start is in data_dir: both keep their values from the start,
+	// like every key a reload does not apply.
+	applied := *next
+	applied.Tracking.Mode = r.started.Tracking.Mode
+	applied.DataDir = r.started.DataDir
+	smtpAccounts, err := relayAccounts(&applied)
 	if err != nil {
 		return err
 	}
-	keys, err := loadKeyring(next)
+	keys, err := loadKeyring(&applied)
 	if err != nil {
 		return err
 	}

@@ -43,15 +43,15 @@ func TestServe_reloadAccountsAndSecrets(t *testing.T) {
 	oldAccount := fmt.Sprintf("  - {name: app, password_hash: %q, api_key_sha256: %s}\n", hash("app password"), keySum("app-key"))
 	newAccount := fmt.Sprintf("  - {name: newco, password_hash: %q, api_key_sha256: %s}\n", hash("newco password"), keySum("newco-key"))
 	cfgPath := filepath.Join(dir, "trackrelay.yaml")
-	write := func(smtpListen, tracking, accounts string) {
+	write := func(dataDir, smtpListen, tracking, accounts string) {
 		t.Helper()
 		text := fmt.Sprintf("data_dir: %s\nsmtp: {listen: %q, hostname: relay.test}\nhttp: {listen: %q}\n"+
-			"tracking: {base_url: \"http://%s\", %s}\naccounts:\n%s", data, smtpListen, httpAddr, httpAddr, tracking, accounts)
+			"tracking: {base_url: \"http://%s\", %s}\naccounts:\n%s", dataDir, smtpListen, httpAddr, httpAddr, tracking, accounts)
 		if err := os.WriteFile(cfgPath, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write(smtpAddr, "secret_file: "+secret1, oldAccount)
+	write(data, smtpAddr, "secret_file: "+secret1, oldAccount)
 	cfg, err := loadConfig(cfgPath)
 	if err != nil {
 		t.Fatal(err)
@@ -118,11 +118,14 @@ func TestServe_reloadAccountsAndSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Add newco, rotate the secret, and move smtp.listen (restart only).
-	write(freeAddr(t), "secret_file: "+secret2+", previous_secret_files: ["+secret1+"]", oldAccount+newAccount)
+	// Add newco, rotate the secret, and move smtp.listen and data_dir
+	// (restart only).
+	write(filepath.Join(dir, "elsewhere"), freeAddr(t), "secret_file: "+secret2+", previous_secret_files: ["+secret1+"]", oldAccount+newAccount)
 	reloadAndWait("config reloaded")
-	if !strings.Contains(logs.String(), "smtp.listen") {
-		t.Errorf("the log does not name smtp.listen as needing a restart:\n%s", logs.String())
+	for _, key := range []string{"smtp.listen", "data_dir"} {
+		if !strings.Contains(logs.String(), key) {
+			t.Errorf("the log does not name %s as needing a restart:\n%s", key, logs.String())
+		}
 	}
 	if err := open.Mail("a@example.com"); err != nil {
 		t.Fatalf("session open across the reload: MAIL: %v", err)
@@ -181,7 +184,7 @@ func TestServe_reloadAccountsAndSecrets(t *testing.T) {
 
 	// An invalid file (a password that is no bcrypt hash, and newco gone):
 	// refused, naming the key; newco still works.
-	write(smtpAddr, "secret_file: "+secret2, oldAccount+"  - {name: bad, password_hash: \"secret\"}\n")
+	write(data, smtpAddr, "secret_file: "+secret2, oldAccount+"  - {name: bad, password_hash: \"secret\"}\n")
 	reloadAndWait("config reload refused")
 	if !strings.Contains(logs.String(), "accounts[1].password_hash") {
 		t.Errorf("the refusal does not name the key:\n%s", logs.String())
@@ -199,4 +202,56 @@ func (l *lockedWriter) String() string {
 // count returns how many times s is in what was written.
 func (l *lockedWriter) count(s string) int {
 	return strings.Count(l.String(), s)
+}
+
+// data_dir needs a restart, so a reload that moves it keeps reading the
+// tracking secret made on first start in the old one, and goes through.
+func TestServe_reloadKeepsDataDir(t *testing.T) {
+	dir := t.TempDir()
+	smtpAddr, httpAddr := freeAddr(t), freeAddr(t)
+	cfgPath := filepath.Join(dir, "trackrelay.yaml")
+	write := func(dataDir string) {
+		t.Helper()
+		text := fmt.Sprintf("data_dir: %s\nsmtp: {listen: %q}\nhttp: {listen: %q}\naccounts:\n  - {name: app, networks: [127.0.0.0/8]}\n",
+			dataDir, smtpAddr, httpAddr)
+		if err := os.WriteFile(cfgPath, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(dir, "data"))
+	cfg, err := loadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var logBuf bytes.Buffer
+	logs := &lockedWriter{w: &logBuf}
+	reload := make(chan os.Signal)
+	done := make(chan error, 1)
+	go func() { done <- serveReloading(ctx, cfg, false, cfgPath, reload, io.Discard, logs) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	waitListening(t, httpAddr)
+
+	write(filepath.Join(dir, "elsewhere"))
+	reload <- syscall.SIGHUP
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		out := logs.String()
+		if strings.Contains(out, "config reload refused") {
+			t.Fatalf("reload refused:\n%s", out)
+		}
+		if strings.Contains(out, "config reloaded") {
+			if !strings.Contains(out, "data_dir") {
+				t.Errorf("the log does not name data_dir as needing a restart:\n%s", out)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload in the log:\n%s", out)
+		}
+	}
 }
