@@ -71,6 +71,10 @@ const (
 	// ReasonGatewayPair: a click from the address whose pixel fetch was a
 	// gateway's seconds before (see InGatewayPair).
 	ReasonGatewayPair = "open-and-click-from-gateway"
+	// ReasonMultiRecipient: the same address and agent clicked the copies
+	// of 3+ recipients of the message, each within 30 s of its delivery
+	// (see MultiRecipient).
+	ReasonMultiRecipient = "multi-recipient-burst"
 
 	// A click records the order of its copy's pixel and clicks (see Click).
 	ReasonOpenedBeforeClick = "opened-before-click" // a counted open came before it

@@ -20,6 +20,7 @@ import (
 //	deliveries  queue id NUL uint32 recipient   -> JSON storedDelivery
 //	events      queue id NUL uint64 sequence    -> JSON storedEvent
 //	recipients  queue id NUL uint32 recipient   -> JSON storedRcpt (counters, clicks past the cap)
+//	recipients  queue id NUL                    -> JSON storedMsgClicks (clicks soon after delivery: multi.go)
 //	clicks      queue id NUL uint32 recipient, uint64 time, uint64 event sequence -> link, burst (clicks.go)
 //	feed        account NUL uint64 sequence     -> JSON storedFeedEntry
 //	msgfeed     queue id NUL uint64 feed seq    -> account (delivery entries, for Erase)
