@@ -161,6 +161,9 @@ func (c *commitTx) add(r *eventReq) error {
 			return err
 		}
 	}
+	if nearHoneypot(rs, e) {
+		changed = true
+	}
 	kept := rs.Kept < c.s.opts.MaxEventsPerRecipient
 	var seq uint64
 	if kept {
@@ -201,6 +204,9 @@ func (c *commitTx) add(r *eventReq) error {
 		}
 	}
 	if err := c.keepMultiRecipient(acct, e, rc, mc, scanned, seq, kept); err != nil {
+		return err
+	}
+	if err := c.honeypotMarks(acct, e, rs, seq, kept); err != nil {
 		return err
 	}
 	if err := c.gatewayPairs(acct, e, rs, seq, kept); err != nil {
