@@ -148,6 +148,9 @@ func (m *migration) run(ctx context.Context, src *bolt.Store) error {
 		m.b.Messages = append(m.b.Messages, im)
 		m.t.read.Messages++
 		m.t.read.Events += int64(len(e.Events))
+		for _, t := range e.Tallies {
+			m.t.read.Events += int64(t.Events) // copied as events past the cap
+		}
 		m.t.read.Deliveries += int64(len(e.Deliveries))
 		return m.flushAt(ctx, len(m.b.Messages))
 	})

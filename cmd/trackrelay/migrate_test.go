@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -320,5 +321,23 @@ func TestMigrateStore_locked(t *testing.T) {
 	_, err = migrateStore(context.Background(), cfg, migrateOptions{batch: 10, progress: &bytes.Buffer{}})
 	if err == nil || !strings.Contains(err.Error(), "locked by a running trackrelay") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// migrate-store needs -config, and a database to copy into.
+func TestMigrateStore_usage(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run([]string{"migrate-store"}, nil, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "-config FILE is required") {
+		t.Errorf("without -config: %d %q", code, stderr.String())
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "trackrelay.yaml")
+	if err := os.WriteFile(path, []byte("data_dir: "+dir+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(envPostgresDSN, "")
+	stderr.Reset()
+	if code := run([]string{"migrate-store", "-config", path}, nil, io.Discard, &stderr); code != 1 || !strings.Contains(stderr.String(), "set store.postgres.dsn_file") {
+		t.Errorf("without store.postgres: %d %q", code, stderr.String())
 	}
 }
