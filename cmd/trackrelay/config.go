@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"net/url"
@@ -30,6 +31,7 @@ type Config struct {
 	HTTP     HTTPConfig      `yaml:"http"`
 	Metrics  MetricsConfig   `yaml:"metrics"`
 	Tracking TrackingConfig  `yaml:"tracking"`
+	Store    StoreConfig     `yaml:"store"`
 	Delivery DeliveryConfig  `yaml:"delivery"`
 	Log      LogConfig       `yaml:"log"`
 	Accounts []AccountConfig `yaml:"accounts"`
@@ -120,6 +122,20 @@ type TrackingConfig struct {
 	// person sees or reaches; a hit on it, and the copy's hits from that
 	// address around it, are a scanner's.
 	Honeypot bool `yaml:"honeypot"`
+}
+
+// StoreConfig selects the tracking store: bbolt in data_dir (the
+// default), or PostgreSQL, shared by the nodes of a fleet.
+type StoreConfig struct {
+	Postgres PostgresConfig `yaml:"postgres"`
+}
+
+// PostgresConfig is the PostgreSQL store. DSNFile holds a connection URI
+// (or TRACKRELAY_POSTGRES_DSN does); unset, the store is bbolt's.
+type PostgresConfig struct {
+	DSNFile string `yaml:"dsn_file"`
+	// MaxConnections is the size of the node's connection pool; 0: 16.
+	MaxConnections int `yaml:"max_connections"`
 }
 
 // DeliveryConfig is the retry schedule.
@@ -343,6 +359,16 @@ func (c *Config) validate() []error {
 	}
 	if strings.TrimSpace(c.DataDir) == "" {
 		bad("data_dir", "must not be empty")
+	}
+	if pg := c.Store.Postgres; pg.MaxConnections < 0 || pg.MaxConnections > math.MaxInt32 {
+		bad("store.postgres.max_connections", "%d is not a pool size (0 for the default)", pg.MaxConnections)
+	}
+	if dsn, err := postgresDSN(c); err != nil {
+		errs = append(errs, fmt.Errorf("config: %w", err))
+	} else if dsn != "" && c.Tracking.Retention != 0 {
+		// Retention on PostgreSQL is a sweep one node of the fleet must
+		// run; until it exists, data would be kept past the promise.
+		bad("tracking.retention", "not applied by the PostgreSQL store yet; leave it unset with store.postgres")
 	}
 	checkListen := func(key, v string) {
 		if _, _, err := net.SplitHostPort(v); err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/trackrelay/trackrelay/internal/durable"
 
+	"github.com/trackrelay/trackrelay/tracker/store/postgres"
 	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
@@ -24,7 +25,36 @@ import (
 const (
 	envTrackingSecret   = "TRACKRELAY_TRACKING_SECRET"
 	envUpstreamPassword = "TRACKRELAY_UPSTREAM_PASSWORD"
+	envPostgresDSN      = "TRACKRELAY_POSTGRES_DSN"
 )
+
+// postgresDSN returns the PostgreSQL connection string, from the
+// environment or store.postgres.dsn_file, checked for syntax without
+// connecting; "" when neither is set (the store is bbolt's). Errors name
+// the source, never the string, which may hold a password.
+func postgresDSN(cfg *Config) (string, error) {
+	source := envPostgresDSN
+	dsn := os.Getenv(envPostgresDSN)
+	if dsn == "" {
+		source = "store.postgres.dsn_file"
+		if cfg.Store.Postgres.DSNFile == "" {
+			return "", nil
+		}
+		b, err := os.ReadFile(cfg.Store.Postgres.DSNFile)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", source, err)
+		}
+		dsn = string(b)
+	}
+	dsn = strings.TrimSpace(dsn)
+	if dsn == "" {
+		return "", fmt.Errorf("%s: empty", source)
+	}
+	if _, err := postgres.ParseDSN(dsn); err != nil {
+		return "", fmt.Errorf("%s: %w", source, err)
+	}
+	return dsn, nil
+}
 
 // loadKeyring builds the token keys: the current secret signs, and the
 // previous ones (tracking.previous_secret_files) still verify, so that

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -15,7 +16,9 @@ import (
 	"github.com/trackrelay/trackrelay/tracker"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/geoip"
+	"github.com/trackrelay/trackrelay/tracker/store"
 	"github.com/trackrelay/trackrelay/tracker/store/bolt"
+	"github.com/trackrelay/trackrelay/tracker/store/postgres"
 	"github.com/trackrelay/trackrelay/tracker/webhook"
 )
 
@@ -48,6 +51,20 @@ func openGeoIP(cfg *Config, log *slog.Logger) (tracker.GeoLocator, error) {
 	log.Info("geoip database loaded", "path", path, "type", db.DatabaseType())
 	return db, nil
 }
+
+// backend is what serve needs of a tracking store; bolt's and postgres's
+// are.
+type backend interface {
+	store.Store
+	store.DeliveryReader
+	store.Outbox
+	Ping(context.Context) error
+}
+
+var (
+	_ backend = (*bolt.Store)(nil)
+	_ backend = (*postgres.Store)(nil)
+)
 
 // loadIPLists reads the classifier's range tables with the lists of dir
 // in place of the shipped ones of the same name.
@@ -88,7 +105,7 @@ func useIPLists(cfg *Config, log *slog.Logger) error {
 // trackingStore is the tracking store with the webhook sender that reads
 // its outbox.
 type trackingStore struct {
-	*bolt.Store
+	backend
 	sender *webhook.Sender
 }
 
@@ -99,16 +116,32 @@ func openStore(cfg *Config, m *metrics, log *slog.Logger) (*trackingStore, error
 	if err != nil {
 		return nil, err
 	}
-	opts := bolt.Options{Metrics: m.tracker.Store, Retention: cfg.Tracking.Retention.D(),
-		MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient, Logger: log.With("part", "store")}
+	var accounts []string
 	for _, h := range hooks {
-		opts.WebhookAccounts = append(opts.WebhookAccounts, h.Account)
+		accounts = append(accounts, h.Account)
 	}
-	st, err := bolt.Open(filepath.Join(cfg.DataDir, "tracking.db"), opts)
+	dsn, err := postgresDSN(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("tracking store: %w", err)
+		return nil, err
 	}
-	ts := &trackingStore{Store: st}
+	var st backend
+	if dsn != "" {
+		st, err = postgres.Open(context.Background(), dsn, postgres.Options{
+			MaxConnections: int32(cfg.Store.Postgres.MaxConnections), Metrics: m.tracker.Store,
+			MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient, WebhookAccounts: accounts})
+		if err != nil {
+			return nil, fmt.Errorf("tracking store: %w", err)
+		}
+		log.Info("tracking store: PostgreSQL", "schema_version", postgres.SchemaVersion())
+	} else {
+		st, err = bolt.Open(filepath.Join(cfg.DataDir, "tracking.db"), bolt.Options{Metrics: m.tracker.Store,
+			Retention: cfg.Tracking.Retention.D(), MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient,
+			Logger: log.With("part", "store"), WebhookAccounts: accounts})
+		if err != nil {
+			return nil, fmt.Errorf("tracking store: %w", err)
+		}
+	}
+	ts := &trackingStore{backend: st}
 	if len(hooks) > 0 {
 		ts.sender = webhook.Start(st, webhook.Options{Hooks: hooks, Logger: log.With("part", "webhook"), Metrics: m.webhook})
 	}
@@ -120,7 +153,7 @@ func (s *trackingStore) close() {
 	if s.sender != nil {
 		s.sender.Close()
 	}
-	s.Store.Close()
+	s.backend.Close()
 }
 
 // webhooks reads the accounts' webhook secrets.

@@ -1,0 +1,20 @@
+// Package postgres is the store.Store of fleet mode: the ledger that
+// several trackrelay nodes share in one PostgreSQL database (messages,
+// delivery states, events, the accounts' feed, the webhook outbox,
+// erasure tombstones), through a pgx connection pool.
+//
+// The schema is embedded (migrations/) and migrated at Open under an
+// advisory lock. Events are appended, one row per hit, never updated per
+// hit: counts are derived at read time. Hits are committed in batches
+// (group commit), each hit with an id the node mints, so that writing a
+// batch again is harmless. A batch holds the advisory locks of its
+// messages, reads each copy's clicks within the burst window from the
+// database, and classifies as package bolt does, with the pure functions
+// of package classify, so bursts spanning nodes are seen. The feed is
+// ordered by (writing transaction, sequence) and read only below the
+// oldest running transaction, so that an entry another node commits late
+// is never skipped.
+//
+// What the package must never do: import the tracker's HTTP handler, the
+// relay or another backend.
+package postgres

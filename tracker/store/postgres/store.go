@@ -1,0 +1,372 @@
+package postgres
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/trackrelay/trackrelay/tracker/store"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxConnections        = 16
+	DefaultMaxBatch              = 512
+	DefaultCommitters            = 4
+	DefaultMaxEventsPerRecipient = 100
+	DefaultConnectTimeout        = 10 * time.Second
+	// DefaultFeedWait bounds how long Feed waits for the transactions
+	// running when it is called to end, so that it shows what this node
+	// committed before (see Feed).
+	DefaultFeedWait = 2 * time.Second
+	// DefaultOutboxLease is how long OutboxDue claims the webhook
+	// deliveries it returns.
+	DefaultOutboxLease = 5 * time.Minute
+)
+
+// Options tunes a Store. Zero fields take the defaults.
+type Options struct {
+	// MaxConnections is the size of the connection pool.
+	MaxConnections int32
+	// MaxBatch is the most events committed in one transaction.
+	MaxBatch int
+	// Committers is how many batches of events may be committing at once.
+	Committers int
+	// MaxEventsPerRecipient is how many events of one copy are kept in
+	// detail; later ones only add to its counts.
+	MaxEventsPerRecipient int
+	// WebhookAccounts are the accounts whose feed entries are also queued
+	// in the webhook outbox.
+	WebhookAccounts []string
+	// Metrics receives commit latency and batch size; nil records nothing.
+	Metrics *store.Metrics
+	// ConnectTimeout bounds the first connection at Open.
+	ConnectTimeout time.Duration
+	// FeedWait: see DefaultFeedWait.
+	FeedWait time.Duration
+	// OutboxLease: see DefaultOutboxLease.
+	OutboxLease time.Duration
+}
+
+// Store is the PostgreSQL store.Store, shared by the nodes of a fleet.
+// Hits are taken by committer goroutines in batches (group commit): the
+// hits waiting when a committer is free are classified against the
+// copies' history read from the database and written in one transaction,
+// and each AddEvent returns once its batch has committed.
+type Store struct {
+	pool     *pgxpool.Pool
+	opts     Options
+	storeID  string // hex, in event and feed ids; the same on every node
+	webhooks map[string]bool
+	webhookL []string
+
+	mu      sync.RWMutex // guards closed against sends on reqs
+	closed  bool
+	reqs    chan *eventReq
+	workers sync.WaitGroup
+	once    sync.Once
+	wake    chan struct{}
+
+	lastXid atomic.Uint64 // newest transaction of this store that wrote feed entries
+
+	// beforeCommit, set by tests only, runs in an event batch's
+	// transaction just before its commit.
+	beforeCommit atomic.Pointer[func()]
+}
+
+var (
+	_ store.Store          = (*Store)(nil)
+	_ store.DeliveryReader = (*Store)(nil)
+	_ store.Outbox         = (*Store)(nil)
+)
+
+// eventReq is one AddEvent waiting for its batch.
+type eventReq struct {
+	ev   store.Event
+	hit  string // uuid minted for the hit
+	done chan error
+}
+
+// Open connects to the database named by dsn (a PostgreSQL connection URI
+// or keyword/value string), migrates its schema under an advisory lock,
+// and starts the committers. A database whose schema is newer than this
+// build's is refused (ErrSchemaNewer).
+func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
+	if opts.MaxConnections <= 0 {
+		opts.MaxConnections = DefaultMaxConnections
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = DefaultMaxBatch
+	}
+	if opts.Committers <= 0 {
+		opts.Committers = DefaultCommitters
+	}
+	if opts.MaxEventsPerRecipient <= 0 {
+		opts.MaxEventsPerRecipient = DefaultMaxEventsPerRecipient
+	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = DefaultConnectTimeout
+	}
+	if opts.FeedWait <= 0 {
+		opts.FeedWait = DefaultFeedWait
+	}
+	if opts.OutboxLease <= 0 {
+		opts.OutboxLease = DefaultOutboxLease
+	}
+	cfg, err := ParseDSN(dsn)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = opts.MaxConnections
+	where := fmt.Sprintf("%s:%d/%s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres store %s: %w", where, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, opts.ConnectTimeout)
+	defer cancel()
+	if err := pool.Ping(cctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres store %s: connect: %w", where, err)
+	}
+	if err := migrate(ctx, pool); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres store %s: schema: %w", where, err)
+	}
+	s := &Store{
+		pool:     pool,
+		opts:     opts,
+		webhooks: map[string]bool{},
+		reqs:     make(chan *eventReq, 4*opts.MaxBatch),
+		wake:     make(chan struct{}, 1),
+	}
+	if err := pool.QueryRow(ctx, "SELECT id FROM store_meta").Scan(&s.storeID); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres store %s: read store id: %w", where, err)
+	}
+	for _, a := range opts.WebhookAccounts {
+		if !s.webhooks[a] {
+			s.webhooks[a] = true
+			s.webhookL = append(s.webhookL, a)
+		}
+	}
+	if s.webhookL == nil {
+		s.webhookL = []string{}
+	}
+	opts.Metrics.SetOutboxFunc(s.outboxLen)
+	for range opts.Committers {
+		s.workers.Add(1)
+		go s.commitLoop()
+	}
+	return s, nil
+}
+
+// ParseDSN checks and parses a connection string, without connecting. Its
+// error does not repeat the string, which may hold a password.
+func ParseDSN(dsn string) (*pgxpool.Config, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("postgres store: invalid DSN: %w", err)
+	}
+	return cfg, nil
+}
+
+// Close stops the committers, after committing the events they were given,
+// and closes the pool. Later calls return nil.
+func (s *Store) Close() error {
+	s.once.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		close(s.reqs)
+		s.mu.Unlock()
+		s.workers.Wait()
+		s.pool.Close()
+	})
+	return nil
+}
+
+func (s *Store) isClosed() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.closed
+}
+
+// AddEvent implements store.Store: it returns once the event's batch has
+// committed.
+func (s *Store) AddEvent(ctx context.Context, e store.Event) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := validID(e.Message); err != nil {
+		return err
+	}
+	if e.Recipient < 0 || int64(e.Recipient) > int64(^uint32(0)>>1) {
+		return fmt.Errorf("postgres store: message %s: invalid recipient %d", e.Message, e.Recipient)
+	}
+	r := &eventReq{ev: e, hit: newUUID(), done: make(chan error, 1)}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return store.ErrClosed
+	}
+	select {
+	case s.reqs <- r:
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return ctx.Err()
+	}
+	s.mu.RUnlock()
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// commitLoop is a committer: it takes the events waiting, up to MaxBatch,
+// and commits them together.
+func (s *Store) commitLoop() {
+	defer s.workers.Done()
+	for first := range s.reqs {
+		batch := []*eventReq{first}
+	more:
+		for len(batch) < s.opts.MaxBatch {
+			select {
+			case r, ok := <-s.reqs:
+				if !ok {
+					break more
+				}
+				batch = append(batch, r)
+			default:
+				break more
+			}
+		}
+		start := time.Now()
+		err := s.commitEvents(context.Background(), batch)
+		s.opts.Metrics.Committed(time.Since(start), len(batch))
+		if err != nil {
+			err = fmt.Errorf("postgres store: commit %d events: %w", len(batch), err)
+		}
+		for _, r := range batch {
+			r.done <- err
+		}
+	}
+}
+
+// newUUID returns a random (version 4) UUID.
+func newUUID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// lockKey is the advisory lock of a message's writes: a batch of events, a
+// report of the relay and an erasure of one message never interleave,
+// on any node.
+func lockKey(message string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("trackrelay message "))
+	h.Write([]byte(message))
+	return int64(h.Sum64())
+}
+
+// lockMessages takes the advisory locks of ids in one statement, in key
+// order, so that two transactions never wait for each other's locks.
+func lockMessages(ctx context.Context, tx pgx.Tx, ids ...string) error {
+	keys := make([]int64, 0, len(ids))
+	for _, id := range ids {
+		keys = append(keys, lockKey(id))
+	}
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
+	_, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) k", keys)
+	return err
+}
+
+// noteXid records that transaction xid (text) of this store wrote feed
+// entries.
+func (s *Store) noteXid(xid string) {
+	x, err := strconv.ParseUint(xid, 10, 64)
+	if err != nil {
+		return
+	}
+	for {
+		old := s.lastXid.Load()
+		if x <= old || s.lastXid.CompareAndSwap(old, x) {
+			return
+		}
+	}
+}
+
+// eventID and entryID name events and feed entries like bbolt's, with the
+// database's id: every node names them the same.
+func (s *Store) eventID(seq int64) string {
+	return "ev_" + s.storeID + fmt.Sprintf("%016x", seq)
+}
+
+func (s *Store) entryID(prefix string, seq int64) string {
+	return prefix + s.storeID + fmt.Sprintf("%016x", seq)
+}
+
+func (s *Store) wakeOutbox() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// OutboxAdded implements store.Outbox. It is woken by this node's writes;
+// other nodes' entries are found by the sender's poll.
+func (s *Store) OutboxAdded() <-chan struct{} { return s.wake }
+
+func (s *Store) outboxLen() float64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var n int64
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM outbox").Scan(&n); err != nil {
+		return 0
+	}
+	return float64(n)
+}
+
+func validID(id string) error {
+	if id == "" || len(id) > 512 || strings.IndexByte(id, 0) >= 0 || !utf8.ValidString(id) {
+		return fmt.Errorf("postgres store: invalid queue id %q", id)
+	}
+	return nil
+}
+
+// inTx runs fn in a transaction, committing it if fn returns nil.
+func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	if s.isClosed() {
+		return store.ErrClosed
+	}
+	return pgx.BeginFunc(ctx, s.pool, fn)
+}
+
+// errorsIsNoRows reports a query that returned no row.
+func errorsIsNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }
+
+// Ping reports whether the store is open and the database answers, for
+// readiness checks.
+func (s *Store) Ping(ctx context.Context) error {
+	if s.isClosed() {
+		return store.ErrClosed
+	}
+	return s.pool.Ping(ctx)
+}
