@@ -23,6 +23,7 @@ func startDelivery(cfg *Config, spool *relay.Spool, st *trackingStore, keys *ato
 		RetryMax:     cfg.Delivery.RetryMax.D(),
 		Lifetime:     cfg.Delivery.Lifetime.D(),
 		DelayWarning: cfg.Delivery.DelayWarning.D(),
+		Honeypot:     cfg.Tracking.Honeypot,
 	}
 	if u := cfg.Upstream; u != nil {
 		up, err := upstreamConfig(cfg)

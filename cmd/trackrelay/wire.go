@@ -72,6 +72,9 @@ func pendingMessages(d *relay.Deliverer) func(account, ref string) (*store.Messa
 	}
 }
 
+// The tracker's minter mints honeypot links (tracking.honeypot).
+var _ relay.HoneypotMinter = (*token.Minter)(nil)
+
 // keyMinters mints each copy's tracking URLs with the tracker's keys.
 type keyMinters struct {
 	keys    *atomic.Pointer[token.Keyring] // a reload swaps the keys
