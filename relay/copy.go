@@ -58,11 +58,11 @@ func (d *Deliverer) instrument(env *Envelope, idx int, f *os.File, log *slog.Log
 		out = tmp
 		release = func() { tmp.Close() }
 	}
-	res, err := rewrite.Message(out, src, rewrite.Options{
-		Opens:  opens,
-		Clicks: clicks,
-		Minter: d.minters.Minter(env.ID, idx),
-	})
+	opts := rewrite.Options{Opens: opens, Clicks: clicks, Minter: d.minters.Minter(env.ID, idx)}
+	if hm, ok := opts.Minter.(HoneypotMinter); ok && d.cfg.Honeypot && clicks {
+		opts.Honeypot = hm.HoneypotURL()
+	}
+	res, err := rewrite.Message(out, src, opts)
 	d.metrics.rewriteDuration.Observe(time.Since(start).Seconds())
 	if err != nil || !res.Changed {
 		release()

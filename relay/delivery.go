@@ -38,6 +38,10 @@ type DeliveryConfig struct {
 	// DKIM, when set, signs each copy for the domain of its From after
 	// instrumenting it (see DKIMSigner); nil: copies go unsigned.
 	DKIM *DKIMSigner
+	// Honeypot: each instrumented copy whose clicks are tracked gets one
+	// honeypot link (rewrite.Options.Honeypot), when its Minter mints one
+	// (HoneypotMinter; tracker/token's does).
+	Honeypot bool
 }
 
 // Deliverer runs the delivery jobs: one per recipient copy, retried on a

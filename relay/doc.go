@@ -19,6 +19,10 @@
 // (SMTPUTF8, RFC 6531): a copy that needs the extension and meets an
 // upstream without it bounces.
 //
+// It imports rewrite and the leaf packages under internal/, and never the
+// tracker's packages or net/http: what it tells the tracking store goes
+// through its Ledger, wired in cmd/trackrelay.
+//
 // Where each part lives:
 //
 //   - Receiving: server.go (the go-smtp server), session.go (one SMTP

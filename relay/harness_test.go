@@ -151,7 +151,8 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	}
 	h.srv = NewServer(sc, h.spool, h.d, log, nil)
 	if !o.realBcrypt {
-		h.srv.accounts.dummyOnce.Do(func() { h.srv.accounts.dummy = cheapHash })
+		as := h.srv.accounts.Load()
+		as.dummyOnce.Do(func() { as.dummy = cheapHash })
 	}
 	if o.server != nil {
 		o.server(h.srv)

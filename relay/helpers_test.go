@@ -168,6 +168,10 @@ func (m testMinter) ClickURL(i int, dest string) string {
 	return fmt.Sprintf("http://t.test/c/%s-%d-%d", m.id, m.rcpt, i)
 }
 
+func (m testMinter) HoneypotURL() string {
+	return fmt.Sprintf("http://t.test/c/%s-%d-honeypot", m.id, m.rcpt)
+}
+
 // The test minters' URLs are on http://t.test, as a tracker's are on its base URL.
 func (testMinter) Ours(dest string) bool {
 	const base = "http://t.test"

@@ -25,6 +25,12 @@ type Minters interface {
 	Minter(queueID string, rcpt int) rewrite.Minter
 }
 
+// HoneypotMinter is a rewrite.Minter that also mints the URL of a copy's
+// honeypot link, for DeliveryConfig.Honeypot.
+type HoneypotMinter interface {
+	HoneypotURL() string
+}
+
 // NopLedger records nothing; for tests and tools that need no ledger.
 type NopLedger struct{}
 

@@ -41,13 +41,20 @@ type Server struct {
 	deliver  *Deliverer
 	log      *slog.Logger
 	metrics  *Metrics
-	accounts accounts
-	limiter  *ratelimit.Limiter // failed logins per client (Begin, End)
+	accounts atomic.Pointer[accounts] // swapped whole by SetAccounts
+	limiter  *ratelimit.Limiter       // failed logins per client (Begin, End)
 	conns    *connLimiter
 	nextCID  atomic.Uint64
 
 	mu        sync.Mutex
 	listeners []net.Listener
+}
+
+// SetAccounts replaces the account table, for a configuration reload:
+// sessions that start afterwards see the new accounts, and a session that
+// has already authenticated (or matched a network) keeps its account.
+func (s *Server) SetAccounts(list []Account) {
+	s.accounts.Store(&accounts{list: list})
 }
 
 // NewServer returns an SMTP server that spools into spool and hands each
@@ -80,15 +87,15 @@ func NewServer(cfg ServerConfig, spool *Spool, d *Deliverer, log *slog.Logger, m
 		cfg.TLSConfig.MinVersion = tls.VersionTLS12
 	}
 	s := &Server{
-		cfg:      cfg,
-		spool:    spool,
-		deliver:  d,
-		log:      log,
-		metrics:  m,
-		accounts: accounts{list: cfg.Accounts},
-		limiter:  ratelimit.New(rate.Every(30*time.Second), 5), // 5 failures, then one every 30s
-		conns:    newConnLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
+		cfg:     cfg,
+		spool:   spool,
+		deliver: d,
+		log:     log,
+		metrics: m,
+		limiter: ratelimit.New(rate.Every(30*time.Second), 5), // 5 failures, then one every 30s
+		conns:   newConnLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
 	}
+	s.accounts.Store(&accounts{list: cfg.Accounts})
 	srv := smtp.NewServer(s)
 	srv.Domain = cfg.Hostname
 	srv.TLSConfig = cfg.TLSConfig
@@ -145,7 +152,7 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		sess.ip = ap.Addr().Unmap()
 	}
 	_, sess.tls = c.TLSConnectionState()
-	sess.netAccount = s.accounts.byNetwork(sess.ip)
+	sess.netAccount = s.accounts.Load().byNetwork(sess.ip)
 	sess.log = s.log.With("cid", sess.cid, "remote", sess.ip.String())
 	s.metrics.sessions.Inc()
 	return sess, nil

@@ -305,3 +305,32 @@ func TestServer_messageFoundRightAfter250(t *testing.T) {
 	h.ledger.waitAccepted(t, id)
 	h.ledger.waitStatus(t, id, 0, StatusDelivered)
 }
+
+// SetAccounts swaps the table for the sessions that start afterwards: an
+// added account can AUTH, a removed one cannot, and a session that
+// authenticated before the swap keeps its account and sends.
+func TestServer_setAccounts(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	before := h.client()
+	if err := before.Auth(sasl.NewPlainClient("", "alice", testPassword)); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.client().Auth(sasl.NewPlainClient("", "carol", testPassword)); smtpCode(err) != 535 {
+		t.Fatalf("carol before SetAccounts: want 535, got %v", err)
+	}
+
+	h.srv.SetAccounts([]Account{{Name: "carol", PasswordHash: cheapHash}})
+	if _, err := sendOn(before, "alice@example.com", []string{"bob@example.net"}, htmlMsg); err != nil {
+		t.Errorf("session authenticated before SetAccounts: %v", err)
+	}
+	if err := h.client().Auth(sasl.NewPlainClient("", "alice", testPassword)); smtpCode(err) != 535 {
+		t.Errorf("alice, removed: want 535, got %v", err)
+	}
+	c := h.client()
+	if err := c.Auth(sasl.NewPlainClient("", "carol", testPassword)); err != nil {
+		t.Fatalf("carol after SetAccounts: %v", err)
+	}
+	if _, err := sendOn(c, "carol@example.com", []string{"bob@example.net"}, htmlMsg); err != nil {
+		t.Errorf("carol sends: %v", err)
+	}
+}

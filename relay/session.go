@@ -107,7 +107,7 @@ func (s *session) authenticate(user, pass string) error {
 		time.Sleep(time.Second) // slow the guesser down, not just refuse it
 		return errAuthRateLimited
 	}
-	acct, err := s.srv.accounts.authenticate(user, pass)
+	acct, err := s.srv.accounts.Load().authenticate(user, pass)
 	s.srv.limiter.End(s.ip, time.Now(), err != nil)
 	if err != nil {
 		s.srv.metrics.authFailures.WithLabelValues("bad_credentials").Inc()

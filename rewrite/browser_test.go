@@ -48,8 +48,9 @@ const (
 // nothing a reader can see: for every corpus message the rewriter changes,
 // each text/html part it changed is rendered before and after in headless
 // chromium, and the two full-page screenshots must be identical pixel for
-// pixel. The open pixel is served by a local HTTP server as a real 1x1
-// transparent GIF, and the test checks that the browser loaded it. Remote
+// pixel, with the honeypot link (Options.Honeypot) on. The open pixel is
+// served by a local HTTP server as a real 1x1 transparent GIF, and the
+// test checks that the browser loaded it. Remote
 // images (unreachable here) are pointed, identically in both documents, at a
 // local placeholder image, so that layouts with images are compared too;
 // every other remote host fails to resolve at once.
@@ -62,6 +63,7 @@ func TestBrowserNoVisibleChange(t *testing.T) {
 
 	// Collect the changed HTML parts.
 	var cases []*renderCase
+	honeypots := 0 // changed parts, each with the honeypot link: it must change nothing either
 	templates := map[string]int{}
 	for _, f := range corpusFiles(t) {
 		name := filepath.Base(f)
@@ -75,7 +77,8 @@ func TestBrowserNoVisibleChange(t *testing.T) {
 		id := fmt.Sprintf("m%03d", len(srv.names))
 		srv.names = append(srv.names, name)
 		var out bytes.Buffer
-		res, err := Message(&out, bytes.NewReader(in), Options{Opens: true, Clicks: true, Minter: browserMinter{testURLs: testURLs{srv.URL}, id: id}})
+		res, err := Message(&out, bytes.NewReader(in), Options{Opens: true, Clicks: true, Minter: browserMinter{testURLs: testURLs{srv.URL}, id: id},
+			Honeypot: srv.URL + "/c/" + id + "/honeypot"})
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 			continue
@@ -98,6 +101,10 @@ func TestBrowserNoVisibleChange(t *testing.T) {
 			if bytes.Equal(before[i].body, after[i].body) {
 				continue
 			}
+			if !bytes.Contains(after[i].body, []byte("/c/"+id+"/honeypot")) {
+				t.Errorf("%s part %d: no honeypot link", name, i)
+			}
+			honeypots++
 			c := &renderCase{name: name, part: i, pixelID: id, width: browserWidth}
 			c.orig = srv.add(fmt.Sprintf("%s-%d-orig", id, i), after[i].charset, srv.localImages(before[i].body))
 			c.edited = srv.add(fmt.Sprintf("%s-%d-edited", id, i), after[i].charset, srv.localImages(after[i].body))
@@ -116,6 +123,13 @@ func TestBrowserNoVisibleChange(t *testing.T) {
 				m.control = true
 				m.edited = srv.add(fmt.Sprintf("%s-%d-control", id, i), after[i].charset, srv.localImages(naive))
 				cases = append(cases, &m)
+				// The honeypot link as a naive tracker would add it: unstyled, with
+				// text. The comparison must see it too.
+				visible := bytes.Replace(after[i].body, []byte(` style="`+honeypotStyle+`"></a>`), []byte(`>.</a>`), 1)
+				hc := *c
+				hc.control = true
+				hc.edited = srv.add(fmt.Sprintf("%s-%d-control-honeypot", id, i), after[i].charset, srv.localImages(visible))
+				cases = append(cases, &hc)
 			}
 		}
 	}
@@ -126,6 +140,9 @@ func TestBrowserNoVisibleChange(t *testing.T) {
 	}
 	if len(cases) == 0 {
 		t.Fatal("nothing to compare")
+	}
+	if honeypots == 0 {
+		t.Fatal("no honeypot link inserted: the comparison would not cover it")
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -172,9 +189,9 @@ func TestBrowserNoVisibleChange(t *testing.T) {
 		case c.control:
 			controls++
 			if c.err == nil && c.diff == "" {
-				t.Errorf("control %s part %d: an unstyled 1x1 pixel rendered identically: the comparison sees nothing", c.name, c.part)
+				t.Errorf("control %s part %d: a naive pixel or honeypot link rendered identically: the comparison sees nothing", c.name, c.part)
 			} else {
-				t.Logf("control %s part %d (unstyled pixel): %v%s", c.name, c.part, c.err, c.diff)
+				t.Logf("control %s part %d (unstyled pixel, or honeypot link with text): %v%s", c.name, c.part, c.err, c.diff)
 			}
 		case c.err != nil:
 			t.Errorf("%s part %d: %v", c.name, c.part, c.err)

@@ -33,9 +33,27 @@ func appendPixel(dst []byte, src string) []byte {
 	return append(dst, `" />`...)
 }
 
+// honeypotStyle makes the honeypot link take no room and show nothing,
+// wherever it lands: out of the flow, of no size, transparent, and out of
+// reach of the pointer. Not display:none, which link scanners skip.
+const honeypotStyle = "position:absolute;display:block;width:0;height:0;max-width:0;max-height:0;" +
+	"border:0;margin:0;padding:0;opacity:0;overflow:hidden;font-size:0;line-height:0;pointer-events:none"
+
+// appendHoneypot appends the honeypot link to href: no text, hidden from
+// screen readers (aria-hidden), out of the tab order (tabindex -1), and of
+// no size (honeypotStyle). Only a machine following every link of the
+// copy reaches it.
+func appendHoneypot(dst []byte, href string) []byte {
+	dst = append(dst, `<a href="`...)
+	dst = appendAttrEscaped(dst, href)
+	dst = append(dst, `" aria-hidden="true" tabindex="-1" style="`...)
+	dst = append(dst, honeypotStyle...)
+	return append(dst, `"></a>`...)
+}
+
 const (
 	editLink   = iota // replace an href value with the quoted click URL of dest
-	editPixel         // insert the open pixel
+	editPixel         // insert the open pixel, the honeypot link, or both
 	editRemove        // delete the bytes (an old pixel, a data-notrack attribute)
 )
 
@@ -54,6 +72,8 @@ type htmlScan struct {
 	rules  *linkRules
 	clicks bool
 	opens  bool
+	// honeypot: the pixel's place also gets the honeypot link.
+	honeypot bool
 
 	edits     []edit
 	pixelDone bool
@@ -374,7 +394,7 @@ func (s *htmlScan) placePixel(at int) {
 		return
 	}
 	s.pixelDone = true
-	if s.opens {
+	if s.opens || s.honeypot {
 		s.edits = append(s.edits, edit{start: at, end: at, kind: editPixel})
 	}
 }
@@ -483,8 +503,13 @@ func (m *messageRewriter) applyEdits(doc []byte, edits []edit) ([]byte, error) {
 			out = appendAttrEscaped(out, m.mint(e.dest))
 			out = append(out, '"')
 		case editPixel:
-			out = appendPixel(out, m.opts.Minter.OpenURL())
-			m.res.Pixels++
+			if m.opts.Opens {
+				out = appendPixel(out, m.opts.Minter.OpenURL())
+				m.res.Pixels++
+			}
+			if m.honeypot() {
+				out = appendHoneypot(out, m.opts.Honeypot)
+			}
 		case editRemove:
 		}
 		prev = e.end

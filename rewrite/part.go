@@ -139,14 +139,21 @@ func (m *messageRewriter) instrument(h *header, enc string, body []byte) (hraw, 
 	return hraw, out, true, nil
 }
 
+// honeypot reports whether instrumented HTML parts get the honeypot link.
+func (m *messageRewriter) honeypot() bool { return m.opts.Clicks && m.opts.Honeypot != "" }
+
 // rewriteHTML returns the instrumented copy of one decoded HTML document, or
 // changed == false when there is nothing to do in it.
 func (m *messageRewriter) rewriteHTML(doc []byte) (out []byte, changed bool, err error) {
-	s := htmlScan{rules: &m.rules, clicks: m.opts.Clicks, opens: m.opts.Opens, attrs: m.sc.attrs, edits: m.sc.edits[:0]}
+	s := htmlScan{rules: &m.rules, clicks: m.opts.Clicks, opens: m.opts.Opens, honeypot: m.honeypot(),
+		attrs: m.sc.attrs, edits: m.sc.edits[:0]}
 	err = s.scan(doc, 0, false, false)
 	m.sc.attrs, m.sc.edits = s.attrs[:0], s.edits[:0]
 	if err != nil || len(s.edits) == 0 {
 		return nil, false, err
+	}
+	if !m.opts.Opens && len(s.edits) == 1 && s.edits[0].kind == editPixel {
+		return nil, false, nil // the honeypot alone: nothing to instrument
 	}
 	out, err = m.applyEdits(doc, s.edits)
 	if err != nil {

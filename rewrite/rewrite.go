@@ -33,6 +33,12 @@ type Options struct {
 	Opens  bool // insert the open pixel
 	Clicks bool // turn links into click redirects
 	Minter Minter
+	// Honeypot, when not "", is the absolute URL of the copy's honeypot
+	// link: with Clicks, each instrumented HTML part gets one link to it
+	// that no person sees or reaches (see appendHoneypot), right after
+	// <body> like the pixel, so that a clipped message keeps it. It is not
+	// one of Result.Links. A part with nothing else to instrument gets none.
+	Honeypot string
 }
 
 // Result reports what Message did.

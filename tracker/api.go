@@ -39,7 +39,7 @@ func (h *handler) authenticate(r *http.Request) (string, bool) {
 	}
 	sum := sha256.Sum256([]byte(key))
 	name, found := "", 0
-	for _, a := range h.accounts {
+	for _, a := range *h.accounts.Load() {
 		if subtle.ConstantTimeCompare(sum[:], a.sum[:]) == 1 {
 			name, found = a.name, found+1
 		}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/trackrelay/trackrelay/internal/ratelimit"
@@ -98,11 +99,11 @@ type apiAccount struct {
 
 type handler struct {
 	cfg      Config
-	keys     *token.Keyring
+	keys     atomic.Pointer[token.Keyring] // swapped by SetKeyring
 	store    store.Store
 	log      *slog.Logger
 	metrics  *Metrics
-	accounts []apiAccount
+	accounts atomic.Pointer[[]apiAccount] // swapped by SetAccounts
 	trusted  []netip.Prefix
 	now      func() time.Time
 	limiter  *ratelimit.Limiter // recording limit; nil: no limit
@@ -121,8 +122,8 @@ type handler struct {
 //
 // Every hit is recorded in store before its response is sent; if the store
 // fails, the pixel and the redirect are served all the same.
-func NewHandler(cfg Config, keys *token.Keyring, st store.Store) http.Handler {
-	h := &handler{cfg: cfg, keys: keys, store: st, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
+func NewHandler(cfg Config, keys *token.Keyring, st store.Store) *Handler {
+	h := &handler{cfg: cfg, store: st, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
 		limiter: newRecordLimiter(cfg.RecordRate, cfg.RecordBurst)}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
@@ -146,7 +147,35 @@ func NewHandler(cfg Config, keys *token.Keyring, st store.Store) http.Handler {
 		}
 		h.trusted = append(h.trusted, p.Masked())
 	}
-	for _, a := range cfg.Accounts {
+	h.keys.Store(keys)
+	h.setAccounts(cfg.Accounts)
+	h.mux = h.routes()
+	return &Handler{h}
+}
+
+// Handler is the tracker's HTTP handler, whose API accounts and token keys
+// can be replaced while it serves (a configuration reload). Requests
+// already under way finish with what they started with.
+type Handler struct {
+	*handler
+}
+
+// SetAccounts replaces the API accounts: the next request authenticates
+// against accounts.
+func (h *Handler) SetAccounts(accounts []Account) {
+	h.setAccounts(accounts)
+}
+
+// SetKeyring replaces the token keys: the next hit is verified with keys.
+// A rotation keeps the old secrets in keys, so that links in mail already
+// sent keep working.
+func (h *Handler) SetKeyring(keys *token.Keyring) {
+	h.keys.Store(keys)
+}
+
+func (h *handler) setAccounts(accounts []Account) {
+	var list []apiAccount
+	for _, a := range accounts {
 		b, err := hex.DecodeString(strings.TrimSpace(a.APIKeySHA256))
 		if err != nil || len(b) != sha256.Size {
 			h.log.Error("tracker: ignoring account with invalid api_key_sha256", "account", a.Name)
@@ -154,10 +183,9 @@ func NewHandler(cfg Config, keys *token.Keyring, st store.Store) http.Handler {
 		}
 		acc := apiAccount{name: a.Name}
 		copy(acc.sum[:], b)
-		h.accounts = append(h.accounts, acc)
+		list = append(list, acc)
 	}
-	h.mux = h.routes()
-	return h
+	h.accounts.Store(&list)
 }
 
 // statusWriter remembers the status code written through it, and the

@@ -80,12 +80,13 @@ func (h *handler) serveHit(w http.ResponseWriter, r *http.Request, kind token.Ki
 			tok = u
 		}
 	}
-	t, err := h.keys.Verify(tok)
+	t, err := h.keys.Load().Verify(tok)
 	var dest string
 	if err == nil && t.Kind != kind {
 		err = token.ErrInvalid
 	}
-	if err == nil && kind == token.KindClick {
+	honeypot := err == nil && kind == token.KindClick && t.Link == token.HoneypotLink
+	if err == nil && kind == token.KindClick && !honeypot {
 		var ok bool
 		if dest, ok = redirectTarget(t.Dest); !ok {
 			err = token.ErrInvalid
@@ -98,6 +99,14 @@ func (h *handler) serveHit(w http.ResponseWriter, r *http.Request, kind token.Ki
 	}
 	h.record(r, t)
 	hd := w.Header()
+	if honeypot {
+		// No person gets here: nowhere to send it.
+		for k, v := range redirectHeader {
+			hd[k] = v
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
 	if kind == token.KindOpen {
 		for k, v := range pixelHeader {
 			hd[k] = v
@@ -165,6 +174,9 @@ func (h *handler) record(r *http.Request, t token.Token) {
 		}
 	}
 	v := classify.Classify(in)
+	if t.Kind == token.KindClick && t.Link == token.HoneypotLink {
+		v = classify.OnHoneypot(v)
+	}
 	e := store.Event{
 		Type: typ, At: at, Message: t.Message, Recipient: t.Recipient, Link: t.Link,
 		IP: recordedIP(ip, h.cfg.IPMode), UserAgent: ua, Client: v.Client, Class: v.Class, Reasons: v.Reasons,

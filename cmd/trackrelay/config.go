@@ -118,6 +118,10 @@ type TrackingConfig struct {
 	// (icloud-private-relay.txt, gateway-eop.txt, ...), loaded at start in
 	// place of the shipped ones of the same name. Empty: the shipped ones.
 	IPListsDir string `yaml:"ip_lists_dir"`
+	// Honeypot adds to every copy whose clicks are tracked one link that no
+	// person sees or reaches; a hit on it, and the copy's hits from that
+	// address around it, are a scanner's.
+	Honeypot bool `yaml:"honeypot"`
 }
 
 // StoreConfig selects the tracking store: bbolt in data_dir (the

@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/tracker/token"
@@ -15,13 +16,14 @@ import (
 // startDelivery starts the deliverer over the spool: upstream, or capture
 // mode without one, reporting to the tracking store and minting each
 // copy's URLs with keys.
-func startDelivery(cfg *Config, spool *relay.Spool, st *trackingStore, keys *token.Keyring, m *metrics, log *slog.Logger) (*relay.Deliverer, error) {
+func startDelivery(cfg *Config, spool *relay.Spool, st *trackingStore, keys *atomic.Pointer[token.Keyring], m *metrics, log *slog.Logger) (*relay.Deliverer, error) {
 	dcfg := relay.DeliveryConfig{
 		Hostname:     cfg.SMTP.Hostname,
 		RetryInitial: cfg.Delivery.RetryInitial.D(),
 		RetryMax:     cfg.Delivery.RetryMax.D(),
 		Lifetime:     cfg.Delivery.Lifetime.D(),
 		DelayWarning: cfg.Delivery.DelayWarning.D(),
+		Honeypot:     cfg.Tracking.Honeypot,
 	}
 	if u := cfg.Upstream; u != nil {
 		up, err := upstreamConfig(cfg)

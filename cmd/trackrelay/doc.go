@@ -10,6 +10,7 @@
 // to the tracking store through storeLedger and mints URLs through
 // keyMinters (wire.go); serve.go starts the parts as a short sequence of
 // named steps (store.go, delivery.go, listeners.go) and stops them in
-// order. The operator's admin socket (admin.go) and /readyz (readyz.go)
+// order; on SIGHUP, reload.go swaps in the file's accounts and tracking
+// secrets and names the changed keys that need a restart. The operator's admin socket (admin.go) and /readyz (readyz.go)
 // are served here, not by the relay or the tracker.
 package main

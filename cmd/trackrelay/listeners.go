@@ -23,6 +23,7 @@ import (
 // operator's admin socket.
 type servers struct {
 	smtp                    *relay.Server
+	tracker                 *tracker.Handler // serves http
 	http, metrics, admin    *http.Server
 	smtpLn, httpLn, adminLn net.Listener
 	metricsLn               net.Listener // nil without metrics.listen
@@ -36,9 +37,10 @@ func openServers(cfg *Config, spool *relay.Spool, d *relay.Deliverer, st *tracki
 	if err != nil {
 		return nil, err
 	}
-	s := &servers{smtp: relay.NewServer(scfg, spool, d, log.With("part", "smtp"), m.relay)}
+	s := &servers{smtp: relay.NewServer(scfg, spool, d, log.With("part", "smtp"), m.relay),
+		tracker: tracker.NewHandler(trackerConfig(cfg, d, geo, m, log), keys, st)}
 	s.http = &http.Server{
-		Handler:           tracker.NewHandler(trackerConfig(cfg, d, geo, m, log), keys, st),
+		Handler:           s.tracker,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -163,12 +165,19 @@ func trackerConfig(cfg *Config, d *relay.Deliverer, geo tracker.GeoLocator, m *m
 		pfx, _ := parsePrefix(p)
 		tcfg.TrustedProxies = append(tcfg.TrustedProxies, pfx)
 	}
+	tcfg.Accounts = trackerAccounts(cfg)
+	return tcfg
+}
+
+// trackerAccounts are the accounts with an API key.
+func trackerAccounts(cfg *Config) []tracker.Account {
+	var accounts []tracker.Account
 	for _, a := range cfg.Accounts {
 		if a.APIKeySHA256 != "" {
-			tcfg.Accounts = append(tcfg.Accounts, tracker.Account{Name: a.Name, APIKeySHA256: strings.ToLower(a.APIKeySHA256)})
+			accounts = append(accounts, tracker.Account{Name: a.Name, APIKeySHA256: strings.ToLower(a.APIKeySHA256)})
 		}
 	}
-	return tcfg
+	return accounts
 }
 
 // listenAdmin opens the operator's queue socket, readable by the owner only.
@@ -207,6 +216,14 @@ func serverConfig(cfg *Config) (relay.ServerConfig, error) {
 		}
 		sc.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	var err error
+	sc.Accounts, err = relayAccounts(cfg)
+	return sc, err
+}
+
+// relayAccounts are the SMTP server's accounts.
+func relayAccounts(cfg *Config) ([]relay.Account, error) {
+	var accounts []relay.Account
 	for _, a := range cfg.Accounts {
 		acct := relay.Account{Name: a.Name, PasswordHash: []byte(a.PasswordHash), Mode: a.Mode, SelfAddresses: a.SelfAddresses}
 		if a.Mode == "" {
@@ -215,11 +232,11 @@ func serverConfig(cfg *Config) (relay.ServerConfig, error) {
 		for _, n := range a.Networks {
 			p, err := parsePrefix(n)
 			if err != nil {
-				return sc, fmt.Errorf("accounts %s networks: %w", a.Name, err)
+				return nil, fmt.Errorf("accounts %s networks: %w", a.Name, err)
 			}
 			acct.Networks = append(acct.Networks, p)
 		}
-		sc.Accounts = append(sc.Accounts, acct)
+		accounts = append(accounts, acct)
 	}
-	return sc, nil
+	return accounts, nil
 }

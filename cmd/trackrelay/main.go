@@ -8,6 +8,7 @@
 //	trackrelay queue [-config FILE] list|show|retry|delete
 //	trackrelay dkim-keygen -domain D -selector S [-type rsa|ed25519] [-bits N] [-out FILE]
 //	trackrelay ipranges build -in CSV -out FILE [-source TEXT]
+//	trackrelay migrate-store -config FILE [-batch N] [-progress D]
 //	trackrelay version
 package main
 
@@ -40,6 +41,10 @@ commands:
   ipranges build -in CSV -out FILE [-source TEXT]
                                compact a downloaded IP range list (e.g. Apple's
                                egress-ip-ranges.csv) for tracking.ip_lists_dir
+  migrate-store -config FILE [-batch 500] [-progress 5s]
+                               copy data_dir's bbolt store into the PostgreSQL
+                               database of store.postgres (relay stopped;
+                               run again to resume)
   version                      print the version
 `
 
@@ -81,6 +86,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdHashPassword(stdin, stdout, stderr)
 	case "dkim-keygen":
 		return cmdDKIMKeygen(args[1:], stdout, stderr)
+	case "migrate-store":
+		return cmdMigrateStore(args[1:], stdout, stderr)
 	case "ipranges":
 		return cmdIPRanges(args[1:], time.Now(), stdout, stderr)
 	case "version", "-version", "--version":

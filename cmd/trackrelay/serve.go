@@ -10,10 +10,12 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/trackrelay/trackrelay/internal/durable"
 	"github.com/trackrelay/trackrelay/relay"
+	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
 func cmdServe(args []string, stdout, stderr io.Writer) int {
@@ -37,6 +39,10 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	// Before the config is read: SIGHUP's default action ends the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	var cfg *Config
 	if *path == "" {
 		cfg = defaultConfig()
@@ -51,7 +57,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, cfg, *path == "", stdout, stderr); err != nil {
+	if err := serveReloading(ctx, cfg, *path == "", *path, hup, stdout, stderr); err != nil {
 		fmt.Fprintln(stderr, "trackrelay:", err)
 		return 1
 	}
@@ -74,14 +80,23 @@ func newLogger(c LogConfig, w io.Writer) *slog.Logger {
 // step is a function of its own; once delivery has started, any failure
 // shuts it down before serve returns.
 func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Writer) error {
+	return serveReloading(ctx, cfg, embedded, "", nil, stdout, stderr)
+}
+
+// serveReloading is serve, reloading the accounts and secrets from the
+// config file at path (cfg's; "": none) on each signal from reload
+// (SIGHUP).
+func serveReloading(ctx context.Context, cfg *Config, embedded bool, path string, reload <-chan os.Signal, stdout, stderr io.Writer) error {
 	log := newLogger(cfg.Log, stderr)
 	if err := prepareDataDir(cfg, embedded, stdout, log); err != nil {
 		return err
 	}
-	keys, err := loadKeyring(cfg)
+	k, err := loadKeyring(cfg)
 	if err != nil {
 		return err
 	}
+	var keys atomic.Pointer[token.Keyring]
+	keys.Store(k)
 	geo, err := openGeoIP(cfg, log)
 	if err != nil {
 		return err
@@ -100,19 +115,35 @@ func serve(ctx context.Context, cfg *Config, embedded bool, stdout, stderr io.Wr
 		return err
 	}
 	defer spool.Close()
-	deliverer, err := startDelivery(cfg, spool, st, keys, m, log)
+	deliverer, err := startDelivery(cfg, spool, st, &keys, m, log)
 	if err != nil {
 		return err
 	}
-	srv, err := openServers(cfg, spool, deliverer, st, keys, geo, m, log)
+	srv, err := openServers(cfg, spool, deliverer, st, k, geo, m, log)
 	if err != nil {
 		stopDelivery(cfg, deliverer, log)
 		return err
 	}
+	rctx, stopReloads := context.WithCancel(ctx)
+	defer stopReloads()
+	go reloadOnSignal(rctx, reload, newReloader(path, cfg, srv, &keys, log))
 	runErr := srv.run(ctx, cfg, log)
 	srv.shutdown(cfg, deliverer, log)
 	log.Info("stopped")
 	return runErr
+}
+
+// reloadOnSignal reloads the config on each signal from reload until ctx
+// ends, one reload at a time.
+func reloadOnSignal(ctx context.Context, reload <-chan os.Signal, r *reloader) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-reload:
+			r.reload()
+		}
+	}
 }
 
 // prepareDataDir makes the data dir (durably: the secret and API key made

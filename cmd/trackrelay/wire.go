@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/rewrite"
@@ -71,12 +72,15 @@ func pendingMessages(d *relay.Deliverer) func(account, ref string) (*store.Messa
 	}
 }
 
+// The tracker's minter mints honeypot links (tracking.honeypot).
+var _ relay.HoneypotMinter = (*token.Minter)(nil)
+
 // keyMinters mints each copy's tracking URLs with the tracker's keys.
 type keyMinters struct {
-	keys    *token.Keyring
+	keys    *atomic.Pointer[token.Keyring] // a reload swaps the keys
 	baseURL string
 }
 
 func (m keyMinters) Minter(queueID string, rcpt int) rewrite.Minter {
-	return m.keys.Minter(m.baseURL, queueID, rcpt)
+	return m.keys.Load().Minter(m.baseURL, queueID, rcpt)
 }

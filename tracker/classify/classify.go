@@ -71,6 +71,16 @@ const (
 	// ReasonGatewayPair: a click from the address whose pixel fetch was a
 	// gateway's seconds before (see InGatewayPair).
 	ReasonGatewayPair = "open-and-click-from-gateway"
+	// ReasonMultiRecipient: the same address and agent clicked the copies
+	// of 3+ recipients of the message, each within 30 s of its delivery
+	// (see MultiRecipient).
+	ReasonMultiRecipient = "multi-recipient-burst"
+	// ReasonHoneypot: a hit on the copy's honeypot link, which no person
+	// sees (tracking.honeypot; see OnHoneypot).
+	ReasonHoneypot = "honeypot"
+	// ReasonNearHoneypot: a hit from the address that followed the copy's
+	// honeypot link within 10 s of it (see NearHoneypot).
+	ReasonNearHoneypot = "near-honeypot"
 
 	// A click records the order of its copy's pixel and clicks (see Click).
 	ReasonOpenedBeforeClick = "opened-before-click" // a counted open came before it

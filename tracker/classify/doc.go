@@ -11,7 +11,10 @@
 // within the scanner window of delivery; and the evidence only a copy's
 // sequence of events shows: whether an open came before a click, and the
 // burst rule (Burst), which the store applies when it commits a click,
-// given the copy's clicks within BurstWindow of it.
+// given the copy's clicks within BurstWindow of it; the gateway pair rule
+// (InGatewayPair); the multi-recipient rule (MultiRecipient), given the
+// message's clicks soon after their copies' delivery; and the honeypot
+// rule (OnHoneypot, NearHoneypot).
 //
 // Everything here is a pure function of a hit and its message's history,
 // as the caller hands them in.

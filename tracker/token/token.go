@@ -170,6 +170,12 @@ func (k *Keyring) sign(t Token) string {
 	return tokenEncoding.EncodeToString(b)
 }
 
+// HoneypotLink is the link index of a copy's honeypot link (see
+// Minter.HoneypotURL): no link of the message has it, so the message's
+// links never list it, and a click token that carries it is the
+// honeypot's.
+const HoneypotLink = -2
+
 // Verify decodes and authenticates a token. One extension-like suffix after
 // the last '.' (such as ".gif") is ignored, since the token alphabet has no
 // '.'. Anything malformed, over MaxLen, signed by an unknown key or
@@ -285,6 +291,14 @@ func (m *Minter) OpenURL() string {
 // which redirects to dest: base + ClickPath + token.
 func (m *Minter) ClickURL(index int, dest string) string {
 	return m.base + ClickPath + m.keys.ClickToken(m.message, m.recipient, index, dest)
+}
+
+// HoneypotURL returns the URL of the copy's honeypot link, which no
+// person sees or follows: a click token for HoneypotLink with no
+// destination, base + ClickPath + token. The tracker answers it without a
+// redirect.
+func (m *Minter) HoneypotURL() string {
+	return m.base + ClickPath + m.keys.ClickToken(m.message, m.recipient, HoneypotLink, "")
 }
 
 // Ours reports whether the absolute URL u is on the tracking server: the

@@ -229,3 +229,21 @@ func TestMinter_ours(t *testing.T) {
 		t.Error("a minter without a base claims URLs")
 	}
 }
+
+// A copy's honeypot URL is a click token of its own message and copy for
+// HoneypotLink, with no destination, under ClickPath and on the tracker.
+func TestMinter_honeypotURL(t *testing.T) {
+	kr := testKeyring(t)
+	m := kr.Minter("https://t.example.com/", "Q1abc", 4)
+	u := m.HoneypotURL()
+	if !strings.HasPrefix(u, "https://t.example.com"+ClickPath) || !m.Ours(u) || m.IsOpenURL(u) {
+		t.Fatalf("HoneypotURL = %q", u)
+	}
+	got, err := kr.Verify(strings.TrimPrefix(u, "https://t.example.com"+ClickPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Token{Kind: KindClick, KeyID: 1, Message: "Q1abc", Recipient: 4, Link: HoneypotLink}); got != want {
+		t.Errorf("token %+v, want %+v", got, want)
+	}
+}

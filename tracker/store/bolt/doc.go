@@ -10,7 +10,9 @@
 // order, events every 20 ms, reports at once; a commit (events.go) adds
 // each event with what its copy's history shows, which package classify
 // judges (the order of open and click, the burst rule over the copy's
-// clicks within 5 s, kept in an index by time: clicks.go). Reads
+// clicks within 5 s, kept in an index by time: clicks.go; the
+// multi-recipient rule over the message's clicks soon after delivery:
+// multi.go). Reads
 // (lookups.go, feed.go) wait for the hits answered before them, and a
 // restart replays what a crash left in the log. The bucket layout and
 // the records are in schema.go; the relay's reports and erasure in

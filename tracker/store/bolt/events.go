@@ -151,6 +151,19 @@ func (c *commitTx) add(r *eventReq) error {
 		}
 	}
 	changed, joined := sequenceEvidence(rs, e, history)
+	var (
+		rc      classify.RecipientClick
+		mc      *storedMsgClicks
+		scanned []int
+	)
+	if burstable {
+		if rc, mc, scanned, err = c.multiRecipient(rkey, e); err != nil {
+			return err
+		}
+	}
+	if nearHoneypot(rs, e) {
+		changed = true
+	}
 	kept := rs.Kept < c.s.opts.MaxEventsPerRecipient
 	var seq uint64
 	if kept {
@@ -189,6 +202,12 @@ func (c *commitTx) add(r *eventReq) error {
 		if err := c.reclassify(acct, e, rs, w); err != nil {
 			return err
 		}
+	}
+	if err := c.keepMultiRecipient(acct, e, rc, mc, scanned, seq, kept); err != nil {
+		return err
+	}
+	if err := c.honeypotMarks(acct, e, rs, seq, kept); err != nil {
+		return err
 	}
 	if err := c.gatewayPairs(acct, e, rs, seq, kept); err != nil {
 		return err

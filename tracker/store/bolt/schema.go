@@ -20,6 +20,7 @@ import (
 //	deliveries  queue id NUL uint32 recipient   -> JSON storedDelivery
 //	events      queue id NUL uint64 sequence    -> JSON storedEvent
 //	recipients  queue id NUL uint32 recipient   -> JSON storedRcpt (counters, clicks past the cap)
+//	recipients  queue id NUL                    -> JSON storedMsgClicks (clicks soon after delivery: multi.go)
 //	clicks      queue id NUL uint32 recipient, uint64 time, uint64 event sequence -> link, burst (clicks.go)
 //	feed        account NUL uint64 sequence     -> JSON storedFeedEntry
 //	msgfeed     queue id NUL uint64 feed seq    -> account (delivery entries, for Erase)
@@ -109,6 +110,14 @@ type storedRcpt struct {
 	// maxGatewayClicks, none older than classify.GatewayPairWindow before
 	// the newest.
 	GatewayClicks []gatewayClick `json:"gwc,omitempty"`
+	// Honeypot is the copy's latest hit on its honeypot link, for
+	// classify.NearHoneypot with the hits after it.
+	Honeypot *gatewayOpen `json:"hp,omitempty"`
+	// Recent are the copy's latest hits kept in detail, with an address,
+	// that are neither scanner's nor self's, for classify.NearHoneypot with
+	// a honeypot hit after them; at most maxRecentHits, none older than
+	// classify.HoneypotWindow before the newest.
+	Recent []gatewayClick `json:"rh,omitempty"`
 }
 
 // gatewayOpen is a classify.GatewayOpen as stored.
@@ -128,6 +137,10 @@ type gatewayClick struct {
 // maxGatewayClicks bounds storedRcpt.GatewayClicks: a gateway follows a
 // message's links within seconds, far fewer than this many.
 const maxGatewayClicks = 16
+
+// maxRecentHits bounds storedRcpt.Recent: a machine that follows the
+// honeypot link fetches the rest of the copy within seconds.
+const maxRecentHits = 16
 
 // tally counts events that are not kept in detail. Opens, Clicks, Links,
 // First and Last count only what a person did.

@@ -1,0 +1,100 @@
+package bolt
+
+import (
+	"encoding/json"
+	"slices"
+
+	"github.com/trackrelay/trackrelay/tracker/classify"
+	"github.com/trackrelay/trackrelay/tracker/store"
+)
+
+// The honeypot rule (classify.NearHoneypot) in both orders: a copy's hit
+// after a hit on its honeypot link is judged with the copy's latest such
+// hit (storedRcpt.Honeypot); a hit on the honeypot link reclassifies the
+// copy's recent hits kept in detail from the same address
+// (storedRcpt.Recent), each with a reclassified entry in the feed. Hits
+// past MaxEventsPerRecipient are judged but not reclassified later.
+
+// nearHoneypot applies the honeypot rule to e, before it is stored, with
+// the copy's latest honeypot hit; it reports whether e changed.
+func nearHoneypot(rs *storedRcpt, e *store.Event) bool {
+	hp := rs.Honeypot
+	if hp == nil {
+		return false
+	}
+	v := classify.NearHoneypot(classify.Verdict{Class: e.Class, Client: e.Client, Reasons: e.Reasons}, e.IP, e.At,
+		classify.HoneypotHit{IP: hp.IP, At: hp.At})
+	if v.Class == e.Class && len(v.Reasons) == len(e.Reasons) {
+		return false
+	}
+	e.Class, e.Reasons = v.Class, v.Reasons
+	return true
+}
+
+// honeypotMarks, after e is stored (its event seq, when kept): a hit on
+// the honeypot link becomes the copy's latest and marks its recent hits
+// from the same address; any other hit kept in detail that is neither
+// scanner's nor self's is remembered in rs.Recent for a later one.
+func (c *commitTx) honeypotMarks(acct string, e *store.Event, rs *storedRcpt, seq uint64, kept bool) error {
+	if e.IP == "" {
+		return nil
+	}
+	if !classify.FromHoneypot(e.Reasons) {
+		if !kept || e.Class == classify.Scanner || e.Class == classify.Self {
+			return nil
+		}
+		r := append(rs.Recent, gatewayClick{IP: e.IP, At: e.At, Seq: seq})
+		slices.SortFunc(r, func(a, b gatewayClick) int { return a.At.Compare(b.At) })
+		newest := r[len(r)-1].At
+		r = slices.DeleteFunc(r, func(g gatewayClick) bool { return g.At.Before(newest.Add(-classify.HoneypotWindow)) })
+		rs.Recent = r[max(len(r)-maxRecentHits, 0):]
+		return nil
+	}
+	if rs.Honeypot == nil || !e.At.Before(rs.Honeypot.At) {
+		rs.Honeypot = &gatewayOpen{IP: e.IP, At: e.At}
+	}
+	hp := classify.HoneypotHit{IP: e.IP, At: e.At}
+	events := c.tx.Bucket(bucketEvents)
+	var left []gatewayClick
+	for _, g := range rs.Recent {
+		if g.IP != e.IP {
+			left = append(left, g)
+			continue
+		}
+		key := eventKey(e.Message, g.Seq)
+		v := events.Get(key)
+		if v == nil {
+			continue // expired
+		}
+		var se storedEvent
+		if err := json.Unmarshal(v, &se); err != nil {
+			return err
+		}
+		prev := se.Class
+		nv := classify.NearHoneypot(classify.Verdict{Class: se.Class, Client: se.Client, Reasons: se.Reasons}, se.IP, se.At, hp)
+		if nv.Class == prev {
+			left = append(left, g)
+			continue
+		}
+		se.Class, se.Reasons = nv.Class, nv.Reasons
+		b, err := encodeEvent(&se)
+		if err != nil {
+			return err
+		}
+		if err := events.Put(key, b); err != nil {
+			return err
+		}
+		if acct == "" {
+			continue
+		}
+		c.reclassified = append(c.reclassified, se.Class)
+		if _, err := c.feed(acct, storedFeedEntry{
+			Kind: feedKindRecls, Message: e.Message, Recipient: e.Recipient, Event: g.Seq, At: e.At,
+			Class: se.Class, Prev: prev, Reasons: se.Reasons,
+		}); err != nil {
+			return err
+		}
+	}
+	rs.Recent = left
+	return nil
+}
