@@ -280,19 +280,48 @@ func (c *commitTx) gatewayPairs(acct string, e *store.Event, rs *storedRcpt, seq
 		if !kept || e.Class == classify.Scanner || e.Class == classify.Self {
 			return nil
 		}
-		gc := append(rs.GatewayClicks, gatewayClick{IP: e.IP, At: e.At, Seq: seq})
-		slices.SortFunc(gc, func(a, b gatewayClick) int { return a.At.Compare(b.At) })
-		newest := gc[len(gc)-1].At
-		gc = slices.DeleteFunc(gc, func(g gatewayClick) bool { return g.At.Before(newest.Add(-classify.GatewayPairWindow)) })
-		rs.GatewayClicks = gc[max(len(gc)-maxGatewayClicks, 0):]
+		rs.GatewayClicks = rememberHit(rs.GatewayClicks, gatewayClick{IP: e.IP, At: e.At, Seq: seq}, classify.GatewayPairWindow, maxGatewayClicks)
 		return nil
 	case e.Type != store.EventOpen:
 		return nil
 	}
 	o := classify.GatewayOpen{IP: e.IP, At: e.At}
+	left, err := c.reclassifyRecent(acct, e, rs.GatewayClicks, nil, func(v classify.Verdict, ip string, at time.Time) classify.Verdict {
+		return classify.InGatewayPair(v, ip, at, o)
+	})
+	if err != nil {
+		return err
+	}
+	rs.GatewayClicks = left
+	return nil
+}
+
+// rememberHit adds g to a copy's bounded list of recent hits that a later
+// event may reclassify: in time order, only those within window of the
+// newest, at most limit of them.
+func rememberHit(list []gatewayClick, g gatewayClick, window time.Duration, limit int) []gatewayClick {
+	list = append(list, g)
+	slices.SortFunc(list, func(a, b gatewayClick) int { return a.At.Compare(b.At) })
+	newest := list[len(list)-1].At
+	list = slices.DeleteFunc(list, func(g gatewayClick) bool { return g.At.Before(newest.Add(-window)) })
+	return list[max(len(list)-limit, 0):]
+}
+
+// reclassifyRecent applies rule to the copy's recent hits refs that match
+// (all of them when match is nil), as evidence e brings: each event whose
+// class changes is stored again and, for an account's message, announced
+// with a reclassified feed entry. It returns the refs still to be judged by
+// a later event: those that did not match or whose class did not change.
+// An expired event is dropped.
+func (c *commitTx) reclassifyRecent(acct string, e *store.Event, refs []gatewayClick, match func(gatewayClick) bool,
+	rule func(v classify.Verdict, ip string, at time.Time) classify.Verdict) ([]gatewayClick, error) {
 	events := c.tx.Bucket(bucketEvents)
 	var left []gatewayClick
-	for _, g := range rs.GatewayClicks {
+	for _, g := range refs {
+		if match != nil && !match(g) {
+			left = append(left, g)
+			continue
+		}
 		key := eventKey(e.Message, g.Seq)
 		v := events.Get(key)
 		if v == nil {
@@ -300,10 +329,10 @@ func (c *commitTx) gatewayPairs(acct string, e *store.Event, rs *storedRcpt, seq
 		}
 		var se storedEvent
 		if err := json.Unmarshal(v, &se); err != nil {
-			return err
+			return nil, err
 		}
 		prev := se.Class
-		nv := classify.InGatewayPair(classify.Verdict{Class: se.Class, Client: se.Client, Reasons: se.Reasons}, se.IP, se.At, o)
+		nv := rule(classify.Verdict{Class: se.Class, Client: se.Client, Reasons: se.Reasons}, se.IP, se.At)
 		if nv.Class == prev {
 			left = append(left, g)
 			continue
@@ -311,10 +340,10 @@ func (c *commitTx) gatewayPairs(acct string, e *store.Event, rs *storedRcpt, seq
 		se.Class, se.Reasons = nv.Class, nv.Reasons
 		b, err := encodeEvent(&se)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := events.Put(key, b); err != nil {
-			return err
+			return nil, err
 		}
 		if acct == "" {
 			continue
@@ -324,11 +353,10 @@ func (c *commitTx) gatewayPairs(acct string, e *store.Event, rs *storedRcpt, seq
 			Kind: feedKindRecls, Message: e.Message, Recipient: e.Recipient, Event: g.Seq, At: e.At,
 			Class: se.Class, Prev: prev, Reasons: se.Reasons,
 		}); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	rs.GatewayClicks = left
-	return nil
+	return left, nil
 }
 
 // sequenceEvidence adds to e what the copy's other events show

@@ -1,8 +1,7 @@
 package bolt
 
 import (
-	"encoding/json"
-	"slices"
+	"time"
 
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
@@ -43,57 +42,19 @@ func (c *commitTx) honeypotMarks(acct string, e *store.Event, rs *storedRcpt, se
 		if !kept || e.Class == classify.Scanner || e.Class == classify.Self {
 			return nil
 		}
-		r := append(rs.Recent, gatewayClick{IP: e.IP, At: e.At, Seq: seq})
-		slices.SortFunc(r, func(a, b gatewayClick) int { return a.At.Compare(b.At) })
-		newest := r[len(r)-1].At
-		r = slices.DeleteFunc(r, func(g gatewayClick) bool { return g.At.Before(newest.Add(-classify.HoneypotWindow)) })
-		rs.Recent = r[max(len(r)-maxRecentHits, 0):]
+		rs.Recent = rememberHit(rs.Recent, gatewayClick{IP: e.IP, At: e.At, Seq: seq}, classify.HoneypotWindow, maxRecentHits)
 		return nil
 	}
 	if rs.Honeypot == nil || !e.At.Before(rs.Honeypot.At) {
 		rs.Honeypot = &gatewayOpen{IP: e.IP, At: e.At}
 	}
 	hp := classify.HoneypotHit{IP: e.IP, At: e.At}
-	events := c.tx.Bucket(bucketEvents)
-	var left []gatewayClick
-	for _, g := range rs.Recent {
-		if g.IP != e.IP {
-			left = append(left, g)
-			continue
-		}
-		key := eventKey(e.Message, g.Seq)
-		v := events.Get(key)
-		if v == nil {
-			continue // expired
-		}
-		var se storedEvent
-		if err := json.Unmarshal(v, &se); err != nil {
-			return err
-		}
-		prev := se.Class
-		nv := classify.NearHoneypot(classify.Verdict{Class: se.Class, Client: se.Client, Reasons: se.Reasons}, se.IP, se.At, hp)
-		if nv.Class == prev {
-			left = append(left, g)
-			continue
-		}
-		se.Class, se.Reasons = nv.Class, nv.Reasons
-		b, err := encodeEvent(&se)
-		if err != nil {
-			return err
-		}
-		if err := events.Put(key, b); err != nil {
-			return err
-		}
-		if acct == "" {
-			continue
-		}
-		c.reclassified = append(c.reclassified, se.Class)
-		if _, err := c.feed(acct, storedFeedEntry{
-			Kind: feedKindRecls, Message: e.Message, Recipient: e.Recipient, Event: g.Seq, At: e.At,
-			Class: se.Class, Prev: prev, Reasons: se.Reasons,
-		}); err != nil {
-			return err
-		}
+	left, err := c.reclassifyRecent(acct, e, rs.Recent, func(g gatewayClick) bool { return g.IP == e.IP },
+		func(v classify.Verdict, ip string, at time.Time) classify.Verdict {
+			return classify.NearHoneypot(v, ip, at, hp)
+		})
+	if err != nil {
+		return err
 	}
 	rs.Recent = left
 	return nil
