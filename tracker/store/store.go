@@ -36,6 +36,7 @@ type Message struct {
 	MessageID  string    // RFC 5322 Message-ID without <>
 	Account    string    // account that sent it
 	From       string    // envelope sender
+	Subject    string    // the Subject header, decoded (RFC 2047); "" when absent
 	SubmitIP   string    // IP that submitted the message (for class "self")
 	AcceptedAt time.Time // when the relay made it durable
 	Mode       string    // none|opens|clicks|all
