@@ -231,9 +231,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r = literalPath(r)
 		clean = isCleanPath(r.URL.EscapedPath())
 	}
-	if clean {
+	switch {
+	case clean && h.serveHitDirect(sw, r):
+	case clean:
 		h.mux.ServeHTTP(sw, r)
-	} else {
+	default:
 		writeJSONError(sw, http.StatusNotFound, "not found")
 	}
 	code := sw.code
