@@ -136,7 +136,7 @@ func openStore(cfg *Config, m *metrics, log *slog.Logger) (*trackingStore, error
 	} else {
 		st, err = bolt.Open(filepath.Join(cfg.DataDir, "tracking.db"), bolt.Options{Metrics: m.tracker.Store,
 			Retention: cfg.Tracking.Retention.D(), MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient,
-			Logger: log.With("part", "store"), WebhookAccounts: accounts})
+			ScannerWindow: cfg.Tracking.ScannerWindow.D(), Logger: log.With("part", "store"), WebhookAccounts: accounts})
 		if err != nil {
 			return nil, fmt.Errorf("tracking store: %w", err)
 		}
