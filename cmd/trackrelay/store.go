@@ -128,7 +128,8 @@ func openStore(cfg *Config, m *metrics, log *slog.Logger) (*trackingStore, error
 	if dsn != "" {
 		st, err = postgres.Open(context.Background(), dsn, postgres.Options{
 			MaxConnections: int32(cfg.Store.Postgres.MaxConnections), Metrics: m.tracker.Store,
-			MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient, WebhookAccounts: accounts})
+			MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient, WebhookAccounts: accounts,
+			ScannerWindow: cfg.Tracking.ScannerWindow.D()})
 		if err != nil {
 			return nil, fmt.Errorf("tracking store: %w", err)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
 
@@ -54,6 +55,11 @@ type Options struct {
 	// WebhookAccounts are the accounts whose feed entries are also queued
 	// in the webhook outbox.
 	WebhookAccounts []string
+	// ScannerWindow is tracking.scanner_window: the copy's hits from the
+	// address of a hit on its honeypot link within this of it are the same
+	// machine's (classify.NearHoneypot). Zero means
+	// classify.DefaultScannerWindow; negative marks none.
+	ScannerWindow time.Duration
 	// Metrics receives commit latency and batch size; nil records nothing.
 	Metrics *store.Metrics
 	// ConnectTimeout bounds the first connection at Open.
@@ -119,6 +125,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	}
 	if opts.MaxEventsPerRecipient <= 0 {
 		opts.MaxEventsPerRecipient = DefaultMaxEventsPerRecipient
+	}
+	if opts.ScannerWindow == 0 {
+		opts.ScannerWindow = classify.DefaultScannerWindow
 	}
 	if opts.ConnectTimeout <= 0 {
 		opts.ConnectTimeout = DefaultConnectTimeout
