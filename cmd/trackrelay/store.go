@@ -129,7 +129,8 @@ func openStore(cfg *Config, m *metrics, log *slog.Logger) (*trackingStore, error
 		st, err = postgres.Open(context.Background(), dsn, postgres.Options{
 			MaxConnections: int32(cfg.Store.Postgres.MaxConnections), Metrics: m.tracker.Store,
 			MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient, WebhookAccounts: accounts,
-			ScannerWindow: cfg.Tracking.ScannerWindow.D()})
+			ScannerWindow: cfg.Tracking.ScannerWindow.D(), Retention: cfg.Tracking.Retention.D(),
+			Logger: log.With("part", "store")})
 		if err != nil {
 			return nil, fmt.Errorf("tracking store: %w", err)
 		}

@@ -18,6 +18,10 @@
 // oldest running transaction, so that an entry another node commits late
 // is never skipped.
 //
+// Maintenance (retention, purging the webhook outbox) is done by one node
+// of the fleet at a time, the holder of a session-level advisory lock
+// (maintenance.go).
+//
 // What the package must never do: import the tracker's HTTP handler, the
 // relay or another backend.
 package postgres

@@ -79,9 +79,13 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	b.Queue("SELECT hit::text FROM events WHERE hit = ANY($1::text[]::uuid[])", hits)
 	b.Queue("SELECT id, account FROM messages WHERE id = ANY($1)", ids)
 	b.Queue("SELECT message FROM erased WHERE message = ANY($1)", ids)
+	// The cap and the copy's first counted open count the events retention
+	// deleted too (tallies).
 	b.Queue(`SELECT q.o,
-		(SELECT count(*) FROM (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.kept LIMIT $3) k),
+		(SELECT count(*) FROM (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.kept LIMIT $3) k)
+			+ (SELECT coalesce(sum(t.kept), 0)::bigint FROM tallies t WHERE t.message = q.m AND t.recipient = q.r),
 		EXISTS (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.type = 'open' AND e.class IN ('human', 'proxy'))
+			OR EXISTS (SELECT 1 FROM tallies t WHERE t.message = q.m AND t.recipient = q.r AND t.type = 'open' AND t.class IN ('human', 'proxy'))
 		FROM unnest($1::text[], $2::int[]) WITH ORDINALITY q(m, r, o)`, cm, cr, s.opts.MaxEventsPerRecipient)
 	b.Queue(`SELECT q.o, e.seq, e.type, e.link, e.at_ns, e.kept, e.burst, e.class, e.reasons, e.ip
 		FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) WITH ORDINALITY q(m, r, f, t, o)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -68,6 +69,21 @@ type Options struct {
 	FeedWait time.Duration
 	// OutboxLease: see DefaultOutboxLease.
 	OutboxLease time.Duration
+	// Retention, when positive, deletes events and feed entries older
+	// than this (tracking.retention); their counts stay (maintenance.go).
+	Retention time.Duration
+	// MaintenanceInterval is how often the fleet's maintenance leader runs
+	// the maintenance tasks: DefaultMaintenanceInterval when zero.
+	MaintenanceInterval time.Duration
+	// LeaderPoll is how often a node tries to become the maintenance
+	// leader, and the leader checks that it still is: DefaultLeaderPoll
+	// when zero.
+	LeaderPoll time.Duration
+	// OutboxPurgeAfter: see DefaultOutboxPurgeAfter.
+	OutboxPurgeAfter time.Duration
+	// Logger receives maintenance errors and leadership changes; nil
+	// discards.
+	Logger *slog.Logger
 }
 
 // Store is the PostgreSQL store.Store, shared by the nodes of a fleet.
@@ -90,6 +106,11 @@ type Store struct {
 	wake    chan struct{}
 
 	lastXid atomic.Uint64 // newest transaction of this store that wrote feed entries
+
+	log       *slog.Logger
+	leader    atomic.Bool        // this store holds the maintenance lock
+	maintStop context.CancelFunc // ends the maintenance goroutine
+	maintDone sync.WaitGroup
 
 	// beforeCommit, set by tests only, runs in an event batch's
 	// transaction just before its commit.
@@ -138,6 +159,18 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if opts.OutboxLease <= 0 {
 		opts.OutboxLease = DefaultOutboxLease
 	}
+	if opts.MaintenanceInterval <= 0 {
+		opts.MaintenanceInterval = DefaultMaintenanceInterval
+	}
+	if opts.LeaderPoll <= 0 {
+		opts.LeaderPoll = DefaultLeaderPoll
+	}
+	if opts.OutboxPurgeAfter <= 0 {
+		opts.OutboxPurgeAfter = DefaultOutboxPurgeAfter
+	}
+	if opts.Logger == nil {
+		opts.Logger = discardLogger
+	}
 	cfg, err := ParseDSN(dsn)
 	if err != nil {
 		return nil, err
@@ -164,6 +197,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		webhooks: map[string]bool{},
 		reqs:     make(chan *eventReq, 4*opts.MaxBatch),
 		wake:     make(chan struct{}, 1),
+		log:      opts.Logger,
 	}
 	if err := pool.QueryRow(ctx, "SELECT id FROM store_meta").Scan(&s.storeID); err != nil {
 		pool.Close()
@@ -183,6 +217,10 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		s.workers.Add(1)
 		go s.commitLoop()
 	}
+	mctx, stop := context.WithCancel(context.Background())
+	s.maintStop = stop
+	s.maintDone.Add(1)
+	go s.maintain(mctx)
 	return s, nil
 }
 
@@ -200,6 +238,9 @@ func ParseDSN(dsn string) (*pgxpool.Config, error) {
 // and closes the pool. Later calls return nil.
 func (s *Store) Close() error {
 	s.once.Do(func() {
+		// The maintenance lock is given back first, for another node.
+		s.maintStop()
+		s.maintDone.Wait()
 		s.mu.Lock()
 		s.closed = true
 		close(s.reqs)

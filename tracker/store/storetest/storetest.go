@@ -50,6 +50,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"Erase", testErase},
 		{"Outbox", testOutbox},
 		{"Closed", testClosed},
+		{"Retention", testRetention},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newStore) })
 	}
