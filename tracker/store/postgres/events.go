@@ -67,6 +67,7 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 		cm[i], cr[i] = k.message, int32(k.recipient)
 		cf[i], ct[i] = st.from-w, st.to+w
 	}
+	burstWindow := int64(classify.BurstWindow)
 	// The messages and (address, agent) pairs of the batch's clicks, for
 	// the multi-recipient rule.
 	var clickMsgs, clickIPs, clickUAs []string
@@ -90,7 +91,10 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	b.Queue(`SELECT q.o, e.seq, e.type, e.link, e.at_ns, e.kept, e.burst, e.class, e.reasons, e.ip
 		FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) WITH ORDINALITY q(m, r, f, t, o)
 		JOIN events e ON e.message = q.m AND e.recipient = q.r AND e.at_ns BETWEEN q.f AND q.t
-		ORDER BY e.seq`, cm, cr, cf, ct)
+		-- Past the cap only clicks in the burst window matter (nor address
+		-- nor reasons are kept), so a flood on one copy is not read back.
+		WHERE e.kept OR e.type = 'click' AND e.at_ns BETWEEN q.f + $5 AND q.t - $5
+		ORDER BY e.seq`, cm, cr, cf, ct, w-burstWindow)
 	b.Queue(`SELECT q.o, d.updated_at FROM unnest($1::text[], $2::int[]) WITH ORDINALITY q(m, r, o)
 		JOIN deliveries d ON d.message = q.m AND d.recipient = q.r AND d.status = 'delivered'`, cm, cr)
 	b.Queue(`SELECT e.seq, e.message, e.recipient, e.link, e.at_ns, e.burst, e.class, e.reasons, e.ip, e.user_agent, d.updated_at
