@@ -159,7 +159,7 @@ type MaintenanceCounts struct {
 // this store is the leader (the tasks are safe to run on several nodes at
 // once; the lock only saves the work): retention when Options.Retention
 // is set, and the outbox purge. Each task's run is reported to the
-// metrics; the first error is returned.
+// metrics; the tasks' errors are logged and returned, joined.
 func (s *Store) Maintain(ctx context.Context, now time.Time) (MaintenanceCounts, error) {
 	var n MaintenanceCounts
 	var errs []error
@@ -169,7 +169,6 @@ func (s *Store) Maintain(ctx context.Context, now time.Time) (MaintenanceCounts,
 		s.opts.Metrics.Expired(ev)
 		s.opts.Metrics.MaintenanceRan(store.TaskRetention, time.Now(), ev+feed, err)
 		if err != nil {
-			s.log.Error("postgres store: retention", "err", err)
 			errs = append(errs, fmt.Errorf("retention: %w", err))
 		}
 	}
@@ -178,13 +177,16 @@ func (s *Store) Maintain(ctx context.Context, now time.Time) (MaintenanceCounts,
 		SELECT entry FROM outbox WHERE first_at < $1 LIMIT $2)`, now.Add(-s.opts.OutboxPurgeAfter))
 	s.opts.Metrics.MaintenanceRan(store.TaskOutbox, time.Now(), n.Outbox, err)
 	if err != nil {
-		s.log.Error("postgres store: outbox purge", "err", err)
 		errs = append(errs, fmt.Errorf("outbox purge: %w", err))
 	}
-	if len(errs) > 0 {
-		return n, fmt.Errorf("postgres store: maintenance: %w", errors.Join(errs...))
+	if len(errs) == 0 {
+		return n, nil
 	}
-	return n, nil
+	err = fmt.Errorf("postgres store: maintenance: %w", errors.Join(errs...))
+	if ctx.Err() == nil { // not the store closing
+		s.log.Error("postgres store: maintenance", "err", err)
+	}
+	return n, err
 }
 
 // Sweep runs retention once, as of now, with the period retention: like

@@ -100,11 +100,10 @@ func TestMaintenanceLeader(t *testing.T) {
 	if _, err := conn.Exec(context.Background(), "SELECT pg_terminate_backend($1)", pid); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a leader on a live session", func() bool {
+	waitFor(t, "one node leading on a live session, and knowing it", func() bool {
 		p := lockHolder(t, dsn)
-		return p != 0 && p != pid
+		return p != 0 && p != pid && other.Leader() != c.Leader()
 	})
-	waitFor(t, "one node to know it leads", func() bool { return other.Leader() != c.Leader() })
 }
 
 // Maintenance keeps every table it tends bounded: day after day of hits

@@ -44,7 +44,8 @@ const (
 
 // Options tunes a Store. Zero fields take the defaults.
 type Options struct {
-	// MaxConnections is the size of the connection pool.
+	// MaxConnections is the size of the connection pool; at least 2
+	// (smaller values are raised), as the maintenance leader holds one.
 	MaxConnections int32
 	// MaxBatch is the most events committed in one transaction.
 	MaxBatch int
@@ -138,6 +139,8 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if opts.MaxConnections <= 0 {
 		opts.MaxConnections = DefaultMaxConnections
 	}
+	// The maintenance lock holds a connection: hits need another.
+	opts.MaxConnections = max(opts.MaxConnections, 2)
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = DefaultMaxBatch
 	}
