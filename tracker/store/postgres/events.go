@@ -51,6 +51,9 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 			copyOrder = append(copyOrder, k)
 		}
 		st.from, st.to = min(st.from, at), max(st.to, at)
+		if classify.FromHoneypot(r.ev.Reasons) || r.ev.Type == store.EventOpen && classify.FromGateway(r.ev.Reasons) {
+			st.marks = true
+		}
 	}
 	if err := lockMessages(ctx, tx, ids...); err != nil {
 		return err
@@ -61,11 +64,12 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	cr := make([]int32, len(copyOrder))
 	cf := make([]int64, len(copyOrder))
 	ct := make([]int64, len(copyOrder))
+	cw := make([]bool, len(copyOrder))
 	w := int64(s.historyWindow())
 	for i, k := range copyOrder {
 		st := copies[k]
 		cm[i], cr[i] = k.message, int32(k.recipient)
-		cf[i], ct[i] = st.from-w, st.to+w
+		cf[i], ct[i], cw[i] = st.from-w, st.to+w, st.marks
 	}
 	burstWindow := int64(classify.BurstWindow)
 	// The messages and (address, agent) pairs of the batch's clicks, for
@@ -88,13 +92,21 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 		EXISTS (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.type = 'open' AND e.class IN ('human', 'proxy'))
 			OR EXISTS (SELECT 1 FROM tallies t WHERE t.message = q.m AND t.recipient = q.r AND t.type = 'open' AND t.class IN ('human', 'proxy'))
 		FROM unnest($1::text[], $2::int[]) WITH ORDINALITY q(m, r, o)`, cm, cr, s.opts.MaxEventsPerRecipient)
+	// A copy's events near the batch's that the sequence rules need
+	// (sequence.go): its clicks in the burst window, past the cap too (a
+	// flood past it keeps no address nor reasons: nothing else of it is
+	// read back); the honeypot hits and gateway pixel fetches kept in
+	// detail; and, when the batch holds a honeypot hit or a gateway's
+	// pixel fetch of the copy, every event kept in detail, which it may
+	// reclassify. A batch of plain opens reads nothing here.
 	b.Queue(`SELECT q.o, e.seq, e.type, e.link, e.at_ns, e.kept, e.burst, e.class, e.reasons, e.ip
-		FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) WITH ORDINALITY q(m, r, f, t, o)
+		FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bool[]) WITH ORDINALITY q(m, r, f, t, w, o)
 		JOIN events e ON e.message = q.m AND e.recipient = q.r AND e.at_ns BETWEEN q.f AND q.t
-		-- Past the cap only clicks in the burst window matter (nor address
-		-- nor reasons are kept), so a flood on one copy is not read back.
-		WHERE e.kept OR e.type = 'click' AND e.at_ns BETWEEN q.f + $5 AND q.t - $5
-		ORDER BY e.seq`, cm, cr, cf, ct, w-burstWindow)
+		WHERE e.type = 'click' AND e.class <> 'self' AND e.at_ns BETWEEN q.f + $6 AND q.t - $6
+			OR e.kept AND (q.w OR e.reasons ? $7
+				OR e.type = 'open' AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(e.reasons) x WHERE x LIKE $8 OR x LIKE $9))
+		ORDER BY e.seq`, cm, cr, cf, ct, cw, w-burstWindow,
+		classify.ReasonHoneypot, classify.ReasonGatewayRange+"%", classify.ReasonGatewayNetwork+"%")
 	b.Queue(`SELECT q.o, d.updated_at FROM unnest($1::text[], $2::int[]) WITH ORDINALITY q(m, r, o)
 		JOIN deliveries d ON d.message = q.m AND d.recipient = q.r AND d.status = 'delivered'`, cm, cr)
 	b.Queue(`SELECT e.seq, e.message, e.recipient, e.link, e.at_ns, e.burst, e.class, e.reasons, e.ip, e.user_agent, d.updated_at

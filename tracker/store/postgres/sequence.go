@@ -45,6 +45,7 @@ type copyState struct {
 	delivered time.Time // zero: not (known to be) delivered
 	from      int64     // the window of events read, unix ns
 	to        int64
+	marks     bool // the batch holds a hit that may reclassify the copy's events
 	hits      []*hist
 }
 
