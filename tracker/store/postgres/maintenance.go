@@ -59,6 +59,9 @@ const (
 	// maintenanceChunk bounds the rows one maintenance transaction
 	// deletes, so that hits keep being committed meanwhile.
 	maintenanceChunk = 1000
+	// maxExpireMessages bounds the messages whose events one retention
+	// transaction deletes, and so the advisory locks it holds.
+	maxExpireMessages = 128
 )
 
 // Leader reports whether this store holds the maintenance lock.
@@ -247,7 +250,8 @@ func (s *Store) sweep(ctx context.Context, now time.Time, retention time.Duratio
 }
 
 // expireEvents deletes up to maintenanceChunk events with a sequence at
-// most cut, in one transaction holding their messages' locks (so that no
+// most cut, of at most maxExpireMessages messages, in one transaction
+// holding their messages' locks (so that no
 // batch classifies with them meanwhile), and adds them to their copies'
 // tallies. It returns how many it deleted; 0 when none is left.
 func (s *Store) expireEvents(ctx context.Context, cut int64) (int, error) {
@@ -258,6 +262,8 @@ func (s *Store) expireEvents(ctx context.Context, cut int64) (int, error) {
 	if err != nil || len(ids) == 0 {
 		return 0, err
 	}
+	// Each message is a lock in the server's shared lock table.
+	ids = ids[:min(len(ids), maxExpireMessages)]
 	var n int
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		if err := lockMessages(ctx, tx, ids...); err != nil {
