@@ -13,13 +13,14 @@ import (
 	"time"
 
 	"github.com/trackrelay/trackrelay/internal/ratelimit"
+	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
 // Defaults of Config.
 const (
-	DefaultScannerWindow = 10 * time.Second
+	DefaultScannerWindow = classify.DefaultScannerWindow
 	DefaultStoreTimeout  = time.Second
 )
 

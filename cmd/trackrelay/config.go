@@ -363,12 +363,8 @@ func (c *Config) validate() []error {
 	if pg := c.Store.Postgres; pg.MaxConnections < 0 || pg.MaxConnections > math.MaxInt32 {
 		bad("store.postgres.max_connections", "%d is not a pool size (0 for the default)", pg.MaxConnections)
 	}
-	if dsn, err := postgresDSN(c); err != nil {
+	if _, err := postgresDSN(c); err != nil {
 		errs = append(errs, fmt.Errorf("config: %w", err))
-	} else if dsn != "" && c.Tracking.Retention != 0 {
-		// Retention on PostgreSQL is a sweep one node of the fleet must
-		// run; until it exists, data would be kept past the promise.
-		bad("tracking.retention", "not applied by the PostgreSQL store yet; leave it unset with store.postgres")
 	}
 	checkListen := func(key, v string) {
 		if _, _, err := net.SplitHostPort(v); err != nil {

@@ -128,7 +128,9 @@ func openStore(cfg *Config, m *metrics, log *slog.Logger) (*trackingStore, error
 	if dsn != "" {
 		st, err = postgres.Open(context.Background(), dsn, postgres.Options{
 			MaxConnections: int32(cfg.Store.Postgres.MaxConnections), Metrics: m.tracker.Store,
-			MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient, WebhookAccounts: accounts})
+			MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient, WebhookAccounts: accounts,
+			ScannerWindow: cfg.Tracking.ScannerWindow.D(), Retention: cfg.Tracking.Retention.D(),
+			Logger: log.With("part", "store")})
 		if err != nil {
 			return nil, fmt.Errorf("tracking store: %w", err)
 		}
@@ -136,7 +138,7 @@ func openStore(cfg *Config, m *metrics, log *slog.Logger) (*trackingStore, error
 	} else {
 		st, err = bolt.Open(filepath.Join(cfg.DataDir, "tracking.db"), bolt.Options{Metrics: m.tracker.Store,
 			Retention: cfg.Tracking.Retention.D(), MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient,
-			Logger: log.With("part", "store"), WebhookAccounts: accounts})
+			ScannerWindow: cfg.Tracking.ScannerWindow.D(), Logger: log.With("part", "store"), WebhookAccounts: accounts})
 		if err != nil {
 			return nil, fmt.Errorf("tracking store: %w", err)
 		}

@@ -79,7 +79,7 @@ const (
 	// sees (tracking.honeypot; see OnHoneypot).
 	ReasonHoneypot = "honeypot"
 	// ReasonNearHoneypot: a hit from the address that followed the copy's
-	// honeypot link within 10 s of it (see NearHoneypot).
+	// honeypot link within the scanner window of it (see NearHoneypot).
 	ReasonNearHoneypot = "near-honeypot"
 
 	// A click records the order of its copy's pixel and clicks (see Click).

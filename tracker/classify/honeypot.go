@@ -8,10 +8,16 @@ import (
 // The honeypot rule (tracking.honeypot): a copy may carry one link that no
 // person sees or can reach (no text, hidden from screen readers, not
 // focusable, of no size). A hit on it is a machine's (ReasonHoneypot), and
-// so are the copy's hits from the same address within HoneypotWindow
-// before or after it (ReasonNearHoneypot), in either order: the machine
-// that followed it fetched the rest. Self hits are left as they are.
-const HoneypotWindow = 10 * time.Second
+// so are the copy's hits from the same address within the scanner window
+// (tracking.scanner_window, DefaultScannerWindow unless configured) before
+// or after it (ReasonNearHoneypot), in either order: the machine that
+// followed it fetched the rest. Self hits are left as they are.
+
+// DefaultScannerWindow is the scanner window when none is configured: how
+// soon after delivery a click is a link scanner's (Hit.ScannerWindow), and
+// how far from a honeypot hit the hits from its address are the same
+// machine's (NearHoneypot).
+const DefaultScannerWindow = 10 * time.Second
 
 // HoneypotHit is a hit on a copy's honeypot link, as the store recorded it.
 type HoneypotHit struct {
@@ -34,14 +40,15 @@ func FromHoneypot(reasons []string) bool { return slices.Contains(reasons, Reaso
 
 // NearHoneypot applies the honeypot rule to a hit's verdict v, recorded
 // from ip at at, given a hit h on its copy's honeypot link, before or
-// after it: from the same address within HoneypotWindow, it is scanner,
-// with ReasonNearHoneypot in place of ReasonNoMachineSignals. v.Reasons is
-// not modified.
-func NearHoneypot(v Verdict, ip string, at time.Time, h HoneypotHit) Verdict {
-	if ip == "" || ip != h.IP || FromHoneypot(v.Reasons) {
+// after it: from the same address within window (the scanner window), it
+// is scanner, with ReasonNearHoneypot in place of ReasonNoMachineSignals.
+// A window that is not positive (the scanner window rule turned off)
+// marks nothing. v.Reasons is not modified.
+func NearHoneypot(v Verdict, ip string, at time.Time, h HoneypotHit, window time.Duration) Verdict {
+	if window <= 0 || ip == "" || ip != h.IP || FromHoneypot(v.Reasons) {
 		return v
 	}
-	if d := at.Sub(h.At); d < -HoneypotWindow || d > HoneypotWindow {
+	if d := at.Sub(h.At); d < -window || d > window {
 		return v
 	}
 	return markScanner(v, ReasonNearHoneypot)

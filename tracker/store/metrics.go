@@ -18,6 +18,10 @@ type Metrics struct {
 	eventsDropped  *prometheus.CounterVec
 	reclassified   *prometheus.CounterVec
 	eventsExpired  prometheus.Counter
+	leader         prometheus.Gauge
+	taskLastRun    *prometheus.GaugeVec
+	taskRemoved    *prometheus.CounterVec
+	taskFailures   *prometheus.CounterVec
 	outbox         prometheus.GaugeFunc
 	outboxFn       atomic.Pointer[func() float64]
 }
@@ -27,6 +31,15 @@ const (
 	UnlistedOverCap     = "over_cap"
 	UnlistedErased      = "erased"
 	UnlistedRateLimited = "rate_limited"
+)
+
+// Maintenance tasks of Metrics.MaintenanceRan.
+const (
+	// TaskRetention deletes events and feed entries past
+	// tracking.retention, keeping their counts.
+	TaskRetention = "retention"
+	// TaskOutbox purges webhook deliveries that no sender took in time.
+	TaskOutbox = "outbox"
 )
 
 // NewMetrics creates a store's metrics and registers them on reg. A nil
@@ -91,12 +104,41 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}
 		return 0
 	})
+	m.leader = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "trackrelay",
+		Subsystem: "store",
+		Name:      "maintenance_leader",
+		Help:      "1 while this node is the one of the fleet that runs the store's maintenance (PostgreSQL), else 0.",
+	})
+	m.taskLastRun = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "trackrelay",
+		Subsystem: "store",
+		Name:      "maintenance_last_success_timestamp_seconds",
+		Help:      "When this node last completed a maintenance task, by task (retention, outbox); 0 if it never did.",
+	}, []string{"task"})
+	m.taskRemoved = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "trackrelay",
+		Subsystem: "store",
+		Name:      "maintenance_rows_removed_total",
+		Help:      "Rows deleted by this node's maintenance tasks, by task: retention (events and feed entries past tracking.retention), outbox (webhook deliveries no sender took within their retry period).",
+	}, []string{"task"})
+	m.taskFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "trackrelay",
+		Subsystem: "store",
+		Name:      "maintenance_failures_total",
+		Help:      "Maintenance task runs of this node that failed, by task (retention, outbox).",
+	}, []string{"task"})
 	for _, r := range []string{UnlistedOverCap, UnlistedErased, UnlistedRateLimited} {
 		m.eventsDropped.WithLabelValues(r)
 	}
+	for _, task := range []string{TaskRetention, TaskOutbox} {
+		m.taskLastRun.WithLabelValues(task)
+		m.taskRemoved.WithLabelValues(task)
+		m.taskFailures.WithLabelValues(task)
+	}
 	if reg != nil {
 		reg.MustRegister(m.eventsLost, m.commitDuration, m.commitBatch, m.logSync, m.eventsDropped,
-			m.reclassified, m.eventsExpired, m.outbox)
+			m.reclassified, m.eventsExpired, m.leader, m.taskLastRun, m.taskRemoved, m.taskFailures, m.outbox)
 	}
 	return m
 }
@@ -144,6 +186,35 @@ func (m *Metrics) Expired(n int) {
 	if m != nil && n > 0 {
 		m.eventsExpired.Add(float64(n))
 	}
+}
+
+// MaintenanceLeader records whether this node runs the fleet's
+// maintenance.
+func (m *Metrics) MaintenanceLeader(leader bool) {
+	if m == nil {
+		return
+	}
+	if leader {
+		m.leader.Set(1)
+	} else {
+		m.leader.Set(0)
+	}
+}
+
+// MaintenanceRan records a run of task (TaskRetention, TaskOutbox) that
+// ended at end, removed rows and failed with err, if not nil.
+func (m *Metrics) MaintenanceRan(task string, end time.Time, removed int, err error) {
+	if m == nil {
+		return
+	}
+	if removed > 0 {
+		m.taskRemoved.WithLabelValues(task).Add(float64(removed))
+	}
+	if err != nil {
+		m.taskFailures.WithLabelValues(task).Inc()
+		return
+	}
+	m.taskLastRun.WithLabelValues(task).Set(float64(end.Unix()))
 }
 
 // SetOutboxFunc makes the outbox gauge read f: the store that keeps the

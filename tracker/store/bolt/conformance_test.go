@@ -10,6 +10,6 @@ import (
 // The bbolt backend passes the store conformance suite.
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, o storetest.Options) store.Store {
-		return testStore(t, Options{MaxEventsPerRecipient: o.MaxEventsPerRecipient, WebhookAccounts: o.WebhookAccounts})
+		return testStore(t, Options{MaxEventsPerRecipient: o.MaxEventsPerRecipient, WebhookAccounts: o.WebhookAccounts, ScannerWindow: o.ScannerWindow})
 	})
 }

@@ -161,7 +161,7 @@ func (c *commitTx) add(r *eventReq) error {
 			return err
 		}
 	}
-	if nearHoneypot(rs, e) {
+	if nearHoneypot(rs, e, c.s.opts.ScannerWindow) {
 		changed = true
 	}
 	kept := rs.Kept < c.s.opts.MaxEventsPerRecipient

@@ -15,14 +15,15 @@ import (
 // past MaxEventsPerRecipient are judged but not reclassified later.
 
 // nearHoneypot applies the honeypot rule to e, before it is stored, with
-// the copy's latest honeypot hit; it reports whether e changed.
-func nearHoneypot(rs *storedRcpt, e *store.Event) bool {
+// the copy's latest honeypot hit and the scanner window; it reports
+// whether e changed.
+func nearHoneypot(rs *storedRcpt, e *store.Event, window time.Duration) bool {
 	hp := rs.Honeypot
 	if hp == nil {
 		return false
 	}
 	v := classify.NearHoneypot(classify.Verdict{Class: e.Class, Client: e.Client, Reasons: e.Reasons}, e.IP, e.At,
-		classify.HoneypotHit{IP: hp.IP, At: hp.At})
+		classify.HoneypotHit{IP: hp.IP, At: hp.At}, window)
 	if v.Class == e.Class && len(v.Reasons) == len(e.Reasons) {
 		return false
 	}
@@ -38,11 +39,12 @@ func (c *commitTx) honeypotMarks(acct string, e *store.Event, rs *storedRcpt, se
 	if e.IP == "" {
 		return nil
 	}
+	window := c.s.opts.ScannerWindow
 	if !classify.FromHoneypot(e.Reasons) {
-		if !kept || e.Class == classify.Scanner || e.Class == classify.Self {
+		if !kept || e.Class == classify.Scanner || e.Class == classify.Self || window <= 0 {
 			return nil
 		}
-		rs.Recent = rememberHit(rs.Recent, gatewayClick{IP: e.IP, At: e.At, Seq: seq}, classify.HoneypotWindow, maxRecentHits)
+		rs.Recent = rememberHit(rs.Recent, gatewayClick{IP: e.IP, At: e.At, Seq: seq}, window, maxRecentHits)
 		return nil
 	}
 	if rs.Honeypot == nil || !e.At.Before(rs.Honeypot.At) {
@@ -51,7 +53,7 @@ func (c *commitTx) honeypotMarks(acct string, e *store.Event, rs *storedRcpt, se
 	hp := classify.HoneypotHit{IP: e.IP, At: e.At}
 	left, err := c.reclassifyRecent(acct, e, rs.Recent, func(g gatewayClick) bool { return g.IP == e.IP },
 		func(v classify.Verdict, ip string, at time.Time) classify.Verdict {
-			return classify.NearHoneypot(v, ip, at, hp)
+			return classify.NearHoneypot(v, ip, at, hp, window)
 		})
 	if err != nil {
 		return err

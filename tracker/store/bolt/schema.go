@@ -116,7 +116,7 @@ type storedRcpt struct {
 	// Recent are the copy's latest hits kept in detail, with an address,
 	// that are neither scanner's nor self's, for classify.NearHoneypot with
 	// a honeypot hit after them; at most maxRecentHits, none older than
-	// classify.HoneypotWindow before the newest.
+	// the scanner window (Options.ScannerWindow) before the newest.
 	Recent []gatewayClick `json:"rh,omitempty"`
 }
 

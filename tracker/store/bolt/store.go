@@ -17,6 +17,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/trackrelay/trackrelay/internal/durable"
+	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
 
@@ -64,6 +65,11 @@ type Options struct {
 	// WebhookAccounts are the accounts whose feed entries are also queued
 	// in the durable webhook outbox.
 	WebhookAccounts []string
+	// ScannerWindow is tracking.scanner_window: the copy's hits from the
+	// address of a hit on its honeypot link within this of it are the same
+	// machine's (classify.NearHoneypot). Zero means
+	// classify.DefaultScannerWindow; negative marks none.
+	ScannerWindow time.Duration
 	// Metrics receives commit latency and batch size; nil records nothing.
 	Metrics *store.Metrics
 	// LockTimeout bounds the wait for the database file lock, held by any
@@ -142,6 +148,9 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	if opts.CacheSize <= 0 {
 		opts.CacheSize = DefaultCacheSize
+	}
+	if opts.ScannerWindow == 0 {
+		opts.ScannerWindow = classify.DefaultScannerWindow
 	}
 	if opts.RetentionInterval <= 0 {
 		opts.RetentionInterval = DefaultRetentionInterval

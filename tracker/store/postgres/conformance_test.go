@@ -27,6 +27,19 @@ func testStore(t *testing.T, dsn string, opts Options) *Store {
 // a fresh database.
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, o storetest.Options) store.Store {
-		return testStore(t, pgtest.DSN(t), Options{MaxEventsPerRecipient: o.MaxEventsPerRecipient, WebhookAccounts: o.WebhookAccounts})
+		return testStore(t, pgtest.DSN(t), Options{MaxEventsPerRecipient: o.MaxEventsPerRecipient, WebhookAccounts: o.WebhookAccounts, ScannerWindow: o.ScannerWindow})
+	})
+}
+
+// The sequence rules judge a message's hits alike whichever of two nodes
+// on one database records each (storetest.RunFleet).
+func TestConformanceFleet(t *testing.T) {
+	storetest.RunFleet(t, func(t *testing.T, o storetest.Options, n int) []store.Store {
+		dsn := pgtest.DSN(t)
+		nodes := make([]store.Store, n)
+		for i := range nodes {
+			nodes[i] = testStore(t, dsn, Options{MaxEventsPerRecipient: o.MaxEventsPerRecipient, WebhookAccounts: o.WebhookAccounts, ScannerWindow: o.ScannerWindow})
+		}
+		return nodes
 	})
 }

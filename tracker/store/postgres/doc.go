@@ -8,12 +8,19 @@
 // hit: counts are derived at read time. Hits are committed in batches
 // (group commit), each hit with an id the node mints, so that writing a
 // batch again is harmless. A batch holds the advisory locks of its
-// messages, reads each copy's clicks within the burst window from the
-// database, and classifies as package bolt does, with the pure functions
-// of package classify, so bursts spanning nodes are seen. The feed is
+// messages, reads their recent history from the database (each copy's
+// events near the batch's hits, the message's clicks soon after their
+// copies' delivery) and applies the sequence rules as package bolt does,
+// with the pure functions of package classify (sequence.go): bursts,
+// gateway pairs, multi-recipient scans and honeypot hits spanning nodes
+// are seen, and every node reaches the same verdict. The feed is
 // ordered by (writing transaction, sequence) and read only below the
 // oldest running transaction, so that an entry another node commits late
 // is never skipped.
+//
+// Maintenance (retention, purging the webhook outbox) is done by one node
+// of the fleet at a time, the holder of a session-level advisory lock
+// (maintenance.go).
 //
 // What the package must never do: import the tracker's HTTP handler, the
 // relay or another backend.

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"encoding/json"
-	"slices"
 	"strings"
 	"time"
 
@@ -13,62 +12,6 @@ import (
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
 
-// copyKey names one recipient's copy of a message.
-type copyKey struct {
-	message   string
-	recipient int
-}
-
-// copyState is what a batch knows of a copy: how many of its events are
-// kept in detail, whether a counted open was seen, and its clicks near the
-// batch's (from the database, then the batch's own).
-type copyState struct {
-	kept   int
-	opened bool
-	from   int64 // the window of clicks read, unix ns
-	to     int64
-	clicks []*windowClick
-}
-
-// windowClick is a click of a copy's history.
-type windowClick struct {
-	seq     int64
-	link    int
-	at      int64 // unix ns
-	kept    bool
-	burst   bool // already part of a burst
-	class   string
-	reasons []string
-	row     *eventRow // in this batch; nil: in the database
-}
-
-// eventRow is an event the batch inserts.
-type eventRow struct {
-	seq     int64
-	hit     string
-	e       store.Event
-	kept    bool
-	burst   bool
-	reasons []string
-}
-
-// feedRow is a feed entry the batch inserts.
-type feedRow struct {
-	account, kind, message string
-	recipient              int
-	event                  int64
-	at                     time.Time
-	class, prev            string
-	reasons                []string
-}
-
-// eventUpdate is a click of the database that joined a burst.
-type eventUpdate struct {
-	seq     int64
-	class   string
-	reasons []string
-}
-
 // clean makes s storable as PostgreSQL text (valid UTF-8, no NUL).
 func clean(s string) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
@@ -76,12 +19,11 @@ func clean(s string) string {
 }
 
 // commitEvents writes a batch of events in one transaction: it takes the
-// advisory locks of their messages (so that a copy's history cannot change
-// under the classification, on any node), reads what classification
-// needs, classifies the batch's clicks against their copies' clicks within
-// the burst window as package bolt does, and writes the events, their
-// feed entries (with the outbox rows of webhook accounts) and the earlier
-// clicks that joined a burst.
+// advisory locks of their messages (so that a message's history cannot
+// change under the classification, on any node), reads what
+// classification needs, applies the sequence rules as package bolt does
+// (sequence.go), and writes the events, their feed entries (with the
+// outbox rows of webhook accounts) and the earlier events reclassified.
 func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
@@ -109,6 +51,9 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 			copyOrder = append(copyOrder, k)
 		}
 		st.from, st.to = min(st.from, at), max(st.to, at)
+		if classify.FromHoneypot(r.ev.Reasons) || r.ev.Type == store.EventOpen && classify.FromGateway(r.ev.Reasons) {
+			st.marks = true
+		}
 	}
 	if err := lockMessages(ctx, tx, ids...); err != nil {
 		return err
@@ -119,28 +64,64 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	cr := make([]int32, len(copyOrder))
 	cf := make([]int64, len(copyOrder))
 	ct := make([]int64, len(copyOrder))
+	cw := make([]bool, len(copyOrder))
+	w := int64(s.historyWindow())
 	for i, k := range copyOrder {
 		st := copies[k]
 		cm[i], cr[i] = k.message, int32(k.recipient)
-		cf[i], ct[i] = st.from-int64(classify.BurstWindow), st.to+int64(classify.BurstWindow)
+		cf[i], ct[i], cw[i] = st.from-w, st.to+w, st.marks
+	}
+	burstWindow := int64(classify.BurstWindow)
+	// The messages and (address, agent) pairs of the batch's clicks, for
+	// the multi-recipient rule.
+	var clickMsgs, clickIPs, clickUAs []string
+	for _, r := range batch {
+		if r.ev.Type == store.EventClick && r.ev.Class != classify.Self && r.ev.IP != "" && r.ev.UserAgent != "" {
+			clickMsgs, clickIPs, clickUAs = append(clickMsgs, r.ev.Message), append(clickIPs, clean(r.ev.IP)), append(clickUAs, clean(r.ev.UserAgent))
+		}
 	}
 	b := &pgx.Batch{}
 	b.Queue("SELECT hit::text FROM events WHERE hit = ANY($1::text[]::uuid[])", hits)
 	b.Queue("SELECT id, account FROM messages WHERE id = ANY($1)", ids)
 	b.Queue("SELECT message FROM erased WHERE message = ANY($1)", ids)
+	// The cap and the copy's first counted open count the events retention
+	// deleted too (tallies).
 	b.Queue(`SELECT q.o,
-		(SELECT count(*) FROM (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.kept LIMIT $3) k),
+		(SELECT count(*) FROM (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.kept LIMIT $3) k)
+			+ (SELECT coalesce(sum(t.kept), 0)::bigint FROM tallies t WHERE t.message = q.m AND t.recipient = q.r),
 		EXISTS (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.type = 'open' AND e.class IN ('human', 'proxy'))
+			OR EXISTS (SELECT 1 FROM tallies t WHERE t.message = q.m AND t.recipient = q.r AND t.type = 'open' AND t.class IN ('human', 'proxy'))
 		FROM unnest($1::text[], $2::int[]) WITH ORDINALITY q(m, r, o)`, cm, cr, s.opts.MaxEventsPerRecipient)
-	b.Queue(`SELECT q.o, e.seq, e.link, e.at_ns, e.kept, e.burst, e.class, e.reasons
-		FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) WITH ORDINALITY q(m, r, f, t, o)
+	// A copy's events near the batch's that the sequence rules need
+	// (sequence.go): its clicks in the burst window, past the cap too (a
+	// flood past it keeps no address nor reasons: nothing else of it is
+	// read back); the honeypot hits and gateway pixel fetches kept in
+	// detail; and, when the batch holds a honeypot hit or a gateway's
+	// pixel fetch of the copy, every event kept in detail, which it may
+	// reclassify. A batch of plain opens reads nothing here.
+	b.Queue(`SELECT q.o, e.seq, e.type, e.link, e.at_ns, e.kept, e.burst, e.class, e.reasons, e.ip
+		FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bool[]) WITH ORDINALITY q(m, r, f, t, w, o)
 		JOIN events e ON e.message = q.m AND e.recipient = q.r AND e.at_ns BETWEEN q.f AND q.t
-		WHERE e.type = 'click' AND e.class <> 'self'
-		ORDER BY e.seq`, cm, cr, cf, ct)
+		WHERE e.type = 'click' AND e.class <> 'self' AND e.at_ns BETWEEN q.f + $6 AND q.t - $6
+			OR e.kept AND (q.w OR e.reasons ? $7
+				OR e.type = 'open' AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(e.reasons) x WHERE x LIKE $8 OR x LIKE $9))
+		ORDER BY e.seq`, cm, cr, cf, ct, cw, w-burstWindow,
+		classify.ReasonHoneypot, classify.ReasonGatewayRange+"%", classify.ReasonGatewayNetwork+"%")
+	b.Queue(`SELECT q.o, d.updated_at FROM unnest($1::text[], $2::int[]) WITH ORDINALITY q(m, r, o)
+		JOIN deliveries d ON d.message = q.m AND d.recipient = q.r AND d.status = 'delivered'`, cm, cr)
+	b.Queue(`SELECT e.seq, e.message, e.recipient, e.link, e.at_ns, e.burst, e.class, e.reasons, e.ip, e.user_agent, d.updated_at
+		FROM events e JOIN deliveries d ON d.message = e.message AND d.recipient = e.recipient AND d.status = 'delivered'
+		WHERE e.message = ANY($1) AND e.type = 'click' AND e.kept AND e.class <> 'self'
+			AND (e.ip, e.user_agent) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+			AND e.at_ns >= (extract(epoch FROM d.updated_at) * 1000000)::bigint * 1000
+			AND e.at_ns <= (extract(epoch FROM d.updated_at) * 1000000)::bigint * 1000 + $4
+		ORDER BY e.seq`, clickMsgs, clickIPs, clickUAs, int64(classify.MultiRecipientWindow))
 	b.Queue("SELECT nextval('events_seq') FROM generate_series(1, $1)", len(batch))
 	b.Queue("SELECT pg_current_xact_id()::text")
 	br := tx.SendBatch(ctx, b)
 	replayed := map[string]bool{}
+	bySeq := map[int64]*hist{}
+	clicks := map[string][]*hist{}
 	accounts := map[string]string{}
 	erased := map[string]bool{}
 	var seqs []int64
@@ -197,15 +178,49 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 		for rows.Next() {
 			var o int64
 			var reasons []byte
-			w := &windowClick{}
-			if err := rows.Scan(&o, &w.seq, &w.link, &w.at, &w.kept, &w.burst, &w.class, &reasons); err != nil {
+			h := &hist{}
+			if err := rows.Scan(&o, &h.seq, &h.typ, &h.link, &h.at, &h.kept, &h.burst, &h.class, &reasons, &h.ip); err != nil {
 				return err
 			}
-			if err := json.Unmarshal(reasons, &w.reasons); err != nil {
+			if err := json.Unmarshal(reasons, &h.reasons); err != nil {
 				return err
 			}
-			st := copies[copyOrder[o-1]]
-			st.clicks = append(st.clicks, w)
+			k := copyOrder[o-1]
+			h.recipient = k.recipient
+			copies[k].hits = append(copies[k].hits, h)
+			bySeq[h.seq] = h
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		rows, _ = br.Query()
+		for rows.Next() {
+			var o int64
+			var at time.Time
+			if err := rows.Scan(&o, &at); err != nil {
+				return err
+			}
+			copies[copyOrder[o-1]].delivered = at
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		rows, _ = br.Query()
+		for rows.Next() {
+			var reasons []byte
+			h := &hist{typ: store.EventClick, kept: true}
+			var msg string
+			if err := rows.Scan(&h.seq, &msg, &h.recipient, &h.link, &h.at, &h.burst, &h.class, &reasons, &h.ip, &h.ua, &h.delivered); err != nil {
+				return err
+			}
+			if err := json.Unmarshal(reasons, &h.reasons); err != nil {
+				return err
+			}
+			if known := bySeq[h.seq]; known != nil {
+				known.ua, known.delivered = h.ua, h.delivered
+				h = known
+			}
+			clicks[msg] = append(clicks[msg], h)
 		}
 		if err := rows.Err(); err != nil {
 			return err
@@ -227,7 +242,7 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 		return err
 	}
 
-	c := classifier{s: s, copies: copies, accounts: accounts}
+	c := classifier{s: s, copies: copies, clicks: clicks, accounts: accounts}
 	for i, r := range batch {
 		if replayed[r.hit] {
 			continue
@@ -262,111 +277,9 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	return nil
 }
 
-// classifier builds a batch's writes, event by event, in arrival order.
-type classifier struct {
-	s            *Store
-	copies       map[copyKey]*copyState
-	accounts     map[string]string
-	events       []*eventRow
-	feed         []feedRow
-	updates      map[int64]*eventUpdate
-	overCap      int
-	erased       int
-	reclassified []string
-	outboxed     bool
-}
-
-// add classifies r's event in its copy's sequence (classify.InSequence, with
-// the copy's clicks within classify.BurstWindow of it) and adds its rows.
-func (c *classifier) add(r *eventReq, seq int64) {
-	e := r.ev
-	acct := c.accounts[e.Message]
-	st := c.copies[copyKey{e.Message, e.Recipient}]
-	at := e.At.UnixNano()
-	burstable := e.Type == store.EventClick && e.Class != classify.Self
-	var history []*windowClick
-	var joined []*windowClick
-	switch {
-	case e.Type == store.EventOpen:
-		if classify.Counted(e.Class) {
-			st.opened = true
-		}
-	case burstable:
-		w := int64(classify.BurstWindow)
-		clicks := []classify.Click{}
-		for _, h := range st.clicks {
-			if h.at >= at-w && h.at <= at+w {
-				history = append(history, h)
-				clicks = append(clicks, classify.Click{Link: h.link, At: time.Unix(0, h.at)})
-			}
-		}
-		v, in := classify.InSequence(classify.Verdict{Class: e.Class, Client: e.Client, Reasons: e.Reasons},
-			classify.Click{Link: e.Link, At: e.At}, st.opened, clicks)
-		e.Class, e.Reasons = v.Class, v.Reasons
-		for _, i := range in {
-			if !history[i].burst {
-				joined = append(joined, history[i])
-			}
-		}
-	}
-	kept := st.kept < c.s.opts.MaxEventsPerRecipient
-	row := &eventRow{seq: seq, hit: r.hit, e: e, kept: kept, reasons: e.Reasons,
-		burst: e.Class == classify.Scanner && slices.Contains(e.Reasons, classify.ReasonClickBurst)}
-	if row.reasons == nil {
-		row.reasons = []string{}
-	}
-	c.events = append(c.events, row)
-	if kept {
-		st.kept++
-		if acct != "" {
-			c.feedRow(feedRow{account: acct, kind: e.Type, message: e.Message, recipient: e.Recipient, event: seq, at: e.At})
-		}
-	} else {
-		c.overCap++
-	}
-	for _, w := range joined {
-		c.reclassify(acct, &e, w)
-	}
-	if burstable {
-		st.clicks = append(st.clicks, &windowClick{seq: seq, link: e.Link, at: at, kept: kept, burst: row.burst,
-			class: e.Class, reasons: row.reasons, row: row})
-	}
-}
-
-// reclassify makes w, a click of e's copy, part of the burst e completes:
-// scanner, with the reason click-burst. A click kept in detail whose class
-// changes gets a reclassified entry in the feed; one past the cap leaves
-// the copy's counts, which are derived from the classes.
-func (c *classifier) reclassify(acct string, e *store.Event, w *windowClick) {
-	prev := w.class
-	w.class, w.reasons = classify.InBurst(slices.Clone(w.reasons))
-	w.burst = true
-	if w.row != nil {
-		w.row.e.Class, w.row.reasons, w.row.burst = w.class, w.reasons, true
-	} else {
-		if c.updates == nil {
-			c.updates = map[int64]*eventUpdate{}
-		}
-		c.updates[w.seq] = &eventUpdate{seq: w.seq, class: w.class, reasons: w.reasons}
-	}
-	if !w.kept || prev == w.class || acct == "" {
-		return
-	}
-	c.reclassified = append(c.reclassified, w.class)
-	c.feedRow(feedRow{account: acct, kind: store.EventReclassified, message: e.Message, recipient: e.Recipient,
-		event: w.seq, at: e.At, class: w.class, prev: prev, reasons: w.reasons})
-}
-
-func (c *classifier) feedRow(f feedRow) {
-	c.feed = append(c.feed, f)
-	if c.s.webhooks[f.account] {
-		c.outboxed = true
-	}
-}
-
 // writeEvents sends the batch's writes in one round trip: one multi-row
 // statement each for the events, the feed entries with their outbox rows,
-// and the clicks that joined a burst.
+// and the earlier events reclassified.
 func (s *Store) writeEvents(ctx context.Context, tx pgx.Tx, c *classifier) error {
 	b := &pgx.Batch{}
 	if n := len(c.events); n > 0 {
@@ -428,14 +341,14 @@ func (s *Store) writeEvents(ctx context.Context, tx pgx.Tx, c *classifier) error
 			acct, kind, msg, rcpt, ev, at, class, prev, reasons, time.Now(), s.webhookL)
 	}
 	if n := len(c.updates); n > 0 {
-		seq, class, reasons := make([]int64, 0, n), make([]string, 0, n), make([]string, 0, n)
+		seq, class, reasons, burst := make([]int64, 0, n), make([]string, 0, n), make([]string, 0, n), make([]bool, 0, n)
 		for _, u := range c.updates {
 			rs, _ := json.Marshal(u.reasons)
-			seq, class, reasons = append(seq, u.seq), append(class, u.class), append(reasons, string(rs))
+			seq, class, reasons, burst = append(seq, u.seq), append(class, u.class), append(reasons, string(rs)), append(burst, u.burst)
 		}
-		b.Queue(`UPDATE events SET class = u.class, reasons = u.reasons::jsonb, burst = true
-			FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(seq, class, reasons)
-			WHERE events.seq = u.seq`, seq, class, reasons)
+		b.Queue(`UPDATE events SET class = u.class, reasons = u.reasons::jsonb, burst = u.burst
+			FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bool[]) AS u(seq, class, reasons, burst)
+			WHERE events.seq = u.seq`, seq, class, reasons, burst)
 	}
 	if b.Len() == 0 {
 		return nil

@@ -123,7 +123,8 @@ func (s *Store) Delivery(ctx context.Context, message string, recipient int) (st
 }
 
 // Lookup implements store.Store. It reads in one snapshot: the events kept
-// in detail, and the counts of those past the cap, derived from their rows.
+// in detail, and the counts of those past the cap, derived from their rows,
+// and of those retention deleted, from their tallies.
 func (s *Store) Lookup(ctx context.Context, account, ref string) (*store.MessageView, error) {
 	if s.isClosed() {
 		return nil, store.ErrClosed
@@ -148,8 +149,11 @@ func (s *Store) Lookup(ctx context.Context, account, ref string) (*store.Message
 		b.Queue("SELECT recipient, status, attempts, last_response, updated_at FROM deliveries WHERE message = $1", m.id)
 		b.Queue(`SELECT seq, type, at_ns, recipient, link, url, ip, user_agent, client, country, city, class, reasons
 			FROM events WHERE message = $1 AND kept ORDER BY seq`, m.id)
+		// Past the cap, and expired by retention (tallies).
 		b.Queue(`SELECT recipient, type, class, link, count(*), min(at_ns), max(at_ns)
-			FROM events WHERE message = $1 AND NOT kept GROUP BY 1, 2, 3, 4`, m.id)
+			FROM events WHERE message = $1 AND NOT kept GROUP BY 1, 2, 3, 4
+			UNION ALL
+			SELECT recipient, type, class, link, events, first_ns, last_ns FROM tallies WHERE message = $1`, m.id)
 		br := tx.SendBatch(ctx, b)
 		defer br.Close()
 		var urls []byte

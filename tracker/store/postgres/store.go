@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
 
@@ -42,7 +44,8 @@ const (
 
 // Options tunes a Store. Zero fields take the defaults.
 type Options struct {
-	// MaxConnections is the size of the connection pool.
+	// MaxConnections is the size of the connection pool; at least 2
+	// (smaller values are raised), as the maintenance leader holds one.
 	MaxConnections int32
 	// MaxBatch is the most events committed in one transaction.
 	MaxBatch int
@@ -54,6 +57,11 @@ type Options struct {
 	// WebhookAccounts are the accounts whose feed entries are also queued
 	// in the webhook outbox.
 	WebhookAccounts []string
+	// ScannerWindow is tracking.scanner_window: the copy's hits from the
+	// address of a hit on its honeypot link within this of it are the same
+	// machine's (classify.NearHoneypot). Zero means
+	// classify.DefaultScannerWindow; negative marks none.
+	ScannerWindow time.Duration
 	// Metrics receives commit latency and batch size; nil records nothing.
 	Metrics *store.Metrics
 	// ConnectTimeout bounds the first connection at Open.
@@ -62,6 +70,21 @@ type Options struct {
 	FeedWait time.Duration
 	// OutboxLease: see DefaultOutboxLease.
 	OutboxLease time.Duration
+	// Retention, when positive, deletes events and feed entries older
+	// than this (tracking.retention); their counts stay (maintenance.go).
+	Retention time.Duration
+	// MaintenanceInterval is how often the fleet's maintenance leader runs
+	// the maintenance tasks: DefaultMaintenanceInterval when zero.
+	MaintenanceInterval time.Duration
+	// LeaderPoll is how often a node tries to become the maintenance
+	// leader, and the leader checks that it still is: DefaultLeaderPoll
+	// when zero.
+	LeaderPoll time.Duration
+	// OutboxPurgeAfter: see DefaultOutboxPurgeAfter.
+	OutboxPurgeAfter time.Duration
+	// Logger receives maintenance errors and leadership changes; nil
+	// discards.
+	Logger *slog.Logger
 }
 
 // Store is the PostgreSQL store.Store, shared by the nodes of a fleet.
@@ -84,6 +107,11 @@ type Store struct {
 	wake    chan struct{}
 
 	lastXid atomic.Uint64 // newest transaction of this store that wrote feed entries
+
+	log       *slog.Logger
+	leader    atomic.Bool        // this store holds the maintenance lock
+	maintStop context.CancelFunc // ends the maintenance goroutine
+	maintDone sync.WaitGroup
 
 	// beforeCommit, set by tests only, runs in an event batch's
 	// transaction just before its commit.
@@ -111,6 +139,8 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if opts.MaxConnections <= 0 {
 		opts.MaxConnections = DefaultMaxConnections
 	}
+	// The maintenance lock holds a connection: hits need another.
+	opts.MaxConnections = max(opts.MaxConnections, 2)
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = DefaultMaxBatch
 	}
@@ -120,6 +150,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if opts.MaxEventsPerRecipient <= 0 {
 		opts.MaxEventsPerRecipient = DefaultMaxEventsPerRecipient
 	}
+	if opts.ScannerWindow == 0 {
+		opts.ScannerWindow = classify.DefaultScannerWindow
+	}
 	if opts.ConnectTimeout <= 0 {
 		opts.ConnectTimeout = DefaultConnectTimeout
 	}
@@ -128,6 +161,18 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	}
 	if opts.OutboxLease <= 0 {
 		opts.OutboxLease = DefaultOutboxLease
+	}
+	if opts.MaintenanceInterval <= 0 {
+		opts.MaintenanceInterval = DefaultMaintenanceInterval
+	}
+	if opts.LeaderPoll <= 0 {
+		opts.LeaderPoll = DefaultLeaderPoll
+	}
+	if opts.OutboxPurgeAfter <= 0 {
+		opts.OutboxPurgeAfter = DefaultOutboxPurgeAfter
+	}
+	if opts.Logger == nil {
+		opts.Logger = discardLogger
 	}
 	cfg, err := ParseDSN(dsn)
 	if err != nil {
@@ -155,6 +200,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		webhooks: map[string]bool{},
 		reqs:     make(chan *eventReq, 4*opts.MaxBatch),
 		wake:     make(chan struct{}, 1),
+		log:      opts.Logger,
 	}
 	if err := pool.QueryRow(ctx, "SELECT id FROM store_meta").Scan(&s.storeID); err != nil {
 		pool.Close()
@@ -174,6 +220,10 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		s.workers.Add(1)
 		go s.commitLoop()
 	}
+	mctx, stop := context.WithCancel(context.Background())
+	s.maintStop = stop
+	s.maintDone.Add(1)
+	go s.maintain(mctx)
 	return s, nil
 }
 
@@ -191,6 +241,9 @@ func ParseDSN(dsn string) (*pgxpool.Config, error) {
 // and closes the pool. Later calls return nil.
 func (s *Store) Close() error {
 	s.once.Do(func() {
+		// The maintenance lock is given back first, for another node.
+		s.maintStop()
+		s.maintDone.Wait()
 		s.mu.Lock()
 		s.closed = true
 		close(s.reqs)

@@ -184,6 +184,7 @@ func (s *Store) Erase(ctx context.Context, account, ref string) error {
 		b := &pgx.Batch{}
 		for _, q := range []string{
 			"DELETE FROM events WHERE message = $1",
+			"DELETE FROM tallies WHERE message = $1",
 			"DELETE FROM deliveries WHERE message = $1",
 			"DELETE FROM links WHERE message = $1",
 			"DELETE FROM feed WHERE message = $1",

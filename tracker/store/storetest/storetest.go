@@ -18,6 +18,10 @@ type Options struct {
 	// WebhookAccounts are the accounts whose feed entries go to the
 	// webhook outbox.
 	WebhookAccounts []string
+	// ScannerWindow is tracking.scanner_window, as the store's option of
+	// that name takes it: zero means classify.DefaultScannerWindow,
+	// negative none.
+	ScannerWindow time.Duration
 }
 
 // NewStore opens an empty store for test t, with opts. The store is closed
@@ -46,8 +50,13 @@ func Run(t *testing.T, newStore NewStore) {
 		{"Erase", testErase},
 		{"Outbox", testOutbox},
 		{"Closed", testClosed},
+		{"Retention", testRetention},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newStore) })
+	}
+	one := func(t *testing.T, opts Options) []store.Store { return []store.Store{newStore(t, opts)} }
+	for _, c := range sequenceCases {
+		t.Run(c.name, func(t *testing.T) { c.fn(t, one) })
 	}
 }
 
