@@ -14,6 +14,7 @@ import (
 
 	"github.com/trackrelay/trackrelay/tracker/store"
 	"github.com/trackrelay/trackrelay/tracker/store/postgres/pgtest"
+	"github.com/trackrelay/trackrelay/tracker/store/storetest"
 )
 
 // fillMessages stores n messages of account, one a second from start, in
@@ -179,4 +180,35 @@ func TestBrowseWithoutTrigramIndex(t *testing.T) {
 	if got := listed(t, s, "alice", store.MessageQuery{Search: "ÉTÉ"}); !slices.Equal(got, []string{"Q1"}) {
 		t.Errorf("search listed %v", got)
 	}
+}
+
+// BenchmarkMessages lists an account of 100,000 messages (each delivered,
+// every third opened), copied in with COPY and INSERT ... SELECT: see
+// storetest.BenchMessages.
+func BenchmarkMessages(b *testing.B) {
+	const n = 100_000
+	ctx := context.Background()
+	s, err := Open(ctx, pgtest.DSN(b), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	fillMessages(b, s, "alice", n, testAccepted)
+	for _, q := range []string{
+		`INSERT INTO deliveries (message, recipient, status, attempts, last_response, updated_at)
+			SELECT id, 0, 'delivered', 1, '250 ok', accepted_at + interval '1 second' FROM messages`,
+		`INSERT INTO events (seq, hit, message, recipient, type, at_ns, link, kept, burst, class, reasons, url, ip, user_agent, client, country, city)
+			SELECT nextval('events_seq'), gen_random_uuid(), id, 0, 'open',
+				(extract(epoch FROM accepted_at + interval '1 hour') * 1e9)::bigint, -1, true, false, 'human', '[]',
+				'', '198.51.100.7', 'Mozilla/5.0', 'Firefox', '', ''
+			FROM messages WHERE right(id, 1) IN ('0', '3', '6', '9')`,
+		"VACUUM ANALYZE messages, deliveries, events",
+	} {
+		if _, err := s.pool.Exec(ctx, q); err != nil {
+			b.Fatalf("%s: %v", q, err)
+		}
+	}
+	// 1,000 pages of 50 from the newest end after the 50,000th message.
+	deep := n - 1000*store.DefaultMessagesLimit
+	storetest.BenchMessages(b, s, "alice", store.EncodeMessageCursor(testAccepted.Add(time.Duration(deep)*time.Second), fmt.Sprintf("alice-%08d", deep)))
 }
