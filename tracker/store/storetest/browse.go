@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,6 +114,12 @@ func testBrowseOrder(t *testing.T, newStore NewStore) {
 	}
 	if v, err := s.Lookup(ctx, "alice", "Q00D"); err != nil || v.Subject != "Devis n° 42 — été" {
 		t.Errorf("Lookup = %+v, %v", v, err)
+	}
+	// A subject longer than a store keeps is cut at a rune boundary.
+	long := browseMessage("bob", "Q00L", "a"+strings.Repeat("é", store.MaxSubjectBytes), at, "carol@example.org")
+	putMessages(t, s, long)
+	if m, err := s.Message(ctx, long.ID); err != nil || m.Subject != store.TruncateSubject(long.Subject) || len(m.Subject) != store.MaxSubjectBytes-1 {
+		t.Errorf("long subject kept as %d bytes, %v", len(m.Subject), err)
 	}
 	if _, err := b.Messages(ctx, "alice", store.MessageQuery{After: "not a cursor!"}); !errors.Is(err, store.ErrBadCursor) {
 		t.Errorf("bad cursor: %v, want ErrBadCursor", err)
