@@ -112,7 +112,8 @@ func (s *Store) Overview(ctx context.Context, account string, from, to time.Time
 		return o, nil
 	}
 	err = pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		// Walked oldest first from the end of the period's index range.
+		// Walked newest first from To: (To, "") is before every message
+		// accepted at To, whose ids sort after "".
 		afterAt, afterID := o.To, ""
 		for {
 			ms, err := queryMessages(ctx, tx, "SELECT "+messageColumns+` FROM messages
@@ -121,11 +122,6 @@ func (s *Store) Overview(ctx context.Context, account string, from, to time.Time
 				`+browseOrder+` LIMIT $5`, account, o.From, afterAt, afterID, overviewChunk)
 			if err != nil {
 				return err
-			}
-			if afterID == "" {
-				// The first chunk's bound excludes accepted_at = To with
-				// any id: ids sort after "".
-				ms = trimAt(ms, o.To)
 			}
 			parts, err := loadParts(ctx, tx, ms)
 			if err != nil {
@@ -144,17 +140,6 @@ func (s *Store) Overview(ctx context.Context, account string, from, to time.Time
 		return nil, fmt.Errorf("postgres store: overview of %s: %w", account, err)
 	}
 	return o, nil
-}
-
-// trimAt drops the messages accepted at or after to.
-func trimAt(ms []*storedMessage, to time.Time) []*storedMessage {
-	out := ms[:0]
-	for _, m := range ms {
-		if m.acceptedAt.Before(to) {
-			out = append(out, m)
-		}
-	}
-	return out
 }
 
 func queryMessages(ctx context.Context, tx pgx.Tx, sql string, args ...any) ([]*storedMessage, error) {
