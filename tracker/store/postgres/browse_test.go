@@ -212,3 +212,17 @@ func BenchmarkMessages(b *testing.B) {
 	deep := n - 1000*store.DefaultMessagesLimit
 	storetest.BenchMessages(b, s, "alice", store.EncodeMessageCursor(testAccepted.Add(time.Duration(deep)*time.Second), fmt.Sprintf("alice-%08d", deep)))
 }
+
+// Overview reads a period of more messages than one chunk, each once.
+func TestOverviewChunks(t *testing.T) {
+	s := testStore(t, pgtest.DSN(t), Options{})
+	fillMessages(t, s, "alice", 2*overviewChunk+500, testAccepted)
+	// Messages 10 to 2,399, one a second.
+	o, err := s.Overview(context.Background(), "alice", testAccepted.Add(10*time.Second), testAccepted.Add(2400*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Messages != 2390 || o.Recipients != 2390 {
+		t.Errorf("overview of %d messages, %d recipients; want 2390", o.Messages, o.Recipients)
+	}
+}
