@@ -86,6 +86,16 @@ func testRetention(t *testing.T, newStore NewStore) {
 		if len(v.Links) != 2 || v.Links[0].Clicks != 1 || v.Links[1].Clicks != 1 {
 			t.Errorf("links %+v", v.Links)
 		}
+		// The console's list counts what retention deleted too.
+		if b, ok := s.(store.Browser); ok {
+			page, err := b.Messages(ctx, "alice", store.MessageQuery{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page.Messages) != 1 || page.Messages[0].Opened != 1 || page.Messages[0].Clicked != 1 {
+				t.Errorf("listed %+v, want the message opened and clicked", page.Messages)
+			}
+		}
 	}
 	check(2)
 	entries := feedAll(t, s, "alice")
