@@ -13,6 +13,7 @@ type MessageView struct {
 	MessageID  string          `json:"message_id"`
 	Account    string          `json:"account"`
 	From       string          `json:"from"`
+	Subject    string          `json:"subject"`
 	AcceptedAt time.Time       `json:"accepted_at"`
 	Mode       string          `json:"mode"`
 	Recipients []RecipientView `json:"recipients"`
@@ -117,6 +118,7 @@ func BuildView(m *Message, links []string, deliveries map[int]Delivery, events [
 		MessageID:  m.MessageID,
 		Account:    m.Account,
 		From:       m.From,
+		Subject:    m.Subject,
 		AcceptedAt: m.AcceptedAt.UTC(),
 		Mode:       m.Mode,
 		Recipients: make([]RecipientView, len(m.Recipients)),
