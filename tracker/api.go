@@ -108,6 +108,7 @@ func pendingView(m *store.Message) *store.MessageView {
 	cp := *m
 	cp.MessageID = msgid.Normalize(cp.MessageID)
 	cp.AcceptedAt = cp.AcceptedAt.UTC()
+	cp.Subject = store.TruncateSubject(cp.Subject)
 	return store.BuildView(&cp, nil, map[int]store.Delivery{}, nil, map[int]*store.Tally{})
 }
 

@@ -13,7 +13,7 @@ type MessageView struct {
 	MessageID  string          `json:"message_id"`
 	Account    string          `json:"account"`
 	From       string          `json:"from"`
-	Subject    string          `json:"subject"`
+	Subject    string          `json:"subject"` // decoded (RFC 2047)
 	AcceptedAt time.Time       `json:"accepted_at"`
 	Mode       string          `json:"mode"`
 	Recipients []RecipientView `json:"recipients"`

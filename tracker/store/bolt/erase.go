@@ -53,6 +53,9 @@ func (s *Store) Erase(ctx context.Context, account, ref string) error {
 				return err
 			}
 		}
+		if err := tx.Bucket(bucketBrowse).Delete(browseKey(rec.Account, rec.AcceptedAt, id)); err != nil {
+			return err
+		}
 		if err := tx.Bucket(bucketMessages).Delete([]byte(id)); err != nil {
 			return err
 		}

@@ -120,7 +120,7 @@ func (s *Store) Delivery(ctx context.Context, message string, recipient int) (st
 func (rec *storedMessage) message() *store.Message {
 	m := &store.Message{
 		ID: rec.ID, MessageID: rec.MessageID, Account: rec.Account, From: rec.From,
-		SubmitIP: rec.SubmitIP, AcceptedAt: rec.AcceptedAt, Mode: rec.Mode,
+		Subject: rec.Subject, SubmitIP: rec.SubmitIP, AcceptedAt: rec.AcceptedAt, Mode: rec.Mode,
 		Recipients: make([]store.Recipient, len(rec.Recipients)),
 	}
 	for i, r := range rec.Recipients {

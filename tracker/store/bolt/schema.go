@@ -28,6 +28,7 @@ import (
 //	erased      queue id                        -> erase time (RFC 3339)
 //	marks       uint64 unix seconds             -> uint64 event seq, uint64 feed seq
 //	meta        "id"                            -> 8 random bytes naming this store
+//	browse      account NUL uint64 time, queue id -> search text (browse.go)
 //
 // Integers in keys are big-endian, so a message's deliveries and events,
 // an account's feed and the outbox by due time are ordered prefix scans.
@@ -47,7 +48,7 @@ var (
 	bucketMeta       = []byte("meta")
 
 	allBuckets = [][]byte{bucketMessages, bucketMsgIDs, bucketLinks, bucketDeliveries, bucketEvents,
-		bucketRecipients, bucketClicks, bucketFeed, bucketMsgFeed, bucketOutbox, bucketErased, bucketMarks, bucketMeta}
+		bucketRecipients, bucketClicks, bucketFeed, bucketMsgFeed, bucketOutbox, bucketErased, bucketMarks, bucketMeta, bucketBrowse}
 )
 
 // maxIDLen bounds queue ids and Message-IDs used as keys.
@@ -59,6 +60,7 @@ type storedMessage struct {
 	MessageID  string            `json:"mid,omitempty"`
 	Account    string            `json:"acct"`
 	From       string            `json:"from"`
+	Subject    string            `json:"subj,omitempty"`
 	SubmitIP   string            `json:"ip,omitempty"`
 	AcceptedAt time.Time         `json:"at"`
 	Mode       string            `json:"mode"`

@@ -177,6 +177,9 @@ func Open(path string, opts Options) (*Store, error) {
 				return err
 			}
 		}
+		if err := buildBrowse(tx); err != nil {
+			return err
+		}
 		outboxN = tx.Bucket(bucketOutbox).Stats().KeyN
 		if v := meta.Get(metaLogKey); len(v) == 8 {
 			logApplied = binary.BigEndian.Uint64(v)

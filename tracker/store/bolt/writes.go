@@ -28,7 +28,7 @@ func (s *Store) PutMessage(ctx context.Context, m store.Message) error {
 	}
 	rec := storedMessage{
 		ID: m.ID, MessageID: m.MessageID, Account: m.Account, From: m.From,
-		SubmitIP: m.SubmitIP, AcceptedAt: m.AcceptedAt.UTC(), Mode: m.Mode,
+		Subject: store.TruncateSubject(m.Subject), SubmitIP: m.SubmitIP, AcceptedAt: m.AcceptedAt.UTC(), Mode: m.Mode,
 		Recipients: make([]storedRecipient, len(m.Recipients)),
 	}
 	for i, r := range m.Recipients {
@@ -39,33 +39,46 @@ func (s *Store) PutMessage(ctx context.Context, m store.Message) error {
 		return fmt.Errorf("tracker: encode message %s: %w", m.ID, err)
 	}
 	err = s.write(ctx, func(tx *bbolt.Tx) error {
-		if isErased(tx, m.ID) {
-			return nil
-		}
-		mb := appendBucket(tx, bucketMessages)
-		ib := tx.Bucket(bucketMsgIDs)
-		if old := mb.Get([]byte(m.ID)); old != nil {
-			var prev storedMessage
-			if json.Unmarshal(old, &prev) == nil && prev.MessageID != "" &&
-				(prev.MessageID != rec.MessageID || prev.Account != rec.Account) {
-				k := msgIDKey(prev.Account, prev.MessageID)
-				if bytes.Equal(ib.Get(k), []byte(m.ID)) {
-					if err := ib.Delete(k); err != nil {
-						return err
-					}
-				}
-			}
-		}
-		if err := mb.Put([]byte(m.ID), val); err != nil {
-			return err
-		}
-		if rec.MessageID != "" {
-			return ib.Put(msgIDKey(rec.Account, rec.MessageID), []byte(m.ID))
-		}
-		return nil
+		return putMessage(tx, &rec, val)
 	}, func(error) { s.cache.invalidate(m.ID) })
 	if err != nil {
 		return fmt.Errorf("tracker: put message %s: %w", m.ID, err)
+	}
+	return nil
+}
+
+// putMessage stores rec, encoded as val, unless it was erased: the record,
+// its Message-ID and its place in the browse index.
+func putMessage(tx *bbolt.Tx, rec *storedMessage, val []byte) error {
+	if isErased(tx, rec.ID) {
+		return nil
+	}
+	mb := appendBucket(tx, bucketMessages)
+	ib := tx.Bucket(bucketMsgIDs)
+	var old *storedMessage
+	if v := mb.Get([]byte(rec.ID)); v != nil {
+		var prev storedMessage
+		if json.Unmarshal(v, &prev) == nil {
+			old = &prev
+		}
+		if old != nil && prev.MessageID != "" &&
+			(prev.MessageID != rec.MessageID || prev.Account != rec.Account) {
+			k := msgIDKey(prev.Account, prev.MessageID)
+			if bytes.Equal(ib.Get(k), []byte(rec.ID)) {
+				if err := ib.Delete(k); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if err := mb.Put([]byte(rec.ID), val); err != nil {
+		return err
+	}
+	if err := putBrowse(tx, old, rec); err != nil {
+		return err
+	}
+	if rec.MessageID != "" {
+		return ib.Put(msgIDKey(rec.Account, rec.MessageID), []byte(rec.ID))
 	}
 	return nil
 }

@@ -114,3 +114,21 @@ func feedAll(t *testing.T, s store.Store, account string) []store.FeedEntry {
 		out, after = append(out, p.Events...), p.Next
 	}
 }
+
+// RunBrowser runs the cases of store.Browser against the stores newStore
+// opens.
+func RunBrowser(t *testing.T, newStore NewStore) {
+	for _, c := range []struct {
+		name string
+		fn   func(*testing.T, NewStore)
+	}{
+		{"BrowseOrder", testBrowseOrder},
+		{"BrowsePaging", testBrowsePaging},
+		{"BrowseSearch", testBrowseSearch},
+		{"BrowseCounts", testBrowseCounts},
+		{"BrowseEraseAndAccounts", testBrowseEraseAndAccounts},
+		{"BrowseOverview", testBrowseOverview},
+	} {
+		t.Run(c.name, func(t *testing.T) { c.fn(t, newStore) })
+	}
+}
