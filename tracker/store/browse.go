@@ -134,16 +134,25 @@ func TruncateSubject(s string) string {
 func FoldSearch(s string) string { return cases.Fold().String(s) }
 
 // SearchText is the text of m that MessageQuery.Search is matched against:
-// its subject and recipient addresses, folded, separated by NUL (so that a
-// search, which cannot contain NUL, never matches across two of them).
+// its subject and recipient addresses, folded, each on a line of its own
+// (a search, which cannot hold a line break, never spans two of them).
 func SearchText(m *Message) string {
 	var b strings.Builder
 	b.WriteString(FoldSearch(m.Subject))
 	for _, r := range m.Recipients {
-		b.WriteByte(0)
+		b.WriteByte('\n')
 		b.WriteString(FoldSearch(r.Address))
 	}
 	return b.String()
+}
+
+// SearchNeedle returns q folded as SearchText is, and false when q cannot
+// match any message (it holds a line break or NUL).
+func SearchNeedle(q string) (string, bool) {
+	if strings.ContainsAny(q, "\n\x00") {
+		return "", false
+	}
+	return FoldSearch(q), true
 }
 
 // EncodeMessageCursor returns the opaque cursor of MessagePage.Next that

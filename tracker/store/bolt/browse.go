@@ -104,10 +104,11 @@ func (s *Store) Messages(ctx context.Context, account string, q store.MessageQue
 		}
 		start = browseKey(account, at, id)
 	}
-	needle := []byte(store.FoldSearch(q.Search))
-	if bytes.IndexByte(needle, 0) >= 0 {
+	folded, ok := store.SearchNeedle(q.Search)
+	if !ok {
 		return &store.MessagePage{Messages: []store.MessageSummary{}}, nil
 	}
+	needle := []byte(folded)
 	s.caughtUp(ctx)
 	page := &store.MessagePage{Messages: make([]store.MessageSummary, 0, min(limit, 64))}
 	err := s.db.View(func(tx *bbolt.Tx) error {

@@ -9,9 +9,7 @@ import (
 
 // The bbolt backend passes the store conformance suite.
 func TestConformance(t *testing.T) {
-	newStore := func(t *testing.T, o storetest.Options) store.Store {
+	storetest.Run(t, func(t *testing.T, o storetest.Options) store.Store {
 		return testStore(t, Options{MaxEventsPerRecipient: o.MaxEventsPerRecipient, WebhookAccounts: o.WebhookAccounts})
-	}
-	storetest.Run(t, newStore)
-	storetest.RunBrowser(t, newStore)
+	})
 }

@@ -186,6 +186,7 @@ func (s *Store) importTx(ctx context.Context, tx pgx.Tx, b *ImportBatch, n *Impo
 	}
 	var (
 		mid, macct, mmid, mfrom, mip, mmode, mrcpt []string
+		msubj, msearch                             []string
 		mat                                        []time.Time
 		lmsg, lurls                                []string
 		dmsg, dstatus, dresp                       []string
@@ -210,6 +211,8 @@ func (s *Store) importTx(ctx context.Context, tx pgx.Tx, b *ImportBatch, n *Impo
 		}
 		mid, macct, mmid, mfrom = append(mid, m.ID), append(macct, clean(m.Account)), append(mmid, clean(msgid.Normalize(m.MessageID))), append(mfrom, clean(m.From))
 		mip, mmode, mrcpt, mat = append(mip, clean(m.SubmitIP)), append(mmode, clean(m.Mode)), append(mrcpt, string(rj)), append(mat, m.AcceptedAt.UTC())
+		subject, search := subjectAndSearch(m)
+		msubj, msearch = append(msubj, subject), append(msearch, search)
 		if im.Links != nil {
 			cleaned := make([]string, len(im.Links))
 			for i, l := range im.Links {
@@ -234,12 +237,12 @@ func (s *Store) importTx(ctx context.Context, tx pgx.Tx, b *ImportBatch, n *Impo
 		}
 	}
 	if len(mid) > 0 {
-		if err := exec(&n.Messages, `INSERT INTO messages (id, account, message_id, sender, submit_ip, accepted_at, mode, recipients)
-			SELECT u.id, u.account, u.message_id, u.sender, u.submit_ip, u.accepted_at, u.mode, u.recipients::jsonb
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[], $8::text[])
-				AS u(id, account, message_id, sender, submit_ip, accepted_at, mode, recipients)
+		if err := exec(&n.Messages, `INSERT INTO messages (id, account, message_id, sender, submit_ip, accepted_at, mode, recipients, subject, search)
+			SELECT u.id, u.account, u.message_id, u.sender, u.submit_ip, u.accepted_at, u.mode, u.recipients::jsonb, u.subject, u.search
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[])
+				AS u(id, account, message_id, sender, submit_ip, accepted_at, mode, recipients, subject, search)
 			WHERE NOT EXISTS (SELECT 1 FROM erased WHERE message = u.id)
-			ON CONFLICT DO NOTHING`, mid, macct, mmid, mfrom, mip, mat, mmode, mrcpt); err != nil {
+			ON CONFLICT DO NOTHING`, mid, macct, mmid, mfrom, mip, mat, mmode, mrcpt, msubj, msearch); err != nil {
 			return err
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -76,19 +77,20 @@ func SchemaVersion() int {
 }
 
 // migrate brings the database to the latest schema under the migration
-// lock, and refuses one whose schema is newer than this build's.
-func migrate(ctx context.Context, pool *pgxpool.Pool) (err error) {
+// lock, and refuses one whose schema is newer than this build's. It
+// reports whether messages have their trigram search index (searchIndex).
+func migrate(ctx context.Context, pool *pgxpool.Pool) (indexed bool, err error) {
 	ms, err := migrations()
 	if err != nil {
-		return err
+		return false, err
 	}
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer conn.Release()
 	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1, $2)", migrationLockA, migrationLockB); err != nil {
-		return fmt.Errorf("take the migration lock: %w", err)
+		return false, fmt.Errorf("take the migration lock: %w", err)
 	}
 	defer func() {
 		if _, uerr := conn.Exec(context.Background(), "SELECT pg_advisory_unlock($1, $2)", migrationLockA, migrationLockB); uerr != nil {
@@ -101,32 +103,65 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) (err error) {
 		version    int PRIMARY KEY,
 		name       text NOT NULL,
 		applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-		return fmt.Errorf("create schema_version: %w", err)
+		return false, fmt.Errorf("create schema_version: %w", err)
 	}
 	var current int
 	if err := conn.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM schema_version").Scan(&current); err != nil {
-		return fmt.Errorf("read schema_version: %w", err)
+		return false, fmt.Errorf("read schema_version: %w", err)
 	}
 	if current > len(ms) {
-		return fmt.Errorf("%w: the database is at version %d, this trackrelay knows up to version %d; upgrade trackrelay",
+		return false, fmt.Errorf("%w: the database is at version %d, this trackrelay knows up to version %d; upgrade trackrelay",
 			ErrSchemaNewer, current, len(ms))
 	}
 	for _, m := range ms[current:] {
 		tx, err := conn.Begin(ctx)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if _, err := tx.Exec(ctx, m.sql); err != nil {
 			tx.Rollback(ctx)
-			return fmt.Errorf("migration %s: %w", m.name, err)
+			return false, fmt.Errorf("migration %s: %w", m.name, err)
 		}
 		if _, err := tx.Exec(ctx, "INSERT INTO schema_version (version, name) VALUES ($1, $2)", m.version, m.name); err != nil {
 			tx.Rollback(ctx)
-			return fmt.Errorf("migration %s: %w", m.name, err)
+			return false, fmt.Errorf("migration %s: %w", m.name, err)
 		}
 		if err := tx.Commit(ctx); err != nil {
-			return fmt.Errorf("migration %s: %w", m.name, err)
+			return false, fmt.Errorf("migration %s: %w", m.name, err)
 		}
 	}
-	return nil
+	return searchIndex(ctx, conn.Conn()), nil
+}
+
+// searchIndex makes, when missing, the trigram index (pg_trgm's GIN) on
+// messages.search that a console search (search LIKE '%...%') uses
+// instead of reading every message of the account. pg_trgm is a trusted
+// extension since PostgreSQL 13: a role that may create objects in the
+// database creates it. When it cannot (the extension is not installed,
+// or the role may not), searching still works, on the account's messages
+// in order, and this returns false. On a database with many messages the
+// first start after the upgrade builds the index, holding writes to
+// messages meanwhile (the relays keep accepting: their spools wait).
+// Without fastupdate, each message goes into the index as it is stored,
+// not into a pending list that every search would read until a vacuum (and
+// that makes the planner pass the index by).
+func searchIndex(ctx context.Context, conn *pgx.Conn) bool {
+	// Made once: looking first spares every later start the table lock of
+	// CREATE INDEX.
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT to_regclass('messages_search') IS NOT NULL").Scan(&exists); err == nil && exists {
+		return true
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return false
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_trgm"); err != nil {
+		return false
+	}
+	if _, err := tx.Exec(ctx, "CREATE INDEX IF NOT EXISTS messages_search ON messages USING gin (search gin_trgm_ops) WITH (fastupdate = off)"); err != nil {
+		return false
+	}
+	return tx.Commit(ctx) == nil
 }

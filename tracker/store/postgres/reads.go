@@ -16,13 +16,13 @@ import (
 
 	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/internal/msgid"
-	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
 
 // storedMessage is a row of messages.
 type storedMessage struct {
 	id, account, messageID, sender, submitIP, mode string
+	subject                                        string
 	acceptedAt                                     time.Time
 	recipients                                     []storedRecipient
 }
@@ -30,7 +30,7 @@ type storedMessage struct {
 func (m *storedMessage) message() *store.Message {
 	out := &store.Message{
 		ID: m.id, MessageID: m.messageID, Account: m.account, From: m.sender,
-		SubmitIP: m.submitIP, AcceptedAt: m.acceptedAt.UTC(), Mode: m.mode,
+		Subject: m.subject, SubmitIP: m.submitIP, AcceptedAt: m.acceptedAt.UTC(), Mode: m.mode,
 		Recipients: make([]store.Recipient, len(m.recipients)),
 	}
 	for i, r := range m.recipients {
@@ -39,12 +39,12 @@ func (m *storedMessage) message() *store.Message {
 	return out
 }
 
-const messageColumns = "id, account, message_id, sender, submit_ip, accepted_at, mode, recipients"
+const messageColumns = "id, account, message_id, sender, submit_ip, accepted_at, mode, recipients, subject"
 
 func scanMessage(row pgx.Row) (*storedMessage, error) {
 	var m storedMessage
 	var rs []byte
-	if err := row.Scan(&m.id, &m.account, &m.messageID, &m.sender, &m.submitIP, &m.acceptedAt, &m.mode, &rs); err != nil {
+	if err := row.Scan(&m.id, &m.account, &m.messageID, &m.sender, &m.submitIP, &m.acceptedAt, &m.mode, &rs, &m.subject); err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal(rs, &m.recipients); err != nil {
@@ -200,32 +200,7 @@ func (s *Store) Lookup(ctx context.Context, account, ref string) (*store.Message
 			if err := rows.Scan(&r, &typ, &class, &link, &n, &first, &last); err != nil {
 				return err
 			}
-			t := tallies[r]
-			if t == nil {
-				t = &store.Tally{}
-				tallies[r] = t
-			}
-			t.Events += int(n)
-			if !classify.Counted(class) {
-				continue
-			}
-			switch typ {
-			case store.EventOpen:
-				t.Opens += int(n)
-			case store.EventClick:
-				t.Clicks += int(n)
-				if t.Links == nil {
-					t.Links = map[int]int{}
-				}
-				t.Links[link] += int(n)
-			}
-			f, l := time.Unix(0, first).UTC(), time.Unix(0, last).UTC()
-			if t.First == nil || f.Before(*t.First) {
-				t.First = &f
-			}
-			if t.Last == nil || l.After(*t.Last) {
-				t.Last = &l
-			}
+			addTally(tallies, r, typ, class, link, n, first, last)
 		}
 		return rows.Err()
 	})

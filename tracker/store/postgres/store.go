@@ -85,6 +85,8 @@ type Store struct {
 
 	lastXid atomic.Uint64 // newest transaction of this store that wrote feed entries
 
+	searchIndexed bool // messages have their trigram index (migrate)
+
 	// beforeCommit, set by tests only, runs in an event batch's
 	// transaction just before its commit.
 	beforeCommit atomic.Pointer[func()]
@@ -145,16 +147,18 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("postgres store %s: connect: %w", where, err)
 	}
-	if err := migrate(ctx, pool); err != nil {
+	indexed, err := migrate(ctx, pool)
+	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("postgres store %s: schema: %w", where, err)
 	}
 	s := &Store{
-		pool:     pool,
-		opts:     opts,
-		webhooks: map[string]bool{},
-		reqs:     make(chan *eventReq, 4*opts.MaxBatch),
-		wake:     make(chan struct{}, 1),
+		searchIndexed: indexed,
+		pool:          pool,
+		opts:          opts,
+		webhooks:      map[string]bool{},
+		reqs:          make(chan *eventReq, 4*opts.MaxBatch),
+		wake:          make(chan struct{}, 1),
 	}
 	if err := pool.QueryRow(ctx, "SELECT id FROM store_meta").Scan(&s.storeID); err != nil {
 		pool.Close()
@@ -176,6 +180,11 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	}
 	return s, nil
 }
+
+// SearchIndexed reports whether the database has the trigram index that
+// speeds up Messages' search (the pg_trgm extension could be created).
+// Without it a search reads the account's messages in order.
+func (s *Store) SearchIndexed() bool { return s.searchIndexed }
 
 // ParseDSN checks and parses a connection string, without connecting. Its
 // error does not repeat the string, which may hold a password.

@@ -42,24 +42,37 @@ func (s *Store) PutMessage(ctx context.Context, m store.Message) error {
 	if err != nil {
 		return err
 	}
+	subject, search := subjectAndSearch(&m)
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		if err := lockMessages(ctx, tx, m.ID); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO messages (id, account, message_id, sender, submit_ip, accepted_at, mode, recipients)
-			SELECT $1, $2, $3, $4, $5, $6, $7, $8::text::jsonb
+		_, err := tx.Exec(ctx, `INSERT INTO messages (id, account, message_id, sender, submit_ip, accepted_at, mode, recipients, subject, search)
+			SELECT $1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10
 			WHERE NOT EXISTS (SELECT 1 FROM erased WHERE message = $1)
 			ON CONFLICT (id) DO UPDATE SET account = excluded.account, message_id = excluded.message_id,
 				sender = excluded.sender, submit_ip = excluded.submit_ip, accepted_at = excluded.accepted_at,
-				mode = excluded.mode, recipients = excluded.recipients`,
+				mode = excluded.mode, recipients = excluded.recipients, subject = excluded.subject,
+				search = excluded.search`,
 			m.ID, clean(m.Account), clean(msgid.Normalize(m.MessageID)), clean(m.From), clean(m.SubmitIP),
-			m.AcceptedAt.UTC(), clean(m.Mode), string(recipients))
+			m.AcceptedAt.UTC(), clean(m.Mode), string(recipients), subject, search)
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("postgres store: put message %s: %w", m.ID, err)
 	}
 	return nil
+}
+
+// subjectAndSearch returns m's subject as stored (cut to
+// store.MaxSubjectBytes) and its search text (store.SearchText), both
+// storable as text.
+func subjectAndSearch(m *store.Message) (string, string) {
+	c := store.Message{Subject: clean(store.TruncateSubject(m.Subject)), Recipients: make([]store.Recipient, len(m.Recipients))}
+	for i, r := range m.Recipients {
+		c.Recipients[i].Address = clean(r.Address)
+	}
+	return c.Subject, store.SearchText(&c)
 }
 
 // SetLinks implements store.Store.
