@@ -25,7 +25,7 @@ import (
 type servers struct {
 	smtp                    *relay.Server
 	tracker                 *tracker.Handler // serves http
-	console                 *console.Handler // serves http's /ui/; nil when the store cannot list messages
+	console                 *console.Handler // serves http's /ui/
 	http, metrics, admin    *http.Server
 	smtpLn, httpLn, adminLn net.Listener
 	metricsLn               net.Listener // nil without metrics.listen
@@ -174,21 +174,15 @@ func trackerConfig(cfg *Config, d *relay.Deliverer, geo tracker.GeoLocator, m *m
 	return tcfg
 }
 
-// newConsole returns the web console over st, or nil (logged) when the
-// store cannot list messages.
+// newConsole returns the web console over st.
 func newConsole(cfg *Config, d *relay.Deliverer, st *trackingStore, secrets [][]byte, log *slog.Logger) (*console.Handler, error) {
-	cs, ok := st.backend.(console.Store)
-	if !ok {
-		log.Warn("web console off: this tracking store cannot list messages")
-		return nil, nil
-	}
 	ccfg := console.Config{BaseURL: baseURL(cfg), Accounts: consoleAccounts(cfg), Secrets: secrets,
 		Pending: pendingMessages(d), Logger: log.With("part", "console")}
 	for _, p := range cfg.Tracking.TrustedProxies {
 		pfx, _ := parsePrefix(p)
 		ccfg.TrustedProxies = append(ccfg.TrustedProxies, pfx)
 	}
-	c, err := console.New(ccfg, cs)
+	c, err := console.New(ccfg, st)
 	if err != nil {
 		return nil, fmt.Errorf("web console: %w", err)
 	}
@@ -208,9 +202,6 @@ func consoleAccounts(cfg *Config) []console.Account {
 // httpHandler serves the http listener: the console under /ui/, the
 // tracker everything else.
 func httpHandler(tr *tracker.Handler, ui *console.Handler) http.Handler {
-	if ui == nil {
-		return tr
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if p := r.URL.Path; p == "/ui" || strings.HasPrefix(p, console.Prefix) {
 			ui.ServeHTTP(w, r)

@@ -81,17 +81,17 @@ func (r *reloader) apply(next *Config) error {
 	if err != nil {
 		return err
 	}
+	// It fails only on no secret, which loadSecrets never returns: first,
+	// so that a failure would change nothing.
+	if err := r.console.SetSecrets(secrets); err != nil {
+		return err
+	}
 	r.smtp.SetAccounts(smtpAccounts)
 	r.http.SetAccounts(trackerAccounts(next))
 	r.keys.Store(keys)
 	r.http.SetKeyring(keys)
-	if r.console != nil {
-		// Sessions of accounts whose key or password changed end here.
-		r.console.SetAccounts(consoleAccounts(next))
-		if err := r.console.SetSecrets(secrets); err != nil {
-			r.log.Error("web console keeps its session keys", "err", err)
-		}
-	}
+	// Sessions of accounts whose key or password changed end here.
+	r.console.SetAccounts(consoleAccounts(next))
 	return nil
 }
 
