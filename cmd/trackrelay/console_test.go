@@ -131,7 +131,7 @@ func TestServe_console(t *testing.T) {
 	if code, _ := page("/ui/overview"); code != 200 {
 		t.Errorf("after a secret rotation: %d", code)
 	}
-	write("secret_file: "+secret2, account("second password"))
+	write("secret_file: "+secret2+", previous_secret_files: ["+secret1+"]", account("second password"))
 	reloadAndWait()
 	if code, body := page("/ui/"); code != 200 || !regexp.MustCompile(`<h1>Log in</h1>`).MatchString(body) {
 		t.Errorf("after the password changed: %d, want the login page", code)
