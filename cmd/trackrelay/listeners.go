@@ -41,7 +41,7 @@ func openServers(cfg *Config, spool *relay.Spool, d *relay.Deliverer, st *tracki
 	}
 	s := &servers{smtp: relay.NewServer(scfg, spool, d, log.With("part", "smtp"), m.relay),
 		tracker: tracker.NewHandler(trackerConfig(cfg, d, geo, m, log), keys, st)}
-	if s.console, err = newConsole(cfg, d, st, secrets, log); err != nil {
+	if s.console, err = newConsole(cfg, st, secrets, log); err != nil {
 		return nil, err
 	}
 	s.http = &http.Server{
@@ -175,9 +175,9 @@ func trackerConfig(cfg *Config, d *relay.Deliverer, geo tracker.GeoLocator, m *m
 }
 
 // newConsole returns the web console over st.
-func newConsole(cfg *Config, d *relay.Deliverer, st *trackingStore, secrets [][]byte, log *slog.Logger) (*console.Handler, error) {
+func newConsole(cfg *Config, st *trackingStore, secrets [][]byte, log *slog.Logger) (*console.Handler, error) {
 	ccfg := console.Config{BaseURL: baseURL(cfg), Accounts: consoleAccounts(cfg), Secrets: secrets,
-		Pending: pendingMessages(d), Logger: log.With("part", "console")}
+		Logger: log.With("part", "console")}
 	for _, p := range cfg.Tracking.TrustedProxies {
 		pfx, _ := parsePrefix(p)
 		ccfg.TrustedProxies = append(ccfg.TrustedProxies, pfx)

@@ -63,10 +63,6 @@ type Config struct {
 	// SessionTTL is how long a session lasts; zero means
 	// DefaultSessionTTL.
 	SessionTTL time.Duration
-	// Pending, when set, gives a message that the relay has accepted and
-	// not yet reported to the store (as tracker.Config.Pending), so that
-	// its page is there as soon as its queue id is known.
-	Pending func(account, ref string) (*store.Message, bool)
 	// Logger receives store failures; nil discards.
 	Logger *slog.Logger
 	// Now returns the current time; nil means time.Now. For tests.

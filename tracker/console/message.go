@@ -40,11 +40,6 @@ type eventRow struct {
 func (h *Handler) messagePage(w http.ResponseWriter, r *http.Request, rq *request) {
 	id := r.PathValue("id")
 	v, err := h.store.Lookup(r.Context(), rq.account, id)
-	if errors.Is(err, store.ErrNotFound) && h.cfg.Pending != nil {
-		if m, ok := h.cfg.Pending(rq.account, id); ok && m.ID == id {
-			v, err = store.BuildView(m, nil, nil, nil, nil), nil
-		}
-	}
 	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrErased) || (err == nil && v.ID != id) {
 		h.renderError(w, r, http.StatusNotFound, "There is no message with this number in your account. It may have been erased.")
 		return
