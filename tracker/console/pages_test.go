@@ -194,7 +194,7 @@ func TestOverviewPage(t *testing.T) {
 	_, body := get(t, c, tc.srv.URL+"/ui/overview")
 	text := html.UnescapeString(body)
 	mustContain(t, text, "<span class=\"n\">2</span> messages sent, to 3 recipients", // the quote's two, the invoice's one
-		"<span class=\"n\">1</span> people opened them", "<span class=\"n\">1</span> people clicked a link",
+		"<span class=\"n\">1</span> person opened them", "<span class=\"n\">1</span> person clicked a link",
 		"<span class=\"n\">2</span> machine hits filtered out",
 		"<tr><td>Images loaded in advance (Apple Mail Privacy Protection and others)</td><td>1</td></tr>",
 		"<tr><td>Security scanners and robots</td><td>1</td></tr>",
@@ -203,7 +203,7 @@ func TestOverviewPage(t *testing.T) {
 
 	_, body = get(t, c, tc.srv.URL+"/ui/overview?from=2026-03-02&to=2026-03-02")
 	text = html.UnescapeString(body)
-	mustContain(t, text, "Messages sent from 2 Mar 2026 to 2 Mar 2026 (UTC).", "<span class=\"n\">1</span> messages sent")
+	mustContain(t, text, "Messages sent from 2 Mar 2026 to 2 Mar 2026 (UTC).", "<span class=\"n\">1</span> message sent")
 	_, body = get(t, c, tc.srv.URL+"/ui/overview?from=garbage&to=2026-03-02")
 	mustContain(t, html.UnescapeString(body), "Those dates could not be read")
 }
