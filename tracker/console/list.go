@@ -1,6 +1,7 @@
 package console
 
 import (
+	"errors"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -46,6 +47,15 @@ func (h *Handler) listPage(w http.ResponseWriter, r *http.Request, rq *request) 
 	}
 	after := q.Get("after")
 	res, err := h.store.Messages(r.Context(), rq.account, store.MessageQuery{Search: search, After: after})
+	if errors.Is(err, store.ErrBadCursor) {
+		// A paging link from another version or backend: start over.
+		to := Prefix
+		if search != "" {
+			to += "?" + url.Values{"q": {search}}.Encode()
+		}
+		http.Redirect(w, r, to, http.StatusSeeOther)
+		return
+	}
 	if err != nil {
 		h.storeFailed(w, r, "messages", err)
 		return

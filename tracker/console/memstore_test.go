@@ -106,7 +106,7 @@ func (s *memStore) Messages(_ context.Context, account string, q store.MessageQu
 	if q.After != "" {
 		n, err := strconv.Atoi(q.After)
 		if err != nil {
-			return nil, err
+			return nil, store.ErrBadCursor
 		}
 		start = n
 	}

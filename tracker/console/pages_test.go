@@ -183,6 +183,11 @@ func TestListPage(t *testing.T) {
 	if len(seen) != 122 {
 		t.Errorf("%d messages over the pages, want 122", len(seen))
 	}
+	// A cursor the store cannot read starts over, keeping the search.
+	resp, _ := get(t, c, tc.srv.URL+"/ui/?after=garbage&q=Bulk")
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/?q=Bulk" {
+		t.Errorf("bad cursor: %d %q, want 303 to /ui/?q=Bulk", resp.StatusCode, resp.Header.Get("Location"))
+	}
 }
 
 // TestOverviewPage: the period's totals, the filtered hits by kind, the
