@@ -16,6 +16,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/trackrelay/trackrelay/internal/subject"
 )
 
 // Replies the relay gives itself. go-smtp recognises an *smtp.SMTPError by
@@ -288,6 +290,10 @@ func (s *session) receive(in *Incoming, r io.Reader, acct *Account) (*Envelope, 
 	if v, ok := hdr.get("Message-ID"); ok {
 		msgID = strings.Trim(strings.TrimSpace(v), "<>")
 	}
+	subj := ""
+	if v, ok := hdr.get("Subject"); ok {
+		subj = subject.Decode(v)
+	}
 	eol := hdr.eol
 	var pre bytes.Buffer
 	pre.WriteString(s.received(in.ID(), now, eol))
@@ -317,6 +323,7 @@ func (s *session) receive(in *Incoming, r io.Reader, acct *Account) (*Envelope, 
 		Account:    acct.Name,
 		From:       s.from,
 		MessageID:  msgID,
+		Subject:    subj,
 		Mode:       mode,
 		SubmitIP:   s.ip.String(),
 		AcceptedAt: now.UTC(),

@@ -42,10 +42,14 @@ const heldResponse = "held after an internal error of the relay; waiting for the
 // Envelope is the spool record of one accepted message: who sent it, to
 // whom, and where each recipient's copy stands.
 type Envelope struct {
-	ID         string      `json:"id"`
-	Account    string      `json:"account"`
-	From       string      `json:"from"`
-	MessageID  string      `json:"message_id"`
+	ID        string `json:"id"`
+	Account   string `json:"account"`
+	From      string `json:"from"`
+	MessageID string `json:"message_id"`
+	// Subject is the message's Subject, decoded (RFC 2047) and bounded
+	// (package subject); "" when it has none, or in a spool written before
+	// it was kept.
+	Subject    string      `json:"subject,omitempty"`
 	Mode       string      `json:"mode"`
 	SubmitIP   string      `json:"submit_ip"`
 	AcceptedAt time.Time   `json:"accepted_at"`

@@ -137,7 +137,7 @@ func e2eMessage(pdf []byte) string {
 		b64 = b64[76:]
 	}
 	lines = append(lines, b64)
-	msg := "From: Alice <alice@example.com>\nTo: bob@example.net, carol@example.org\nSubject: Quote 42\n" +
+	msg := "From: Alice <alice@example.com>\nTo: bob@example.net, carol@example.org\nSubject: =?UTF-8?Q?Quote_42_=E2=80=94_?=\n =?UTF-8?Q?=C3=A9t=C3=A9?=\n" +
 		"Message-ID: <quote-42@example.com>\nMIME-Version: 1.0\n" +
 		"Content-Type: multipart/mixed; boundary=\"MIX\"\n\n" +
 		"--MIX\nContent-Type: multipart/alternative; boundary=\"ALT\"\n\n" +
@@ -311,6 +311,7 @@ accounts:
 	var view struct {
 		ID         string `json:"id"`
 		MessageID  string `json:"message_id"`
+		Subject    string `json:"subject"`
 		Account    string `json:"account"`
 		Recipients []struct {
 			Address  string `json:"address"`
@@ -357,7 +358,7 @@ accounts:
 		}
 		r.Body.Close()
 	}
-	if view.ID != id || view.MessageID != "quote-42@example.com" || view.Account != "alice" || len(view.Recipients) != 2 {
+	if view.ID != id || view.MessageID != "quote-42@example.com" || view.Subject != "Quote 42 — été" || view.Account != "alice" || len(view.Recipients) != 2 {
 		t.Fatalf("view: %+v", view)
 	}
 	var opened, clicked int

@@ -42,7 +42,7 @@ func migrateFixture(t *testing.T, path string) (ids []string, erased string) {
 	put := func(id string, n int) {
 		t.Helper()
 		m := store.Message{ID: id, MessageID: id + "@mail.example.com", Account: "alice", From: "alice@example.com",
-			SubmitIP: "192.0.2.10", AcceptedAt: base, Mode: "all",
+			Subject: "Devis " + id + " — été", SubmitIP: "192.0.2.10", AcceptedAt: base, Mode: "all",
 			Recipients: []store.Recipient{{Address: "bob@example.net", Tracked: true}, {Address: "carol@example.org", Tracked: true}}}
 		if err := st.PutMessage(ctx, m); err != nil {
 			t.Fatal(err)
@@ -244,6 +244,20 @@ func TestMigrateStore(t *testing.T) {
 	}
 	if _, err := dst.Lookup(ctx, "alice", erased); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("erased message: %v", err)
+	}
+	// The console's list, subjects and search included, is the same.
+	for _, search := range []string{"", "q03 — ÉTÉ", "carol@"} {
+		bp, err := src.Messages(ctx, "alice", store.MessageQuery{Search: search})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pp, err := dst.Messages(ctx, "alice", store.MessageQuery{Search: search})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, p := jsonOf(t, bp.Messages), jsonOf(t, pp.Messages); b != p || len(bp.Messages) == 0 {
+			t.Errorf("list (search %q):\n bbolt    %s\n postgres %s", search, b, p)
+		}
 	}
 	// The tombstone came along: the relay's late report is not stored.
 	if err := dst.PutMessage(ctx, store.Message{ID: erased, Account: "alice", AcceptedAt: time.Now()}); err != nil {

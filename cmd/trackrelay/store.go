@@ -127,13 +127,17 @@ func openStore(cfg *Config, m *metrics, log *slog.Logger) (*trackingStore, error
 	}
 	var st backend
 	if dsn != "" {
-		st, err = postgres.Open(context.Background(), dsn, postgres.Options{
+		ps, err := postgres.Open(context.Background(), dsn, postgres.Options{
 			MaxConnections: int32(cfg.Store.Postgres.MaxConnections), Metrics: m.tracker.Store,
 			MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient, WebhookAccounts: accounts})
 		if err != nil {
 			return nil, fmt.Errorf("tracking store: %w", err)
 		}
+		st = ps
 		log.Info("tracking store: PostgreSQL", "schema_version", postgres.SchemaVersion())
+		if !ps.SearchIndexed() {
+			log.Warn("tracking store: the pg_trgm extension could not be created (not installed, or the role lacks CREATE on the database): the console's search reads each account's messages in order")
+		}
 	} else {
 		st, err = bolt.Open(filepath.Join(cfg.DataDir, "tracking.db"), bolt.Options{Metrics: m.tracker.Store,
 			Retention: cfg.Tracking.Retention.D(), MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient,

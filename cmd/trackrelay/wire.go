@@ -49,6 +49,7 @@ func trackerMessage(env *relay.Envelope) store.Message {
 		MessageID:  env.MessageID,
 		Account:    env.Account,
 		From:       env.From,
+		Subject:    env.Subject,
 		SubmitIP:   env.SubmitIP,
 		AcceptedAt: env.AcceptedAt,
 		Mode:       env.Mode,

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/text/cases"
 
 	"github.com/trackrelay/trackrelay/internal/delivery"
+	"github.com/trackrelay/trackrelay/internal/subject"
 	"github.com/trackrelay/trackrelay/tracker/classify"
 )
 
@@ -113,20 +114,11 @@ var ErrBadPeriod = errors.New("store: invalid overview period")
 
 // MaxSubjectBytes is the longest Subject the stores keep, in bytes of
 // UTF-8; TruncateSubject cuts longer ones.
-const MaxSubjectBytes = 1000
+const MaxSubjectBytes = subject.MaxBytes
 
 // TruncateSubject returns s cut to at most MaxSubjectBytes, at a rune
 // boundary.
-func TruncateSubject(s string) string {
-	if len(s) <= MaxSubjectBytes {
-		return s
-	}
-	i := MaxSubjectBytes
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return s[:i]
-}
+func TruncateSubject(s string) string { return subject.Truncate(s) }
 
 // FoldSearch returns s case-folded (Unicode full case folding), as both
 // backends store the searchable text of a message and as they fold
