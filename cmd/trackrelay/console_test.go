@@ -23,7 +23,8 @@ import (
 )
 
 // The http listener serves the console under /ui/ next to the API: a
-// message sent over SMTP is listed and has its page, for a session
+// message sent over SMTP is listed, found by its subject and shows it on
+// its page, for a session
 // made with the account's SMTP password; a SIGHUP that rotates the
 // tracking secret (keeping the old one) keeps the session, one that
 // changes the account's password ends it, and the new password logs in.
@@ -115,10 +116,15 @@ func TestServe_console(t *testing.T) {
 	if p := login("first password"); p != "/ui/" {
 		t.Fatalf("login ended on %s", p)
 	}
-	if code, body := page("/ui/"); code != 200 || !strings.Contains(body, "/ui/messages/"+id) {
-		t.Fatalf("list: %d, no link to %s:\n%s", code, id, body)
+	// The subject, decoded, shows as text: its markup is escaped.
+	const subject = "Devis cuisine — &lt;b&gt;42&lt;/b&gt;"
+	if code, body := page("/ui/"); code != 200 || !strings.Contains(body, `<a href="/ui/messages/`+id+`">`+subject+`</a>`) {
+		t.Fatalf("list: %d, no link to %s named %q:\n%s", code, id, subject, body)
 	}
-	if code, body := page("/ui/messages/" + id); code != 200 || !strings.Contains(body, "<code>"+id+"</code>") || !strings.Contains(body, "c@example.net") {
+	if code, body := page("/ui/?q=CUISINE"); code != 200 || !strings.Contains(body, subject) {
+		t.Errorf("search by subject: %d:\n%s", code, body)
+	}
+	if code, body := page("/ui/messages/" + id); code != 200 || !strings.Contains(body, "<h1>"+subject+"</h1>") || !strings.Contains(body, "c@example.net") {
 		t.Fatalf("message page: %d:\n%s", code, body)
 	}
 	// The API is still the tracker's.
