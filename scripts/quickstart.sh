@@ -58,6 +58,8 @@ check "click redirected to the original URL" "302 https://example.com/quote/42?x
 check "the API shows the open" '"type":"open"'
 check "the API shows the click" '"type":"click"'
 check "the API classes our own hits as self" '"class":"self"'
+check "the console logged in" "303"
+check "the console shows the subject" "<h1>Your quote</h1>"
 if [ "$fail" -ne 0 ]; then
     echo "$out" | tail -n 40
 fi

@@ -15,6 +15,7 @@ import (
 
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/tracker"
+	"github.com/trackrelay/trackrelay/tracker/console"
 	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
@@ -24,6 +25,7 @@ import (
 type servers struct {
 	smtp                    *relay.Server
 	tracker                 *tracker.Handler // serves http
+	console                 *console.Handler // serves http's /ui/
 	http, metrics, admin    *http.Server
 	smtpLn, httpLn, adminLn net.Listener
 	metricsLn               net.Listener // nil without metrics.listen
@@ -32,15 +34,18 @@ type servers struct {
 // openServers builds every server and opens every listener. On error,
 // what it opened is closed again (one close path: closeListeners).
 func openServers(cfg *Config, spool *relay.Spool, d *relay.Deliverer, st *trackingStore, keys *token.Keyring,
-	geo tracker.GeoLocator, m *metrics, log *slog.Logger) (*servers, error) {
+	secrets [][]byte, geo tracker.GeoLocator, m *metrics, log *slog.Logger) (*servers, error) {
 	scfg, err := serverConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
 	s := &servers{smtp: relay.NewServer(scfg, spool, d, log.With("part", "smtp"), m.relay),
 		tracker: tracker.NewHandler(trackerConfig(cfg, d, geo, m, log), keys, st)}
+	if s.console, err = newConsole(cfg, st, secrets, log); err != nil {
+		return nil, err
+	}
 	s.http = &http.Server{
-		Handler:           s.tracker,
+		Handler:           httpHandler(s.tracker, s.console),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -167,6 +172,43 @@ func trackerConfig(cfg *Config, d *relay.Deliverer, geo tracker.GeoLocator, m *m
 	}
 	tcfg.Accounts = trackerAccounts(cfg)
 	return tcfg
+}
+
+// newConsole returns the web console over st.
+func newConsole(cfg *Config, st *trackingStore, secrets [][]byte, log *slog.Logger) (*console.Handler, error) {
+	ccfg := console.Config{BaseURL: baseURL(cfg), Accounts: consoleAccounts(cfg), Secrets: secrets,
+		Logger: log.With("part", "console")}
+	for _, p := range cfg.Tracking.TrustedProxies {
+		pfx, _ := parsePrefix(p)
+		ccfg.TrustedProxies = append(ccfg.TrustedProxies, pfx)
+	}
+	c, err := console.New(ccfg, st)
+	if err != nil {
+		return nil, fmt.Errorf("web console: %w", err)
+	}
+	return c, nil
+}
+
+// consoleAccounts are the accounts that may log in to the console: each
+// with its API key and its SMTP password, either of which may be missing.
+func consoleAccounts(cfg *Config) []console.Account {
+	accounts := make([]console.Account, 0, len(cfg.Accounts))
+	for _, a := range cfg.Accounts {
+		accounts = append(accounts, console.Account{Name: a.Name, APIKeySHA256: strings.ToLower(a.APIKeySHA256), PasswordHash: a.PasswordHash})
+	}
+	return accounts
+}
+
+// httpHandler serves the http listener: the console under /ui/, the
+// tracker everything else.
+func httpHandler(tr *tracker.Handler, ui *console.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := r.URL.Path; p == "/ui" || strings.HasPrefix(p, console.Prefix) {
+			ui.ServeHTTP(w, r)
+			return
+		}
+		tr.ServeHTTP(w, r)
+	})
 }
 
 // trackerAccounts are the accounts with an API key.

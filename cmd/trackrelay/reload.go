@@ -9,6 +9,7 @@ import (
 
 	"github.com/trackrelay/trackrelay/relay"
 	"github.com/trackrelay/trackrelay/tracker"
+	"github.com/trackrelay/trackrelay/tracker/console"
 	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
@@ -22,12 +23,13 @@ type reloader struct {
 	upstream string  // the upstream password at start
 	smtp     *relay.Server
 	http     *tracker.Handler
+	console  *console.Handler               // nil: no console
 	keys     *atomic.Pointer[token.Keyring] // the delivery's minters read it
 	log      *slog.Logger
 }
 
 func newReloader(path string, cfg *Config, s *servers, keys *atomic.Pointer[token.Keyring], log *slog.Logger) *reloader {
-	r := &reloader{path: path, started: cfg, smtp: s.smtp, http: s.tracker, keys: keys, log: log}
+	r := &reloader{path: path, started: cfg, smtp: s.smtp, http: s.tracker, console: s.console, keys: keys, log: log}
 	if cfg.Upstream != nil {
 		r.upstream, _ = upstreamPassword(cfg.Upstream)
 	}
@@ -71,14 +73,25 @@ func (r *reloader) apply(next *Config) error {
 	if err != nil {
 		return err
 	}
-	keys, err := loadKeyring(&applied)
+	secrets, err := loadSecrets(&applied)
 	if err != nil {
+		return err
+	}
+	keys, err := keyringOf(secrets)
+	if err != nil {
+		return err
+	}
+	// It fails only on no secret, which loadSecrets never returns: first,
+	// so that a failure would change nothing.
+	if err := r.console.SetSecrets(secrets); err != nil {
 		return err
 	}
 	r.smtp.SetAccounts(smtpAccounts)
 	r.http.SetAccounts(trackerAccounts(next))
 	r.keys.Store(keys)
 	r.http.SetKeyring(keys)
+	// Sessions of accounts whose key or password changed end here.
+	r.console.SetAccounts(consoleAccounts(next))
 	return nil
 }
 

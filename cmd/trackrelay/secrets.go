@@ -60,6 +60,30 @@ func postgresDSN(cfg *Config) (string, error) {
 // previous ones (tracking.previous_secret_files) still verify, so that
 // links in mail already sent keep working after a rotation.
 func loadKeyring(cfg *Config) (*token.Keyring, error) {
+	secrets, err := loadSecrets(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return keyringOf(secrets)
+}
+
+// keyringOf builds the token keys of secrets (the current one last).
+func keyringOf(secrets [][]byte) (*token.Keyring, error) {
+	keys := make([]token.Key, len(secrets))
+	for i, s := range secrets {
+		keys[i] = token.Key{ID: keyID(s), Secret: s}
+	}
+	k, err := token.NewKeyring(keys...) // the last one signs
+	if err != nil {
+		return nil, fmt.Errorf("tracking secrets: %w (two secrets whose ids collide: make a new current secret)", err)
+	}
+	return k, nil
+}
+
+// loadSecrets reads the tracking secrets: the previous ones in order, the
+// current one last. The token keys and the console's session keys are
+// made from them.
+func loadSecrets(cfg *Config) ([][]byte, error) {
 	var current []byte
 	if v := os.Getenv(envTrackingSecret); v != "" {
 		current = []byte(strings.TrimSpace(v))
@@ -73,7 +97,7 @@ func loadKeyring(cfg *Config) (*token.Keyring, error) {
 		}
 		current = s
 	}
-	var keys []token.Key
+	var secrets [][]byte
 	for i, path := range cfg.Tracking.PreviousSecretFiles {
 		b, err := os.ReadFile(path)
 		if err != nil {
@@ -83,14 +107,9 @@ func loadKeyring(cfg *Config) (*token.Keyring, error) {
 		if len(s) < token.MinSecretLen {
 			return nil, fmt.Errorf("tracking.previous_secret_files[%d]: %s holds %d bytes; at least %d are needed", i, path, len(s), token.MinSecretLen)
 		}
-		keys = append(keys, token.Key{ID: keyID(s), Secret: s})
+		secrets = append(secrets, s)
 	}
-	keys = append(keys, token.Key{ID: keyID(current), Secret: current}) // the last one signs
-	k, err := token.NewKeyring(keys...)
-	if err != nil {
-		return nil, fmt.Errorf("tracking secrets: %w (two secrets whose ids collide: make a new current secret)", err)
-	}
-	return k, nil
+	return append(secrets, current), nil
 }
 
 // upstreamPassword reads the upstream password from the environment or

@@ -91,7 +91,11 @@ func serveReloading(ctx context.Context, cfg *Config, embedded bool, path string
 	if err := prepareDataDir(cfg, embedded, stdout, log); err != nil {
 		return err
 	}
-	k, err := loadKeyring(cfg)
+	secrets, err := loadSecrets(cfg)
+	if err != nil {
+		return err
+	}
+	k, err := keyringOf(secrets)
 	if err != nil {
 		return err
 	}
@@ -119,7 +123,7 @@ func serveReloading(ctx context.Context, cfg *Config, embedded bool, path string
 	if err != nil {
 		return err
 	}
-	srv, err := openServers(cfg, spool, deliverer, st, k, geo, m, log)
+	srv, err := openServers(cfg, spool, deliverer, st, k, secrets, geo, m, log)
 	if err != nil {
 		stopDelivery(cfg, deliverer, log)
 		return err

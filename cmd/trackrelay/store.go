@@ -58,6 +58,7 @@ type backend interface {
 	store.Store
 	store.DeliveryReader
 	store.Outbox
+	store.Browser // the web console's list and overview
 	Ping(context.Context) error
 }
 
