@@ -3,8 +3,10 @@ package relay
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -288,5 +290,26 @@ func (d *Deliverer) Shutdown(ctx context.Context) error {
 	if d.up != nil {
 		d.up.Close()
 	}
+	d.keepOwed()
 	return err
+}
+
+// keepOwed writes the reports still owed of the queued messages into
+// their spool records, for the next start: those made since a record was
+// last written (a held copy's state, say) would be lost otherwise.
+func (d *Deliverer) keepOwed() {
+	d.owed.mu.Lock()
+	owed := map[string][]LedgerReport{}
+	for id, m := range d.owed.msgs {
+		if !m.retired && len(m.reports) > 0 {
+			owed[id] = slices.Clone(m.reports)
+		}
+	}
+	d.owed.mu.Unlock()
+	for id, reports := range owed {
+		_, err := d.spool.Update(id, func(e *Envelope) error { e.Owed = reports; return nil })
+		if err != nil && !errors.Is(err, ErrNoSuchMessage) {
+			d.log.Error("spool: could not keep the reports owed to the ledger", "queue_id", id, "err", err)
+		}
+	}
 }

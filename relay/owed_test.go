@@ -225,3 +225,31 @@ func TestAccept_reportWaitBounded(t *testing.T) {
 	ledger.waitAccepted(t, lost)
 	ledger.waitStatus(t, lost, 0, StatusDelivered)
 }
+
+// Reports owed since a message's record was last written (the state of a
+// copy held after a panic) are written into it at shutdown, and given
+// after the next start.
+func TestOwed_keptAtShutdown(t *testing.T) {
+	down := newMemLedger()
+	down.setDown(true)
+	d, spool := captureDeliverer(t, down, DeliveryConfig{})
+	env := enqueueHTML(t, spool, "bob@example.net", StatusQueued, time.Now().Add(time.Hour))
+	d.hold(env.ID, nil, "test", testLogger(t))
+	if err := d.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := spool.Get(env.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.Owed) != 1 || rec.Owed[0].Kind != ReportDelivery || rec.Owed[0].State.Status != StatusHeld {
+		t.Fatalf("owed reports kept at shutdown: %+v", rec.Owed)
+	}
+	ledger := newMemLedger()
+	d = NewDeliverer(DeliveryConfig{CaptureDir: t.TempDir()}, spool, ledger, testMinters{}, nil, nil)
+	startDeliverer(t, d)
+	ledger.waitStatus(t, env.ID, 0, StatusHeld)
+	if got := ledger.reported(env.ID); len(got) < 2 || got[0] != "accepted" {
+		t.Errorf("reports %q; want the message, then the held state", got)
+	}
+}
