@@ -96,14 +96,17 @@ func (n *fleetNode) serveInProcess(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var logs bytes.Buffer
-	go func() { done <- serve(ctx, cfg, false, io.Discard, &lockedWriter{w: &logs}) }()
+	lw := &lockedWriter{w: &logs}
+	go func() { done <- serve(ctx, cfg, false, io.Discard, lw) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
 		if t.Failed() {
+			lw.mu.Lock() // attempts past the shutdown grace may still log
 			t.Logf("node %s log:\n%s", n.dir, logs.String())
+			lw.mu.Unlock()
 		}
 	})
 	waitListening(t, n.smtp)
@@ -144,18 +147,19 @@ func (n *fleetNode) metric(t *testing.T, sample string) float64 {
 	return v
 }
 
-// fleetMessage is message i, with a Message-ID the test looks it up by.
-func fleetMessage(i int) (msgID string, body []byte) {
+// fleetMessage is message i, with a Message-ID the test looks it up by,
+// tracked in mode track.
+func fleetMessage(i int, track string) (msgID string, body []byte) {
 	msgID = fmt.Sprintf("fleet-%d@app.test", i)
 	return msgID, []byte(fmt.Sprintf("From: alice@example.com\r\nTo: bob@example.net, carol@example.net\r\n"+
-		"Message-ID: <%s>\r\nSubject: quote %d\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"+
-		"<html><body><p>See <a href=\"https://example.com/q/%d\">the quote</a>.</p></body></html>\r\n", msgID, i, i))
+		"Message-ID: <%s>\r\nSubject: quote %d\r\nX-Track: %s\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"+
+		"<html><body><p>See <a href=\"https://example.com/q/%d\">the quote</a>.</p></body></html>\r\n", msgID, i, track, i))
 }
 
-// sendFleet sends message i through the node, and returns its Message-ID
-// and how long the transaction took.
-func sendFleet(t *testing.T, addr string, i int) (string, time.Duration) {
-	msgID, body := fleetMessage(i)
+// sendFleet sends message i through the node, tracked in mode track, and
+// returns its Message-ID and how long the transaction took.
+func sendFleet(t *testing.T, addr string, i int, track string) (string, time.Duration) {
+	msgID, body := fleetMessage(i, track)
 	start := time.Now()
 	if err := smtp.SendMail(addr, nil, "alice@example.com", []string{"bob@example.net", "carol@example.net"}, body); err != nil {
 		t.Errorf("message %d: %v", i, err)
@@ -205,6 +209,9 @@ func TestFleet_anyNodeAnswersAfter250(t *testing.T) {
 	a.serveInProcess(t)
 	b.serveInProcess(t)
 
+	// Untracked and never delivered (the upstream is silent): nothing
+	// changes the message after its 250, so both nodes must give the same
+	// bytes.
 	const messages = 24
 	type read struct {
 		code  int
@@ -214,7 +221,7 @@ func TestFleet_anyNodeAnswersAfter250(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range messages {
 		wg.Go(func() {
-			msgID, _ := sendFleet(t, a.smtp, i)
+			msgID, _ := sendFleet(t, a.smtp, i, "none")
 			reads[i].code, reads[i].fromB = b.api(t, msgID)
 		})
 	}
@@ -224,7 +231,7 @@ func TestFleet_anyNodeAnswersAfter250(t *testing.T) {
 			t.Errorf("message %d: node B answered %d right after the 250: %s", i, r.code, r.fromB)
 			continue
 		}
-		msgID, _ := fleetMessage(i)
+		msgID, _ := fleetMessage(i, "none")
 		code, fromA := a.api(t, msgID)
 		if code != http.StatusOK || !bytes.Equal(fromA, r.fromB) {
 			t.Errorf("message %d: node A answered %d\n%s\nnode B\n%s", i, code, fromA, r.fromB)
@@ -298,7 +305,7 @@ func TestFleet_databaseOutage(t *testing.T) {
 	const messages = 10
 	var ids []string
 	for i := range messages {
-		id, took := sendFleet(t, a.smtp, i)
+		id, took := sendFleet(t, a.smtp, i, "all")
 		t.Logf("message %d accepted in %v with the database down", i, took)
 		ids = append(ids, id)
 	}
@@ -337,10 +344,16 @@ func TestFleet_kill9WhileRecordsWait(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	n := newFleetNode(t, dir, dsn, "")
-	var logs bytes.Buffer
+	var buf bytes.Buffer
+	lw := &lockedWriter{w: &buf}
+	logs := func() string {
+		lw.mu.Lock()
+		defer lw.mu.Unlock()
+		return buf.String()
+	}
 	start := func() *exec.Cmd {
 		cmd := exec.Command(bin, "serve", "-config", n.config)
-		cmd.Stdout, cmd.Stderr = &logs, &logs
+		cmd.Stdout, cmd.Stderr = lw, lw
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -355,12 +368,12 @@ func TestFleet_kill9WhileRecordsWait(t *testing.T) {
 	const messages = 6
 	var ids []string
 	for i := range messages {
-		id, _ := sendFleet(t, n.smtp, i)
+		id, _ := sendFleet(t, n.smtp, i, "all")
 		ids = append(ids, id)
 	}
 	for deadline := time.Now().Add(30 * time.Second); outboxCount(n) < 2*messages; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d copies delivered with the database down:\n%s", outboxCount(n), 2*messages, logs.String())
+			t.Fatalf("%d of %d copies delivered with the database down:\n%s", outboxCount(n), 2*messages, logs())
 		}
 	}
 	if owed := n.metric(t, "trackrelay_ledger_owed_reports"); owed == 0 {
@@ -374,8 +387,10 @@ func TestFleet_kill9WhileRecordsWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	node = start()
+	defer func() {
+		if t.Failed() {
+			t.Logf("node log:\n%s", logs())
+		}
+	}()
 	waitDelivered(t, dsn, ids)
-	if t.Failed() {
-		t.Logf("node log:\n%s", logs.String())
-	}
 }
