@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"context"
 	"log/slog"
 	"time"
 
@@ -51,6 +50,47 @@ func (d *Deliverer) Pending(account, ref string) (*Envelope, bool) {
 		return nil, false
 	}
 	return env, true
+}
+
+// Accept schedules a message the server has just made durable, before its
+// 250. With DeliveryConfig.ReportWait set it first gives the ledger the
+// message's record and waits up to ReportWait for its commit; the write
+// goes on after that, and one the ledger fails is owed. Without, the
+// ledger hears of the message after the 250 (Submit).
+func (d *Deliverer) Accept(env *Envelope) {
+	wait := d.cfg.ReportWait
+	if wait <= 0 {
+		d.Submit(env, false)
+		return
+	}
+	d.mu.Lock()
+	d.addPending(env)
+	d.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// As the announcer's: a message whose report panics is held.
+		defer guard.Recover(guard.Announce, d.log, func(*guard.Panic) {
+			d.hold(env.ID, nil, guard.Announce, d.log.With("queue_id", env.ID))
+		})
+		d.announce(env, nil)
+	}()
+	d.Submit(env, true)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-done:
+		d.mu.Lock()
+		written := d.pending[env.ID] == nil
+		d.mu.Unlock()
+		if written {
+			d.metrics.reportWaits.WithLabelValues(reportCommitted).Inc()
+		} else {
+			d.metrics.reportWaits.WithLabelValues(reportOwed).Inc()
+		}
+	case <-t.C:
+		d.metrics.reportWaits.WithLabelValues(reportTimeout).Inc()
+	}
 }
 
 // announceDelayDefault is how long a new message waits for a worker to
@@ -111,9 +151,11 @@ func (d *Deliverer) announcer() {
 // announce writes the ledger record of a newly accepted message (or of one
 // loaded after a restart), once, with links when they are known: the
 // worker that first delivers the message does it, or the announcer if no
-// worker has after announceDelay. If one is writing it already, announce
-// waits for that write and tries itself only if it failed. It reports
-// whether it wrote links too.
+// worker has after announceDelay, or the SMTP session before its 250
+// (DeliveryConfig.ReportWait). If one is writing it already, announce
+// waits for that write and tries itself only if it failed. A record the
+// ledger fails is owed (owed.go), and so are its links. It reports whether
+// it wrote or owed links too.
 func (d *Deliverer) announce(env *Envelope, links []string) bool {
 	for {
 		d.mu.Lock()
@@ -130,19 +172,15 @@ func (d *Deliverer) announce(env *Envelope, links []string) bool {
 		d.announcing[env.ID] = busy
 		d.mu.Unlock()
 
-		err := d.writeAccepted(env, links, busy)
-		if err != nil {
-			d.metrics.ledgerErrors.Inc()
-			d.log.Error("ledger: recording accepted message failed", "queue_id", env.ID, "err", err)
-			return false
-		}
+		d.writeAccepted(env, links, busy) // tell logs a failure
 		return links != nil
 	}
 }
 
 // writeAccepted writes the ledger record of env and then ends the
 // announcement busy, also when the write panics: a waiter on busy must
-// never wait forever.
+// never wait forever. A record owed stays pending (the API answers from
+// it) until the retrier has given it.
 func (d *Deliverer) writeAccepted(env *Envelope, links []string, busy chan struct{}) (err error) {
 	written := false
 	defer func() {
@@ -158,7 +196,7 @@ func (d *Deliverer) writeAccepted(env *Envelope, links []string, busy chan struc
 		close(busy)
 	}()
 	guard.Check(guard.Announce, env.ID)
-	err = d.ledger.Accepted(context.Background(), env, links)
+	err = d.tell(env, LedgerReport{Kind: ReportMessage, Links: links}, d.log)
 	written = err == nil
 	return err
 }
@@ -176,11 +214,8 @@ func (d *Deliverer) report(env *Envelope, links []string, log *slog.Logger) {
 	if linked {
 		return // every copy has the same links: the ledger needs them once
 	}
-	if err := d.ledger.Links(context.Background(), env.ID, links); err != nil {
-		d.metrics.ledgerErrors.Inc()
-		log.Error("ledger: recording links failed", "err", err)
-		return
-	}
+	// Owed links are given by the retrier: the ledger needs them once.
+	_ = d.tell(env, LedgerReport{Kind: ReportLinks, Links: links}, log)
 	d.mu.Lock()
 	d.linked[env.ID] = true
 	d.mu.Unlock()

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"container/heap"
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -136,13 +135,14 @@ func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, lo
 		}
 	}
 	log.Info("delivery "+result, "to", rc.Address, "attempt", rc.Attempts, "response", rc.LastResponse)
+	var owed func() []LedgerReport
 	if !env.Bounce { // the relay's own notifications are not the app's messages
-		if err := d.ledger.Delivery(context.Background(), env.ID, j.rcpt, rc); err != nil {
-			d.metrics.ledgerErrors.Inc()
-			log.Error("ledger: recording delivery status failed", "err", err)
-		}
+		state := rc
+		// Failed, it is owed and retried, and kept with the spool record.
+		_ = d.tell(env, LedgerReport{Kind: ReportDelivery, Rcpt: j.rcpt, State: &state}, log)
+		owed = func() []LedgerReport { return d.owedOf(env.ID) }
 	}
-	done, err := d.spool.Record(env.ID, j.rcpt, rc)
+	done, owing, err := d.spool.Record(env.ID, j.rcpt, rc, owed)
 	if err != nil {
 		if errors.Is(err, ErrNoSuchMessage) {
 			return // deleted by the operator meanwhile
@@ -160,10 +160,15 @@ func (d *Deliverer) finish(env *Envelope, j job, rc Recipient, result string, lo
 		heap.Push(&d.jobs, job{id: env.ID, rcpt: j.rcpt, due: rc.NextAttempt})
 	}
 	if done {
-		d.dropPending(env.ID)
+		if !d.owesMessage(env.ID) { // else pending until the retrier gives it
+			d.dropPending(env.ID)
+		}
 		delete(d.linked, env.ID)
 	}
 	d.mu.Unlock()
+	if owing {
+		d.retired(env.ID)
+	}
 	if rc.Status == StatusDeferred {
 		d.wakeWorker()
 	}

@@ -3,8 +3,10 @@ package relay
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -42,6 +44,14 @@ type DeliveryConfig struct {
 	// honeypot link (rewrite.Options.Honeypot), when its Minter mints one
 	// (HoneypotMinter; tracker/token's does).
 	Honeypot bool
+	// ReportWait, when positive, makes the SMTP server give the ledger a
+	// new message's record before the 250 and wait up to this long for its
+	// commit (a ledger shared by a fleet: any node then finds the message
+	// as soon as the client has its queue id). A record not committed by
+	// then follows after the 250: the spool is durable, and a report the
+	// ledger fails is owed and retried (owed.go). Zero: the ledger hears of
+	// the message after the 250, from the first worker or an announcer.
+	ReportWait time.Duration
 }
 
 // Deliverer runs the delivery jobs: one per recipient copy, retried on a
@@ -91,6 +101,8 @@ type Deliverer struct {
 	recordRetry time.Duration
 	bufs        sync.Pool
 	startOnce   sync.Once
+	// owed holds the reports the ledger has not acknowledged (owed.go).
+	owed owedState
 }
 
 // NewDeliverer returns a deliverer; Start sets it running.
@@ -132,8 +144,10 @@ func NewDeliverer(cfg DeliveryConfig, spool *Spool, ledger Ledger, minters Minte
 		stopWork:      make(chan struct{}),
 		announceDelay: announceDelayDefault,
 		recordRetry:   time.Minute,
+		owed:          owedState{msgs: map[string]*owedMessage{}, wake: make(chan struct{}, 1)},
 	}
 	m.queue.source(d.countQueue)
+	m.owed.source(d.OwedReports)
 	if cfg.Upstream != nil {
 		up := *cfg.Upstream
 		if up.Hostname == "" {
@@ -159,8 +173,13 @@ func (d *Deliverer) Start() error {
 		return fmt.Errorf("delivery: load spool: %w", err)
 	}
 	for _, env := range envs {
+		if len(env.Owed) > 0 && !env.Bounce {
+			d.owe(env, env.Owed, env.Done())
+		}
 		if env.Done() {
-			if err := d.spool.Remove(env.ID); err != nil {
+			// Kept in the ledger bucket while reports are owed (owe has
+			// marked it retired).
+			if _, err := d.spool.RemoveOwing(env.ID, env.Owed); err != nil {
 				return err
 			}
 			continue
@@ -168,6 +187,17 @@ func (d *Deliverer) Start() error {
 		// The relay's own notices are not the app's messages: never
 		// reported.
 		d.Submit(env, env.Bounce)
+	}
+	// Messages that left the queue with reports still owed to the ledger.
+	owed, err := d.spool.LoadOwed()
+	if err != nil {
+		return fmt.Errorf("delivery: load the ledger's owed reports: %w", err)
+	}
+	for _, env := range owed {
+		d.owe(env, env.Owed, true)
+	}
+	if n, _ := d.OwedReports(); n > 0 {
+		d.log.Warn("reports owed to the ledger loaded; given as soon as it takes them", "reports", n)
 	}
 	if len(envs) > 0 {
 		d.mu.Lock()
@@ -188,8 +218,9 @@ func (d *Deliverer) Start() error {
 			d.wg.Add(1)
 			go d.worker()
 		}
-		d.wg.Add(1)
+		d.wg.Add(2)
 		go d.announcer()
+		go d.retrier()
 	})
 	return nil
 }
@@ -259,5 +290,26 @@ func (d *Deliverer) Shutdown(ctx context.Context) error {
 	if d.up != nil {
 		d.up.Close()
 	}
+	d.keepOwed()
 	return err
+}
+
+// keepOwed writes the reports still owed of the queued messages into
+// their spool records, for the next start: those made since a record was
+// last written (a held copy's state, say) would be lost otherwise.
+func (d *Deliverer) keepOwed() {
+	d.owed.mu.Lock()
+	owed := map[string][]LedgerReport{}
+	for id, m := range d.owed.msgs {
+		if !m.retired && len(m.reports) > 0 {
+			owed[id] = slices.Clone(m.reports)
+		}
+	}
+	d.owed.mu.Unlock()
+	for id, reports := range owed {
+		_, err := d.spool.Update(id, func(e *Envelope) error { e.Owed = reports; return nil })
+		if err != nil && !errors.Is(err, ErrNoSuchMessage) {
+			d.log.Error("spool: could not keep the reports owed to the ledger", "queue_id", id, "err", err)
+		}
+	}
 }

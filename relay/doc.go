@@ -41,7 +41,9 @@
 //     copies written as files), outcome.go (the texts a failed attempt
 //     shows), health.go (the upstream's health for readiness).
 //   - Reporting and the operator: announce.go (telling the Ledger of new
-//     messages and their links), ledger.go (the Ledger and Minters
+//     messages and their links, before the 250 with ReportWait), owed.go
+//     (reports the Ledger failed: retried in order, kept in the spool
+//     across restarts), ledger.go (the Ledger and Minters
 //     interfaces), bounce.go (delivery status notifications), hold.go
 //     (copies held after a panic, and releasing them), operator.go (the
 //     operator's retry and delete), metrics.go (Prometheus metrics).

@@ -72,8 +72,12 @@ type harnessOpts struct {
 	upConns    int
 	retry      time.Duration // the first retry delay, 50ms when 0; the longest is four times it
 	lifetime   time.Duration
-	dir        string // the spool's parent; a temporary directory when ""
-	noStart    bool   // leave the deliverer stopped
+	dir        string        // the spool's parent; a temporary directory when ""
+	noStart    bool          // leave the deliverer stopped
+	reportWait time.Duration // DeliveryConfig.ReportWait
+	metrics    *Metrics      // the deliverer's; its own when nil
+	// ledger, when set, wraps the harness's ledger for the deliverer.
+	ledger func(*memLedger) Ledger
 }
 
 // harness is a relay on loopback: h.addr takes SMTP, h.ledger hears of
@@ -104,7 +108,8 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	if log == nil {
 		log = testLogger(t)
 	}
-	dc := DeliveryConfig{Hostname: "relay.test", RetryInitial: o.retry, RetryMax: 4*o.retry + time.Millisecond, Lifetime: o.lifetime}
+	dc := DeliveryConfig{Hostname: "relay.test", RetryInitial: o.retry, RetryMax: 4*o.retry + time.Millisecond, Lifetime: o.lifetime,
+		ReportWait: o.reportWait}
 	if o.retry == 0 {
 		dc.RetryInitial, dc.RetryMax = 50*time.Millisecond, 200*time.Millisecond
 	}
@@ -121,7 +126,11 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	} else {
 		dc.CaptureDir = filepath.Join(h.dir, "outbox")
 	}
-	h.d = NewDeliverer(dc, h.spool, h.ledger, testMinters{}, log, nil)
+	var ledger Ledger = h.ledger
+	if o.ledger != nil {
+		ledger = o.ledger(h.ledger)
+	}
+	h.d = NewDeliverer(dc, h.spool, ledger, testMinters{}, log, o.metrics)
 	if !o.noStart {
 		if err := h.d.Start(); err != nil {
 			t.Fatal(err)

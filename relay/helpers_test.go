@@ -199,17 +199,43 @@ type memLedger struct {
 	failAccepted int
 	// acceptDelay makes Accepted slow, as a store that waits for company.
 	acceptDelay time.Duration
+	// down makes every call fail, as a database that is down (setDown).
+	down bool
+	// reports lists the calls that succeeded, per message, in order:
+	// "accepted", "links", "delivery RCPT STATUS ATTEMPTS".
+	reports map[string][]string
 }
+
+// setDown makes every call fail (true) or succeed again.
+func (l *memLedger) setDown(down bool) {
+	l.mu.Lock()
+	l.down = down
+	l.mu.Unlock()
+}
+
+// reported returns the calls that succeeded for message id, in order.
+func (l *memLedger) reported(id string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.reports[id]...)
+}
+
+var errLedgerDown = errors.New("ledger down")
 
 func newMemLedger() *memLedger {
 	return &memLedger{accepted: map[string]*Envelope{}, acceptedN: map[string]int{},
-		links: map[string][]string{}, linksN: map[string]int{}, status: map[string]Recipient{}}
+		links: map[string][]string{}, linksN: map[string]int{}, status: map[string]Recipient{},
+		reports: map[string][]string{}}
 }
 
 func (l *memLedger) Accepted(_ context.Context, env *Envelope, links []string) error {
 	l.mu.Lock()
 	l.acceptedN[env.ID]++
 	delay := l.acceptDelay
+	if l.down {
+		l.mu.Unlock()
+		return errLedgerDown
+	}
 	if l.failAccepted > 0 {
 		l.failAccepted--
 		l.mu.Unlock()
@@ -221,8 +247,10 @@ func (l *memLedger) Accepted(_ context.Context, env *Envelope, links []string) e
 	defer l.mu.Unlock()
 	cp := *env
 	l.accepted[env.ID] = &cp
+	l.reports[env.ID] = append(l.reports[env.ID], "accepted")
 	if links != nil {
 		l.links[env.ID] = links
+		l.reports[env.ID] = append(l.reports[env.ID], "links")
 	}
 	return nil
 }
@@ -246,18 +274,26 @@ func (l *memLedger) waitAccepted(t *testing.T, id string) *Envelope {
 func (l *memLedger) Links(_ context.Context, id string, links []string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.down {
+		return errLedgerDown
+	}
 	l.links[id] = links
 	l.linksN[id]++
+	l.reports[id] = append(l.reports[id], "links")
 	return nil
 }
 
 func (l *memLedger) Delivery(_ context.Context, id string, rcpt int, r Recipient) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.down {
+		return errLedgerDown
+	}
 	if l.accepted[id] == nil {
 		l.statusBeforeAccepted++
 	}
 	l.status[fmt.Sprintf("%s/%d", id, rcpt)] = r
+	l.reports[id] = append(l.reports[id], fmt.Sprintf("delivery %d %s %d", rcpt, r.Status, r.Attempts))
 	return nil
 }
 

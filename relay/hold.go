@@ -2,7 +2,6 @@ package relay
 
 import (
 	"container/heap"
-	"context"
 	"errors"
 	"log/slog"
 	"slices"
@@ -53,10 +52,8 @@ func (d *Deliverer) hold(id string, idxs []int, component string, log *slog.Logg
 	}
 	for _, i := range held {
 		guard.Run(component, log, func() {
-			if err := d.ledger.Delivery(context.Background(), id, i, env.Recipients[i]); err != nil {
-				d.metrics.ledgerErrors.Inc()
-				log.Error("ledger: recording the held copy failed", "rcpt", i, "err", err)
-			}
+			state := env.Recipients[i]
+			_ = d.tell(env, LedgerReport{Kind: ReportDelivery, Rcpt: i, State: &state}, log)
 		})
 	}
 }
@@ -86,10 +83,8 @@ func (d *Deliverer) release(id string, now time.Time) (int, error) {
 	}
 	d.log.Info("held copies released by the operator", "queue_id", id, "copies", n)
 	for _, i := range idxs {
-		if err := d.ledger.Delivery(context.Background(), id, i, env.Recipients[i]); err != nil {
-			d.metrics.ledgerErrors.Inc()
-			d.log.Error("ledger: recording the released copy failed", "queue_id", id, "rcpt", i, "err", err)
-		}
+		state := env.Recipients[i]
+		_ = d.tell(env, LedgerReport{Kind: ReportDelivery, Rcpt: i, State: &state}, d.log)
 	}
 	return n, nil
 }

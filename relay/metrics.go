@@ -2,6 +2,7 @@ package relay
 
 import (
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -24,6 +25,8 @@ type Metrics struct {
 	upstreamDials   *prometheus.CounterVec
 	ledgerErrors    prometheus.Counter
 	dkimSignatures  *prometheus.CounterVec
+	owed            *owedCollector
+	reportWaits     *prometheus.CounterVec
 }
 
 // NewMetrics creates the relay's metrics and registers them on reg (nil:
@@ -66,6 +69,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			"Failures to record acceptance or delivery status in the tracking store."),
 		dkimSignatures: counterVec("trackrelay_dkim_signatures_total",
 			"DKIM signing of outgoing copies, by result (signed; error: delivered unsigned).", "result"),
+		owed: &owedCollector{
+			count: prometheus.NewDesc("trackrelay_ledger_owed_reports",
+				"Reports (message records, links, delivery states) the tracking store has not acknowledged yet: retried until it does, kept in the spool across restarts.", nil, nil),
+			oldest: prometheus.NewDesc("trackrelay_ledger_owed_oldest_age_seconds",
+				"Age of the oldest report the tracking store has not acknowledged; 0 when none.", nil, nil),
+		},
+		reportWaits: counterVec("trackrelay_ledger_report_waits_total",
+			"Accepted messages whose 250 waited for their record in the tracking store (fleet mode), by result (committed: before the 250; timeout: not within the wait, it follows; owed: the store failed or is down, retried).", "result"),
+	}
+	for _, r := range []string{reportCommitted, reportTimeout, reportOwed} {
+		m.reportWaits.WithLabelValues(r)
 	}
 	for _, r := range []string{"signed", "error"} {
 		m.dkimSignatures.WithLabelValues(r)
@@ -73,7 +87,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.sessions, m.connRejected, m.authFailures, m.messages, m.acceptedBytes,
 			m.attempts, m.attemptDuration, m.rewrites, m.rewriteDuration, m.linksRewritten,
-			m.bounces, m.queue, m.upstreamDials, m.ledgerErrors, m.dkimSignatures)
+			m.bounces, m.queue, m.upstreamDials, m.ledgerErrors, m.dkimSignatures, m.owed, m.reportWaits)
 	}
 	return m
 }
@@ -129,4 +143,47 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	}{{"queued", n.queued}, {"deferred", n.deferred}, {"sending", n.sending}, {"held", n.held}} {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(v.n), v.state)
 	}
+}
+
+// Results of trackrelay_ledger_report_waits_total.
+const (
+	reportCommitted = "committed"
+	reportTimeout   = "timeout"
+	reportOwed      = "owed"
+)
+
+// owedCollector reports the reports owed to the ledger when scraped.
+type owedCollector struct {
+	count, oldest *prometheus.Desc
+
+	mu  sync.Mutex
+	get func() (int, time.Time)
+}
+
+// source sets the function that counts the owed reports.
+func (c *owedCollector) source(get func() (int, time.Time)) {
+	c.mu.Lock()
+	c.get = get
+	c.mu.Unlock()
+}
+
+// Describe implements prometheus.Collector.
+func (c *owedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.count; ch <- c.oldest }
+
+// Collect implements prometheus.Collector.
+func (c *owedCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	get := c.get
+	c.mu.Unlock()
+	var n int
+	var oldest time.Time
+	if get != nil {
+		n, oldest = get()
+	}
+	age := 0.0
+	if !oldest.IsZero() {
+		age = max(0, time.Since(oldest).Seconds())
+	}
+	ch <- prometheus.MustNewConstMetric(c.count, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age)
 }

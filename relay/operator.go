@@ -2,7 +2,6 @@ package relay
 
 import (
 	"container/heap"
-	"context"
 	"errors"
 	"slices"
 	"time"
@@ -78,9 +77,8 @@ func (d *Deliverer) Delete(id string, bounce bool) error {
 	for _, i := range failed {
 		rc := env.Recipients[i]
 		if !env.Bounce {
-			if err := d.ledger.Delivery(context.Background(), env.ID, i, rc); err != nil {
-				d.metrics.ledgerErrors.Inc()
-			}
+			state := rc
+			_ = d.tell(env, LedgerReport{Kind: ReportDelivery, Rcpt: i, State: &state}, d.log)
 		}
 		if bounce {
 			if err := d.bounce(env, rc); err != nil {
@@ -89,5 +87,9 @@ func (d *Deliverer) Delete(id string, bounce bool) error {
 		}
 	}
 	d.log.Info("message deleted by the operator", "queue_id", id, "bounced", bounce, "copies", len(failed))
-	return d.spool.Remove(id)
+	owing, err := d.spool.RemoveOwing(id, d.owedOf(id))
+	if owing {
+		d.retired(id)
+	}
+	return err
 }

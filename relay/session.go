@@ -226,10 +226,11 @@ func (s *session) Data(r io.Reader) error {
 	if err := in.Commit(env); err != nil {
 		return s.fail("spool_error", in.ID(), err)
 	}
-	// The ledger learns of the message off the SMTP path: the spool is the
-	// record that matters. Until it has, the API answers for the message
-	// from the delivery queue (Deliverer.Pending).
-	s.srv.deliver.Submit(env, false)
+	// The spool is the record that matters. The ledger learns of the
+	// message off the SMTP path, or before the 250 but bounded
+	// (DeliveryConfig.ReportWait); until it has, the API answers for the
+	// message from the delivery queue (Deliverer.Pending).
+	s.srv.deliver.Accept(env)
 	s.srv.metrics.messages.WithLabelValues("accepted", "").Inc()
 	s.srv.metrics.acceptedBytes.Add(float64(env.Size))
 	s.log.Info("accepted", "queue_id", env.ID, "account", acct.Name, "from", env.From,

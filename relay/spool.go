@@ -66,6 +66,9 @@ type Envelope struct {
 	// other bounces. It is kept because nothing else tells it once the
 	// session is over: what needs the parameter is read from the copy.
 	SMTPUTF8 bool `json:"smtputf8,omitempty"`
+	// Owed are the reports the ledger had not acknowledged when the record
+	// was written (see owed.go): given again after a restart.
+	Owed []LedgerReport `json:"owed,omitempty"`
 }
 
 // Recipient is the state of one recipient's copy: a delivery job of its own.
@@ -98,6 +101,10 @@ func (e *Envelope) Done() bool {
 }
 
 var queueBucket = []byte("queue")
+
+// ledgerBucket keeps the records of messages that left the queue with
+// reports owed to the ledger, until they are given (Settle).
+var ledgerBucket = []byte("ledger")
 
 // ErrNoSuchMessage is returned for a queue id the spool does not hold.
 var ErrNoSuchMessage = errors.New("relay: no such message in the spool")
@@ -144,7 +151,10 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(queueBucket)
+		if _, err := tx.CreateBucketIfNotExists(queueBucket); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucketIfNotExists(ledgerBucket)
 		return err
 	}); err != nil {
 		db.Close()
@@ -327,11 +337,14 @@ func (s *Spool) Update(id string, fn func(*Envelope) error) (*Envelope, error) {
 const recordDelay = 10 * time.Millisecond
 
 // Record stores the state of copy idx of id durably, in a grouped commit
-// that may wait up to recordDelay for company. When every copy is then
-// final, the record is deleted in the same transaction and the message file
-// removed after it: done reports that.
-func (s *Spool) Record(id string, idx int, rc Recipient) (done bool, err error) {
+// that may wait up to recordDelay for company, with the reports owed to
+// the ledger that owed returns (nil: none). When every copy is then final,
+// the record is deleted in the same transaction and the message file
+// removed after it: done reports that; and owing that the record went to
+// the ledger bucket instead, with the owed reports, until Settle.
+func (s *Spool) Record(id string, idx int, rc Recipient, owed func() []LedgerReport) (done, owing bool, err error) {
 	err = s.group.updateLazy(id, func(tx *bolt.Tx) error {
+		owing = false // a group's write may run twice
 		b := tx.Bucket(queueBucket)
 		v := b.Get([]byte(id))
 		if v == nil {
@@ -345,23 +358,57 @@ func (s *Spool) Record(id string, idx int, rc Recipient) (done bool, err error) 
 			return fmt.Errorf("spool: %s has no recipient %d", id, idx)
 		}
 		env.Recipients[idx] = rc
-		done = env.Done()
-		if done {
-			return b.Delete([]byte(id))
+		if owed != nil {
+			env.Owed = owed()
 		}
+		done = env.Done()
 		nv, err := json.Marshal(env)
 		if err != nil {
 			return err
 		}
-		return b.Put([]byte(id), nv)
+		if !done {
+			return b.Put([]byte(id), nv)
+		}
+		if len(env.Owed) > 0 {
+			owing = true
+			if err := tx.Bucket(ledgerBucket).Put([]byte(id), nv); err != nil {
+				return err
+			}
+		}
+		return b.Delete([]byte(id))
 	})
 	if err != nil || !done {
-		return done, err
+		return done, owing, err
 	}
 	if err := os.Remove(s.path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return true, err
+		return true, owing, err
 	}
-	return true, nil
+	return true, owing, nil
+}
+
+// Settle forgets the kept record of a message that left the queue once
+// the ledger has taken its owed reports.
+func (s *Spool) Settle(id string) error {
+	return s.group.updateLazy(id, func(tx *bolt.Tx) error { return tx.Bucket(ledgerBucket).Delete([]byte(id)) })
+}
+
+// LoadOwed returns the kept records of messages that left the queue with
+// reports owed to the ledger (their Owed), oldest first.
+func (s *Spool) LoadOwed() ([]*Envelope, error) {
+	var envs []*Envelope
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(ledgerBucket).ForEach(func(k, v []byte) error {
+			env := new(Envelope)
+			if err := json.Unmarshal(v, env); err != nil || env.ID != string(k) {
+				s.log.Error("spool: unreadable record of reports owed to the ledger; skipped", "key", string(k), "err", err)
+				return nil
+			}
+			envs = append(envs, env)
+			return nil
+		})
+	})
+	sort.Slice(envs, func(i, j int) bool { return envs[i].AcceptedAt.Before(envs[j].AcceptedAt) })
+	return envs, err
 }
 
 // Hold sets the copies idxs of id (nil: all of them) that are neither
@@ -437,17 +484,43 @@ func (s *Spool) Open(id string) (*os.File, error) {
 // a crash in between leaves an orphan file (removed at start-up), never a
 // record without its message.
 func (s *Spool) Remove(id string) error {
+	_, err := s.RemoveOwing(id, nil)
+	return err
+}
+
+// RemoveOwing is Remove for a message with the reports owed (nil: none)
+// to the ledger: its record goes to the ledger bucket with them, in the
+// same transaction, until Settle; owing reports that.
+func (s *Spool) RemoveOwing(id string, owed []LedgerReport) (owing bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.group.update(id, func(tx *bolt.Tx) error {
-		return tx.Bucket(queueBucket).Delete([]byte(id))
+		owing = false
+		b := tx.Bucket(queueBucket)
+		if len(owed) > 0 {
+			if v := b.Get([]byte(id)); v != nil {
+				env := new(Envelope)
+				if err := json.Unmarshal(v, env); err == nil {
+					env.Owed = owed
+					nv, err := json.Marshal(env)
+					if err != nil {
+						return err
+					}
+					if err := tx.Bucket(ledgerBucket).Put([]byte(id), nv); err != nil {
+						return err
+					}
+					owing = true
+				}
+			}
+		}
+		return b.Delete([]byte(id))
 	}); err != nil {
-		return err
+		return false, err
 	}
 	if err := os.Remove(s.path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+		return owing, err
 	}
-	return nil
+	return owing, nil
 }
 
 // Load returns every queued message, removes orphan files left by a crash

@@ -8,8 +8,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/trackrelay/trackrelay/relay"
+	"github.com/trackrelay/trackrelay/tracker/store/postgres"
 	"github.com/trackrelay/trackrelay/tracker/token"
 )
 
@@ -36,6 +38,10 @@ func startDelivery(cfg *Config, spool *relay.Spool, st *trackingStore, keys *ato
 		dcfg.CaptureDir = filepath.Join(cfg.DataDir, "outbox")
 		log.Info("capture mode: no upstream; delivered copies are written to the outbox", "dir", dcfg.CaptureDir)
 	}
+	if _, shared := st.backend.(*postgres.Store); shared {
+		// A fleet: any node's API must find a message once its 250 is sent.
+		dcfg.ReportWait = postgresReportWait
+	}
 	var err error
 	if dcfg.DKIM, err = dkimSigner(cfg, log); err != nil {
 		return nil, err
@@ -47,6 +53,11 @@ func startDelivery(cfg *Config, spool *relay.Spool, st *trackingStore, keys *ato
 	}
 	return d, nil
 }
+
+// postgresReportWait bounds how long a 250 waits for the message's record
+// in PostgreSQL: a slower or absent database costs the client no more,
+// and the record follows (relay.DeliveryConfig.ReportWait).
+const postgresReportWait = 200 * time.Millisecond
 
 // stopDelivery lets the deliveries under way finish, for at most
 // delivery.shutdown_wait.

@@ -60,6 +60,7 @@ func openServers(cfg *Config, spool *relay.Spool, d *relay.Deliverer, st *tracki
 			upstreamHealth = d.UpstreamHealth
 		}
 		ready := newReadiness(st, filepath.Join(cfg.DataDir, "spool"), upstreamHealth)
+		ready.owed = d.OwedReports
 		s.metrics = &http.Server{Handler: metricsHandler(m.reg, ready), ReadHeaderTimeout: 10 * time.Second}
 	}
 	if err := s.listen(cfg); err != nil {

@@ -31,6 +31,10 @@ type readiness struct {
 	store    func(context.Context) error
 	spool    func() error
 	upstream func() (lastOK, failingSince time.Time) // nil: capture mode
+	// owed, when set, tells the reports the store has not acknowledged
+	// (relay.Deliverer.OwedReports): shown in the store check, never
+	// failing it, for the node still accepts mail.
+	owed     func() (int, time.Time)
 	downFor  time.Duration
 	cacheFor time.Duration
 	now      func() time.Time
@@ -60,6 +64,10 @@ type readyCheck struct {
 	OK     bool   `json:"ok"`
 	Error  string `json:"error,omitempty"`
 	LastOK string `json:"last_ok,omitempty"`
+	// OwedReports and OwedSince (store): reports of the relay waiting for
+	// the store, and when the oldest was made.
+	OwedReports int    `json:"owed_reports,omitempty"`
+	OwedSince   string `json:"owed_since,omitempty"`
 }
 
 type readyResult struct {
@@ -104,6 +112,13 @@ func (rd *readiness) result() readyResult {
 		res.Checks[name] = c
 	}
 	add("store", rd.store(ctx))
+	if rd.owed != nil {
+		if n, oldest := rd.owed(); n > 0 {
+			c := res.Checks["store"]
+			c.OwedReports, c.OwedSince = n, oldest.UTC().Format(time.RFC3339)
+			res.Checks["store"] = c
+		}
+	}
 	add("spool", rd.spool())
 	if rd.upstream != nil {
 		lastOK, failingSince := rd.upstream()

@@ -320,3 +320,34 @@ accounts:
 		t.Errorf("no log line with ref %s holds the error:\n%s", m[1], logText)
 	}
 }
+
+// Reports the relay owes the store are shown in the store check, without
+// making the node unready: it still accepts mail and the reports follow.
+func TestReadyz_owedReports(t *testing.T) {
+	dir := t.TempDir()
+	store, err := bolt.Open(filepath.Join(dir, "tracking.db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	rd := newReadiness(store, dir, nil)
+	since := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	rd.owed = func() (int, time.Time) { return 7, since }
+	rec := httptest.NewRecorder()
+	metricsHandler(prometheus.NewRegistry(), rd).ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	var b struct {
+		Ready  bool `json:"ready"`
+		Checks map[string]struct {
+			OK          bool   `json:"ok"`
+			OwedReports int    `json:"owed_reports"`
+			OwedSince   string `json:"owed_since"`
+		} `json:"checks"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &b); err != nil {
+		t.Fatal(err)
+	}
+	c := b.Checks["store"]
+	if rec.Code != http.StatusOK || !b.Ready || !c.OK || c.OwedReports != 7 || c.OwedSince != "2026-01-02T03:04:05Z" {
+		t.Errorf("readyz with reports owed: %d %s", rec.Code, rec.Body)
+	}
+}

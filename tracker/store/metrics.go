@@ -24,6 +24,8 @@ type Metrics struct {
 	taskFailures   *prometheus.CounterVec
 	outbox         prometheus.GaugeFunc
 	outboxFn       atomic.Pointer[func() float64]
+	recordCommit   prometheus.Histogram
+	recordBatch    prometheus.Histogram
 }
 
 // Reasons of Metrics.Unlisted.
@@ -75,6 +77,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets:   []float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, 1},
 		}),
 	}
+	m.recordCommit = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "trackrelay",
+		Subsystem: "store",
+		Name:      "record_commit_duration_seconds",
+		Help:      "Time of one commit of a batch of the relay's message records and link lists (PostgreSQL store): what a 250 waits for in fleet mode.",
+		Buckets:   []float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, 1},
+	})
+	m.recordBatch = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "trackrelay",
+		Subsystem: "store",
+		Name:      "record_batch_size",
+		Help:      "Message records and link lists written by one commit (PostgreSQL store): concurrent SMTP sessions share commits.",
+		Buckets:   []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512},
+	})
 	m.eventsDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "trackrelay",
 		Subsystem: "store",
@@ -138,7 +154,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.eventsLost, m.commitDuration, m.commitBatch, m.logSync, m.eventsDropped,
-			m.reclassified, m.eventsExpired, m.leader, m.taskLastRun, m.taskRemoved, m.taskFailures, m.outbox)
+			m.reclassified, m.eventsExpired, m.leader, m.taskLastRun, m.taskRemoved, m.taskFailures, m.outbox,
+			m.recordCommit, m.recordBatch)
 	}
 	return m
 }
@@ -163,6 +180,15 @@ func (m *Metrics) Committed(d time.Duration, writes int) {
 	if m != nil {
 		m.commitDuration.Observe(d.Seconds())
 		m.commitBatch.Observe(float64(writes))
+	}
+}
+
+// RecordsCommitted observes one commit of n message records and link
+// lists that took d.
+func (m *Metrics) RecordsCommitted(d time.Duration, n int) {
+	if m != nil {
+		m.recordCommit.Observe(d.Seconds())
+		m.recordBatch.Observe(float64(n))
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 	"github.com/trackrelay/trackrelay/tracker/store/postgres/pgtest"
@@ -412,5 +414,148 @@ func TestOutboxLease(t *testing.T) {
 	}
 	if late, err := a.OutboxDue(now.Add(time.Minute), 10); err != nil || len(late) != 2 {
 		t.Fatalf("node a after b's leases ran out: %+v, %v", late, err)
+	}
+}
+
+// The relay's records are group-committed: PutMessage and SetLinks calls
+// that arrive while batches commit share the next commit, one statement
+// each for the messages and the links, and every record is there after.
+func TestRecordGroupCommit(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := testStore(t, pgtest.DSN(t), Options{Metrics: store.NewMetrics(reg)})
+	ctx := context.Background()
+	var mu sync.Mutex
+	batches := 0
+	reached := []chan struct{}{make(chan struct{}), make(chan struct{})}
+	hold := make(chan struct{})
+	f := func() {
+		mu.Lock()
+		batches++
+		n := batches
+		mu.Unlock()
+		if n <= recordCommitters {
+			close(reached[n-1])
+			<-hold
+		}
+	}
+	s.beforeRecordCommit.Store(&f)
+	const messages = 40
+	msg := func(i int) store.Message {
+		id := fmt.Sprintf("R%03d", i)
+		return store.Message{ID: id, MessageID: id + "@mail.example.com", Account: "alice", From: "alice@example.com",
+			SubmitIP: "192.0.2.10", AcceptedAt: testAccepted, Mode: "all",
+			Recipients: []store.Recipient{{Address: "bob@example.net", Tracked: true}}}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*messages)
+	// Each committer is held in the transaction of its first batch.
+	for i := range recordCommitters {
+		wg.Go(func() { errs <- s.PutMessage(ctx, msg(i)) })
+		<-reached[i]
+	}
+	queued := 0
+	for i := recordCommitters; i < messages; i++ {
+		wg.Go(func() { errs <- s.PutMessage(ctx, msg(i)) })
+		wg.Go(func() { errs <- s.SetLinks(ctx, msg(i).ID, []string{fmt.Sprintf("https://example.com/%d", i)}) })
+		queued += 2
+	}
+	for len(s.recs) < queued {
+		time.Sleep(time.Millisecond)
+	}
+	close(hold)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	n := batches
+	mu.Unlock()
+	// The queued records go in one commit, or two if both committers
+	// take a share.
+	if n > recordCommitters+2 {
+		t.Errorf("%d commits for %d records, %d of them queued together; want at most %d", n, queued+recordCommitters, queued, recordCommitters+2)
+	}
+	for i := range messages {
+		v, err := s.Lookup(ctx, "alice", msg(i).ID)
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if i >= recordCommitters && (len(v.Links) != 1 || v.Links[0].URL != fmt.Sprintf("https://example.com/%d", i)) {
+			t.Errorf("message %d: links %+v", i, v.Links)
+		}
+	}
+	// The metric counts the commits and what they wrote.
+	var count uint64
+	var sum float64
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "trackrelay_store_record_batch_size" {
+			count, sum = mf.Metric[0].GetHistogram().GetSampleCount(), mf.Metric[0].GetHistogram().GetSampleSum()
+		}
+	}
+	if int(count) != n || int(sum) != queued+recordCommitters {
+		t.Errorf("record_batch_size: %d commits of %v records; want %d of %d", count, sum, n, queued+recordCommitters)
+	}
+}
+
+// Writes of one message in one batch do not fail the batch (a statement
+// may not change a row twice), and an erased message stays erased.
+func TestRecordBatchSameMessage(t *testing.T) {
+	s := testStore(t, pgtest.DSN(t), Options{})
+	ctx := context.Background()
+	putMessage(t, s, "E1", 1)
+	if err := s.Erase(ctx, "alice", "E1"); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	batches := 0
+	reached := []chan struct{}{make(chan struct{}), make(chan struct{})}
+	hold := make(chan struct{})
+	f := func() {
+		mu.Lock()
+		batches++
+		n := batches
+		mu.Unlock()
+		if n <= recordCommitters {
+			close(reached[n-1])
+			<-hold
+		}
+	}
+	s.beforeRecordCommit.Store(&f)
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for i := range recordCommitters {
+		wg.Go(func() { errs <- s.SetLinks(ctx, fmt.Sprintf("H%d", i), nil) })
+		<-reached[i]
+	}
+	m := store.Message{ID: "W1", MessageID: "w1@x", Account: "alice", AcceptedAt: testAccepted, Mode: "all",
+		Recipients: []store.Recipient{{Address: "a@example.net"}}}
+	for range 3 {
+		wg.Go(func() { errs <- s.PutMessage(ctx, m) })
+		wg.Go(func() { errs <- s.SetLinks(ctx, "W1", []string{"https://example.com/"}) })
+	}
+	wg.Go(func() { errs <- s.PutMessage(ctx, store.Message{ID: "E1", Account: "alice", AcceptedAt: testAccepted}) })
+	for len(s.recs) < 7 {
+		time.Sleep(time.Millisecond)
+	}
+	close(hold)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if v, err := s.Lookup(ctx, "alice", "W1"); err != nil || len(v.Links) != 1 {
+		t.Errorf("W1: %+v, %v", v, err)
+	}
+	if _, err := s.Message(ctx, "E1"); !errors.Is(err, store.ErrErased) {
+		t.Errorf("erased message written again: %v", err)
 	}
 }

@@ -102,6 +102,7 @@ type Store struct {
 	mu      sync.RWMutex // guards closed against sends on reqs
 	closed  bool
 	reqs    chan *eventReq
+	recs    chan *recordReq // PutMessage and SetLinks (records.go)
 	workers sync.WaitGroup
 	once    sync.Once
 	wake    chan struct{}
@@ -118,6 +119,8 @@ type Store struct {
 	// beforeCommit, set by tests only, runs in an event batch's
 	// transaction just before its commit.
 	beforeCommit atomic.Pointer[func()]
+	// beforeRecordCommit, likewise, in a batch of records.
+	beforeRecordCommit atomic.Pointer[func()]
 }
 
 var (
@@ -203,6 +206,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		opts:          opts,
 		webhooks:      map[string]bool{},
 		reqs:          make(chan *eventReq, 4*opts.MaxBatch),
+		recs:          make(chan *recordReq, 4*opts.MaxBatch),
 		wake:          make(chan struct{}, 1),
 		log:           opts.Logger,
 	}
@@ -228,6 +232,10 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	s.maintStop = stop
 	s.maintDone.Add(1)
 	go s.maintain(mctx)
+	for range recordCommitters {
+		s.workers.Add(1)
+		go s.recordLoop()
+	}
 	return s, nil
 }
 
@@ -246,7 +254,7 @@ func ParseDSN(dsn string) (*pgxpool.Config, error) {
 	return cfg, nil
 }
 
-// Close stops the committers, after committing the events they were given,
+// Close stops the committers, after committing the events and records they were given,
 // and closes the pool. Later calls return nil.
 func (s *Store) Close() error {
 	s.once.Do(func() {
@@ -256,6 +264,7 @@ func (s *Store) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		close(s.reqs)
+		close(s.recs)
 		s.mu.Unlock()
 		s.workers.Wait()
 		s.pool.Close()

@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/trackrelay/trackrelay/internal/delivery"
-	"github.com/trackrelay/trackrelay/internal/msgid"
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
 
@@ -26,81 +25,6 @@ type storedDelivery struct {
 	Attempts     int             `json:"n,omitempty"`
 	LastResponse string          `json:"r,omitempty"`
 	UpdatedAt    time.Time       `json:"at"`
-}
-
-// PutMessage implements store.Store. Putting the same message again replaces it;
-// a message whose data was erased stays erased.
-func (s *Store) PutMessage(ctx context.Context, m store.Message) error {
-	if err := validID(m.ID); err != nil {
-		return err
-	}
-	rs := make([]storedRecipient, len(m.Recipients))
-	for i, r := range m.Recipients {
-		rs[i] = storedRecipient{Address: clean(r.Address), Tracked: r.Tracked}
-	}
-	recipients, err := json.Marshal(rs)
-	if err != nil {
-		return err
-	}
-	subject, search := subjectAndSearch(&m)
-	err = s.inTx(ctx, func(tx pgx.Tx) error {
-		if err := lockMessages(ctx, tx, m.ID); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, `INSERT INTO messages (id, account, message_id, sender, submit_ip, accepted_at, mode, recipients, subject, search)
-			SELECT $1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10
-			WHERE NOT EXISTS (SELECT 1 FROM erased WHERE message = $1)
-			ON CONFLICT (id) DO UPDATE SET account = excluded.account, message_id = excluded.message_id,
-				sender = excluded.sender, submit_ip = excluded.submit_ip, accepted_at = excluded.accepted_at,
-				mode = excluded.mode, recipients = excluded.recipients, subject = excluded.subject,
-				search = excluded.search`,
-			m.ID, clean(m.Account), clean(msgid.Normalize(m.MessageID)), clean(m.From), clean(m.SubmitIP),
-			m.AcceptedAt.UTC(), clean(m.Mode), string(recipients), subject, search)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("postgres store: put message %s: %w", m.ID, err)
-	}
-	return nil
-}
-
-// subjectAndSearch returns m's subject as stored (cut to
-// store.MaxSubjectBytes) and its search text (store.SearchText), both
-// storable as text.
-func subjectAndSearch(m *store.Message) (string, string) {
-	c := store.Message{Subject: clean(store.TruncateSubject(m.Subject)), Recipients: make([]store.Recipient, len(m.Recipients))}
-	for i, r := range m.Recipients {
-		c.Recipients[i].Address = clean(r.Address)
-	}
-	return c.Subject, store.SearchText(&c)
-}
-
-// SetLinks implements store.Store.
-func (s *Store) SetLinks(ctx context.Context, message string, links []string) error {
-	if err := validID(message); err != nil {
-		return err
-	}
-	cleaned := make([]string, len(links))
-	for i, l := range links {
-		cleaned[i] = clean(l)
-	}
-	urls, err := json.Marshal(cleaned)
-	if err != nil {
-		return err
-	}
-	err = s.inTx(ctx, func(tx pgx.Tx) error {
-		if err := lockMessages(ctx, tx, message); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, `INSERT INTO links (message, urls) SELECT $1, $2::text::jsonb
-			WHERE NOT EXISTS (SELECT 1 FROM erased WHERE message = $1)
-			ON CONFLICT (message) DO UPDATE SET urls = excluded.urls`, message, string(urls))
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("postgres store: set links of %s: %w", message, err)
-	}
-	return nil
 }
 
 // SetDelivery implements store.Store. Once a copy is delivered, reporting it

@@ -47,6 +47,7 @@ type Cluster struct {
 	dir  string
 	as   string // user to run the server as; "" the current one
 	dbs  atomic.Int64
+	opts string // the server's options, for StartServer
 
 	// The watchdog stops the server and removes its directory when its
 	// stdin, held by this process, closes: at Stop, or when this process
@@ -131,6 +132,7 @@ func start(fsync bool) (*Cluster, error) {
 			opts += " -c fsync=off"
 		}
 		var out []byte
+		c.opts = opts
 		if out, err = c.run("pg_ctl", "-D", data, "-l", filepath.Join(c.dir, "log"), "-w", "-t", "60", "-o", opts, "start"); err == nil {
 			if err := c.startWatchdog(); err != nil {
 				c.Stop()
@@ -199,6 +201,23 @@ func (c *Cluster) Stop() {
 		}
 		os.RemoveAll(c.dir)
 	})
+}
+
+// StopServer stops the server and keeps its data, as a database outage
+// would: connections are closed and new ones refused until StartServer.
+func (c *Cluster) StopServer() error {
+	if out, err := c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-m", "fast", "-w", "stop"); err != nil {
+		return fmt.Errorf("pgtest: pg_ctl stop: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// StartServer starts a server stopped by StopServer again, on its port.
+func (c *Cluster) StartServer() error {
+	if out, err := c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-l", filepath.Join(c.dir, "log"), "-w", "-t", "60", "-o", c.opts, "start"); err != nil {
+		return fmt.Errorf("pgtest: pg_ctl start: %w\n%s", err, out)
+	}
+	return nil
 }
 
 // URL returns the connection URI of database db.

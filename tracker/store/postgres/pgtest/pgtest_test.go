@@ -37,3 +37,37 @@ func TestFreshDatabases(t *testing.T) {
 		conn.Close(ctx)
 	}
 }
+
+// StopServer refuses connections until StartServer, which keeps the data.
+func TestStopStartServer(t *testing.T) {
+	ctx := context.Background()
+	dsn := DSN(t)
+	c := Current(t)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	if err := c.StopServer(); err != nil {
+		t.Fatal(err)
+	}
+	if conn, err := pgx.Connect(ctx, dsn); err == nil {
+		conn.Close(ctx)
+		t.Fatal("connected to a stopped server")
+	}
+	if err := c.StartServer(); err != nil {
+		t.Fatal(err)
+	}
+	conn, err = pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var x int
+	if err := conn.QueryRow(ctx, "SELECT x FROM kept").Scan(&x); err != nil || x != 42 {
+		t.Errorf("after a restart: %d, %v", x, err)
+	}
+}
