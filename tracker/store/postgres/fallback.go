@@ -105,8 +105,8 @@ type fallback struct {
 	mu         sync.Mutex
 	down       bool // the circuit: a commit failed, the log is not yet shipped
 	lastErr    error
-	lastErrAt  time.Time
 	downLogged bool
+	logErr     error // of the last append
 
 	shipped uint64 // sequence shipped up to; the shipper's only
 }
@@ -224,6 +224,9 @@ func (s *Store) spillLoop() {
 			_, err = fb.log.Append(payloads)
 			s.opts.Metrics.LogSynced(time.Since(start))
 		}
+		fb.mu.Lock()
+		fb.logErr = err
+		fb.mu.Unlock()
 		if err != nil {
 			err = fmt.Errorf("postgres store: hit log: %w", err)
 			s.opts.Logger.Error("hits not recorded: neither PostgreSQL nor the hit log took them", "hits", len(batch), "err", err)
@@ -253,7 +256,7 @@ func (s *Store) isDown() bool { return s.fb.open.Load() }
 func (s *Store) setDown(err error) {
 	fb := s.fb
 	fb.mu.Lock()
-	fb.down, fb.lastErr, fb.lastErrAt = true, err, time.Now()
+	fb.down, fb.lastErr = true, err
 	fb.open.Store(true)
 	first := !fb.downLogged
 	fb.downLogged = true
@@ -366,6 +369,8 @@ func (s *Store) ship() {
 
 // Health is what readiness checks need of the store.
 type Health struct {
+	// Closed: the store was closed.
+	Closed bool
 	// Database is nil when PostgreSQL answers and takes commits, else why
 	// not: hits then go to the hit log.
 	Database error
@@ -373,15 +378,19 @@ type Health struct {
 	// Oldest when the oldest of them was logged (at the latest).
 	Backlog int
 	Oldest  time.Time
+	// HitLog is the error of the hit log's last append, nil once one
+	// succeeds: while it fails, a hit that PostgreSQL cannot take is lost.
+	HitLog error
 }
 
 // Health reports the database and the hit log's backlog.
 func (s *Store) Health(ctx context.Context) Health {
-	var h Health
+	h := Health{Closed: s.isClosed()}
 	if s.fb != nil {
 		h.Backlog, h.Oldest = s.fb.log.Backlog()
 		s.fb.mu.Lock()
 		down, last := s.fb.down, s.fb.lastErr
+		h.HitLog = s.fb.logErr
 		s.fb.mu.Unlock()
 		if down && last != nil {
 			h.Database = last

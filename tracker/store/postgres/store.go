@@ -196,12 +196,12 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres store %s: %w", s.where, err)
 	}
-	if err := s.connect(ctx); err != nil {
-		if opts.HitLogDir == "" || !unreachable(err) {
+	startErr := s.connect(ctx)
+	if startErr != nil {
+		if opts.HitLogDir == "" || !unreachable(startErr) {
 			s.pool.Close()
-			return nil, err
+			return nil, startErr
 		}
-		opts.Logger.Error("PostgreSQL unreachable at start: hits go to the hit log until it is back", "err", err)
 	}
 	for _, a := range opts.WebhookAccounts {
 		if !s.webhooks[a] {
@@ -217,8 +217,8 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 			s.pool.Close()
 			return nil, err
 		}
-		if !s.ready.Load() {
-			s.setDown(errNotConnected)
+		if startErr != nil {
+			s.setDown(fmt.Errorf("unreachable at start: %w", startErr))
 		}
 	}
 	opts.Metrics.SetOutboxFunc(s.outboxLen)
