@@ -367,6 +367,17 @@ func (s *Store) ship() {
 	}
 }
 
+// hitReadContext bounds a read of the hit path (Message and Delivery,
+// which the tracker reads to classify a hit) by FallbackAfter while the
+// circuit is open: a database that does not answer then costs a pixel or
+// a redirect that long at most, not the handler's whole timeout.
+func (s *Store) hitReadContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.fb == nil || !s.isDown() {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, s.opts.FallbackAfter)
+}
+
 // Health is what readiness checks need of the store.
 type Health struct {
 	// Closed: the store was closed.

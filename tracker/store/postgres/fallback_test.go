@@ -598,3 +598,59 @@ func TestFallbackErasedBeforeShipping(t *testing.T) {
 		t.Errorf("events_unlisted_total{reason=erased} = %v, want 2", n)
 	}
 }
+
+// A database that accepts connections and never answers (a hung server, a
+// network partition): the store opens with its hit log, answers hits from
+// it, and the reads of the hit path give up after the bound instead of
+// waiting for as long as their caller lets them.
+func TestFallbackSilentDatabase(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var conns sync.WaitGroup
+	held := make(chan net.Conn, 64)
+	conns.Add(1)
+	go func() {
+		defer conns.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			held <- c // accepted, never answered
+		}
+	}()
+	defer func() {
+		l.Close()
+		conns.Wait()
+		close(held)
+		for c := range held {
+			c.Close()
+		}
+	}()
+	opts := fallbackOptions(t.TempDir(), nil)
+	opts.ConnectTimeout = 200 * time.Millisecond
+	dsn := fmt.Sprintf("postgres://postgres@%s/x?sslmode=disable", l.Addr())
+	s := testStore(t, dsn, opts)
+	ctx := context.Background()
+	if err := s.AddEvent(ctx, hitWith("Q1", "a")); err != nil {
+		t.Fatalf("AddEvent: %v", err)
+	}
+	for name, read := range map[string]func() error{
+		"Message":  func() error { _, err := s.Message(ctx, "Q1"); return err },
+		"Delivery": func() error { _, err := s.Delivery(ctx, "Q1", 0); return err },
+	} {
+		done := make(chan error, 1)
+		go func() { done <- read() }()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Errorf("%s answered without a database", name)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s still waits for a database that never answers", name)
+		}
+	}
+}
