@@ -654,3 +654,44 @@ func TestFallbackSilentDatabase(t *testing.T) {
 		}
 	}
 }
+
+// A hit the database rejects (here a constraint of the test's own) is
+// dropped, logged and counted as lost; the hits around it are shipped and
+// the log empties, rather than the one hit holding back the rest for ever.
+func TestFallbackRejectedHit(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	s, err := Open(ctx, closedDSN(t), fallbackOptions(dir, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ua := range []string{"r1", "poison", "r2"} {
+		if err := s.AddEvent(ctx, hitWith("Q1", ua)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dsn := pgtest.DSN(t)
+	putMessage(t, testStore(t, dsn, Options{}), "Q1", 1)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "ALTER TABLE events ADD CONSTRAINT test_no_poison CHECK (user_agent <> 'poison')"); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	s2 := testStore(t, dsn, fallbackOptions(dir, reg))
+	waitShipped(t, s2)
+	l := readLedger(t, dsn, "Q1")
+	checkLedger(t, l, []string{"r1", "r2"})
+	if l.events != 2 {
+		t.Errorf("%d events, want r1 and r2", l.events)
+	}
+	if n := metricValue(t, reg, "trackrelay_tracking_events_lost_total", ""); n != 1 {
+		t.Errorf("events_lost_total = %v, want 1", n)
+	}
+}
