@@ -210,36 +210,50 @@ func (s *Store) spillLoop() {
 				break more
 			}
 		}
-		payloads := make([][]byte, 0, len(batch))
-		var err error
-		for _, r := range batch {
-			p, perr := encodeHit(r)
-			if perr != nil {
-				err = perr
-				break
-			}
-			payloads = append(payloads, p)
+		s.logSpills(batch)
+	}
+}
+
+// logSpills appends the hits of batch to the hit log, with one fdatasync,
+// and answers each.
+func (s *Store) logSpills(batch []*eventReq) {
+	fb := s.fb
+	// A hit the log cannot take fails alone, not its batch.
+	payloads := make([][]byte, 0, len(batch))
+	kept := make([]*eventReq, 0, len(batch))
+	for _, r := range batch {
+		p, err := encodeHit(r)
+		if err == nil && len(p) > hitlog.MaxPayload {
+			err = fmt.Errorf("hit of %d bytes, more than the hit log takes (%d)", len(p), hitlog.MaxPayload)
 		}
-		if err == nil {
-			start := time.Now()
-			_, err = fb.log.Append(payloads)
-			s.opts.Metrics.LogSynced(time.Since(start))
-		}
-		fb.mu.Lock()
-		fb.logErr = err
-		fb.mu.Unlock()
 		if err != nil {
-			err = fmt.Errorf("postgres store: hit log: %w", err)
-			s.opts.Logger.Error("hits not recorded: neither PostgreSQL nor the hit log took them", "hits", len(batch), "err", err)
-		} else {
-			for _, r := range batch {
-				s.opts.Metrics.Fallback(r.cause)
-			}
-			s.wakeShipper()
+			r.logged <- fmt.Errorf("postgres store: hit log: %w", err)
+			continue
 		}
+		payloads = append(payloads, p)
+		kept = append(kept, r)
+	}
+	batch = kept
+	if len(batch) == 0 {
+		return
+	}
+	start := time.Now()
+	_, err := fb.log.Append(payloads)
+	s.opts.Metrics.LogSynced(time.Since(start))
+	fb.mu.Lock()
+	fb.logErr = err
+	fb.mu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("postgres store: hit log: %w", err)
+		s.opts.Logger.Error("hits not recorded: neither PostgreSQL nor the hit log took them", "hits", len(batch), "err", err)
+	} else {
 		for _, r := range batch {
-			r.logged <- err
+			s.opts.Metrics.Fallback(r.cause)
 		}
+		s.wakeShipper()
+	}
+	for _, r := range batch {
+		r.logged <- err
 	}
 }
 

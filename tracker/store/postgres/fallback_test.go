@@ -695,3 +695,22 @@ func TestFallbackRejectedHit(t *testing.T) {
 		t.Errorf("events_lost_total = %v, want 1", n)
 	}
 }
+
+// A hit too large for the hit log fails alone: the hits appended with it
+// are logged and answered.
+func TestFallbackOversizedHit(t *testing.T) {
+	s := testStore(t, closedDSN(t), fallbackOptions(t.TempDir(), nil))
+	var batch []*eventReq
+	for _, ua := range []string{"small", strings.Repeat("x", hitlog.MaxPayload), "small too"} {
+		batch = append(batch, &eventReq{ev: hitWith("Q1", ua), hit: newUUID(), logged: make(chan error, 1)})
+	}
+	s.logSpills(batch)
+	for i, want := range []bool{true, false, true} {
+		if err := <-batch[i].logged; (err == nil) != want {
+			t.Errorf("hit %d: logged %v, want %v (%v)", i, err == nil, want, err)
+		}
+	}
+	if h := s.Health(context.Background()); h.Backlog != 2 || h.HitLog != nil {
+		t.Errorf("backlog %d, hit log error %v; want 2, none", h.Backlog, h.HitLog)
+	}
+}
