@@ -54,9 +54,9 @@ func closedDSN(t *testing.T) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/x?sslmode=disable&connect_timeout=2", port)
 }
 
-// metricValue is the value of the metric name (with label value lv, if
+// storeMetric is the value of the metric name (with label value lv, if
 // any) gathered from reg.
-func metricValue(t *testing.T, reg *prometheus.Registry, name, lv string) float64 {
+func storeMetric(t *testing.T, reg *prometheus.Registry, name, lv string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -247,21 +247,21 @@ func TestFallbackOutage(t *testing.T) {
 	if l.events < len(answered) {
 		t.Errorf("%d events stored, %d answered", l.events, len(answered))
 	}
-	fell := metricValue(t, reg, "trackrelay_store_fallback_hits_total", CauseError) +
-		metricValue(t, reg, "trackrelay_store_fallback_hits_total", CauseUnreachable) +
-		metricValue(t, reg, "trackrelay_store_fallback_hits_total", CauseSlow)
+	fell := storeMetric(t, reg, "trackrelay_store_fallback_hits_total", CauseError) +
+		storeMetric(t, reg, "trackrelay_store_fallback_hits_total", CauseUnreachable) +
+		storeMetric(t, reg, "trackrelay_store_fallback_hits_total", CauseSlow)
 	if fell < 300 {
 		t.Errorf("%v hits took the fallback, want at least the 300 answered during the outage", fell)
 	}
 	// After the first failed commit, hits went to the log without waiting
 	// for the database.
-	if n := metricValue(t, reg, "trackrelay_store_fallback_hits_total", CauseUnreachable); n == 0 {
+	if n := storeMetric(t, reg, "trackrelay_store_fallback_hits_total", CauseUnreachable); n == 0 {
 		t.Error("no hit went straight to the hit log during the outage")
 	}
-	if shipped := metricValue(t, reg, "trackrelay_store_hitlog_shipped_total", ""); shipped < fell {
+	if shipped := storeMetric(t, reg, "trackrelay_store_hitlog_shipped_total", ""); shipped < fell {
 		t.Errorf("%v hits shipped, %v took the fallback", shipped, fell)
 	}
-	if up := metricValue(t, reg, "trackrelay_store_database_up", ""); up != 1 {
+	if up := storeMetric(t, reg, "trackrelay_store_database_up", ""); up != 1 {
 		t.Errorf("database_up %v after the outage", up)
 	}
 	t.Logf("%d hits answered, %v through the hit log", len(answered), fell)
@@ -291,7 +291,7 @@ func TestFallbackSlowCommit(t *testing.T) {
 	if err := s.AddEvent(actx, hitWith("Q1", "slow")); err != nil {
 		t.Fatalf("AddEvent while its commit waits: %v", err)
 	}
-	if got := metricValue(t, reg, "trackrelay_store_fallback_hits_total", CauseSlow); got != 1 {
+	if got := storeMetric(t, reg, "trackrelay_store_fallback_hits_total", CauseSlow); got != 1 {
 		t.Errorf("fallback{cause=slow} = %v, want 1", got)
 	}
 	if l := readLedger(t, dsn, "Q1"); l.events != 0 {
@@ -309,7 +309,7 @@ func TestFallbackSlowCommit(t *testing.T) {
 	if err := s.AddEvent(ctx, hitWith("Q1", "after")); err != nil {
 		t.Fatal(err)
 	}
-	if got := metricValue(t, reg, "trackrelay_store_fallback_hits_total", CauseUnreachable); got != 0 {
+	if got := storeMetric(t, reg, "trackrelay_store_fallback_hits_total", CauseUnreachable); got != 0 {
 		t.Errorf("fallback{cause=unreachable} = %v, want 0", got)
 	}
 	checkLedger(t, readLedger(t, dsn, "Q1"), []string{"slow", "after"})
@@ -594,7 +594,7 @@ func TestFallbackErasedBeforeShipping(t *testing.T) {
 		t.Errorf("erased message: %d events, %d feed entries shipped", l.events, l.feed)
 	}
 	checkLedger(t, readLedger(t, dsn, "Q2"), []string{"kept"})
-	if n := metricValue(t, reg, "trackrelay_store_events_unlisted_total", store.UnlistedErased); n != 2 {
+	if n := storeMetric(t, reg, "trackrelay_store_events_unlisted_total", store.UnlistedErased); n != 2 {
 		t.Errorf("events_unlisted_total{reason=erased} = %v, want 2", n)
 	}
 }
@@ -691,7 +691,7 @@ func TestFallbackRejectedHit(t *testing.T) {
 	if l.events != 2 {
 		t.Errorf("%d events, want r1 and r2", l.events)
 	}
-	if n := metricValue(t, reg, "trackrelay_tracking_events_lost_total", ""); n != 1 {
+	if n := storeMetric(t, reg, "trackrelay_tracking_events_lost_total", ""); n != 1 {
 		t.Errorf("events_lost_total = %v, want 1", n)
 	}
 }
