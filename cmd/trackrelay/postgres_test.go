@@ -51,6 +51,7 @@ func TestConfig_postgres(t *testing.T) {
 		env     string
 		maxConn int
 		ret     Duration
+		after   Duration
 		want    string // "" valid
 	}{
 		{name: "unset"},
@@ -61,6 +62,9 @@ func TestConfig_postgres(t *testing.T) {
 		{name: "environment wins", file: filepath.Join(dir, "nope"), env: "postgres://u:s3cret@127.0.0.1:5432/db"},
 		{name: "malformed environment", env: "postgres://u:s3cret@[::1/db", want: "TRACKRELAY_POSTGRES_DSN: postgres store: invalid DSN"},
 		{name: "negative pool", file: good, maxConn: -1, want: "store.postgres.max_connections"},
+		{name: "fallback bound", file: good, after: Duration(300 * time.Millisecond)},
+		{name: "negative fallback bound", file: good, after: Duration(-time.Millisecond), want: "store.postgres.fallback_after"},
+		{name: "fallback bound past the hit's wait", file: good, after: Duration(time.Second), want: "store.postgres.fallback_after"},
 		{name: "retention", file: good, ret: Duration(90 * 24 * time.Hour)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -68,6 +72,7 @@ func TestConfig_postgres(t *testing.T) {
 			cfg := defaultConfig()
 			cfg.Store.Postgres.DSNFile, cfg.Store.Postgres.MaxConnections = tc.file, tc.maxConn
 			cfg.Tracking.Retention = tc.ret
+			cfg.Store.Postgres.FallbackAfter = tc.after
 			var msgs []string
 			for _, err := range cfg.validate() {
 				if strings.Contains(err.Error(), "postgres") || strings.Contains(err.Error(), "retention") {
@@ -134,12 +139,53 @@ func TestOpenStore_postgres(t *testing.T) {
 	if v, err := st2.Lookup(ctx, "alice", "<q1@x>"); err != nil || v.ID != "Q1" {
 		t.Errorf("Lookup on the next start: %+v, %v", v, err)
 	}
+	// With the database there, /readyz is ready and not degraded.
+	spool := filepath.Join(dir, "spool")
+	os.Mkdir(spool, 0o700)
+	code, b := getReadyz(t, newReadiness(st2, spool, nil))
+	if hl := b.Checks["hit_log"]; code != 200 || !b.Ready || b.Degraded || !b.Checks["store"].OK || !b.Checks["database"].OK ||
+		!hl.OK || hl.Backlog == nil || *hl.Backlog != 0 {
+		t.Errorf("readyz with the database up: %d %+v", code, b)
+	}
 
-	down := defaultConfig()
-	down.DataDir = dir
-	down.Store.Postgres.DSNFile = filepath.Join(dir, "down")
-	os.WriteFile(down.Store.Postgres.DSNFile, []byte(fmt.Sprintf("postgres://postgres@127.0.0.1:%d/x?sslmode=disable", closedPort(t))), 0o600)
-	if _, err := openStore(down, newMetrics(), log); err == nil || !strings.Contains(err.Error(), "connect") || !strings.Contains(err.Error(), "refused") {
-		t.Errorf("openStore with no server: %v, want an error naming the refused connection", err)
+	// A database that answers with an error fails the start, naming it.
+	unknown := defaultConfig()
+	unknown.DataDir = dir
+	unknown.Store.Postgres.DSNFile = filepath.Join(dir, "unknown")
+	os.WriteFile(unknown.Store.Postgres.DSNFile, []byte(c.URL("nosuchdb")), 0o600)
+	if _, err := openStore(unknown, newMetrics(), log); err == nil || !strings.Contains(err.Error(), `database "nosuchdb" does not exist`) {
+		t.Errorf("openStore of an unknown database: %v, want an error naming it", err)
+	}
+}
+
+// A node that starts while PostgreSQL is out of reach serves: its store
+// opens, hits go to the hit log in data_dir, and /readyz says ready but
+// degraded, naming the refused connection and the backlog.
+func TestOpenStore_postgresUnreachable(t *testing.T) {
+	dir := t.TempDir()
+	cfg := defaultConfig()
+	cfg.DataDir = dir
+	cfg.Store.Postgres.DSNFile = filepath.Join(dir, "down")
+	os.WriteFile(cfg.Store.Postgres.DSNFile, []byte(fmt.Sprintf("postgres://postgres@127.0.0.1:%d/x?sslmode=disable", closedPort(t))), 0o600)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	st, err := openStore(cfg, newMetrics(), log)
+	if err != nil {
+		t.Fatalf("openStore with no server: %v", err)
+	}
+	defer st.close()
+	e := store.Event{Type: store.EventOpen, Message: "Q1", Link: -1, Class: "human", At: time.Now()}
+	if err := st.AddEvent(context.Background(), e); err != nil {
+		t.Fatalf("AddEvent with no server: %v", err)
+	}
+	if logs, _ := filepath.Glob(filepath.Join(dir, postgresHitLogDir, "*.log")); len(logs) != 1 {
+		t.Errorf("hit log files %q, want one", logs)
+	}
+	spool := filepath.Join(dir, "spool")
+	os.Mkdir(spool, 0o700)
+	code, b := getReadyz(t, newReadiness(st, spool, nil))
+	db, hl := b.Checks["database"], b.Checks["hit_log"]
+	if code != 200 || !b.Ready || !b.Degraded || !b.Checks["store"].OK || db.OK || !db.Degraded ||
+		!strings.Contains(db.Error, "refused") || hl.OK || hl.Backlog == nil || *hl.Backlog != 1 || hl.Oldest == "" {
+		t.Errorf("readyz with no server: %d %+v", code, b)
 	}
 }

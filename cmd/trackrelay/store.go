@@ -103,6 +103,9 @@ func useIPLists(cfg *Config, log *slog.Logger) error {
 	return nil
 }
 
+// postgresHitLogDir is the PostgreSQL store's hit log, under data_dir.
+const postgresHitLogDir = "postgres-hitlog"
+
 // trackingStore is the tracking store with the webhook sender that reads
 // its outbox.
 type trackingStore struct {
@@ -127,19 +130,19 @@ func openStore(cfg *Config, m *metrics, log *slog.Logger) (*trackingStore, error
 	}
 	var st backend
 	if dsn != "" {
+		// The hit log lives in data_dir: what it holds is this node's until
+		// shipped, so data_dir must be on durable storage.
 		ps, err := postgres.Open(context.Background(), dsn, postgres.Options{
 			MaxConnections: int32(cfg.Store.Postgres.MaxConnections), Metrics: m.tracker.Store,
 			MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient, WebhookAccounts: accounts,
 			ScannerWindow: cfg.Tracking.ScannerWindow.D(), Retention: cfg.Tracking.Retention.D(),
+			HitLogDir: filepath.Join(cfg.DataDir, postgresHitLogDir), FallbackAfter: cfg.Store.Postgres.FallbackAfter.D(),
 			Logger: log.With("part", "store")})
 		if err != nil {
 			return nil, fmt.Errorf("tracking store: %w", err)
 		}
 		st = ps
 		log.Info("tracking store: PostgreSQL", "schema_version", postgres.SchemaVersion())
-		if !ps.SearchIndexed() {
-			log.Warn("tracking store: the pg_trgm extension could not be created (not installed, or the role lacks CREATE on the database): the console's search reads each account's messages in order")
-		}
 	} else {
 		st, err = bolt.Open(filepath.Join(cfg.DataDir, "tracking.db"), bolt.Options{Metrics: m.tracker.Store,
 			Retention: cfg.Tracking.Retention.D(), MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient,

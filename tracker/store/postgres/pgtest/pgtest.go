@@ -46,8 +46,8 @@ type Cluster struct {
 	bin  string
 	dir  string
 	as   string // user to run the server as; "" the current one
-	dbs  atomic.Int64
 	opts string // the server's options, for StartServer
+	dbs  atomic.Int64
 
 	// The watchdog stops the server and removes its directory when its
 	// stdin, held by this process, closes: at Stop, or when this process
@@ -203,8 +203,8 @@ func (c *Cluster) Stop() {
 	})
 }
 
-// StopServer stops the server and keeps its data, as a database outage
-// would: connections are closed and new ones refused until StartServer.
+// StopServer stops the server and keeps its data, as an outage does:
+// connections are closed and new ones refused until StartServer.
 func (c *Cluster) StopServer() error {
 	if out, err := c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-m", "fast", "-w", "stop"); err != nil {
 		return fmt.Errorf("pgtest: pg_ctl stop: %w\n%s", err, out)
@@ -212,9 +212,11 @@ func (c *Cluster) StopServer() error {
 	return nil
 }
 
-// StartServer starts a server stopped by StopServer again, on its port.
+// StartServer starts the server stopped by StopServer again, on the same
+// port.
 func (c *Cluster) StartServer() error {
-	if out, err := c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-l", filepath.Join(c.dir, "log"), "-w", "-t", "60", "-o", c.opts, "start"); err != nil {
+	data := filepath.Join(c.dir, "data")
+	if out, err := c.run("pg_ctl", "-D", data, "-l", filepath.Join(c.dir, "log"), "-w", "-t", "60", "-o", c.opts, "start"); err != nil {
 		return fmt.Errorf("pgtest: pg_ctl start: %w\n%s", err, out)
 	}
 	return nil
