@@ -136,6 +136,9 @@ type PostgresConfig struct {
 	DSNFile string `yaml:"dsn_file"`
 	// MaxConnections is the size of the node's connection pool; 0: 16.
 	MaxConnections int `yaml:"max_connections"`
+	// FallbackAfter is how long a hit waits for its commit before it goes
+	// to the node's hit log instead; 0: 200ms.
+	FallbackAfter Duration `yaml:"fallback_after"`
 }
 
 // DeliveryConfig is the retry schedule.
@@ -362,6 +365,9 @@ func (c *Config) validate() []error {
 	}
 	if pg := c.Store.Postgres; pg.MaxConnections < 0 || pg.MaxConnections > math.MaxInt32 {
 		bad("store.postgres.max_connections", "%d is not a pool size (0 for the default)", pg.MaxConnections)
+	}
+	if fa := c.Store.Postgres.FallbackAfter.D(); fa < 0 || fa > time.Minute {
+		bad("store.postgres.fallback_after", "%s is not a wait between 0 (the default, 200ms) and 1m", fa)
 	}
 	if dsn, err := postgresDSN(c); err != nil {
 		errs = append(errs, fmt.Errorf("config: %w", err))

@@ -134,12 +134,53 @@ func TestOpenStore_postgres(t *testing.T) {
 	if v, err := st2.Lookup(ctx, "alice", "<q1@x>"); err != nil || v.ID != "Q1" {
 		t.Errorf("Lookup on the next start: %+v, %v", v, err)
 	}
+	// With the database there, /readyz is ready and not degraded.
+	spool := filepath.Join(dir, "spool")
+	os.Mkdir(spool, 0o700)
+	code, b := getReadyz(t, newReadiness(st2, spool, nil))
+	if hl := b.Checks["hit_log"]; code != 200 || !b.Ready || b.Degraded || !b.Checks["store"].OK || !b.Checks["database"].OK ||
+		!hl.OK || hl.Backlog == nil || *hl.Backlog != 0 {
+		t.Errorf("readyz with the database up: %d %+v", code, b)
+	}
 
-	down := defaultConfig()
-	down.DataDir = dir
-	down.Store.Postgres.DSNFile = filepath.Join(dir, "down")
-	os.WriteFile(down.Store.Postgres.DSNFile, []byte(fmt.Sprintf("postgres://postgres@127.0.0.1:%d/x?sslmode=disable", closedPort(t))), 0o600)
-	if _, err := openStore(down, newMetrics(), log); err == nil || !strings.Contains(err.Error(), "connect") || !strings.Contains(err.Error(), "refused") {
-		t.Errorf("openStore with no server: %v, want an error naming the refused connection", err)
+	// A database that answers with an error fails the start, naming it.
+	unknown := defaultConfig()
+	unknown.DataDir = dir
+	unknown.Store.Postgres.DSNFile = filepath.Join(dir, "unknown")
+	os.WriteFile(unknown.Store.Postgres.DSNFile, []byte(c.URL("nosuchdb")), 0o600)
+	if _, err := openStore(unknown, newMetrics(), log); err == nil || !strings.Contains(err.Error(), `database "nosuchdb" does not exist`) {
+		t.Errorf("openStore of an unknown database: %v, want an error naming it", err)
+	}
+}
+
+// A node that starts while PostgreSQL is out of reach serves: its store
+// opens, hits go to the hit log in data_dir, and /readyz says ready but
+// degraded, naming the refused connection and the backlog.
+func TestOpenStore_postgresUnreachable(t *testing.T) {
+	dir := t.TempDir()
+	cfg := defaultConfig()
+	cfg.DataDir = dir
+	cfg.Store.Postgres.DSNFile = filepath.Join(dir, "down")
+	os.WriteFile(cfg.Store.Postgres.DSNFile, []byte(fmt.Sprintf("postgres://postgres@127.0.0.1:%d/x?sslmode=disable", closedPort(t))), 0o600)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	st, err := openStore(cfg, newMetrics(), log)
+	if err != nil {
+		t.Fatalf("openStore with no server: %v", err)
+	}
+	defer st.close()
+	e := store.Event{Type: store.EventOpen, Message: "Q1", Link: -1, Class: "human", At: time.Now()}
+	if err := st.AddEvent(context.Background(), e); err != nil {
+		t.Fatalf("AddEvent with no server: %v", err)
+	}
+	if logs, _ := filepath.Glob(filepath.Join(dir, postgresHitLogDir, "*.log")); len(logs) != 1 {
+		t.Errorf("hit log files %q, want one", logs)
+	}
+	spool := filepath.Join(dir, "spool")
+	os.Mkdir(spool, 0o700)
+	code, b := getReadyz(t, newReadiness(st, spool, nil))
+	db, hl := b.Checks["database"], b.Checks["hit_log"]
+	if code != 200 || !b.Ready || !b.Degraded || !b.Checks["store"].OK || db.OK || !db.Degraded ||
+		!strings.Contains(db.Error, "refused") || hl.OK || hl.Backlog == nil || *hl.Backlog != 1 || hl.Oldest == "" {
+		t.Errorf("readyz with no server: %d %+v", code, b)
 	}
 }

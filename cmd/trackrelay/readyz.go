@@ -11,6 +11,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/trackrelay/trackrelay/tracker/store"
+	"github.com/trackrelay/trackrelay/tracker/store/postgres"
 )
 
 // upstreamDownAfter is how long the upstream may fail without a single
@@ -27,8 +30,16 @@ const readyCacheFor = time.Second
 // 503. The body is JSON naming each check, with its error for the
 // operator: it is never served on the public listener, whose clients must
 // not learn file paths or make the relay write to disk.
+//
+// With the PostgreSQL store, "store" is the store being open, and two more
+// checks say how the fleet's ledger fares: "database" (PostgreSQL answers
+// and takes commits) and "hit_log" (no hit waits in the node's hit log to
+// be shipped, and the log takes appends). They only degrade: the node
+// still serves hits (from the log) and accepts mail while they fail, so
+// the answer stays 200, with "degraded": true.
 type readiness struct {
 	store    func(context.Context) error
+	fleet    func(context.Context) postgres.Health // nil: bbolt
 	spool    func() error
 	upstream func() (lastOK, failingSince time.Time) // nil: capture mode
 	downFor  time.Duration
@@ -45,26 +56,46 @@ type pinger interface {
 	Ping(context.Context) error
 }
 
-func newReadiness(store pinger, spoolDir string, upstream func() (time.Time, time.Time)) *readiness {
-	return &readiness{
-		store:    store.Ping,
+// fleetStore is a store with a database and a hit log (postgres.Store).
+type fleetStore interface {
+	Health(context.Context) postgres.Health
+}
+
+func newReadiness(st pinger, spoolDir string, upstream func() (time.Time, time.Time)) *readiness {
+	rd := &readiness{
+		store:    st.Ping,
 		spool:    func() error { return spoolWritable(spoolDir) },
 		upstream: upstream,
 		downFor:  upstreamDownAfter,
 		cacheFor: readyCacheFor,
 		now:      time.Now,
 	}
+	if ts, ok := st.(*trackingStore); ok {
+		st = ts.backend
+	}
+	if f, ok := st.(fleetStore); ok {
+		rd.fleet = f.Health
+	}
+	return rd
 }
 
 type readyCheck struct {
 	OK     bool   `json:"ok"`
 	Error  string `json:"error,omitempty"`
 	LastOK string `json:"last_ok,omitempty"`
+	// Degraded: this check failing does not make the node not ready.
+	Degraded bool `json:"degraded,omitempty"`
+	// Backlog and Oldest: the hit log's hits waiting to be shipped, and
+	// when the oldest was logged.
+	Backlog *int   `json:"backlog,omitempty"`
+	Oldest  string `json:"oldest,omitempty"`
 }
 
 type readyResult struct {
-	Ready  bool                  `json:"ready"`
-	Checks map[string]readyCheck `json:"checks"`
+	Ready bool `json:"ready"`
+	// Degraded: ready, but a degrading check fails.
+	Degraded bool                  `json:"degraded"`
+	Checks   map[string]readyCheck `json:"checks"`
 }
 
 func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -103,7 +134,11 @@ func (rd *readiness) result() readyResult {
 		}
 		res.Checks[name] = c
 	}
-	add("store", rd.store(ctx))
+	if rd.fleet != nil {
+		rd.addFleet(ctx, &res, add)
+	} else {
+		add("store", rd.store(ctx))
+	}
 	add("spool", rd.spool())
 	if rd.upstream != nil {
 		lastOK, failingSince := rd.upstream()
@@ -120,6 +155,35 @@ func (rd *readiness) result() readyResult {
 	}
 	rd.checkedAt, rd.last = now, res
 	return res
+}
+
+// addFleet adds the checks of a store with a database and a hit log.
+func (rd *readiness) addFleet(ctx context.Context, res *readyResult, add func(string, error)) {
+	h := rd.fleet(ctx)
+	var err error
+	if h.Closed {
+		err = store.ErrClosed
+	}
+	add("store", err)
+	degrade := func(name string, err error) readyCheck {
+		c := readyCheck{OK: err == nil}
+		if err != nil {
+			c.Error, c.Degraded = err.Error(), true
+			res.Degraded = true
+		}
+		return c
+	}
+	res.Checks["database"] = degrade("database", h.Database)
+	err = h.HitLog
+	if err == nil && h.Backlog > 0 {
+		err = fmt.Errorf("%d hits not yet shipped to PostgreSQL", h.Backlog)
+	}
+	c := degrade("hit_log", err)
+	c.Backlog = &h.Backlog
+	if h.Backlog > 0 && !h.Oldest.IsZero() {
+		c.Oldest = h.Oldest.UTC().Format(time.RFC3339)
+	}
+	res.Checks["hit_log"] = c
 }
 
 // spoolWritable creates, syncs and removes a small file in the spool

@@ -25,11 +25,15 @@ import (
 )
 
 type readyBody struct {
-	Ready  bool `json:"ready"`
-	Checks map[string]struct {
-		OK     bool   `json:"ok"`
-		Error  string `json:"error"`
-		LastOK string `json:"last_ok"`
+	Ready    bool `json:"ready"`
+	Degraded bool `json:"degraded"`
+	Checks   map[string]struct {
+		OK       bool   `json:"ok"`
+		Error    string `json:"error"`
+		LastOK   string `json:"last_ok"`
+		Degraded bool   `json:"degraded"`
+		Backlog  *int   `json:"backlog"`
+		Oldest   string `json:"oldest"`
 	} `json:"checks"`
 }
 

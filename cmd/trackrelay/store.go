@@ -102,6 +102,9 @@ func useIPLists(cfg *Config, log *slog.Logger) error {
 	return nil
 }
 
+// postgresHitLogDir is the PostgreSQL store's hit log, under data_dir.
+const postgresHitLogDir = "postgres-hitlog"
+
 // trackingStore is the tracking store with the webhook sender that reads
 // its outbox.
 type trackingStore struct {
@@ -126,9 +129,13 @@ func openStore(cfg *Config, m *metrics, log *slog.Logger) (*trackingStore, error
 	}
 	var st backend
 	if dsn != "" {
+		// The hit log lives in data_dir: what it holds is this node's until
+		// shipped, so data_dir must be on durable storage.
 		st, err = postgres.Open(context.Background(), dsn, postgres.Options{
 			MaxConnections: int32(cfg.Store.Postgres.MaxConnections), Metrics: m.tracker.Store,
-			MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient, WebhookAccounts: accounts})
+			MaxEventsPerRecipient: cfg.Tracking.MaxEventsPerRecipient, WebhookAccounts: accounts,
+			HitLogDir: filepath.Join(cfg.DataDir, postgresHitLogDir), FallbackAfter: cfg.Store.Postgres.FallbackAfter.D(),
+			Logger: log.With("part", "store")})
 		if err != nil {
 			return nil, fmt.Errorf("tracking store: %w", err)
 		}

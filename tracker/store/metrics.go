@@ -20,6 +20,26 @@ type Metrics struct {
 	eventsExpired  prometheus.Counter
 	outbox         prometheus.GaugeFunc
 	outboxFn       atomic.Pointer[func() float64]
+	fallback       *prometheus.CounterVec
+	shipped        prometheus.Counter
+	db             *databaseCollector
+}
+
+// Causes of Metrics.Fallback: why a hit went to the hit log rather than
+// being committed to the database before its response.
+var fallbackCauses = []string{"error", "slow", "unreachable"}
+
+// DatabaseStats is the state of a store's database and hit log, read at
+// each scrape (SetDatabaseFunc).
+type DatabaseStats struct {
+	// Up: the database answers and takes commits.
+	Up bool
+	// Connections of the pool: in use, idle, both, and its size.
+	Acquired, Idle, Total, Max int32
+	// Backlog is the hits in the hit log not yet shipped to the
+	// database, Oldest when the oldest of them was logged.
+	Backlog int
+	Oldest  time.Time
 }
 
 // Reasons of Metrics.Unlisted.
@@ -91,14 +111,103 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}
 		return 0
 	})
+	m.fallback = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "trackrelay",
+		Subsystem: "store",
+		Name:      "fallback_hits_total",
+		Help:      "Hits answered once in the node's hit log instead of committed to PostgreSQL first, by cause: error (their commit failed), slow (it took longer than store.postgres.fallback_after), unreachable (a commit had failed and the log was not yet shipped).",
+	}, []string{"cause"})
+	for _, c := range fallbackCauses {
+		m.fallback.WithLabelValues(c)
+	}
+	m.shipped = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "trackrelay",
+		Subsystem: "store",
+		Name:      "hitlog_shipped_total",
+		Help:      "Hits of the hit log committed to PostgreSQL by the shipper (a hit both committed late and logged counts here too, stored once).",
+	})
+	m.db = newDatabaseCollector()
 	for _, r := range []string{UnlistedOverCap, UnlistedErased, UnlistedRateLimited} {
 		m.eventsDropped.WithLabelValues(r)
 	}
 	if reg != nil {
 		reg.MustRegister(m.eventsLost, m.commitDuration, m.commitBatch, m.logSync, m.eventsDropped,
-			m.reclassified, m.eventsExpired, m.outbox)
+			m.reclassified, m.eventsExpired, m.outbox, m.fallback, m.shipped, m.db)
 	}
 	return m
+}
+
+// Fallback counts a hit that went to the hit log, for cause ("error",
+// "slow", "unreachable").
+func (m *Metrics) Fallback(cause string) {
+	if m != nil {
+		m.fallback.WithLabelValues(cause).Inc()
+	}
+}
+
+// Shipped counts n hits of the hit log committed to the database.
+func (m *Metrics) Shipped(n int) {
+	if m != nil && n > 0 {
+		m.shipped.Add(float64(n))
+	}
+}
+
+// SetDatabaseFunc makes the database's metrics (up, pool, hit log backlog)
+// read f at each scrape: the store that has a database sets it once open.
+// Without it they are not exported.
+func (m *Metrics) SetDatabaseFunc(f func() DatabaseStats) {
+	if m != nil {
+		m.db.fn.Store(&f)
+	}
+}
+
+// databaseCollector exports DatabaseStats, when a store has set its
+// function.
+type databaseCollector struct {
+	fn                                   atomic.Pointer[func() DatabaseStats]
+	up, conns, maxConns, backlog, oldest *prometheus.Desc
+}
+
+func newDatabaseCollector() *databaseCollector {
+	name := func(n string) string { return prometheus.BuildFQName("trackrelay", "store", n) }
+	return &databaseCollector{
+		up:       prometheus.NewDesc(name("database_up"), "1 when the database answers and takes commits, 0 while hits go to the hit log (PostgreSQL store only).", nil, nil),
+		conns:    prometheus.NewDesc(name("database_connections"), "Connections of the pool to PostgreSQL, by state: acquired (in use), idle, total.", []string{"state"}, nil),
+		maxConns: prometheus.NewDesc(name("database_max_connections"), "Size of the pool of connections to PostgreSQL (store.postgres.max_connections).", nil, nil),
+		backlog:  prometheus.NewDesc(name("hitlog_backlog_hits"), "Hits in the node's hit log not yet shipped to PostgreSQL.", nil, nil),
+		oldest:   prometheus.NewDesc(name("hitlog_backlog_oldest_seconds"), "Age of the oldest hit in the hit log not yet shipped to PostgreSQL; 0 when none.", nil, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *databaseCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.up, c.conns, c.maxConns, c.backlog, c.oldest} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *databaseCollector) Collect(ch chan<- prometheus.Metric) {
+	f := c.fn.Load()
+	if f == nil {
+		return
+	}
+	st := (*f)()
+	up := 0.0
+	if st.Up {
+		up = 1
+	}
+	age := 0.0
+	if st.Backlog > 0 && !st.Oldest.IsZero() {
+		age = max(0, time.Since(st.Oldest).Seconds())
+	}
+	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up)
+	ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(st.Acquired), "acquired")
+	ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(st.Idle), "idle")
+	ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(st.Total), "total")
+	ch <- prometheus.MustNewConstMetric(c.maxConns, prometheus.GaugeValue, float64(st.Max))
+	ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(st.Backlog))
+	ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age)
 }
 
 // Lost counts a hit that was served but not recorded.

@@ -2,11 +2,9 @@ package bolt
 
 import (
 	"cmp"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/trackrelay/trackrelay/internal/durable"
 	"github.com/trackrelay/trackrelay/tracker/store"
+	"github.com/trackrelay/trackrelay/tracker/store/hitlog"
 )
 
 // The hit log is a write-ahead log in front of the bbolt file: a batch of
@@ -34,23 +33,21 @@ import (
 // in bbolt. The file grows in zero-filled steps, so that the fdatasync of
 // an append writes data only: no block allocation, no size change.
 //
-// A record is: payload length (uint32), CRC-32C of the rest (uint32),
-// sequence (uint64), payload: the message id's length (one byte), the id,
-// and the event as stored (JSON). Sequences only grow, across segments and
-// restarts. Reading a segment stops at the first record that does not
-// follow the one before: a torn append, the zeros past the end, or older
-// records left from the segment's previous turn (those were all applied).
+// Records are package hitlog's; a payload is the message id's length (one
+// byte), the id, and the event as stored (JSON). Sequences only grow,
+// across segments and restarts. Reading a segment stops at the first
+// record that does not follow the one before: a torn append, the zeros
+// past the end, or older records left from the segment's previous turn
+// (those were all applied).
 const (
-	logHeader    = 16
-	logGrow      = 1 << 20 // the file grows in zero-filled steps of this
-	logMaxRecord = 64 << 10
+	logHeader    = hitlog.HeaderSize
+	logGrow      = hitlog.GrowStep // the file grows in zero-filled steps of this
+	logMaxRecord = hitlog.MaxPayload
 )
 
 // logSegment is the size of each of the two segments (a variable for the
 // tests).
 var logSegment int64 = 8 << 20
-
-var logCRC = crc32.MakeTable(crc32.Castagnoli)
 
 // hitLog is the append side of the log; only the collector uses it after
 // Open.
@@ -135,42 +132,22 @@ func (l *hitLog) read(applied uint64) ([]logRecord, error) {
 // each one follows the one before.
 func (l *hitLog) readSegment(seg int64, applied uint64) ([]logRecord, error) {
 	var recs []logRecord
-	var prev uint64
-	var hdr [logHeader]byte
 	base := seg * l.seg
-	for off := int64(0); off+logHeader <= l.seg && base+off+logHeader <= l.size; {
-		if _, err := l.src.ReadAt(hdr[:], base+off); err != nil {
-			return nil, err
-		}
-		n := int64(binary.LittleEndian.Uint32(hdr[0:]))
-		sum := binary.LittleEndian.Uint32(hdr[4:])
-		seq := binary.LittleEndian.Uint64(hdr[8:])
-		if n == 0 || n > logMaxRecord || off+logHeader+n > l.seg || base+off+logHeader+n > l.size {
-			break
-		}
-		if prev != 0 && seq != prev+1 {
-			break
-		}
-		rec := make([]byte, 8+n)
-		copy(rec, hdr[8:])
-		if _, err := l.src.ReadAt(rec[8:], base+off+logHeader); err != nil {
-			return nil, err
-		}
-		if crc32.Checksum(rec, logCRC) != sum {
-			break
-		}
-		off += logHeader + n
-		prev = seq
+	_, err := hitlog.ReadRun(l.src, base, min(base+l.seg, l.size), func(seq uint64, p []byte) error {
 		if seq <= applied {
-			continue
+			return nil
 		}
-		r, err := decodeLogPayload(rec[8:])
+		r, err := decodeLogPayload(p)
 		if err != nil {
 			// The checksum matched what was written: a record this build
 			// cannot read is a bug, not a torn write.
-			return nil, fmt.Errorf("log record %d: %w", seq, err)
+			return fmt.Errorf("log record %d: %w", seq, err)
 		}
 		recs = append(recs, logRecord{seq: seq, req: r})
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return recs, nil
 }
@@ -226,14 +203,12 @@ func (l *hitLog) append(reqs []*eventReq) (uint64, error) {
 			cur, off = 1-cur, 0
 		}
 		seq++
-		start := len(b)
-		b = binary.LittleEndian.AppendUint32(b, uint32(n-logHeader))
-		b = binary.LittleEndian.AppendUint32(b, 0)
-		b = binary.LittleEndian.AppendUint64(b, seq)
+		var start int
+		b, start = hitlog.BeginRecord(b, seq)
 		b = append(b, byte(len(id)))
 		b = append(b, id...)
 		b = append(b, value...)
-		binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(b[start+8:], logCRC))
+		b = hitlog.EndRecord(b, start)
 		off += n
 	}
 	l.buf = b
@@ -252,7 +227,7 @@ func (l *hitLog) append(reqs []*eventReq) (uint64, error) {
 		err = (*f)()
 	}
 	if err == nil {
-		err = fdatasync(l.f)
+		err = hitlog.Datasync(l.f)
 	}
 	if err != nil {
 		l.broken, l.seq = true, seq
@@ -286,24 +261,11 @@ func (l *hitLog) writeAt(b []byte, at int64) error {
 	return err
 }
 
-// grow makes the file at least end bytes long, in zero-filled steps, and
-// syncs its new size.
+// grow makes the file at least end bytes long (hitlog.Grow).
 func (l *hitLog) grow(end int64) error {
-	if end <= l.size {
-		return nil
-	}
-	want := (end + logGrow - 1) / logGrow * logGrow
-	zeros := make([]byte, 64<<10)
-	for off := l.size; off < want; off += int64(len(zeros)) {
-		if _, err := l.f.WriteAt(zeros[:min(int64(len(zeros)), want-off)], off); err != nil {
-			return err
-		}
-	}
-	if err := l.f.Sync(); err != nil {
-		return err
-	}
-	l.size = want
-	return nil
+	size, err := hitlog.Grow(l.f, l.size, end)
+	l.size = size
+	return err
 }
 
 func (l *hitLog) close() error { return l.f.Close() }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,6 +40,10 @@ const (
 	// DefaultOutboxLease is how long OutboxDue claims the webhook
 	// deliveries it returns.
 	DefaultOutboxLease = 5 * time.Minute
+	// commitTimeout bounds a batch's commit: a database that stopped
+	// answering (a network partition, a hung server) fails it, which
+	// sends the hits to the hit log and opens the circuit.
+	commitTimeout = 10 * time.Second
 )
 
 // Options tunes a Store. Zero fields take the defaults.
@@ -62,6 +68,19 @@ type Options struct {
 	FeedWait time.Duration
 	// OutboxLease: see DefaultOutboxLease.
 	OutboxLease time.Duration
+	// HitLogDir is the directory of the node's hit log, where hits go
+	// when their commit fails or is slow (see FallbackAfter) and while
+	// the database is unreachable, to be shipped when it is back. Set, a
+	// database unreachable at Open is no error: the store opens, its hits
+	// go to the log, and it connects in the background. Unset, AddEvent
+	// returns its commit's error and Open fails without a database.
+	HitLogDir string
+	// FallbackAfter: see DefaultFallbackAfter.
+	FallbackAfter time.Duration
+	// ProbeInterval: see DefaultProbeInterval.
+	ProbeInterval time.Duration
+	// Logger receives the fallback's state changes; nil discards them.
+	Logger *slog.Logger
 }
 
 // Store is the PostgreSQL store.Store, shared by the nodes of a fleet.
@@ -70,18 +89,25 @@ type Options struct {
 // copies' history read from the database and written in one transaction,
 // and each AddEvent returns once its batch has committed.
 type Store struct {
-	pool     *pgxpool.Pool
-	opts     Options
-	storeID  string // hex, in event and feed ids; the same on every node
+	pool    *pgxpool.Pool
+	opts    Options
+	where   string // host:port/database, in errors
+	storeID string // hex, in event and feed ids; the same on every node
+	// ready: connect has succeeded (schema checked, storeID read); until
+	// then the pool serves connect only.
+	ready    atomic.Bool
+	initMu   sync.Mutex
+	fb       *fallback // nil without Options.HitLogDir
 	webhooks map[string]bool
 	webhookL []string
 
-	mu      sync.RWMutex // guards closed against sends on reqs
-	closed  bool
-	reqs    chan *eventReq
-	workers sync.WaitGroup
-	once    sync.Once
-	wake    chan struct{}
+	mu          sync.RWMutex // guards closed and spillClosed against sends on reqs and fb.spills
+	closed      bool
+	spillClosed bool
+	reqs        chan *eventReq
+	workers     sync.WaitGroup
+	once        sync.Once
+	wake        chan struct{}
 
 	lastXid atomic.Uint64 // newest transaction of this store that wrote feed entries
 
@@ -101,12 +127,22 @@ type eventReq struct {
 	ev   store.Event
 	hit  string // uuid minted for the hit
 	done chan error
+	// spilled: the hit went to the hit log; a committer that has not
+	// taken it yet leaves it to the shipper.
+	spilled atomic.Bool
+	cause   string     // why it spilled
+	logged  chan error // the hit log's answer
 }
 
 // Open connects to the database named by dsn (a PostgreSQL connection URI
 // or keyword/value string), migrates its schema under an advisory lock,
 // and starts the committers. A database whose schema is newer than this
-// build's is refused (ErrSchemaNewer).
+// build's is refused (ErrSchemaNewer). With Options.HitLogDir set, it
+// opens the hit log and starts shipping what it holds; a database that
+// cannot be reached then (network, server starting or stopping) is no
+// error: the store opens without it, logs hits, and connects in the
+// background. A database that answers with an error (wrong password,
+// unknown database, newer schema) always fails Open.
 func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if opts.MaxConnections <= 0 {
 		opts.MaxConnections = DefaultMaxConnections
@@ -129,36 +165,43 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if opts.OutboxLease <= 0 {
 		opts.OutboxLease = DefaultOutboxLease
 	}
+	if opts.FallbackAfter <= 0 {
+		opts.FallbackAfter = DefaultFallbackAfter
+	}
+	if opts.ProbeInterval <= 0 {
+		opts.ProbeInterval = DefaultProbeInterval
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	cfg, err := ParseDSN(dsn)
 	if err != nil {
 		return nil, err
 	}
 	cfg.MaxConns = opts.MaxConnections
-	where := fmt.Sprintf("%s:%d/%s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database)
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("postgres store %s: %w", where, err)
-	}
-	cctx, cancel := context.WithTimeout(ctx, opts.ConnectTimeout)
-	defer cancel()
-	if err := pool.Ping(cctx); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("postgres store %s: connect: %w", where, err)
-	}
-	if err := migrate(ctx, pool); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("postgres store %s: schema: %w", where, err)
-	}
 	s := &Store{
-		pool:     pool,
 		opts:     opts,
+		where:    fmt.Sprintf("%s:%d/%s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database),
 		webhooks: map[string]bool{},
 		reqs:     make(chan *eventReq, 4*opts.MaxBatch),
 		wake:     make(chan struct{}, 1),
 	}
-	if err := pool.QueryRow(ctx, "SELECT id FROM store_meta").Scan(&s.storeID); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("postgres store %s: read store id: %w", where, err)
+	cfg.PrepareConn = func(ctx context.Context, _ *pgx.Conn) (bool, error) {
+		if s.ready.Load() || ctx.Value(initKey{}) != nil {
+			return true, nil
+		}
+		return true, errNotConnected
+	}
+	s.pool, err = pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres store %s: %w", s.where, err)
+	}
+	startErr := s.connect(ctx)
+	if startErr != nil {
+		if opts.HitLogDir == "" || !unreachable(startErr) {
+			s.pool.Close()
+			return nil, startErr
+		}
 	}
 	for _, a := range opts.WebhookAccounts {
 		if !s.webhooks[a] {
@@ -169,7 +212,17 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if s.webhookL == nil {
 		s.webhookL = []string{}
 	}
+	if opts.HitLogDir != "" {
+		if err := s.startFallback(); err != nil {
+			s.pool.Close()
+			return nil, err
+		}
+		if startErr != nil {
+			s.setDown(fmt.Errorf("unreachable at start: %w", startErr))
+		}
+	}
 	opts.Metrics.SetOutboxFunc(s.outboxLen)
+	opts.Metrics.SetDatabaseFunc(s.dbStats)
 	for range opts.Committers {
 		s.workers.Add(1)
 		go s.commitLoop()
@@ -188,17 +241,29 @@ func ParseDSN(dsn string) (*pgxpool.Config, error) {
 }
 
 // Close stops the committers, after committing the events they were given,
-// and closes the pool. Later calls return nil.
+// then the hit log's spiller (after appending what it was given) and
+// shipper, and closes the pool. What the log holds is shipped after the
+// next Open. Later calls return nil.
 func (s *Store) Close() error {
+	var err error
 	s.once.Do(func() {
 		s.mu.Lock()
 		s.closed = true
 		close(s.reqs)
 		s.mu.Unlock()
 		s.workers.Wait()
+		if s.fb != nil {
+			s.mu.Lock()
+			s.spillClosed = true
+			close(s.fb.spills)
+			s.mu.Unlock()
+			close(s.fb.quit)
+			s.fb.wg.Wait()
+			err = s.fb.log.Close()
+		}
 		s.pool.Close()
 	})
-	return nil
+	return err
 }
 
 func (s *Store) isClosed() bool {
@@ -208,7 +273,9 @@ func (s *Store) isClosed() bool {
 }
 
 // AddEvent implements store.Store: it returns once the event's batch has
-// committed.
+// committed, or, with a hit log (Options.HitLogDir), once the event is in
+// the log because that commit failed or took FallbackAfter, or because the
+// database is unreachable.
 func (s *Store) AddEvent(ctx context.Context, e store.Event) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -220,6 +287,13 @@ func (s *Store) AddEvent(ctx context.Context, e store.Event) error {
 		return fmt.Errorf("postgres store: message %s: invalid recipient %d", e.Message, e.Recipient)
 	}
 	r := &eventReq{ev: e, hit: newUUID(), done: make(chan error, 1)}
+	if s.fb != nil && s.isDown() {
+		if s.isClosed() {
+			return store.ErrClosed
+		}
+		r.spilled.Store(true)
+		return s.spill(ctx, r, CauseUnreachable)
+	}
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
@@ -232,20 +306,37 @@ func (s *Store) AddEvent(ctx context.Context, e store.Event) error {
 		return ctx.Err()
 	}
 	s.mu.RUnlock()
+	var bound <-chan time.Time
+	if s.fb != nil {
+		t := time.NewTimer(s.opts.FallbackAfter)
+		defer t.Stop()
+		bound = t.C
+	}
 	select {
 	case err := <-r.done:
-		return err
+		if err == nil || s.fb == nil {
+			return err
+		}
+		return s.spill(ctx, r, CauseError)
+	case <-bound:
+		// The commit may still succeed: the shipper then finds the hit
+		// stored, by its id, and stores nothing twice.
+		r.spilled.Store(true)
+		return s.spill(ctx, r, CauseSlow)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
 // commitLoop is a committer: it takes the events waiting, up to MaxBatch,
-// and commits them together.
+// and commits them together. A failed commit opens the fallback's circuit.
 func (s *Store) commitLoop() {
 	defer s.workers.Done()
 	for first := range s.reqs {
-		batch := []*eventReq{first}
+		batch := make([]*eventReq, 0, 1)
+		if !first.spilled.Load() {
+			batch = append(batch, first)
+		}
 	more:
 		for len(batch) < s.opts.MaxBatch {
 			select {
@@ -253,16 +344,26 @@ func (s *Store) commitLoop() {
 				if !ok {
 					break more
 				}
-				batch = append(batch, r)
+				if !r.spilled.Load() {
+					batch = append(batch, r)
+				}
 			default:
 				break more
 			}
 		}
+		if len(batch) == 0 {
+			continue
+		}
 		start := time.Now()
-		err := s.commitEvents(context.Background(), batch)
+		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
+		err := s.commitEvents(ctx, batch)
+		cancel()
 		s.opts.Metrics.Committed(time.Since(start), len(batch))
 		if err != nil {
 			err = fmt.Errorf("postgres store: commit %d events: %w", len(batch), err)
+			if s.fb != nil {
+				s.setDown(err)
+			}
 		}
 		for _, r := range batch {
 			r.done <- err

@@ -46,6 +46,7 @@ type Cluster struct {
 	bin  string
 	dir  string
 	as   string // user to run the server as; "" the current one
+	opts string // the server's options, for StartServer
 	dbs  atomic.Int64
 
 	// The watchdog stops the server and removes its directory when its
@@ -131,6 +132,7 @@ func start(fsync bool) (*Cluster, error) {
 			opts += " -c fsync=off"
 		}
 		var out []byte
+		c.opts = opts
 		if out, err = c.run("pg_ctl", "-D", data, "-l", filepath.Join(c.dir, "log"), "-w", "-t", "60", "-o", opts, "start"); err == nil {
 			if err := c.startWatchdog(); err != nil {
 				c.Stop()
@@ -199,6 +201,25 @@ func (c *Cluster) Stop() {
 		}
 		os.RemoveAll(c.dir)
 	})
+}
+
+// StopServer stops the server and keeps its data, as an outage does:
+// connections are closed and new ones refused until StartServer.
+func (c *Cluster) StopServer() error {
+	if out, err := c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-m", "fast", "-w", "stop"); err != nil {
+		return fmt.Errorf("pgtest: pg_ctl stop: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// StartServer starts the server stopped by StopServer again, on the same
+// port.
+func (c *Cluster) StartServer() error {
+	data := filepath.Join(c.dir, "data")
+	if out, err := c.run("pg_ctl", "-D", data, "-l", filepath.Join(c.dir, "log"), "-w", "-t", "60", "-o", c.opts, "start"); err != nil {
+		return fmt.Errorf("pgtest: pg_ctl start: %w\n%s", err, out)
+	}
+	return nil
 }
 
 // URL returns the connection URI of database db.
