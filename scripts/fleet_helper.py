@@ -501,15 +501,22 @@ def cmd_events_total(args):
 
 
 def cmd_readyz(args):
-    """/readyz during an outage: 200, degraded, the database check failing."""
+    """/readyz during an outage: 200, ready but degraded, its database check failing."""
     try:
         status, _, body = request("GET", args.node.rstrip("/") + "/readyz")
     except OSError as e:
         status, body = 0, repr(e).encode()
     text = body.decode("utf-8", "replace")
-    check(status == 200, "%s: /readyz answers 200 while PostgreSQL is down (degraded, not \"not ready\")" % args.name,
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = {}
+    check(status == 200 and doc.get("ready") is True,
+          "%s: /readyz answers 200, ready, while PostgreSQL is down (not \"not ready\")" % args.name,
           "%d %s" % (status, text[:300]))
-    check("degraded" in text, "%s: /readyz says degraded" % args.name, text[:300])
+    db = (doc.get("checks") or {}).get("database") or {}
+    check(doc.get("degraded") is True and db.get("ok") is False,
+          "%s: /readyz says degraded, its database check failing" % args.name, text[:300])
 
 
 def cmd_wait_found(args):
