@@ -15,13 +15,20 @@
 #   4. the same load while PostgreSQL is stopped for ten seconds: every pixel
 #      and link answered throughout, /readyz degraded (not "not ready"), mail
 #      still accepted, and once the database is back no answered hit missing
+#   5. PostgreSQL stopped again, node B killed with kill -9 while its answered
+#      hits are only in its hit log, restarted without the database, then
+#      PostgreSQL started: no answered hit missing
+#
+# The load goes to the nodes in turn; a refused connection is tried on the
+# other node, as a load balancer does. Every request carries a unique marker
+# in its user agent, so the feed is checked hit by hit.
 #
 # Needs: go, /usr/bin/python3, curl, Debian's postgresql (server binaries under
 # /usr/lib/postgresql/NN/bin; as root, initdb and pg_ctl run as the user
 # postgres on a temporary directory it owns, listening on 127.0.0.1 only).
 # Usage:  bash scripts/fleet-e2e.sh      (from anywhere)
 # Env:    FLEET_KEEP=1            keep the work directory even when everything passed
-#         FLEET_SKIP_OUTAGE=1     leave out step 4 (reported as SKIP)
+#         FLEET_SKIP_OUTAGE=1     leave out steps 4 and 5 (reported as SKIP)
 #         FLEET_BIN=path          use this binary instead of building one
 set -euo pipefail
 
@@ -318,7 +325,7 @@ helper no-loss --nodes "$A,$B" --load "$WORK/load-kill.txt" --key "$KEY" --qid "
 
 # ---------------------------------------------------------------- 4. PostgreSQL stopped under load
 if [ "${FLEET_SKIP_OUTAGE:-0}" = 1 ]; then
-    echo "SKIP PostgreSQL outage under load (FLEET_SKIP_OUTAGE=1)"
+    echo "SKIP PostgreSQL outages under load (FLEET_SKIP_OUTAGE=1)"
 else
     echo "== PostgreSQL stopped for ${OUTAGE_SECONDS}s under load"
     BEFORE=$("$PY" "$HELPER" events-total --node "$A" --qid "$LQID" --key "$KEY")
@@ -349,6 +356,37 @@ else
     helper no-loss --nodes "$A,$B" --load "$WORK/load-outage.txt" --key "$KEY" --qid "$LQID" --name "outage" \
         --tag outage --before "$BEFORE" --timeout 90
     [ -n "$OQID" ] && helper wait-found --node "$B" --qid "$OQID" --key "$KEY" --name "node B" --timeout 60
+
+    # ------------------------------------------------------------ 5. kill -9 while PostgreSQL is down
+    # The hits node B answers now exist only in its hit log: killed, it must
+    # come back without the database, and ship them once it is back.
+    echo "== kill -9 node B while PostgreSQL is down, restart it, then PostgreSQL"
+    BEFORE=$("$PY" "$HELPER" events-total --node "$A" --qid "$LQID" --key "$KEY")
+    load_start logged
+    wait_answered logged 300 || fatal "load before the second outage"
+    pg_stop || fatal "pg_ctl stop"
+    PG_STARTED=0
+    n=$(answered logged)
+    wait_answered logged $((n + 600)) || fatal "load while PostgreSQL is down"
+    kill -9 "${NODE_PID[b]}"
+    wait "${NODE_PID[b]}" 2>/dev/null || true
+    info "node B killed with kill -9 while PostgreSQL was down, after $(answered logged) answered hits"
+    start_node b
+    if wait_healthy b "$B"; then
+        pass "node B restarted while PostgreSQL was down"
+    else
+        fatal "node B did not restart while PostgreSQL was down (see b.log)"
+    fi
+    n=$(answered logged)
+    wait_answered logged $((n + 300)) || fatal "load after the restart"
+    pg_start || fatal "pg_ctl start after the second outage"
+    PG_STARTED=1
+    n=$(answered logged)
+    wait_answered logged $((n + 300)) || fatal "load after the second outage"
+    load_stop
+    helper stats --load "$WORK/load-logged.txt" --name "kill -9 during the outage"
+    helper no-loss --nodes "$A,$B" --load "$WORK/load-logged.txt" --key "$KEY" --qid "$LQID" \
+        --name "kill -9 during the outage" --tag logged --before "$BEFORE" --timeout 90
 fi
 
 for n in a b; do

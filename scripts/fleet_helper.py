@@ -323,12 +323,14 @@ def cmd_erase(args):
 
 def cmd_load(args):
     """Pixel load (one request in five a click) on the nodes in turn, as a
-    load balancer spreads it, at args.rate requests a second at most,
+    load balancer spreads it (a refused connection is tried on the next
+    node), at args.rate requests a second at most,
     until the stop file appears, args.max requests are made or
     args.seconds pass. Every request carries a
     unique marker in its user agent; one line per request goes to
-    args.out: marker, node index, kind, status, start and end (Unix
-    seconds). A request that got no answer has status 0."""
+    args.out: marker, index of the node that answered (or was tried last),
+    kind, status, start and end (Unix seconds). A request that got no
+    answer has status 0."""
     copies = json.load(open(args.copies))
     targets = []
     for c in copies:
@@ -358,23 +360,37 @@ def cmd_load(args):
             kind, url = targets[(n // len(nodes)) % len(targets)]
             marker = "%s-%d-%d" % (args.tag, w, i)
             i += 1
-            u = urllib.parse.urlsplit(to_node(url, args.base, nodes[ni]))
             hdr = {"User-Agent": UA + " fleet-e2e/" + marker,
                    "X-Forwarded-For": "203.0.113.%d" % (1 + n % 250)}
             t0 = time.time()
-            status = 0
-            try:
-                c = conns.get(ni)
-                if c is None:
-                    c = conns[ni] = http.client.HTTPConnection(u.hostname, u.port, timeout=args.timeout)
-                c.request("GET", u.path, headers=hdr)
-                r = c.getresponse()
-                r.read()
-                status = r.status
-            except (OSError, http.client.HTTPException):
-                c = conns.pop(ni, None)
-                if c is not None:
-                    c.close()
+            for attempt in range(len(nodes)):
+                status, refused = 0, False
+                u = urllib.parse.urlsplit(to_node(url, args.base, nodes[ni]))
+                try:
+                    c = conns.get(ni)
+                    if c is None:
+                        c = http.client.HTTPConnection(u.hostname, u.port, timeout=args.timeout)
+                        try:
+                            c.connect()
+                        except ConnectionRefusedError:
+                            refused = True
+                            raise
+                        conns[ni] = c
+                    c.request("GET", u.path, headers=hdr)
+                    r = c.getresponse()
+                    r.read()
+                    status = r.status
+                except (OSError, http.client.HTTPException):
+                    c = conns.pop(ni, None)
+                    if c is not None:
+                        c.close()
+                # As a load balancer does: a node that refuses the
+                # connection never saw the request, so the next one gets
+                # it. A request cut off after it was sent is not repeated
+                # (it may have been recorded): it counts as not answered.
+                if not refused or attempt == len(nodes) - 1:
+                    break
+                ni = (ni + 1) % len(nodes)
             t1 = time.time()
             outf.write("%s %d %s %d %.3f %.3f\n" % (marker, ni, kind, status, t0, t1))
             if status == 0:
