@@ -253,10 +253,10 @@ pass "two nodes started together on the empty database"
 
 # ---------------------------------------------------------------- 1. send on A, hit and read on B
 echo "== send through A, open and click through B, read both"
-QID=$("$PY" "$HELPER" send --port "$A_SMTP" --to "bob@example.net,carol@example.net" --subject "fleet quote") ||
-    fatal "send through node A"
+QID=$("$PY" "$HELPER" send --port "$A_SMTP" --to "bob@example.net,carol@example.net" --subject "fleet quote" \
+    --found-on "$B" --key "$KEY" 2>"$WORK/send1.err") || { cat "$WORK/send1.err"; fatal "send through node A"; }
 pass "node A accepted $QID"
-helper found-at-once --node "$B" --qid "$QID" --key "$KEY" --name "node B"
+tally <"$WORK/send1.err"
 helper copies --outbox "$WORK/a/outbox" --qid "$QID" --n 2 --base "$BASE" --out "$WORK/copies1.json" ||
     fatal "copies of $QID"
 helper wait-delivered --node "$B" --qid "$QID" --key "$KEY" --name "node B"
@@ -355,7 +355,11 @@ else
     helper stats --load "$WORK/load-outage.txt" --name "outage" --window "$down_at,$up_at" --all-answered
     helper no-loss --nodes "$A,$B" --load "$WORK/load-outage.txt" --key "$KEY" --qid "$LQID" --name "outage" \
         --tag outage --before "$BEFORE" --timeout 90
-    [ -n "$OQID" ] && helper wait-found --node "$B" --qid "$OQID" --key "$KEY" --name "node B" --timeout 60
+    if [ -n "$OQID" ]; then
+        helper wait-found --node "$B" --qid "$OQID" --key "$KEY" --name "node B" --timeout 60
+        # Delivered (captured) during the outage: its status follows too.
+        helper wait-delivered --node "$B" --qid "$OQID" --key "$KEY" --name "node B" --timeout 30
+    fi
 
     # ------------------------------------------------------------ 5. kill -9 while PostgreSQL is down
     # The hits node B answers now exist only in its hit log: killed, it must
