@@ -18,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/trackrelay/trackrelay/relay"
+	"github.com/trackrelay/trackrelay/tracker"
 	"github.com/trackrelay/trackrelay/tracker/geoip"
 )
 
@@ -366,8 +367,10 @@ func (c *Config) validate() []error {
 	if pg := c.Store.Postgres; pg.MaxConnections < 0 || pg.MaxConnections > math.MaxInt32 {
 		bad("store.postgres.max_connections", "%d is not a pool size (0 for the default)", pg.MaxConnections)
 	}
-	if fa := c.Store.Postgres.FallbackAfter.D(); fa < 0 || fa > time.Minute {
-		bad("store.postgres.fallback_after", "%s is not a wait between 0 (the default, 200ms) and 1m", fa)
+	// A hit waits for the store tracker.DefaultStoreTimeout at most: the
+	// bound must leave time for the hit log's fdatasync within it.
+	if fa := c.Store.Postgres.FallbackAfter.D(); fa < 0 || fa > tracker.DefaultStoreTimeout/2 {
+		bad("store.postgres.fallback_after", "%s is not a wait between 0 (the default, 200ms) and %s", fa, tracker.DefaultStoreTimeout/2)
 	}
 	if dsn, err := postgresDSN(c); err != nil {
 		errs = append(errs, fmt.Errorf("config: %w", err))

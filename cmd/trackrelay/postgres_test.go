@@ -51,6 +51,7 @@ func TestConfig_postgres(t *testing.T) {
 		env     string
 		maxConn int
 		ret     Duration
+		after   Duration
 		want    string // "" valid
 	}{
 		{name: "unset"},
@@ -61,6 +62,9 @@ func TestConfig_postgres(t *testing.T) {
 		{name: "environment wins", file: filepath.Join(dir, "nope"), env: "postgres://u:s3cret@127.0.0.1:5432/db"},
 		{name: "malformed environment", env: "postgres://u:s3cret@[::1/db", want: "TRACKRELAY_POSTGRES_DSN: postgres store: invalid DSN"},
 		{name: "negative pool", file: good, maxConn: -1, want: "store.postgres.max_connections"},
+		{name: "fallback bound", file: good, after: Duration(300 * time.Millisecond)},
+		{name: "negative fallback bound", file: good, after: Duration(-time.Millisecond), want: "store.postgres.fallback_after"},
+		{name: "fallback bound past the hit's wait", file: good, after: Duration(time.Second), want: "store.postgres.fallback_after"},
 		{name: "retention", file: good, ret: Duration(90 * 24 * time.Hour), want: "tracking.retention"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -68,6 +72,7 @@ func TestConfig_postgres(t *testing.T) {
 			cfg := defaultConfig()
 			cfg.Store.Postgres.DSNFile, cfg.Store.Postgres.MaxConnections = tc.file, tc.maxConn
 			cfg.Tracking.Retention = tc.ret
+			cfg.Store.Postgres.FallbackAfter = tc.after
 			var msgs []string
 			for _, err := range cfg.validate() {
 				if strings.Contains(err.Error(), "postgres") || strings.Contains(err.Error(), "retention") {

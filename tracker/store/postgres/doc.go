@@ -15,6 +15,15 @@
 // oldest running transaction, so that an entry another node commits late
 // is never skipped.
 //
+// With a hit log (Options.HitLogDir, in the node's data_dir), a hit whose
+// batch fails to commit, or has not committed within FallbackAfter, is
+// appended to the log (package hitlog) and answered once that is
+// fdatasynced; after a failed commit, hits go straight to the log until
+// the shipper has committed it to the database, in order, each hit with
+// its minted id, classified and fed exactly as a direct commit would be
+// (fallback.go). A node may so start, and serve, while the database is out
+// of reach.
+//
 // What the package must never do: import the tracker's HTTP handler, the
 // relay or another backend.
 package postgres

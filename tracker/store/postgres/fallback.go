@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -347,11 +348,10 @@ func (s *Store) ship() {
 			batch = append(batch, r)
 		}
 		if len(batch) > 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), shipTimeout)
-			start := time.Now()
-			err = s.commitEvents(ctx, batch)
-			cancel()
-			s.opts.Metrics.Committed(time.Since(start), len(batch))
+			err = s.shipBatch(batch)
+			if err != nil && rejected(err) {
+				err = s.shipEach(batch)
+			}
 			if err != nil {
 				s.setDown(fmt.Errorf("postgres store: ship %d hits from the hit log: %w", len(batch), err))
 				return
@@ -365,6 +365,54 @@ func (s *Store) ship() {
 		fb.shipped = last
 		s.opts.Metrics.Shipped(len(batch))
 	}
+}
+
+// shipBatch commits batch as the committers would.
+func (s *Store) shipBatch(batch []*eventReq) error {
+	ctx, cancel := context.WithTimeout(context.Background(), shipTimeout)
+	defer cancel()
+	start := time.Now()
+	err := s.commitEvents(ctx, batch)
+	s.opts.Metrics.Committed(time.Since(start), len(batch))
+	return err
+}
+
+// shipEach commits batch a hit at a time, after the database rejected it
+// whole, and drops (logs and counts as lost) each hit it rejects alone:
+// one hit it can never take must not keep the rest of the log from it.
+// Any other error stops it; shipping again later stores nothing twice.
+func (s *Store) shipEach(batch []*eventReq) error {
+	for _, r := range batch {
+		err := s.shipBatch([]*eventReq{r})
+		if err == nil {
+			continue
+		}
+		if !rejected(err) {
+			return err
+		}
+		s.opts.Logger.Error("hit log: hit dropped: the database rejects it", "msg", r.ev.Message, "rcpt", r.ev.Recipient,
+			"type", r.ev.Type, "at", r.ev.At, "err", err)
+		s.opts.Metrics.Lost()
+	}
+	return nil
+}
+
+// rejected reports an error of the data itself (SQLSTATE classes 22, data
+// exception, and 23, integrity constraint violation), which no retry mends.
+func rejected(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23"))
+}
+
+// hitReadContext bounds a read of the hit path (Message and Delivery,
+// which the tracker reads to classify a hit) by FallbackAfter while the
+// circuit is open: a database that does not answer then costs a pixel or
+// a redirect that long at most, not the handler's whole timeout.
+func (s *Store) hitReadContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.fb == nil || !s.isDown() {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, s.opts.FallbackAfter)
 }
 
 // Health is what readiness checks need of the store.

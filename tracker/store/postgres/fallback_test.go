@@ -210,7 +210,14 @@ func TestFallbackOutage(t *testing.T) {
 		return len(answered)
 	}
 	waitFor := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
 		for count() < n {
+			if time.Now().After(deadline) {
+				mu.Lock()
+				defer mu.Unlock()
+				t.Fatalf("%d hits answered, waiting for %d; %d failed (%v)", len(answered), n, len(failed), errors.Join(failed[:min(len(failed), 1)]...))
+			}
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
@@ -246,6 +253,11 @@ func TestFallbackOutage(t *testing.T) {
 	if fell < 300 {
 		t.Errorf("%v hits took the fallback, want at least the 300 answered during the outage", fell)
 	}
+	// After the first failed commit, hits went to the log without waiting
+	// for the database.
+	if n := metricValue(t, reg, "trackrelay_store_fallback_hits_total", CauseUnreachable); n == 0 {
+		t.Error("no hit went straight to the hit log during the outage")
+	}
 	if shipped := metricValue(t, reg, "trackrelay_store_hitlog_shipped_total", ""); shipped < fell {
 		t.Errorf("%v hits shipped, %v took the fallback", shipped, fell)
 	}
@@ -273,7 +285,10 @@ func TestFallbackSlowCommit(t *testing.T) {
 	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", lockKey("Q1")); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AddEvent(ctx, hitWith("Q1", "slow")); err != nil {
+	// Far longer than the bound: without the fallback it waits for the lock.
+	actx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := s.AddEvent(actx, hitWith("Q1", "slow")); err != nil {
 		t.Fatalf("AddEvent while its commit waits: %v", err)
 	}
 	if got := metricValue(t, reg, "trackrelay_store_fallback_hits_total", CauseSlow); got != 1 {
@@ -543,4 +558,140 @@ func (b bytesReaderAt) ReadAt(p []byte, off int64) (int, error) {
 		return n, errors.New("EOF")
 	}
 	return n, nil
+}
+
+// Hits logged for a message that is erased before they are shipped are not
+// stored: the shipper meets its tombstone as a direct commit would.
+func TestFallbackErasedBeforeShipping(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	s, err := Open(ctx, closedDSN(t), fallbackOptions(dir, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ua := range []string{"e1", "e2"} {
+		if err := s.AddEvent(ctx, hitWith("Q1", ua)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AddEvent(ctx, hitWith("Q2", "kept")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dsn := pgtest.DSN(t)
+	base := testStore(t, dsn, Options{})
+	putMessage(t, base, "Q1", 1)
+	putMessage(t, base, "Q2", 1)
+	if err := base.Erase(ctx, "alice", "Q1"); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	s2 := testStore(t, dsn, fallbackOptions(dir, reg))
+	waitShipped(t, s2)
+	if l := readLedger(t, dsn, "Q1"); l.events != 0 || l.feed != 0 {
+		t.Errorf("erased message: %d events, %d feed entries shipped", l.events, l.feed)
+	}
+	checkLedger(t, readLedger(t, dsn, "Q2"), []string{"kept"})
+	if n := metricValue(t, reg, "trackrelay_store_events_unlisted_total", store.UnlistedErased); n != 2 {
+		t.Errorf("events_unlisted_total{reason=erased} = %v, want 2", n)
+	}
+}
+
+// A database that accepts connections and never answers (a hung server, a
+// network partition): the store opens with its hit log, answers hits from
+// it, and the reads of the hit path give up after the bound instead of
+// waiting for as long as their caller lets them.
+func TestFallbackSilentDatabase(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var conns sync.WaitGroup
+	held := make(chan net.Conn, 64)
+	conns.Add(1)
+	go func() {
+		defer conns.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			held <- c // accepted, never answered
+		}
+	}()
+	defer func() {
+		l.Close()
+		conns.Wait()
+		close(held)
+		for c := range held {
+			c.Close()
+		}
+	}()
+	opts := fallbackOptions(t.TempDir(), nil)
+	opts.ConnectTimeout = 200 * time.Millisecond
+	dsn := fmt.Sprintf("postgres://postgres@%s/x?sslmode=disable", l.Addr())
+	s := testStore(t, dsn, opts)
+	ctx := context.Background()
+	if err := s.AddEvent(ctx, hitWith("Q1", "a")); err != nil {
+		t.Fatalf("AddEvent: %v", err)
+	}
+	for name, read := range map[string]func() error{
+		"Message":  func() error { _, err := s.Message(ctx, "Q1"); return err },
+		"Delivery": func() error { _, err := s.Delivery(ctx, "Q1", 0); return err },
+	} {
+		done := make(chan error, 1)
+		go func() { done <- read() }()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Errorf("%s answered without a database", name)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s still waits for a database that never answers", name)
+		}
+	}
+}
+
+// A hit the database rejects (here a constraint of the test's own) is
+// dropped, logged and counted as lost; the hits around it are shipped and
+// the log empties, rather than the one hit holding back the rest for ever.
+func TestFallbackRejectedHit(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	s, err := Open(ctx, closedDSN(t), fallbackOptions(dir, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ua := range []string{"r1", "poison", "r2"} {
+		if err := s.AddEvent(ctx, hitWith("Q1", ua)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dsn := pgtest.DSN(t)
+	putMessage(t, testStore(t, dsn, Options{}), "Q1", 1)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "ALTER TABLE events ADD CONSTRAINT test_no_poison CHECK (user_agent <> 'poison')"); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	s2 := testStore(t, dsn, fallbackOptions(dir, reg))
+	waitShipped(t, s2)
+	l := readLedger(t, dsn, "Q1")
+	checkLedger(t, l, []string{"r1", "r2"})
+	if l.events != 2 {
+		t.Errorf("%d events, want r1 and r2", l.events)
+	}
+	if n := metricValue(t, reg, "trackrelay_tracking_events_lost_total", ""); n != 1 {
+		t.Errorf("events_lost_total = %v, want 1", n)
+	}
 }

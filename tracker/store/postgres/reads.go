@@ -84,6 +84,8 @@ func (s *Store) Message(ctx context.Context, id string) (*store.Message, error) 
 	if validID(id) != nil {
 		return nil, store.ErrNotFound
 	}
+	ctx, cancel := s.hitReadContext(ctx)
+	defer cancel()
 	var erased bool
 	if err := s.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM erased WHERE message = $1)", id).Scan(&erased); err != nil {
 		return nil, fmt.Errorf("postgres store: message %s: %w", id, err)
@@ -110,6 +112,8 @@ func (s *Store) Delivery(ctx context.Context, message string, recipient int) (st
 	if validID(message) != nil || recipient < 0 || int64(recipient) > int64(^uint32(0)>>1) {
 		return store.Delivery{}, store.ErrNotFound
 	}
+	ctx, cancel := s.hitReadContext(ctx)
+	defer cancel()
 	var at time.Time
 	err := s.pool.QueryRow(ctx, `SELECT updated_at FROM deliveries WHERE message = $1 AND recipient = $2 AND status = $3`,
 		message, recipient, delivery.Delivered).Scan(&at)
