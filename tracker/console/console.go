@@ -81,6 +81,7 @@ type Handler struct {
 	accounts atomic.Pointer[map[string]*account]
 	keys     atomic.Pointer[[]consoleKey]
 	limiter  *ratelimit.Limiter
+	origins  *http.CrossOriginProtection
 	revoked  revocations
 	pages    map[string]*template.Template
 	mux      *http.ServeMux
@@ -97,7 +98,8 @@ func New(cfg Config, st Store) (*Handler, error) {
 	h := &Handler{cfg: cfg, store: st, log: cfg.Logger, now: cfg.Now,
 		secure:  strings.HasPrefix(strings.ToLower(cfg.BaseURL), "https:"),
 		trusted: clientip.Normalize(cfg.TrustedProxies),
-		limiter: ratelimit.New(rate.Every(loginEvery), loginBurst)}
+		limiter: ratelimit.New(rate.Every(loginEvery), loginBurst),
+		origins: http.NewCrossOriginProtection()}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -181,6 +183,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd.Set("X-Content-Type-Options", "nosniff")
 	hd.Set("X-Frame-Options", "DENY")
 	hd.Set("Cross-Origin-Opener-Policy", "same-origin")
+	// A form posted from another site is refused before any handler runs:
+	// the login has no session to bind a CSRF token to, and without this
+	// another site could log a visitor in to the attacker's account (login
+	// CSRF). Browsers say where a POST comes from (Sec-Fetch-Site, Origin);
+	// clients that are not browsers, such as curl, send neither and are
+	// allowed.
+	if err := h.origins.Check(r); err != nil {
+		h.renderError(w, r, http.StatusForbidden, "This form was sent from another website, so it was refused. Open the console's own page and try again.")
+		return
+	}
 	h.mux.ServeHTTP(w, r)
 }
 

@@ -185,6 +185,61 @@ func TestCSRF(t *testing.T) {
 	}
 }
 
+// TestCrossSitePostRefused: a form posted from another website is a 403
+// that changes nothing, the login included (else another site could log
+// a visitor in to the attacker's account); the browser's own forms and
+// clients that are not browsers (curl) are served.
+func TestCrossSitePostRefused(t *testing.T) {
+	tc := newTestConsole(t, nil)
+	postFrom := func(c *http.Client, p string, form url.Values, hdr map[string]string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, tc.srv.URL+p, strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, _ = readBody(t, resp)
+		return resp
+	}
+	creds := url.Values{"account": {"alice"}, "secret": {aliceKey}}
+	for _, hdr := range []map[string]string{
+		{"Sec-Fetch-Site": "cross-site"},
+		{"Sec-Fetch-Site": "same-site"},
+		{"Origin": "http://attacker.example"},
+	} {
+		resp := postFrom(tc.client(t), "/ui/login", creds, hdr)
+		if resp.StatusCode != http.StatusForbidden || len(resp.Cookies()) != 0 {
+			t.Errorf("login posted with %v: %d with %d cookies, want 403 and none", hdr, resp.StatusCode, len(resp.Cookies()))
+		}
+		if resp.Header.Get("Content-Security-Policy") != ContentSecurityPolicy {
+			t.Errorf("login posted with %v: no security headers", hdr)
+		}
+	}
+	c := tc.client(t)
+	if resp := postFrom(c, "/ui/login", creds, map[string]string{"Sec-Fetch-Site": "same-origin"}); resp.StatusCode != http.StatusSeeOther || len(resp.Cookies()) != 1 {
+		t.Fatalf("login from the console's own form: %d, want 303 with the cookie", resp.StatusCode)
+	}
+	_, page := get(t, c, tc.srv.URL+"/ui/messages/Q1QUOTE")
+	token := url.Values{"csrf": {csrfOf(t, page)}}
+	for _, p := range []string{"/ui/messages/Q1QUOTE/erase", "/ui/logout"} {
+		if resp := postFrom(c, p, token, map[string]string{"Sec-Fetch-Site": "cross-site"}); resp.StatusCode != http.StatusForbidden {
+			t.Errorf("POST %s from another site with the token: %d, want 403", p, resp.StatusCode)
+		}
+	}
+	if !tc.store.has("Q1QUOTE") {
+		t.Error("erased by a form from another site")
+	}
+	if resp, _ := get(t, c, tc.srv.URL+"/ui/"); resp.StatusCode != http.StatusOK {
+		t.Errorf("logged out by a form from another site: %d", resp.StatusCode)
+	}
+	// Without the headers (curl, as the README's quickstart logs in).
+	tc.login(t, tc.client(t), "alice", aliceKey)
+}
+
 // TestOtherAccountNotFound: a session never sees nor erases another
 // account's message: 404, as for one that does not exist.
 func TestOtherAccountNotFound(t *testing.T) {
