@@ -6,6 +6,7 @@ import (
 	"go/token"
 	"html"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -152,6 +153,12 @@ func TestListPage(t *testing.T) {
 	}
 	if strings.Contains(body, "kitchen") || !strings.Contains(body, "Invoice 7") {
 		t.Error("search by recipient")
+	}
+	// A search longer than maxSearch is cut at a character, never inside one.
+	long := "a" + strings.Repeat("é", maxSearch)
+	get(t, c, tc.srv.URL+"/ui/?"+url.Values{"q": {long}}.Encode())
+	if want := "a" + strings.Repeat("é", (maxSearch-1)/2); tc.store.lastSearch != want {
+		t.Errorf("a long search was cut to %q, want %q", tc.store.lastSearch, want)
 	}
 	_, body = get(t, c, tc.srv.URL+"/ui/?q=nothing+like+it")
 	mustContain(t, html.UnescapeString(body), "No message matches “nothing like it”.")
