@@ -116,7 +116,11 @@ func TestMessagePage(t *testing.T) {
 		// The links: the scanner's click is not counted.
 		"https://example.com/quote/42?x=1&y=2", "1 click by 1 person", "https://example.com/terms", "0 clicks",
 		`action="/ui/messages/Q1QUOTE/erase"`, "Erase tracking data",
+		// What each delivery status means for the sender.
+		"Their mail server accepted it.", "It is tried again by itself",
 	)
+	_, bounced := get(t, c, tc.srv.URL+"/ui/messages/Q2INVOICE")
+	mustContain(t, html.UnescapeString(bounced), "Not delivered (bounced)", "will not be tried again", "550 5.1.1 No such user")
 	if n := strings.Count(body, "<li class=\"event "); n != 5 {
 		t.Errorf("%d events in the timeline, want 5", n)
 	}
@@ -128,6 +132,16 @@ func TestMessagePage(t *testing.T) {
 	}
 	if !strings.Contains(body, `<svg viewBox="0 0 600 180" role="img" aria-label="Opens and clicks by people over time: 2 opens, 1 click."`) {
 		t.Error("no labelled chart")
+	}
+}
+
+// TestEveryStatusExplained: each delivery status has its words and a
+// sentence saying what it means for the sender.
+func TestEveryStatusExplained(t *testing.T) {
+	for _, s := range []delivery.Status{delivery.Queued, delivery.Deferred, delivery.Delivered, delivery.Bounced, delivery.Held} {
+		if statusWords(s) == string(s) || statusMeaning(s) == "" {
+			t.Errorf("%s: words %q, meaning %q", s, statusWords(s), statusMeaning(s))
+		}
 	}
 }
 
