@@ -232,6 +232,11 @@ func TestOverviewPage(t *testing.T) {
 	mustContain(t, text, "Messages sent from 2 Mar 2026 to 2 Mar 2026 (UTC).", "<span class=\"n\">1</span> message sent")
 	_, body = get(t, c, tc.srv.URL+"/ui/overview?from=garbage&to=2026-03-02")
 	mustContain(t, html.UnescapeString(body), "Those dates could not be read")
+	// Dates a store cannot hold (its times end in 2262) are not asked for.
+	for _, q := range []string{"from=9998-01-01&to=9998-12-31", "from=1600-01-01&to=1600-02-01"} {
+		_, body = get(t, c, tc.srv.URL+"/ui/overview?"+q)
+		mustContain(t, html.UnescapeString(body), "Those dates could not be read", `aria-current="page">Last 30 days`)
+	}
 }
 
 // TestDeliverySummary puts mixed states in words, the worst tone winning.
