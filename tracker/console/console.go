@@ -168,7 +168,9 @@ func (h *Handler) routes() *http.ServeMux {
 		http.Redirect(w, r, Prefix, http.StatusSeeOther)
 	})
 	// Any other path: the login for a stranger, not found for a session.
-	mux.HandleFunc("/ui/", h.authed(func(w http.ResponseWriter, r *http.Request, _ *request) {
+	// Only for GET (and HEAD): another method on a page's path is 405 with
+	// Allow, from the mux.
+	mux.HandleFunc("GET /ui/", h.authed(func(w http.ResponseWriter, r *http.Request, _ *request) {
 		h.renderError(w, r, http.StatusNotFound, "This page does not exist.")
 	}))
 	return mux

@@ -240,6 +240,44 @@ func TestCrossSitePostRefused(t *testing.T) {
 	tc.login(t, tc.client(t), "alice", aliceKey)
 }
 
+// TestMethodNotAllowed: a method a page does not take is 405 with the
+// methods it takes, with the security headers, and changes nothing; HEAD
+// is GET without the body.
+func TestMethodNotAllowed(t *testing.T) {
+	tc := newTestConsole(t, nil)
+	c := tc.client(t)
+	tc.login(t, c, "alice", aliceKey)
+	for _, tt := range []struct{ method, path, allow string }{
+		{http.MethodPut, "/ui/", "GET"},
+		{http.MethodPost, "/ui/overview", "GET"},
+		{http.MethodDelete, "/ui/messages/Q1QUOTE", "GET"},
+		{http.MethodPut, "/ui/login", "POST"},
+	} {
+		req, _ := http.NewRequest(tt.method, tc.srv.URL+tt.path, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readBody(t, resp)
+		if resp.StatusCode != http.StatusMethodNotAllowed || !strings.Contains(resp.Header.Get("Allow"), tt.allow) {
+			t.Errorf("%s %s: %d, Allow %q, want 405 allowing %s", tt.method, tt.path, resp.StatusCode, resp.Header.Get("Allow"), tt.allow)
+		}
+		if resp.Header.Get("Content-Security-Policy") != ContentSecurityPolicy {
+			t.Errorf("%s %s: no security headers", tt.method, tt.path)
+		}
+	}
+	if !tc.store.has("Q1QUOTE") {
+		t.Error("erased by a request that is not the form's")
+	}
+	resp, err := c.Head(tc.srv.URL + "/ui/messages/Q1QUOTE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := readBody(t, resp); resp.StatusCode != http.StatusOK || body != "" {
+		t.Errorf("HEAD: %d with %d bytes, want 200 and no body", resp.StatusCode, len(body))
+	}
+}
+
 // TestOtherAccountNotFound: a session never sees nor erases another
 // account's message: 404, as for one that does not exist.
 func TestOtherAccountNotFound(t *testing.T) {
