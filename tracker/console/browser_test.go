@@ -261,6 +261,18 @@ func TestBrowserAccessibility(t *testing.T) {
 		if sw > int(width) {
 			t.Errorf("%s at %d px: the page is %d px wide (scrolls sideways)", p, width, sw)
 		}
+		// A chart's labels are inside it, not cut by its edge.
+		if out := value(t, ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll(".chart svg")].flatMap(svg => {
+			const s = svg.getBoundingClientRect();
+			return [...svg.querySelectorAll("text")].filter(t => { const b = t.getBoundingClientRect();
+				return b.top < s.top || b.bottom > s.bottom || b.left < s.left || b.right > s.right; }).map(t => t.textContent); })`)); len(out) > 0 {
+			t.Errorf("%s at %d px: chart labels cut by the chart's edge: %q", p, width, out)
+		}
+		// A table's header words are not broken over two lines.
+		if broken := value(t, ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll("th")].filter(th => {
+			const r = document.createRange(); r.selectNodeContents(th); return r.getClientRects().length > 1; }).map(th => th.textContent)`)); len(broken) > 0 {
+			t.Errorf("%s at %d px: table headers over two lines: %q", p, width, broken)
+		}
 		if axe == nil {
 			return
 		}
