@@ -159,7 +159,8 @@ func TestListPage(t *testing.T) {
 	}
 	mustContain(t, text, "To client@example.net, partner@example.org", "Mon 2 Mar 2026, 09:15 UTC",
 		"1 delivered, 1 delayed", "Opened by 1 of 2", "Clicked by 1",
-		"Not delivered (bounced)", "Not opened yet", "No clicks", `href="/ui/messages/Q1QUOTE"`)
+		"Not delivered (bounced)", "Not opened yet", "No clicks", `href="/ui/messages/Q1QUOTE"`,
+		"count people only")
 
 	_, body = get(t, c, tc.srv.URL+"/ui/?q=GONE%40")
 	if tc.store.lastSearch != "GONE@" {
