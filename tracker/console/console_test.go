@@ -116,7 +116,7 @@ func TestLoginRateLimit(t *testing.T) {
 	if resp.StatusCode != http.StatusTooManyRequests || len(resp.Cookies()) != 0 {
 		t.Errorf("right secret while limited: %d, want 429 and no cookie", resp.StatusCode)
 	}
-	mustContain(t, body, "Too many failed attempts")
+	mustContain(t, body, "Too many failed attempts", "Wait "+resp.Header.Get("Retry-After")+" seconds")
 	// X-Forwarded-For from an untrusted peer changes nothing.
 	if resp := fail(c, "203.0.113.9"); resp.StatusCode != http.StatusTooManyRequests {
 		t.Errorf("spoofed X-Forwarded-For: %d, want 429", resp.StatusCode)
