@@ -5,11 +5,13 @@ import (
 	"context"
 	"embed"
 	"errors"
+	"fmt"
 	"html/template"
 	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -108,6 +110,13 @@ func New(cfg Config, st Store) (*Handler, error) {
 	}
 	if h.cfg.SessionTTL <= 0 {
 		h.cfg.SessionTTL = DefaultSessionTTL
+	}
+	// base_url's origin is the console's own, even behind a proxy that
+	// rewrites Host, for a browser that sends Origin but not Sec-Fetch-Site.
+	if u, err := url.Parse(cfg.BaseURL); err == nil && u.Scheme != "" && u.Host != "" {
+		if err := h.origins.AddTrustedOrigin(u.Scheme + "://" + u.Host); err != nil {
+			return nil, fmt.Errorf("console: base URL %q: %w", cfg.BaseURL, err)
+		}
 	}
 	if err := h.SetSecrets(cfg.Secrets); err != nil {
 		return nil, err

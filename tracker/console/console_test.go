@@ -238,6 +238,10 @@ func TestCrossSitePostRefused(t *testing.T) {
 	}
 	// Without the headers (curl, as the README's quickstart logs in).
 	tc.login(t, tc.client(t), "alice", aliceKey)
+	// From base_url's origin, though a proxy changed Host.
+	if resp := postFrom(tc.client(t), "/ui/login", creds, map[string]string{"Origin": "http://127.0.0.1"}); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("login from base_url's origin: %d, want 303", resp.StatusCode)
+	}
 }
 
 // TestMethodNotAllowed: a method a page does not take is 405 with the
