@@ -31,7 +31,22 @@ const chromiumPath = "/usr/bin/chromium"
 // DIR/node_modules/axe-core/axe.min.js.
 const axeDirEnv = "TRACKRELAY_AXE_DIR"
 
+// requireBrowserEnv, when set (CI sets it), makes a missing chromium or
+// axe-core fail the browser tests instead of skipping them, so that CI
+// cannot pass without having run them.
+const requireBrowserEnv = "TRACKRELAY_REQUIRE_BROWSER"
+
 var update = flag.Bool("update", false, "rewrite testdata/message.png from the browser's rendering")
+
+// skipOrFail skips the test on a developer's machine that lacks a tool,
+// and fails it where the browser tests are required.
+func skipOrFail(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if os.Getenv(requireBrowserEnv) != "" {
+		t.Fatalf(format+" ("+requireBrowserEnv+" is set: the browser tests must run)", args...)
+	}
+	t.Skipf(format, args...)
+}
 
 // Screenshot comparison: a pixel differs when a channel differs by more
 // than shotChannelTolerance; at most shotPixelTolerance of the pixels may
@@ -50,7 +65,7 @@ const hostile = `<script>document.title="pwned"</script>"><img src=x onerror=ale
 func browserConsole(t *testing.T) (*testConsole, context.Context) {
 	t.Helper()
 	if _, err := os.Stat(chromiumPath); err != nil {
-		t.Skipf("%s not installed (apt-get install chromium): browser test skipped", chromiumPath)
+		skipOrFail(t, "%s not installed (apt-get install chromium): browser test skipped", chromiumPath)
 	}
 	tc := newTestConsole(t, nil)
 	tc.store.put(store.Message{ID: "EVIL1", Account: "alice", From: "x@example.com", Subject: hostile, AcceptedAt: t0.Add(time.Hour),
@@ -246,6 +261,18 @@ func TestBrowserAccessibility(t *testing.T) {
 		if sw > int(width) {
 			t.Errorf("%s at %d px: the page is %d px wide (scrolls sideways)", p, width, sw)
 		}
+		// A chart's labels are inside it, not cut by its edge.
+		if out := value(t, ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll(".chart svg")].flatMap(svg => {
+			const s = svg.getBoundingClientRect();
+			return [...svg.querySelectorAll("text")].filter(t => { const b = t.getBoundingClientRect();
+				return b.top < s.top || b.bottom > s.bottom || b.left < s.left || b.right > s.right; }).map(t => t.textContent); })`)); len(out) > 0 {
+			t.Errorf("%s at %d px: chart labels cut by the chart's edge: %q", p, width, out)
+		}
+		// A table's header words are not broken over two lines.
+		if broken := value(t, ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll("th")].filter(th => {
+			const r = document.createRange(); r.selectNodeContents(th); return r.getClientRects().length > 1; }).map(th => th.textContent)`)); len(broken) > 0 {
+			t.Errorf("%s at %d px: table headers over two lines: %q", p, width, broken)
+		}
 		if axe == nil {
 			return
 		}
@@ -275,7 +302,7 @@ func TestBrowserAccessibility(t *testing.T) {
 		}
 	}
 	if axe == nil {
-		t.Skipf("%s is not set: the layout was checked, axe-core was not run (npm install --prefix DIR axe-core, then %s=DIR)", axeDirEnv, axeDirEnv)
+		skipOrFail(t, "%s is not set: the layout was checked, axe-core was not run (npm install --prefix DIR axe-core, then %s=DIR)", axeDirEnv, axeDirEnv)
 	}
 }
 
@@ -286,6 +313,7 @@ func TestBrowserScreenshot(t *testing.T) {
 	tc, ctx := browserConsole(t)
 	loginBrowser(t, ctx, tc.srv.URL)
 	run(t, ctx, chromedp.EmulateViewport(shotWidth, 800), chromedp.Navigate(tc.srv.URL+"/ui/messages/Q1QUOTE"))
+	requireFonts(t, ctx, "DejaVu Sans", "DejaVu Sans Mono")
 	shot, err := chromedp.Run(ctx, func(ctx context.Context, tg *chromedp.Target) ([]byte, error) {
 		lm, err := cdp.Call(ctx, tg, cdppage.GetLayoutMetrics, cdp.Empty{})
 		if err != nil {
@@ -324,6 +352,24 @@ func TestBrowserScreenshot(t *testing.T) {
 		out := filepath.Join(t.TempDir(), "message.png")
 		os.WriteFile(out, shot, 0o644)
 		t.Errorf("the message page differs from %s: %s (rendering saved as %s)", golden, msg, out)
+	}
+}
+
+// requireFonts fails the test when the browser lacks one of the fonts the
+// stylesheet names: it would fall back to another font, and the
+// screenshot would differ everywhere for a reason the comparison cannot
+// tell. A font is there when text in it is as wide whichever generic
+// family follows it.
+func requireFonts(t *testing.T, ctx context.Context, fonts ...string) {
+	t.Helper()
+	for _, f := range fonts {
+		name, _ := json.Marshal(f)
+		js := fmt.Sprintf(`(() => { const c = document.createElement("canvas").getContext("2d"), f = %s;
+			const w = fb => { c.font = "40px '" + f + "', " + fb; return c.measureText("Wg1il. Mo").width; };
+			return w("serif") === w("monospace"); })()`, name)
+		if !value(t, ctx, chromedp.Evaluate[bool](js)) {
+			t.Fatalf("the browser has no font %q, which the stylesheet names (apt-get install fonts-dejavu-core)", f)
+		}
 	}
 }
 

@@ -40,7 +40,7 @@ type series struct {
 const (
 	chartWidth  = 600
 	chartHeight = 180
-	chartTop    = 12 // room above the tallest bar for its value
+	chartTop    = 28 // room above the tallest bar for the peak's label, at a phone's 20px too
 	chartBottom = 22 // room for the time labels
 	chartLeft   = 4
 )
@@ -89,7 +89,7 @@ func barChart(title string, ss []series, buckets []bucket, labelFormat string) c
 	if len(buckets) > 1 {
 		c.Labels = append(c.Labels, label{X: chartWidth - chartLeft, Y: base, Anchor: "end", Text: buckets[len(buckets)-1].start.UTC().Format(labelFormat)})
 	}
-	c.Labels = append(c.Labels, label{X: chartLeft, Y: chartTop - 2, Anchor: "start", Text: "peak " + strconv.Itoa(peak)})
+	c.Labels = append(c.Labels, label{X: chartLeft, Y: chartTop - 7, Anchor: "start", Text: "peak " + strconv.Itoa(peak)})
 	return c
 }
 

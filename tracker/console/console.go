@@ -5,11 +5,13 @@ import (
 	"context"
 	"embed"
 	"errors"
+	"fmt"
 	"html/template"
 	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -81,6 +83,7 @@ type Handler struct {
 	accounts atomic.Pointer[map[string]*account]
 	keys     atomic.Pointer[[]consoleKey]
 	limiter  *ratelimit.Limiter
+	origins  *http.CrossOriginProtection
 	revoked  revocations
 	pages    map[string]*template.Template
 	mux      *http.ServeMux
@@ -97,7 +100,8 @@ func New(cfg Config, st Store) (*Handler, error) {
 	h := &Handler{cfg: cfg, store: st, log: cfg.Logger, now: cfg.Now,
 		secure:  strings.HasPrefix(strings.ToLower(cfg.BaseURL), "https:"),
 		trusted: clientip.Normalize(cfg.TrustedProxies),
-		limiter: ratelimit.New(rate.Every(loginEvery), loginBurst)}
+		limiter: ratelimit.New(rate.Every(loginEvery), loginBurst),
+		origins: http.NewCrossOriginProtection()}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -106,6 +110,13 @@ func New(cfg Config, st Store) (*Handler, error) {
 	}
 	if h.cfg.SessionTTL <= 0 {
 		h.cfg.SessionTTL = DefaultSessionTTL
+	}
+	// base_url's origin is the console's own, even behind a proxy that
+	// rewrites Host, for a browser that sends Origin but not Sec-Fetch-Site.
+	if u, err := url.Parse(cfg.BaseURL); err == nil && u.Scheme != "" && u.Host != "" {
+		if err := h.origins.AddTrustedOrigin(u.Scheme + "://" + u.Host); err != nil {
+			return nil, fmt.Errorf("console: base URL %q: %w", cfg.BaseURL, err)
+		}
 	}
 	if err := h.SetSecrets(cfg.Secrets); err != nil {
 		return nil, err
@@ -166,7 +177,9 @@ func (h *Handler) routes() *http.ServeMux {
 		http.Redirect(w, r, Prefix, http.StatusSeeOther)
 	})
 	// Any other path: the login for a stranger, not found for a session.
-	mux.HandleFunc("/ui/", h.authed(func(w http.ResponseWriter, r *http.Request, _ *request) {
+	// Only for GET (and HEAD): another method on a page's path is 405 with
+	// Allow, from the mux.
+	mux.HandleFunc("GET /ui/", h.authed(func(w http.ResponseWriter, r *http.Request, _ *request) {
 		h.renderError(w, r, http.StatusNotFound, "This page does not exist.")
 	}))
 	return mux
@@ -181,6 +194,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd.Set("X-Content-Type-Options", "nosniff")
 	hd.Set("X-Frame-Options", "DENY")
 	hd.Set("Cross-Origin-Opener-Policy", "same-origin")
+	// A form posted from another site is refused before any handler runs:
+	// the login has no session to bind a CSRF token to, and without this
+	// another site could log a visitor in to the attacker's account (login
+	// CSRF). Browsers say where a POST comes from (Sec-Fetch-Site, Origin);
+	// clients that are not browsers, such as curl, send neither and are
+	// allowed.
+	if err := h.origins.Check(r); err != nil {
+		h.renderError(w, r, http.StatusForbidden, "This form was sent from another website, so it was refused. Open the console's own page and try again.")
+		return
+	}
 	h.mux.ServeHTTP(w, r)
 }
 

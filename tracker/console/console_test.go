@@ -116,7 +116,7 @@ func TestLoginRateLimit(t *testing.T) {
 	if resp.StatusCode != http.StatusTooManyRequests || len(resp.Cookies()) != 0 {
 		t.Errorf("right secret while limited: %d, want 429 and no cookie", resp.StatusCode)
 	}
-	mustContain(t, body, "Too many failed attempts")
+	mustContain(t, body, "Too many failed attempts", "Wait "+resp.Header.Get("Retry-After")+" seconds")
 	// X-Forwarded-For from an untrusted peer changes nothing.
 	if resp := fail(c, "203.0.113.9"); resp.StatusCode != http.StatusTooManyRequests {
 		t.Errorf("spoofed X-Forwarded-For: %d, want 429", resp.StatusCode)
@@ -182,6 +182,103 @@ func TestCSRF(t *testing.T) {
 	resp, _ = post(t, tc.client(t), tc.srv.URL+"/ui/messages/Q2INVOICE/erase", url.Values{"csrf": {token}})
 	if resp.StatusCode != http.StatusForbidden || !tc.store.has("Q2INVOICE") {
 		t.Errorf("erase without a session: %d, want 403", resp.StatusCode)
+	}
+}
+
+// TestCrossSitePostRefused: a form posted from another website is a 403
+// that changes nothing, the login included (else another site could log
+// a visitor in to the attacker's account); the browser's own forms and
+// clients that are not browsers (curl) are served.
+func TestCrossSitePostRefused(t *testing.T) {
+	tc := newTestConsole(t, nil)
+	postFrom := func(c *http.Client, p string, form url.Values, hdr map[string]string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, tc.srv.URL+p, strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, _ = readBody(t, resp)
+		return resp
+	}
+	creds := url.Values{"account": {"alice"}, "secret": {aliceKey}}
+	for _, hdr := range []map[string]string{
+		{"Sec-Fetch-Site": "cross-site"},
+		{"Sec-Fetch-Site": "same-site"},
+		{"Origin": "http://attacker.example"},
+	} {
+		resp := postFrom(tc.client(t), "/ui/login", creds, hdr)
+		if resp.StatusCode != http.StatusForbidden || len(resp.Cookies()) != 0 {
+			t.Errorf("login posted with %v: %d with %d cookies, want 403 and none", hdr, resp.StatusCode, len(resp.Cookies()))
+		}
+		if resp.Header.Get("Content-Security-Policy") != ContentSecurityPolicy {
+			t.Errorf("login posted with %v: no security headers", hdr)
+		}
+	}
+	c := tc.client(t)
+	if resp := postFrom(c, "/ui/login", creds, map[string]string{"Sec-Fetch-Site": "same-origin"}); resp.StatusCode != http.StatusSeeOther || len(resp.Cookies()) != 1 {
+		t.Fatalf("login from the console's own form: %d, want 303 with the cookie", resp.StatusCode)
+	}
+	_, page := get(t, c, tc.srv.URL+"/ui/messages/Q1QUOTE")
+	token := url.Values{"csrf": {csrfOf(t, page)}}
+	for _, p := range []string{"/ui/messages/Q1QUOTE/erase", "/ui/logout"} {
+		if resp := postFrom(c, p, token, map[string]string{"Sec-Fetch-Site": "cross-site"}); resp.StatusCode != http.StatusForbidden {
+			t.Errorf("POST %s from another site with the token: %d, want 403", p, resp.StatusCode)
+		}
+	}
+	if !tc.store.has("Q1QUOTE") {
+		t.Error("erased by a form from another site")
+	}
+	if resp, _ := get(t, c, tc.srv.URL+"/ui/"); resp.StatusCode != http.StatusOK {
+		t.Errorf("logged out by a form from another site: %d", resp.StatusCode)
+	}
+	// Without the headers (curl, as the README's quickstart logs in).
+	tc.login(t, tc.client(t), "alice", aliceKey)
+	// From base_url's origin, though a proxy changed Host.
+	if resp := postFrom(tc.client(t), "/ui/login", creds, map[string]string{"Origin": "http://127.0.0.1"}); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("login from base_url's origin: %d, want 303", resp.StatusCode)
+	}
+}
+
+// TestMethodNotAllowed: a method a page does not take is 405 with the
+// methods it takes, with the security headers, and changes nothing; HEAD
+// is GET without the body.
+func TestMethodNotAllowed(t *testing.T) {
+	tc := newTestConsole(t, nil)
+	c := tc.client(t)
+	tc.login(t, c, "alice", aliceKey)
+	for _, tt := range []struct{ method, path, allow string }{
+		{http.MethodPut, "/ui/", "GET"},
+		{http.MethodPost, "/ui/overview", "GET"},
+		{http.MethodDelete, "/ui/messages/Q1QUOTE", "GET"},
+		{http.MethodPut, "/ui/login", "POST"},
+	} {
+		req, _ := http.NewRequest(tt.method, tc.srv.URL+tt.path, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readBody(t, resp)
+		if resp.StatusCode != http.StatusMethodNotAllowed || !strings.Contains(resp.Header.Get("Allow"), tt.allow) {
+			t.Errorf("%s %s: %d, Allow %q, want 405 allowing %s", tt.method, tt.path, resp.StatusCode, resp.Header.Get("Allow"), tt.allow)
+		}
+		if resp.Header.Get("Content-Security-Policy") != ContentSecurityPolicy {
+			t.Errorf("%s %s: no security headers", tt.method, tt.path)
+		}
+	}
+	if !tc.store.has("Q1QUOTE") {
+		t.Error("erased by a request that is not the form's")
+	}
+	resp, err := c.Head(tc.srv.URL + "/ui/messages/Q1QUOTE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := readBody(t, resp); resp.StatusCode != http.StatusOK || body != "" {
+		t.Errorf("HEAD: %d with %d bytes, want 200 and no body", resp.StatusCode, len(body))
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/trackrelay/trackrelay/internal/delivery"
 	"github.com/trackrelay/trackrelay/tracker/store"
@@ -43,7 +44,12 @@ func (h *Handler) listPage(w http.ResponseWriter, r *http.Request, rq *request) 
 	q := r.URL.Query()
 	search := strings.TrimSpace(q.Get("q"))
 	if len(search) > maxSearch {
-		search = search[:maxSearch]
+		// Cut at a rune boundary: half a character would match nothing.
+		n := maxSearch
+		for n > 0 && !utf8.RuneStart(search[n]) {
+			n--
+		}
+		search = search[:n]
 	}
 	after := q.Get("after")
 	res, err := h.store.Messages(r.Context(), rq.account, store.MessageQuery{Search: search, After: after})

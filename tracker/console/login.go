@@ -27,9 +27,10 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	name, secret := r.PostFormValue("account"), r.PostFormValue("secret")
 	ip := h.clientIP(r)
 	if !h.limiter.Begin(ip, h.now()) {
-		w.Header().Set("Retry-After", strconv.Itoa(int(loginEvery/time.Second)))
+		wait := strconv.Itoa(int(loginEvery / time.Second))
+		w.Header().Set("Retry-After", wait)
 		h.render(w, http.StatusTooManyRequests, "login", &page{Title: "Log in", Data: loginForm{Account: name,
-			Error: "Too many failed attempts from your address. Wait a minute, then try again."}})
+			Error: "Too many failed attempts from your address. Wait " + wait + " seconds, then try again."}})
 		return
 	}
 	acc := (*h.accounts.Load())[name]

@@ -23,8 +23,9 @@ type messageData struct {
 
 type recipientRow struct {
 	store.RecipientView
-	Status string
-	Tone   string
+	Status  string
+	Meaning string // what the status means, in a sentence
+	Tone    string
 }
 
 type eventRow struct {
@@ -51,7 +52,8 @@ func (h *Handler) messagePage(w http.ResponseWriter, r *http.Request, rq *reques
 	d := messageData{V: v, Subject: v.Subject, Links: v.Links, EraseURL: Prefix + "messages/" + url.PathEscape(v.ID) + "/erase"}
 	d.Summary = messageSummary(v)
 	for _, rv := range v.Recipients {
-		d.Recipients = append(d.Recipients, recipientRow{RecipientView: rv, Status: statusWords(rv.Delivery.Status), Tone: tone(rv.Delivery.Status)})
+		d.Recipients = append(d.Recipients, recipientRow{RecipientView: rv, Status: statusWords(rv.Delivery.Status),
+			Meaning: statusMeaning(rv.Delivery.Status), Tone: tone(rv.Delivery.Status)})
 	}
 	for _, e := range v.Events {
 		row := eventRow{EventView: e, What: "Opened", Who: classWords(e.Class), Counted: classify.Counted(e.Class)}

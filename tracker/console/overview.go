@@ -16,6 +16,13 @@ const (
 	maxPeriodDays     = 366
 )
 
+// The dates the overview reads: the stores keep times as nanoseconds
+// since 1970 in 64 bits, which end in 2262.
+var (
+	firstDate = time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)
+	lastDate  = time.Date(2200, 12, 31, 0, 0, 0, 0, time.UTC)
+)
+
 // periodChoices are the quick choices offered above the overview.
 var periodChoices = []int{7, 30, 90, 365}
 
@@ -81,7 +88,7 @@ func period(r *http.Request, now time.Time) (from, to time.Time, days int, notic
 	if f, t := q.Get("from"), q.Get("to"); f != "" || t != "" {
 		ft, err1 := time.Parse(time.DateOnly, f)
 		tt, err2 := time.Parse(time.DateOnly, t)
-		if err1 != nil || err2 != nil || tt.Before(ft) {
+		if err1 != nil || err2 != nil || tt.Before(ft) || ft.Before(firstDate) || tt.After(lastDate) {
 			notice = "Those dates could not be read; showing the last " + strconv.Itoa(days) + " days."
 		} else {
 			to = tt.Add(24 * time.Hour)

@@ -6,6 +6,7 @@ import (
 	"go/token"
 	"html"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -115,7 +116,11 @@ func TestMessagePage(t *testing.T) {
 		// The links: the scanner's click is not counted.
 		"https://example.com/quote/42?x=1&y=2", "1 click by 1 person", "https://example.com/terms", "0 clicks",
 		`action="/ui/messages/Q1QUOTE/erase"`, "Erase tracking data",
+		// What each delivery status means for the sender.
+		"Their mail server accepted it.", "It is tried again by itself",
 	)
+	_, bounced := get(t, c, tc.srv.URL+"/ui/messages/Q2INVOICE")
+	mustContain(t, html.UnescapeString(bounced), "Not delivered (bounced)", "will not be tried again", "550 5.1.1 No such user")
 	if n := strings.Count(body, "<li class=\"event "); n != 5 {
 		t.Errorf("%d events in the timeline, want 5", n)
 	}
@@ -127,6 +132,16 @@ func TestMessagePage(t *testing.T) {
 	}
 	if !strings.Contains(body, `<svg viewBox="0 0 600 180" role="img" aria-label="Opens and clicks by people over time: 2 opens, 1 click."`) {
 		t.Error("no labelled chart")
+	}
+}
+
+// TestEveryStatusExplained: each delivery status has its words and a
+// sentence saying what it means for the sender.
+func TestEveryStatusExplained(t *testing.T) {
+	for _, s := range []delivery.Status{delivery.Queued, delivery.Deferred, delivery.Delivered, delivery.Bounced, delivery.Held} {
+		if statusWords(s) == string(s) || statusMeaning(s) == "" {
+			t.Errorf("%s: words %q, meaning %q", s, statusWords(s), statusMeaning(s))
+		}
 	}
 }
 
@@ -144,7 +159,8 @@ func TestListPage(t *testing.T) {
 	}
 	mustContain(t, text, "To client@example.net, partner@example.org", "Mon 2 Mar 2026, 09:15 UTC",
 		"1 delivered, 1 delayed", "Opened by 1 of 2", "Clicked by 1",
-		"Not delivered (bounced)", "Not opened yet", "No clicks", `href="/ui/messages/Q1QUOTE"`)
+		"Not delivered (bounced)", "Not opened yet", "No clicks", `href="/ui/messages/Q1QUOTE"`,
+		"count people only")
 
 	_, body = get(t, c, tc.srv.URL+"/ui/?q=GONE%40")
 	if tc.store.lastSearch != "GONE@" {
@@ -152,6 +168,12 @@ func TestListPage(t *testing.T) {
 	}
 	if strings.Contains(body, "kitchen") || !strings.Contains(body, "Invoice 7") {
 		t.Error("search by recipient")
+	}
+	// A search longer than maxSearch is cut at a character, never inside one.
+	long := "a" + strings.Repeat("é", maxSearch)
+	get(t, c, tc.srv.URL+"/ui/?"+url.Values{"q": {long}}.Encode())
+	if want := "a" + strings.Repeat("é", (maxSearch-1)/2); tc.store.lastSearch != want {
+		t.Errorf("a long search was cut to %q, want %q", tc.store.lastSearch, want)
 	}
 	_, body = get(t, c, tc.srv.URL+"/ui/?q=nothing+like+it")
 	mustContain(t, html.UnescapeString(body), "No message matches “nothing like it”.")
@@ -211,6 +233,11 @@ func TestOverviewPage(t *testing.T) {
 	mustContain(t, text, "Messages sent from 2 Mar 2026 to 2 Mar 2026 (UTC).", "<span class=\"n\">1</span> message sent")
 	_, body = get(t, c, tc.srv.URL+"/ui/overview?from=garbage&to=2026-03-02")
 	mustContain(t, html.UnescapeString(body), "Those dates could not be read")
+	// Dates a store cannot hold (its times end in 2262) are not asked for.
+	for _, q := range []string{"from=9998-01-01&to=9998-12-31", "from=1600-01-01&to=1600-02-01"} {
+		_, body = get(t, c, tc.srv.URL+"/ui/overview?"+q)
+		mustContain(t, html.UnescapeString(body), "Those dates could not be read", `aria-current="page">Last 30 days`)
+	}
 }
 
 // TestDeliverySummary puts mixed states in words, the worst tone winning.

@@ -117,3 +117,21 @@ func statusWords(s delivery.Status) string {
 	}
 	return string(s)
 }
+
+// statusMeaning says what a copy's delivery status means for the sender,
+// and what happens next.
+func statusMeaning(s delivery.Status) string {
+	switch s {
+	case delivery.Queued:
+		return "Not sent yet: it is in line and leaves in a moment."
+	case delivery.Deferred:
+		return "Their mail server did not take it yet (it may be busy, or slowing down new senders). It is tried again by itself until it is delivered or given up on."
+	case delivery.Delivered:
+		return "Their mail server accepted it. Whether it went to the inbox or the spam folder, their server does not say."
+	case delivery.Bounced:
+		return "It could not be delivered and will not be tried again: their mail server refused it, or it kept failing. Check the address; their server's reply says why."
+	case delivery.Held:
+		return "Sending stopped because of a problem on the sending server. It waits until the person who runs trackrelay looks at it and sends it again."
+	}
+	return ""
+}
