@@ -2,6 +2,7 @@ package console
 
 import (
 	"errors"
+	"fmt"
 	"html"
 	"net/http"
 	"net/url"
@@ -496,4 +497,31 @@ func failLogin(t *testing.T, c *http.Client, base, xff string) *http.Response {
 	}
 	resp, _ = readBody(t, resp)
 	return resp
+}
+
+// The logged-out sessions a node remembers are bounded: expired ones are
+// dropped, and past maxRevocations the one closest to expiring goes.
+
+func TestRevocationsBounded(t *testing.T) {
+	var r revocations
+	now := time.Unix(1_700_000_000, 0)
+	r.add("expiring", now.Unix()+1, now)
+	for i := range maxRevocations + 10 {
+		r.add(fmt.Sprintf("s%d", i), now.Unix()+3600+int64(i), now)
+	}
+	if n := len(r.ids); n != maxRevocations {
+		t.Errorf("%d ids kept, want %d", n, maxRevocations)
+	}
+	if r.revoked("expiring") || r.revoked("s0") {
+		t.Error("the ids closest to expiring are still kept")
+	}
+	if !r.revoked(fmt.Sprintf("s%d", maxRevocations+9)) || !r.revoked("s100") {
+		t.Error("a recent logout is forgotten")
+	}
+	// A minute later, the expired ones go.
+	later := now.Add(2 * time.Hour)
+	r.add("new", later.Unix()+3600, later)
+	if r.revoked("s10") || !r.revoked("new") {
+		t.Error("expired ids kept, or the new one missing")
+	}
 }

@@ -143,12 +143,20 @@ func validCSRF(token, sid string, keys []consoleKey) bool {
 	return false
 }
 
+// maxRevocations bounds the logged-out session ids a node remembers: an
+// account could otherwise grow the set without end by logging in and out.
+const maxRevocations = 100_000
+
 // revocations are the session ids logged out on this node, until they
 // would have expired anyway. The cookie is cleared in the browser that
-// logged out; this also refuses a copy of it on this node.
+// logged out; this also refuses a copy of it on this node. At most
+// maxRevocations are kept: past it, the one closest to expiring is
+// forgotten (its cookie was cleared by its browser; only a copy taken
+// before the logout would work again, until it expires).
 type revocations struct {
-	mu  sync.Mutex
-	ids map[string]int64 // id -> expiry (Unix)
+	mu    sync.Mutex
+	ids   map[string]int64 // id -> expiry (Unix)
+	swept int64            // when expired ids were last dropped (Unix)
 }
 
 func (r *revocations) add(id string, expires int64, now time.Time) {
@@ -157,10 +165,24 @@ func (r *revocations) add(id string, expires int64, now time.Time) {
 	if r.ids == nil {
 		r.ids = map[string]int64{}
 	}
-	for k, exp := range r.ids {
-		if exp <= now.Unix() {
-			delete(r.ids, k)
+	// Dropping the expired ones walks the set: once a minute, not at each
+	// logout.
+	if t := now.Unix(); t-r.swept >= 60 || len(r.ids) >= maxRevocations {
+		r.swept = t
+		for k, exp := range r.ids {
+			if exp <= t {
+				delete(r.ids, k)
+			}
 		}
+	}
+	if len(r.ids) >= maxRevocations {
+		first, min := "", int64(0)
+		for k, exp := range r.ids {
+			if first == "" || exp < min {
+				first, min = k, exp
+			}
+		}
+		delete(r.ids, first)
 	}
 	r.ids[id] = expires
 }
