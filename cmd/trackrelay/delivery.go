@@ -57,7 +57,7 @@ func startDelivery(cfg *Config, spool *relay.Spool, st *trackingStore, keys *ato
 // postgresReportWait bounds how long a 250 waits for the message's record
 // in PostgreSQL: a slower or absent database costs the client no more,
 // and the record follows (relay.DeliveryConfig.ReportWait).
-const postgresReportWait = 200 * time.Millisecond
+var postgresReportWait = 200 * time.Millisecond // a variable for tests only
 
 // stopDelivery lets the deliveries under way finish, for at most
 // delivery.shutdown_wait.
