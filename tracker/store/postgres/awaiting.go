@@ -102,7 +102,7 @@ func (m *messageFacts) untracked(recipient int) bool {
 func (s *Store) withMessages(ctx context.Context, tx pgx.Tx, batch []*eventReq, accounts map[string]string, copies map[copyKey]*copyState) error {
 	var ids []string
 	for _, r := range batch {
-		if r.ev.WithoutMessage && accounts[r.ev.Message] != "" && !slices.Contains(ids, r.ev.Message) {
+		if _, known := accounts[r.ev.Message]; r.ev.WithoutMessage && known && !slices.Contains(ids, r.ev.Message) {
 			ids = append(ids, r.ev.Message)
 		}
 	}
@@ -152,7 +152,7 @@ func (s *Store) writeAwaiting(ctx context.Context, tx pgx.Tx, c *classifier) err
 	var client []*string
 	for _, row := range c.events {
 		e := &row.e
-		known := c.accounts[e.Message] != ""
+		_, known := c.accounts[e.Message]
 		pending := e.WithoutMessage && (!known || e.Type == store.EventClick && c.copies[copyKey{e.Message, e.Recipient}].delivered.IsZero())
 		if known && !pending {
 			continue
@@ -172,8 +172,11 @@ func (s *Store) writeAwaiting(ctx context.Context, tx pgx.Tx, c *classifier) err
 	if len(seq) == 0 {
 		return nil
 	}
+	// Only events the batch inserted (not a hit another transaction stored).
 	_, err := tx.Exec(ctx, `INSERT INTO awaiting (seq, message, listed, client)
-		SELECT * FROM unnest($1::bigint[], $2::text[], $3::bool[], $4::text[]) ON CONFLICT (seq) DO NOTHING`,
+		SELECT u.* FROM unnest($1::bigint[], $2::text[], $3::bool[], $4::text[]) AS u(seq, message, listed, client)
+		WHERE EXISTS (SELECT 1 FROM events e WHERE e.seq = u.seq)
+		ON CONFLICT (seq) DO NOTHING`,
 		seq, msg, listed, client)
 	return err
 }
@@ -258,7 +261,7 @@ func (s *Store) settle(ctx context.Context, tx pgx.Tx, messages []string) (settl
 			// A click's class may still change with its copy's delivery.
 			pending = r.typ == store.EventClick && r.delivered == nil
 		}
-		if !r.listed && r.kept {
+		if !r.listed && r.kept && r.account != "" {
 			feed = append(feed, feedRow{account: r.account, kind: r.typ, message: r.message, recipient: r.recipient,
 				event: r.seq, at: time.Unix(0, r.at).UTC()})
 		}
