@@ -281,4 +281,34 @@ func TestAwaitingRecord(t *testing.T) {
 			t.Errorf("erased message: %d feed entries", feed)
 		}
 	})
+
+	// A feed client reading from the start gets each hit once, whatever
+	// the order its event and its record came in.
+	seen := map[string]int{}
+	after := ""
+	for {
+		page, err := s.Feed(ctx, "alice", after, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page.Events) == 0 {
+			break
+		}
+		for _, f := range page.Events {
+			if f.Type == store.EventOpen || f.Type == store.EventClick {
+				seen[f.Message+" "+f.UserAgent]++
+			}
+		}
+		after = page.Next
+	}
+	for _, id := range []string{"S1", "S2", "S3"} {
+		for _, e := range outageHits(id, delivered) {
+			if n := seen[id+" "+e.UserAgent]; n != 1 {
+				t.Errorf("%s %s: %d feed entries read, want 1", id, e.UserAgent, n)
+			}
+		}
+	}
+	if len(seen) != 9 {
+		t.Errorf("%d hits in the feed, want 9 (none of the erased message)", len(seen))
+	}
 }
