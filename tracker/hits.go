@@ -165,11 +165,18 @@ func (h *handler) record(r *http.Request, t token.Token) {
 	default:
 		h.log.Warn("tracker: read message for classification", "msg", t.Message, "err", err)
 	}
+	// The store classifies again, with the message, a hit classified
+	// without it (store.Event.WithoutMessage).
+	without := err != nil
 	if t.Kind == token.KindClick && err == nil {
 		if dr, ok := h.store.(store.DeliveryReader); ok {
 			d, derr := dr.Delivery(ctx, t.Message, t.Recipient)
-			if derr == nil && d.Status == delivery.Delivered {
+			switch {
+			case derr == nil && d.Status == delivery.Delivered:
 				in.DeliveredAt = d.UpdatedAt
+			case derr != nil && !errors.Is(derr, store.ErrNotFound):
+				h.log.Warn("tracker: read delivery for classification", "msg", t.Message, "err", derr)
+				without = true
 			}
 		}
 	}
@@ -180,6 +187,10 @@ func (h *handler) record(r *http.Request, t token.Token) {
 	e := store.Event{
 		Type: typ, At: at, Message: t.Message, Recipient: t.Recipient, Link: t.Link,
 		IP: recordedIP(ip, h.cfg.IPMode), UserAgent: ua, Client: v.Client, Class: v.Class, Reasons: v.Reasons,
+		WithoutMessage: without,
+	}
+	if without && ip.IsValid() {
+		e.ClientIP = ip.String()
 	}
 	if h.cfg.Geo != nil && ip.IsValid() {
 		e.Country, e.City = h.cfg.Geo.Lookup(ip)

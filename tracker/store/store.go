@@ -80,6 +80,17 @@ type Event struct {
 	Reasons   []string
 	// URL is the destination of a click, as signed in its token.
 	URL string
+	// WithoutMessage is set by the tracker on a hit it classified without
+	// its message's data (the message or its copy's delivery could not be
+	// read: the store was unavailable, or the message's record is not
+	// stored yet). A store that can classifies it again
+	// (classify.WithMessage) once it has them. Not part of the API.
+	WithoutMessage bool
+	// ClientIP is, on a hit WithoutMessage, the client's full address,
+	// which the submitter rule compares with the message's (IP is what
+	// tracking.ip_mode records). A store keeps it only until the hit is
+	// classified again, and never shows it.
+	ClientIP string
 }
 
 // Store is the tracker's ledger: messages, their links, the delivery state of

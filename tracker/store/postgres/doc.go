@@ -31,6 +31,15 @@
 // (fallback.go). A node may so start, and serve, while the database is out
 // of reach.
 //
+// An event may be committed before its message's record (shipped, or
+// committed by another node, before the relay's report arrives); and a
+// hit the tracker classified without its message (store.Event.
+// WithoutMessage: the database was unreachable) lacks the message's
+// evidence. Such events wait in the awaiting table: the transaction that
+// commits the record (or a copy's delivery, for a click) lists them in
+// the feed and the outbox once and classifies them again with
+// classify.WithMessage (awaiting.go).
+//
 // What the package must never do: import the tracker's HTTP handler, the
 // relay or another backend.
 package postgres

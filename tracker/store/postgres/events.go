@@ -242,6 +242,9 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 		return err
 	}
 
+	if err := s.withMessages(ctx, tx, batch, accounts, copies); err != nil {
+		return err
+	}
 	c := classifier{s: s, copies: copies, clicks: clicks, accounts: accounts}
 	for i, r := range batch {
 		if replayed[r.hit] {
@@ -255,6 +258,9 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 		c.add(r, seqs[i])
 	}
 	if err := s.writeEvents(ctx, tx, &c); err != nil {
+		return err
+	}
+	if err := s.writeAwaiting(ctx, tx, &c); err != nil {
 		return err
 	}
 	if f := s.beforeCommit.Load(); f != nil {

@@ -73,13 +73,17 @@ type loggedHit struct {
 	City      string    `json:"ci,omitempty"`
 	Class     string    `json:"c,omitempty"`
 	Reasons   []string  `json:"rs,omitempty"`
+	// Classified without the message, and the client's full address
+	// for the submitter rule (store.Event.WithoutMessage, ClientIP).
+	WithoutMessage bool   `json:"wm,omitempty"`
+	ClientIP       string `json:"cip,omitempty"`
 }
 
 func encodeHit(r *eventReq) ([]byte, error) {
 	e := r.ev
 	return json.Marshal(loggedHit{Hit: r.hit, Type: e.Type, At: e.At, Message: e.Message, Recipient: e.Recipient,
 		Link: e.Link, URL: e.URL, IP: e.IP, UserAgent: e.UserAgent, Client: e.Client, Country: e.Country,
-		City: e.City, Class: e.Class, Reasons: e.Reasons})
+		City: e.City, Class: e.Class, Reasons: e.Reasons, WithoutMessage: e.WithoutMessage, ClientIP: e.ClientIP})
 }
 
 func decodeHit(p []byte) (*eventReq, error) {
@@ -89,7 +93,7 @@ func decodeHit(p []byte) (*eventReq, error) {
 	}
 	return &eventReq{hit: h.Hit, ev: store.Event{Type: h.Type, At: h.At, Message: h.Message, Recipient: h.Recipient,
 		Link: h.Link, URL: h.URL, IP: h.IP, UserAgent: h.UserAgent, Client: h.Client, Country: h.Country,
-		City: h.City, Class: h.Class, Reasons: h.Reasons}}, nil
+		City: h.City, Class: h.Class, Reasons: h.Reasons, WithoutMessage: h.WithoutMessage, ClientIP: h.ClientIP}}, nil
 }
 
 // fallback is the hit log side of a Store; nil when Options.HitLogDir is

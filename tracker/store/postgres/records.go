@@ -206,7 +206,9 @@ func (s *Store) commitRecords(batch []*recordReq) error {
 		lid, lurls = append(lid, r.message), append(lurls, r.urls)
 	}
 	// Not inTx: Close lets the committers finish what they were given.
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	var st settled
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		st = settled{}
 		if err := lockMessages(ctx, tx, ids...); err != nil {
 			return err
 		}
@@ -232,9 +234,21 @@ func (s *Store) commitRecords(batch []*recordReq) error {
 				return err
 			}
 		}
+		if len(m.id) > 0 {
+			// The events that came before their record (awaiting.go).
+			var err error
+			if st, err = s.settle(ctx, tx, m.id); err != nil {
+				return err
+			}
+		}
 		if f := s.beforeRecordCommit.Load(); f != nil {
 			(*f)()
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	s.afterSettle(st)
+	return nil
 }

@@ -40,8 +40,9 @@ func (s *Store) SetDelivery(ctx context.Context, message string, recipient int, 
 	rec := storedDelivery{Status: delivery.Status(clean(string(d.Status))), Attempts: d.Attempts, LastResponse: clean(d.LastResponse), UpdatedAt: d.UpdatedAt.UTC()}
 	var xid string
 	outboxed := false
+	var st settled
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		xid, outboxed = "", false
+		xid, outboxed, st = "", false, settled{}
 		if err := lockMessages(ctx, tx, message); err != nil {
 			return err
 		}
@@ -75,6 +76,12 @@ func (s *Store) SetDelivery(ctx context.Context, message string, recipient int, 
 			message, recipient, cur.Status, cur.Attempts, cur.LastResponse, cur.UpdatedAt); err != nil {
 			return err
 		}
+		if acct != nil {
+			// Clicks classified without this delivery (awaiting.go).
+			if st, err = s.settle(ctx, tx, []string{message}); err != nil {
+				return err
+			}
+		}
 		if prev != nil && prev.Status == cur.Status && prev.Attempts == cur.Attempts || acct == nil {
 			return nil
 		}
@@ -100,6 +107,7 @@ func (s *Store) SetDelivery(ctx context.Context, message string, recipient int, 
 	if outboxed {
 		s.wakeOutbox()
 	}
+	s.afterSettle(st)
 	return nil
 }
 
