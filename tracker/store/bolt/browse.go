@@ -137,21 +137,13 @@ func (s *Store) Messages(ctx context.Context, account string, q store.MessageQue
 				page.Next = store.EncodeMessageCursor(page.Messages[limit-1].AcceptedAt, page.Messages[limit-1].ID)
 				return nil
 			}
-			id := browseID(account, k)
-			mv := tx.Bucket(bucketMessages).Get([]byte(id))
-			if mv == nil {
-				continue
-			}
-			var rec storedMessage
-			if err := json.Unmarshal(mv, &rec); err != nil {
-				return fmt.Errorf("message %q: %w", id, err)
-			}
-			em, err := s.exportMessage(tx, &rec)
+			em, err := s.browsed(tx, browseID(account, k))
 			if err != nil {
-				return fmt.Errorf("message %q: %w", id, err)
+				return err
 			}
-			m, deliveries, events, tallies := em.parts()
-			page.Messages = append(page.Messages, store.Summarize(m, deliveries, events, tallies))
+			if em != nil {
+				page.Messages = append(page.Messages, store.Summarize(em.parts()))
+			}
 		}
 		return nil
 	})
@@ -159,6 +151,24 @@ func (s *Store) Messages(ctx context.Context, account string, q store.MessageQue
 		return nil, fmt.Errorf("tracker: list messages of %s: %w", account, err)
 	}
 	return page, nil
+}
+
+// browsed reads the message of an index entry with what the console counts
+// of it; nil when the entry has no message (erased since it was listed).
+func (s *Store) browsed(tx *bbolt.Tx, id string) (*ExportMessage, error) {
+	mv := tx.Bucket(bucketMessages).Get([]byte(id))
+	if mv == nil {
+		return nil, nil
+	}
+	var rec storedMessage
+	if err := json.Unmarshal(mv, &rec); err != nil {
+		return nil, fmt.Errorf("message %q: %w", id, err)
+	}
+	em, err := s.exportMessage(tx, &rec)
+	if err != nil {
+		return nil, fmt.Errorf("message %q: %w", id, err)
+	}
+	return em, nil
 }
 
 // parts returns m as store.Summarize and store.Overview.Add take it.
@@ -195,20 +205,13 @@ func (s *Store) Overview(ctx context.Context, account string, from, to time.Time
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			id := browseID(account, k)
-			mv := tx.Bucket(bucketMessages).Get([]byte(id))
-			if mv == nil {
-				continue
-			}
-			var rec storedMessage
-			if err := json.Unmarshal(mv, &rec); err != nil {
-				return fmt.Errorf("message %q: %w", id, err)
-			}
-			em, err := s.exportMessage(tx, &rec)
+			em, err := s.browsed(tx, browseID(account, k))
 			if err != nil {
-				return fmt.Errorf("message %q: %w", id, err)
+				return err
 			}
-			o.Add(em.parts())
+			if em != nil {
+				o.Add(em.parts())
+			}
 		}
 		return nil
 	})

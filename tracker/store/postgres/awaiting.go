@@ -294,16 +294,7 @@ func (s *Store) settle(ctx context.Context, tx pgx.Tx, messages []string) (settl
 				out.outboxed = true
 			}
 		}
-		b.Queue(`WITH f AS (
-			INSERT INTO feed (account, kind, message, recipient, event, at, class, prev, reasons)
-			SELECT account, kind, message, recipient, event, at, class, prev, reasons::jsonb
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::timestamptz[],
-				$7::text[], $8::text[], $9::text[]) WITH ORDINALITY
-				AS u(account, kind, message, recipient, event, at, class, prev, reasons, o)
-			ORDER BY o
-			RETURNING seq, account)
-			INSERT INTO outbox (entry, account, due, first_at)
-			SELECT seq, account, $10, $10 FROM f WHERE account = ANY($11)`,
+		b.Queue(feedInsert,
 			acct, kind, msg, rcpt, ev, at, class, prev, reasons, time.Now(), s.webhookL)
 	}
 	b.Queue("DELETE FROM awaiting WHERE seq = ANY($1)", done)

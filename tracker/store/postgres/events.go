@@ -13,6 +13,21 @@ import (
 )
 
 // clean makes s storable as PostgreSQL text (valid UTF-8, no NUL).
+
+// feedInsert writes feed entries, in the order of their arrays, and the
+// webhook outbox rows of the accounts that have a webhook ($11): $1-$9 the
+// entries' columns, $10 when the rows are due.
+const feedInsert = `WITH f AS (
+	INSERT INTO feed (account, kind, message, recipient, event, at, class, prev, reasons)
+	SELECT account, kind, message, recipient, event, at, class, prev, reasons::jsonb
+	FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::timestamptz[],
+		$7::text[], $8::text[], $9::text[]) WITH ORDINALITY
+		AS u(account, kind, message, recipient, event, at, class, prev, reasons, o)
+	ORDER BY o
+	RETURNING seq, account)
+	INSERT INTO outbox (entry, account, due, first_at)
+	SELECT seq, account, $10, $10 FROM f WHERE account = ANY($11)`
+
 func clean(s string) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
 	return strings.ReplaceAll(s, "\x00", "")
@@ -334,16 +349,7 @@ func (s *Store) writeEvents(ctx context.Context, tx pgx.Tx, c *classifier) error
 				reasons[i] = &r
 			}
 		}
-		b.Queue(`WITH f AS (
-			INSERT INTO feed (account, kind, message, recipient, event, at, class, prev, reasons)
-			SELECT account, kind, message, recipient, event, at, class, prev, reasons::jsonb
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::timestamptz[],
-				$7::text[], $8::text[], $9::text[]) WITH ORDINALITY
-				AS u(account, kind, message, recipient, event, at, class, prev, reasons, o)
-			ORDER BY o
-			RETURNING seq, account)
-			INSERT INTO outbox (entry, account, due, first_at)
-			SELECT seq, account, $10, $10 FROM f WHERE account = ANY($11)`,
+		b.Queue(feedInsert,
 			acct, kind, msg, rcpt, ev, at, class, prev, reasons, time.Now(), s.webhookL)
 	}
 	if n := len(c.updates); n > 0 {
