@@ -73,13 +73,14 @@ func TestBrowseMigratesOlderDatabase(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Back to version 2: undo migrations 3 and 4.
+	// Back to version 2: undo migrations 3, 4 and 5.
 	for _, q := range []string{
 		"DROP INDEX messages_browse",
 		"DROP INDEX messages_search",
 		"ALTER TABLE messages DROP COLUMN subject, DROP COLUMN search",
 		"DROP TABLE tallies, retention_marks",
 		"DROP INDEX outbox_first_at",
+		"DROP INDEX events_clicks, events_marks",
 		"DELETE FROM schema_version WHERE version >= 3",
 	} {
 		if _, err := s.pool.Exec(ctx, q); err != nil {
