@@ -62,11 +62,10 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 			st.marks = true
 		}
 	}
-	if err := lockMessages(ctx, tx, ids...); err != nil {
-		return err
-	}
 
-	// What the batch needs, in one round trip.
+	// What the batch needs, in one round trip: first the advisory locks of
+	// its messages, so that every read that follows sees their history as
+	// no other batch can change it until this one commits.
 	cm := make([]string, len(copyOrder))
 	cr := make([]int32, len(copyOrder))
 	cf := make([]int64, len(copyOrder))
@@ -88,6 +87,7 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 		}
 	}
 	b := &pgx.Batch{}
+	b.Queue(lockSQL, lockKeys(ids))
 	b.Queue("SELECT hit::text FROM events WHERE hit = ANY($1::text[]::uuid[])", hits)
 	b.Queue("SELECT id, account FROM messages WHERE id = ANY($1)", ids)
 	b.Queue("SELECT message FROM erased WHERE message = ANY($1)", ids)
@@ -142,6 +142,9 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	var xid string
 	err = func() error {
 		defer br.Close()
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
 		rows, _ := br.Query()
 		for rows.Next() {
 			var h string
