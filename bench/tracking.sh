@@ -118,7 +118,7 @@ start() {
 # run PORT PATH CONNS: prints "req/s p99_ms non2xx p50_ms".
 run() {
     local out
-    out=$("$WRK" -t2 -c"$3" -d"$DURATION" --timeout 5s --latency "http://127.0.0.1:$1$2")
+    out=$("$WRK" -t2 -c"$3" -d"$DURATION" --timeout 5s --latency "http://127.0.0.1:$1$2") || echo "bench: wrk failed: $out" >&2
     echo "$out" >>"$WORK/wrk.log"
     echo "$out" | awk '
         function ms(v,  u) { u = v; gsub(/[0-9.]/, "", u); sub(/[a-z]+$/, "", v)
@@ -159,7 +159,8 @@ if [ "${STORES:-}" = 1 ]; then
     echo "postgres://postgres@127.0.0.1:$PG_PORT/trackrelay?sslmode=disable" >"$WORK/postgres.dsn"
     chmod 600 "$WORK/postgres.dsn"
 
-    read -r SMTP_B HTTP_B < <(write_config bbolt)
+    BM=$(free_port)
+    read -r SMTP_B HTTP_B < <(write_config bbolt "" "$BM")
     PGM=$(free_port)
     read -r SMTP_P HTTP_P < <(write_config postgres "$WORK/postgres.dsn" "$PGM")
     start bbolt
@@ -178,6 +179,7 @@ if [ "${STORES:-}" = 1 ]; then
     "$WRK" -t2 -c64 -d2s "http://127.0.0.1:$HTTP_P$OPEN_P" >/dev/null
     "${PSQL[@]}" "$(cat "$WORK/postgres.dsn")" -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' \
         -c 'SELECT pg_stat_statements_reset()' >/dev/null
+    lostb0=$(metric "$BM" trackrelay_tracking_events_lost_total); lostp0=$(metric "$PGM" trackrelay_tracking_events_lost_total)
     fell0=$(metric "$PGM" trackrelay_store_fallback_hits_total)
     bs0=$(metric "$PGM" trackrelay_store_commit_batch_size_sum); bc0=$(metric "$PGM" trackrelay_store_commit_batch_size_count)
     cd0=$(metric "$PGM" trackrelay_store_commit_duration_seconds_sum)
@@ -209,6 +211,7 @@ print("%-5s %5s | %10.0f %7.2f %7.2f | %10.0f %7.2f %7.2f | %5.0f%% %9s %8.1fx" 
     echo
     echo "postgres: $bs events in $bc batches ($(python3 -c "print('%.1f events a batch, commit mean %.1f ms' % ($bs / max($bc, 1), ($cd1 - $cd0) * 1000 / max($bc, 1)))"))"
     echo "postgres: hits that took the fallback to the hit log: $fell"
+    echo "hits answered but not recorded (trackrelay_tracking_events_lost_total): bbolt $(( $(metric "$BM" trackrelay_tracking_events_lost_total) - lostb0 )), postgres $(( $(metric "$PGM" trackrelay_tracking_events_lost_total) - lostp0 ))"
     echo "postgres: statements per batch (pg_stat_statements, calls / batches), the top ten by total time:"
     "${PSQL[@]}" -F ' | ' "$(cat "$WORK/postgres.dsn")" -c "SELECT round(calls::numeric / greatest($bc, 1), 2), round(mean_exec_time::numeric, 3) || ' ms', round(total_exec_time::numeric) || ' ms', left(regexp_replace(query, '\s+', ' ', 'g'), 70)
         FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'trackrelay') ORDER BY total_exec_time DESC LIMIT 10" | sed 's/^/  /'
