@@ -92,13 +92,19 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	b.Queue("SELECT id, account FROM messages WHERE id = ANY($1)", ids)
 	b.Queue("SELECT message FROM erased WHERE message = ANY($1)", ids)
 	// The cap and the copy's first counted open count the events retention
-	// deleted too (tallies).
+	// deleted too (tallies). Every event kept in detail took its own value
+	// of events_seq (imported ones keep theirs, and the sequence is set
+	// past them), so no copy holds more than its last value (plus one, for
+	// a 0): while that and the batch stay under the cap, no event of the
+	// batch can reach it, and the copy's events are not counted (with a
+	// high cap a busy copy has thousands).
 	b.Queue(`SELECT q.o,
+		CASE WHEN (SELECT last_value FROM events_seq) + 1 + $4 <= $3 THEN 0 ELSE
 		(SELECT count(*) FROM (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.kept LIMIT $3) k)
-			+ (SELECT coalesce(sum(t.kept), 0)::bigint FROM tallies t WHERE t.message = q.m AND t.recipient = q.r),
+			+ (SELECT coalesce(sum(t.kept), 0)::bigint FROM tallies t WHERE t.message = q.m AND t.recipient = q.r) END,
 		EXISTS (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.type = 'open' AND e.class IN ('human', 'proxy'))
 			OR EXISTS (SELECT 1 FROM tallies t WHERE t.message = q.m AND t.recipient = q.r AND t.type = 'open' AND t.class IN ('human', 'proxy'))
-		FROM unnest($1::text[], $2::int[]) WITH ORDINALITY q(m, r, o)`, cm, cr, s.opts.MaxEventsPerRecipient)
+		FROM unnest($1::text[], $2::int[]) WITH ORDINALITY q(m, r, o)`, cm, cr, s.opts.MaxEventsPerRecipient, len(batch))
 	// A copy's events near the batch's that the sequence rules need
 	// (sequence.go): its clicks in the burst window, past the cap too (a
 	// flood past it keeps no address nor reasons: nothing else of it is
