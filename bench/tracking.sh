@@ -215,6 +215,9 @@ print("%-5s %5s | %10.0f %7.2f %7.2f | %10.0f %7.2f %7.2f | %5.0f%% %9s %8.1fx" 
     echo "postgres: statements per batch (pg_stat_statements, calls / batches), the top ten by total time:"
     "${PSQL[@]}" -F ' | ' "$(cat "$WORK/postgres.dsn")" -c "SELECT round(calls::numeric / greatest($bc, 1), 2), round(mean_exec_time::numeric, 3) || ' ms', round(total_exec_time::numeric) || ' ms', left(regexp_replace(query, '\s+', ' ', 'g'), 70)
         FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'trackrelay') ORDER BY total_exec_time DESC LIMIT 10" | sed 's/^/  /'
+    echo "postgres: scans of the tables (pg_stat_user_tables: name, sequential scans, rows they read, index scans):"
+    "${PSQL[@]}" -F ' | ' "$(cat "$WORK/postgres.dsn")" -c "SELECT relname, seq_scan, seq_tup_read, idx_scan FROM pg_stat_user_tables
+        WHERE relname IN ('events', 'feed', 'messages', 'deliveries', 'tallies', 'erased') ORDER BY relname" | sed 's/^/  /'
     grep -h "event lost\|level=ERROR" "$WORK"/bbolt.log "$WORK"/postgres.log | head -5 || true
     exit 0
 fi
