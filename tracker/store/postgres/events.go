@@ -88,7 +88,11 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	}
 	b := &pgx.Batch{}
 	b.Queue(lockSQL, lockKeys(ids))
-	b.Queue("SELECT hit::text FROM events WHERE hit = ANY($1::text[]::uuid[])", hits)
+	// The hits already stored (replays), probed one by one in the unique
+	// index: written as hit = ANY(...), a batch of a thousand hits (the
+	// shipper's) is planned as a sequential scan of the whole table.
+	b.Queue(`SELECT x.hit::text FROM unnest($1::text[]::uuid[]) h(id)
+		CROSS JOIN LATERAL (SELECT e.hit FROM events e WHERE e.hit = h.id LIMIT 1) x`, hits)
 	b.Queue("SELECT id, account FROM messages WHERE id = ANY($1)", ids)
 	b.Queue("SELECT message FROM erased WHERE message = ANY($1)", ids)
 	// The cap and the copy's first counted open count the events retention
