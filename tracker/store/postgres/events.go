@@ -61,6 +61,9 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 		if classify.FromHoneypot(r.ev.Reasons) || r.ev.Type == store.EventOpen && classify.FromGateway(r.ev.Reasons) {
 			st.marks = true
 		}
+		if r.ev.Type == store.EventClick && r.ev.Class != classify.Self {
+			st.clicks = true
+		}
 	}
 
 	// What the batch needs, in one round trip: first the advisory locks of
@@ -71,11 +74,12 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	cf := make([]int64, len(copyOrder))
 	ct := make([]int64, len(copyOrder))
 	cw := make([]bool, len(copyOrder))
+	cc := make([]bool, len(copyOrder))
 	w := int64(s.historyWindow())
 	for i, k := range copyOrder {
 		st := copies[k]
 		cm[i], cr[i] = k.message, int32(k.recipient)
-		cf[i], ct[i], cw[i] = st.from-w, st.to+w, st.marks
+		cf[i], ct[i], cw[i], cc[i] = st.from-w, st.to+w, st.marks, st.clicks
 	}
 	burstWindow := int64(classify.BurstWindow)
 	// The messages and (address, agent) pairs of the batch's clicks, for
@@ -101,14 +105,16 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	// past them), so no copy holds more than its last value (plus one, for
 	// a 0): while that and the batch stay under the cap, no event of the
 	// batch can reach it, and the copy's events are not counted (with a
-	// high cap a busy copy has thousands).
+	// high cap a busy copy has thousands). Whether the copy had a counted
+	// open is read only for copies the batch clicks: only clicks use it,
+	// and a copy opened by machines alone would be read through.
 	b.Queue(`SELECT q.o,
 		CASE WHEN (SELECT last_value FROM events_seq) + 1 + $4 <= $3 THEN 0 ELSE
 		(SELECT count(*) FROM (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.kept LIMIT $3) k)
 			+ (SELECT coalesce(sum(t.kept), 0)::bigint FROM tallies t WHERE t.message = q.m AND t.recipient = q.r) END,
-		EXISTS (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.type = 'open' AND e.class IN ('human', 'proxy'))
-			OR EXISTS (SELECT 1 FROM tallies t WHERE t.message = q.m AND t.recipient = q.r AND t.type = 'open' AND t.class IN ('human', 'proxy'))
-		FROM unnest($1::text[], $2::int[]) WITH ORDINALITY q(m, r, o)`, cm, cr, s.opts.MaxEventsPerRecipient, len(batch))
+		q.c AND (EXISTS (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.type = 'open' AND e.class IN ('human', 'proxy'))
+			OR EXISTS (SELECT 1 FROM tallies t WHERE t.message = q.m AND t.recipient = q.r AND t.type = 'open' AND t.class IN ('human', 'proxy')))
+		FROM unnest($1::text[], $2::int[], $5::bool[]) WITH ORDINALITY q(m, r, c, o)`, cm, cr, s.opts.MaxEventsPerRecipient, len(batch), cc)
 	// A copy's events near the batch's that the sequence rules need
 	// (sequence.go): its clicks in the burst window, past the cap too (a
 	// flood past it keeps no address nor reasons: nothing else of it is
