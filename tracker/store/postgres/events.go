@@ -21,7 +21,7 @@ func clean(s string) string {
 // historyMarks selects the events kept in detail whose reasons other
 // events of their copy are classified against: honeypot hits and gateways'
 // pixel fetches. It is the predicate of the index events_marks (migration
-// 0005), word for word, so that the planner uses that index.
+// history_indexes), word for word, so that the planner uses that index.
 const historyMarks = `e.kept AND (e.reasons ? 'honeypot'
 				OR e.type = 'open' AND e.reasons @? '$[*] ? (@ starts with "gateway-range:" || @ starts with "gateway-network:")')`
 
