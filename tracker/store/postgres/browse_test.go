@@ -73,7 +73,7 @@ func TestBrowseMigratesOlderDatabase(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Back to version 2: undo migrations 3 to 5.
+	// Back to version 2: undo migrations 3 to 6.
 	for _, q := range []string{
 		"DROP TABLE awaiting",
 		"DROP INDEX messages_browse",
@@ -81,6 +81,7 @@ func TestBrowseMigratesOlderDatabase(t *testing.T) {
 		"ALTER TABLE messages DROP COLUMN subject, DROP COLUMN search",
 		"DROP TABLE tallies, retention_marks",
 		"DROP INDEX outbox_first_at",
+		"DROP INDEX events_clicks, events_marks",
 		"DELETE FROM schema_version WHERE version >= 3",
 	} {
 		if _, err := s.pool.Exec(ctx, q); err != nil {

@@ -33,6 +33,13 @@ func clean(s string) string {
 	return strings.ReplaceAll(s, "\x00", "")
 }
 
+// historyMarks selects the events kept in detail whose reasons other
+// events of their copy are classified against: honeypot hits and gateways'
+// pixel fetches. It is the predicate of the index events_marks (migration
+// history_indexes), word for word, so that the planner uses that index.
+const historyMarks = `e.kept AND (e.reasons ? 'honeypot'
+				OR e.type = 'open' AND e.reasons @? '$[*] ? (@ starts with "gateway-range:" || @ starts with "gateway-network:")')`
+
 // commitEvents writes a batch of events in one transaction: it takes the
 // advisory locks of their messages (so that a message's history cannot
 // change under the classification, on any node), reads what
@@ -69,22 +76,25 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 		if classify.FromHoneypot(r.ev.Reasons) || r.ev.Type == store.EventOpen && classify.FromGateway(r.ev.Reasons) {
 			st.marks = true
 		}
-	}
-	if err := lockMessages(ctx, tx, ids...); err != nil {
-		return err
+		if r.ev.Type == store.EventClick && r.ev.Class != classify.Self {
+			st.clicks = true
+		}
 	}
 
-	// What the batch needs, in one round trip.
+	// What the batch needs, in one round trip: first the advisory locks of
+	// its messages, so that every read that follows sees their history as
+	// no other batch can change it until this one commits.
 	cm := make([]string, len(copyOrder))
 	cr := make([]int32, len(copyOrder))
 	cf := make([]int64, len(copyOrder))
 	ct := make([]int64, len(copyOrder))
 	cw := make([]bool, len(copyOrder))
+	cc := make([]bool, len(copyOrder))
 	w := int64(s.historyWindow())
 	for i, k := range copyOrder {
 		st := copies[k]
 		cm[i], cr[i] = k.message, int32(k.recipient)
-		cf[i], ct[i], cw[i] = st.from-w, st.to+w, st.marks
+		cf[i], ct[i], cw[i], cc[i] = st.from-w, st.to+w, st.marks, st.clicks
 	}
 	burstWindow := int64(classify.BurstWindow)
 	// The messages and (address, agent) pairs of the batch's clicks, for
@@ -96,17 +106,30 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 		}
 	}
 	b := &pgx.Batch{}
-	b.Queue("SELECT hit::text FROM events WHERE hit = ANY($1::text[]::uuid[])", hits)
+	b.Queue(lockSQL, lockKeys(ids))
+	// The hits already stored (replays), probed one by one in the unique
+	// index: written as hit = ANY(...), a batch of a thousand hits (the
+	// shipper's) is planned as a sequential scan of the whole table.
+	b.Queue(`SELECT x.hit::text FROM unnest($1::text[]::uuid[]) h(id)
+		CROSS JOIN LATERAL (SELECT e.hit FROM events e WHERE e.hit = h.id LIMIT 1) x`, hits)
 	b.Queue("SELECT id, account FROM messages WHERE id = ANY($1)", ids)
 	b.Queue("SELECT message FROM erased WHERE message = ANY($1)", ids)
 	// The cap and the copy's first counted open count the events retention
-	// deleted too (tallies).
+	// deleted too (tallies). Every event kept in detail took its own value
+	// of events_seq (imported ones keep theirs, and the sequence is set
+	// past them), so no copy holds more than its last value (plus one, for
+	// a 0): while that and the batch stay under the cap, no event of the
+	// batch can reach it, and the copy's events are not counted (with a
+	// high cap a busy copy has thousands). Whether the copy had a counted
+	// open is read only for copies the batch clicks: only clicks use it,
+	// and a copy opened by machines alone would be read through.
 	b.Queue(`SELECT q.o,
+		CASE WHEN (SELECT last_value FROM events_seq) + 1 + $4 <= $3 THEN 0 ELSE
 		(SELECT count(*) FROM (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.kept LIMIT $3) k)
-			+ (SELECT coalesce(sum(t.kept), 0)::bigint FROM tallies t WHERE t.message = q.m AND t.recipient = q.r),
-		EXISTS (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.type = 'open' AND e.class IN ('human', 'proxy'))
-			OR EXISTS (SELECT 1 FROM tallies t WHERE t.message = q.m AND t.recipient = q.r AND t.type = 'open' AND t.class IN ('human', 'proxy'))
-		FROM unnest($1::text[], $2::int[]) WITH ORDINALITY q(m, r, o)`, cm, cr, s.opts.MaxEventsPerRecipient)
+			+ (SELECT coalesce(sum(t.kept), 0)::bigint FROM tallies t WHERE t.message = q.m AND t.recipient = q.r) END,
+		q.c AND (EXISTS (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.type = 'open' AND e.class IN ('human', 'proxy'))
+			OR EXISTS (SELECT 1 FROM tallies t WHERE t.message = q.m AND t.recipient = q.r AND t.type = 'open' AND t.class IN ('human', 'proxy')))
+		FROM unnest($1::text[], $2::int[], $5::bool[]) WITH ORDINALITY q(m, r, c, o)`, cm, cr, s.opts.MaxEventsPerRecipient, len(batch), cc)
 	// A copy's events near the batch's that the sequence rules need
 	// (sequence.go): its clicks in the burst window, past the cap too (a
 	// flood past it keeps no address nor reasons: nothing else of it is
@@ -114,14 +137,21 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	// detail; and, when the batch holds a honeypot hit or a gateway's
 	// pixel fetch of the copy, every event kept in detail, which it may
 	// reclassify. A batch of plain opens reads nothing here.
+	// Three reads by index, merged: a copy's busy minute holds thousands
+	// of plain opens that none of them walks.
 	b.Queue(`SELECT q.o, e.seq, e.type, e.link, e.at_ns, e.kept, e.burst, e.class, e.reasons, e.ip
 		FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bool[]) WITH ORDINALITY q(m, r, f, t, w, o)
-		JOIN events e ON e.message = q.m AND e.recipient = q.r AND e.at_ns BETWEEN q.f AND q.t
-		WHERE e.type = 'click' AND e.class <> 'self' AND e.at_ns BETWEEN q.f + $6 AND q.t - $6
-			OR e.kept AND (q.w OR e.reasons ? $7
-				OR e.type = 'open' AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(e.reasons) x WHERE x LIKE $8 OR x LIKE $9))
-		ORDER BY e.seq`, cm, cr, cf, ct, cw, w-burstWindow,
-		classify.ReasonHoneypot, classify.ReasonGatewayRange+"%", classify.ReasonGatewayNetwork+"%")
+		JOIN LATERAL (
+			SELECT e.seq FROM events e WHERE e.message = q.m AND e.recipient = q.r
+				AND e.at_ns BETWEEN q.f + $6 AND q.t - $6 AND e.type = 'click' AND e.class <> 'self'
+			UNION
+			SELECT e.seq FROM events e WHERE e.message = q.m AND e.recipient = q.r
+				AND e.at_ns BETWEEN q.f AND q.t AND `+historyMarks+`
+			UNION
+			SELECT e.seq FROM events e WHERE q.w AND e.message = q.m AND e.recipient = q.r
+				AND e.at_ns BETWEEN q.f AND q.t AND e.kept) s ON true
+		JOIN events e ON e.seq = s.seq
+		ORDER BY e.seq`, cm, cr, cf, ct, cw, w-burstWindow)
 	b.Queue(`SELECT q.o, d.updated_at FROM unnest($1::text[], $2::int[]) WITH ORDINALITY q(m, r, o)
 		JOIN deliveries d ON d.message = q.m AND d.recipient = q.r AND d.status = 'delivered'`, cm, cr)
 	b.Queue(`SELECT e.seq, e.message, e.recipient, e.link, e.at_ns, e.burst, e.class, e.reasons, e.ip, e.user_agent, d.updated_at
@@ -143,6 +173,9 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	var xid string
 	err = func() error {
 		defer br.Close()
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
 		rows, _ := br.Query()
 		for rows.Next() {
 			var h string

@@ -46,6 +46,7 @@ type copyState struct {
 	from      int64     // the window of events read, unix ns
 	to        int64
 	marks     bool // the batch holds a hit that may reclassify the copy's events
+	clicks    bool // the batch holds a click of the copy (only clicks read opened)
 	hits      []*hist
 }
 

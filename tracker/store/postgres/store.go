@@ -455,14 +455,21 @@ func lockKey(message string) int64 {
 // lockMessages takes the advisory locks of ids in one statement, in key
 // order, so that two transactions never wait for each other's locks.
 func lockMessages(ctx context.Context, tx pgx.Tx, ids ...string) error {
+	_, err := tx.Exec(ctx, lockSQL, lockKeys(ids))
+	return err
+}
+
+// lockSQL takes the advisory locks of its argument, lockKeys' keys.
+const lockSQL = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) k"
+
+// lockKeys returns the lock keys of ids, sorted and without repeats.
+func lockKeys(ids []string) []int64 {
 	keys := make([]int64, 0, len(ids))
 	for _, id := range ids {
 		keys = append(keys, lockKey(id))
 	}
 	slices.Sort(keys)
-	keys = slices.Compact(keys)
-	_, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) k", keys)
-	return err
+	return slices.Compact(keys)
 }
 
 // noteXid records that transaction xid (text) of this store wrote feed
