@@ -58,14 +58,14 @@ var gatewayFiles = []struct {
 
 // Tables are the IP range tables classification reads.
 type Tables struct {
-	appleMPP, privateRelay, googleProxy, yahooProxy *netipx.IPSet
+	appleMPP, privateRelay, googleProxy, yahooProxy *rangeSet
 	gateways                                        []gatewaySet
 }
 
 type gatewaySet struct {
 	name  string
 	grade grade
-	set   *netipx.IPSet
+	set   *rangeSet
 }
 
 // gateway returns the security gateway whose range holds a, if any.
@@ -102,7 +102,7 @@ func LoadTables(dir fs.FS) (*Tables, error) {
 			}
 		}
 	}
-	load := func(name string) (*netipx.IPSet, error) {
+	load := func(name string) (*rangeSet, error) {
 		var b []byte
 		var err error
 		if dir != nil {
@@ -120,12 +120,16 @@ func LoadTables(dir fs.FS) (*Tables, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		return prefixSet(ps)
+		set, err := prefixSet(ps)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		return newRangeSet(set), nil
 	}
 	var t Tables
 	var err error
 	for _, f := range []struct {
-		set  **netipx.IPSet
+		set  **rangeSet
 		name string
 	}{
 		{&t.appleMPP, fileAppleMPP}, {&t.privateRelay, filePrivateRelay},
