@@ -373,3 +373,38 @@ func testBurstAnyOrder(t *testing.T, newStore NewStore) {
 		t.Errorf("%d of %d clicks in bursts: change the seed", bursts, len(want))
 	}
 }
+
+// A click says whether a counted open of its copy came before it: a
+// person's open does, a machine's (a prefetch) does not, a later open
+// does not.
+func testClickOrderReasons(t *testing.T, newStore NewStore) {
+	s := newStore(t, Options{})
+	ctx := context.Background()
+	m := putTestMessage(t, s)
+	base := testAccepted.Add(time.Hour)
+	person := []string{classify.ReasonNoMachineSignals}
+	for _, e := range []store.Event{
+		{Type: store.EventOpen, Link: -1, Class: classify.Prefetch, Reasons: []string{classify.ReasonPrefetchHeader}, At: base},
+		{Type: store.EventClick, Link: 0, Class: classify.Human, Reasons: person, At: base.Add(time.Minute)},
+		{Type: store.EventOpen, Link: -1, Class: classify.Human, Reasons: person, At: base.Add(2 * time.Minute)},
+		{Type: store.EventClick, Link: 0, Class: classify.Human, Reasons: person, At: base.Add(3 * time.Minute)},
+	} {
+		e.Message = m.ID
+		if err := s.AddEvent(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v, err := s.Lookup(ctx, "alice", m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Events) != 4 {
+		t.Fatalf("%d events", len(v.Events))
+	}
+	for i, want := range map[int]string{1: classify.ReasonClickBeforeOpen, 3: classify.ReasonOpenedBeforeClick} {
+		ev := v.Events[i]
+		if ev.Class != classify.Human || !slices.Contains(ev.Reasons, want) {
+			t.Errorf("click %d: %s %v, want human with %s", i, ev.Class, ev.Reasons, want)
+		}
+	}
+}

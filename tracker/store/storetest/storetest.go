@@ -47,6 +47,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"ClickBurstIsScanner", testClickBurstIsScanner},
 		{"BurstRule", testBurstRule},
 		{"BurstAnyOrder", testBurstAnyOrder},
+		{"ClickOrderReasons", testClickOrderReasons},
 		{"FeedOrderAndCursors", testFeedOrderAndCursors},
 		{"Erase", testErase},
 		{"Outbox", testOutbox},
