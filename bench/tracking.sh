@@ -24,7 +24,13 @@
 # PROFILE=FILE also writes the PostgreSQL node's CPU profile of the whole
 # run to FILE (go tool pprof FILE).
 #
-#   STORES=1 bash bench/tracking.sh [DURATION]
+# By default (MESSAGES=1) every hit goes to one copy of one message, the
+# worst case for PostgreSQL: each batch waits for that message's lock.
+# MESSAGES=N sends N messages, each to three recipients, and wrk
+# (bench/tracking_spread.lua) cycles through all their copies' open pixels,
+# as real traffic spreads over many messages.
+#
+#   STORES=1 [MESSAGES=200] bash bench/tracking.sh [DURATION]
 #
 # Needs wrk (apt-get install wrk), curl and python3; STORES=1 needs
 # Debian's postgresql too. Every hit is kept as a detailed event
@@ -115,10 +121,13 @@ start() {
     echo "bench: $name did not start"; cat "$WORK/$name.log"; exit 1
 }
 
-# run PORT PATH CONNS: prints "req/s p99_ms non2xx p50_ms".
+# run PORT PATH CONNS [PATHS_FILE]: prints "req/s p99_ms non2xx p50_ms".
+# With PATHS_FILE, wrk cycles through its paths instead of fetching PATH.
 run() {
-    local out
-    out=$("$WRK" -t2 -c"$3" -d"$DURATION" --timeout 5s --latency "http://127.0.0.1:$1$2") || echo "bench: wrk failed: $out" >&2
+    local out spread=()
+    if [ -n "${4:-}" ]; then spread=(-s bench/tracking_spread.lua); fi
+    out=$("$WRK" -t2 -c"$3" -d"$DURATION" --timeout 5s --latency "${spread[@]}" "http://127.0.0.1:$1$2" ${4:+-- "$4"}) ||
+        echo "bench: wrk failed: $out" >&2
     echo "$out" >>"$WORK/wrk.log"
     echo "$out" | awk '
         function ms(v,  u) { u = v; gsub(/[0-9.]/, "", u); sub(/[a-z]+$/, "", v)
@@ -170,13 +179,26 @@ if [ "${STORES:-}" = 1 ]; then
     PIDS+=($!)
     for _ in $(seq 200); do curl -sf "http://127.0.0.1:$HTTP_P/healthz" >/dev/null 2>&1 && break; sleep 0.05; done
     curl -sf "http://127.0.0.1:$HTTP_P/healthz" >/dev/null || { echo "bench: postgres did not start"; cat "$WORK/postgres.log"; exit 1; }
-    read -r OPEN_B _ < <(python3 bench/tracking_urls.py "$SMTP_B" "$WORK/bbolt/outbox")
-    read -r OPEN_P _ < <(python3 bench/tracking_urls.py "$SMTP_P" "$WORK/postgres/outbox")
+    MESSAGES=${MESSAGES:-1}
+    PATHS_B="" PATHS_P=""
+    if [ "$MESSAGES" = 1 ]; then
+        read -r OPEN_B _ < <(python3 bench/tracking_urls.py "$SMTP_B" "$WORK/bbolt/outbox")
+        read -r OPEN_P _ < <(python3 bench/tracking_urls.py "$SMTP_P" "$WORK/postgres/outbox")
+    else
+        # Every copy's open pixel, one path a line, for tracking_spread.lua.
+        python3 bench/tracking_urls.py "$SMTP_B" "$WORK/bbolt/outbox" "$MESSAGES" >"$WORK/urls.bbolt" || exit 1
+        python3 bench/tracking_urls.py "$SMTP_P" "$WORK/postgres/outbox" "$MESSAGES" >"$WORK/urls.postgres" || exit 1
+        PATHS_B=$WORK/paths.bbolt PATHS_P=$WORK/paths.postgres
+        awk '{print $1}' "$WORK/urls.bbolt" | sed "s#^http://127.0.0.1:$HTTP_B##" >"$PATHS_B"
+        awk '{print $1}' "$WORK/urls.postgres" | sed "s#^http://127.0.0.1:$HTTP_P##" >"$PATHS_P"
+        OPEN_B=$(head -n 1 "$PATHS_B") OPEN_P=$(head -n 1 "$PATHS_P")
+        echo "bench: $MESSAGES messages, $(wc -l <"$PATHS_P") copies a node; hits cycle through their open pixels"
+    fi
     [ -n "$OPEN_B" ] && [ -n "$OPEN_P" ] || exit 1
     OPEN_B=${OPEN_B#http://127.0.0.1:$HTTP_B}
     OPEN_P=${OPEN_P#http://127.0.0.1:$HTTP_P}
-    "$WRK" -t2 -c64 -d2s "http://127.0.0.1:$HTTP_B$OPEN_B" >/dev/null
-    "$WRK" -t2 -c64 -d2s "http://127.0.0.1:$HTTP_P$OPEN_P" >/dev/null
+    DURATION=2s run "$HTTP_B" "$OPEN_B" 64 "$PATHS_B" >/dev/null
+    DURATION=2s run "$HTTP_P" "$OPEN_P" 64 "$PATHS_P" >/dev/null
     "${PSQL[@]}" "$(cat "$WORK/postgres.dsn")" -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' \
         -c 'SELECT pg_stat_statements_reset()' >/dev/null
     lostb0=$(metric "$BM" trackrelay_tracking_events_lost_total); lostp0=$(metric "$PGM" trackrelay_tracking_events_lost_total)
@@ -189,8 +211,8 @@ if [ "${STORES:-}" = 1 ]; then
     for c in $CONNS; do
         rounds=()
         for _ in $(seq "$ROUNDS"); do
-            read -r brps bp99 bbad bp50 < <(run "$HTTP_B" "$OPEN_B" "$c")
-            read -r prps pp99 pbad pp50 < <(run "$HTTP_P" "$OPEN_P" "$c")
+            read -r brps bp99 bbad bp50 < <(run "$HTTP_B" "$OPEN_B" "$c" "$PATHS_B")
+            read -r prps pp99 pbad pp50 < <(run "$HTTP_P" "$OPEN_P" "$c" "$PATHS_P")
             rounds+=("$brps $bp50 $bp99 $prps $pp50 $pp99")
             if [ "$bbad$pbad" != "00" ]; then echo "  (unexpected status codes: bbolt $bbad, postgres $pbad)"; fi
         done
