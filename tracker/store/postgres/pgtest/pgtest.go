@@ -58,7 +58,7 @@ type Cluster struct {
 }
 
 // Bin returns the directory of the newest installed server binaries, or
-// ErrNotInstalled.
+// ErrNotInstalled (another error with RequireEnv set).
 func Bin() (string, error) {
 	dirs, _ := filepath.Glob(BinGlob)
 	var best string
@@ -76,10 +76,18 @@ func Bin() (string, error) {
 		}
 	}
 	if best == "" {
+		if os.Getenv(RequireEnv) != "" {
+			// Not ErrNotInstalled: the tests fail instead of skipping.
+			return "", fmt.Errorf("%s is set: %w", RequireEnv, errors.New(ErrNotInstalled.Error()))
+		}
 		return "", ErrNotInstalled
 	}
 	return best, nil
 }
+
+// RequireEnv, when set in the environment (CI sets it), makes missing
+// server binaries fail the PostgreSQL tests rather than skip them.
+const RequireEnv = "TRACKRELAY_REQUIRE_POSTGRES"
 
 // Start makes and starts a cluster. fsync is off: the cluster is for
 // functional tests, whose data need not survive a power loss.
