@@ -86,24 +86,9 @@ func (s *Store) Message(ctx context.Context, id string) (*store.Message, error) 
 	}
 	ctx, cancel := s.hitReadContext(ctx)
 	defer cancel()
-	// Every hit reads its message: one round trip when it is there, a
-	// second only to tell an erased message from an unknown one.
-	m, err := scanMessage(s.pool.QueryRow(ctx, "SELECT "+messageColumns+
-		" FROM messages WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM erased WHERE message = $1)", id))
-	if err == nil {
-		return m.message(), nil
-	}
-	if !errorsIsNoRows(err) {
-		return nil, fmt.Errorf("postgres store: message %s: %w", id, err)
-	}
-	var erased bool
-	if err := s.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM erased WHERE message = $1)", id).Scan(&erased); err != nil {
-		return nil, fmt.Errorf("postgres store: message %s: %w", id, err)
-	}
-	if erased {
-		return nil, store.ErrErased
-	}
-	return nil, store.ErrNotFound
+	// Every hit reads its message: grouped with the others (hitreads.go).
+	res := s.read(ctx, &readReq{message: id, recipient: -1})
+	return res.m, res.err
 }
 
 // Delivery implements store.DeliveryReader. It only knows delivered copies
@@ -117,16 +102,14 @@ func (s *Store) Delivery(ctx context.Context, message string, recipient int) (st
 	}
 	ctx, cancel := s.hitReadContext(ctx)
 	defer cancel()
-	var at time.Time
-	err := s.pool.QueryRow(ctx, `SELECT updated_at FROM deliveries WHERE message = $1 AND recipient = $2 AND status = $3`,
-		message, recipient, delivery.Delivered).Scan(&at)
-	if errorsIsNoRows(err) {
+	res := s.read(ctx, &readReq{message: message, recipient: recipient})
+	switch {
+	case res.err != nil:
+		return store.Delivery{}, res.err
+	case res.at.IsZero():
 		return store.Delivery{}, store.ErrNotFound
 	}
-	if err != nil {
-		return store.Delivery{}, fmt.Errorf("postgres store: delivery of %s/%d: %w", message, recipient, err)
-	}
-	return store.Delivery{Status: delivery.Delivered, UpdatedAt: at.UTC()}, nil
+	return store.Delivery{Status: delivery.Delivered, UpdatedAt: res.at}, nil
 }
 
 // Lookup implements store.Store. It reads in one snapshot: the events kept

@@ -125,6 +125,7 @@ type Store struct {
 	spillClosed bool
 	reqs        chan *eventReq
 	recs        chan *recordReq // PutMessage and SetLinks (records.go)
+	hitReads    chan *readReq   // Message and Delivery (hitreads.go)
 	workers     sync.WaitGroup
 	once        sync.Once
 	wake        chan struct{}
@@ -143,6 +144,9 @@ type Store struct {
 	beforeCommit atomic.Pointer[func()]
 	// beforeRecordCommit, likewise, in a batch of records.
 	beforeRecordCommit atomic.Pointer[func()]
+	// beforeReadGroup, set by tests only, runs before a group of hits'
+	// reads goes to the database, with the group's size.
+	beforeReadGroup atomic.Pointer[func(int)]
 }
 
 var (
@@ -228,6 +232,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		webhooks: map[string]bool{},
 		reqs:     make(chan *eventReq, 4*opts.MaxBatch),
 		recs:     make(chan *recordReq, 4*opts.MaxBatch),
+		hitReads: make(chan *readReq, 4*maxReadGroup),
 		wake:     make(chan struct{}, 1),
 		log:      opts.Logger,
 	}
@@ -276,6 +281,10 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		s.workers.Add(1)
 		go s.recordLoop()
 	}
+	for range hitReaders {
+		s.workers.Add(1)
+		go s.readLoop()
+	}
 	mctx, stop := context.WithCancel(context.Background())
 	s.maintStop = stop
 	s.maintDone.Add(1)
@@ -312,6 +321,7 @@ func (s *Store) Close() error {
 		s.closed = true
 		close(s.reqs)
 		close(s.recs)
+		close(s.hitReads)
 		s.mu.Unlock()
 		s.workers.Wait()
 		if s.fb != nil {
