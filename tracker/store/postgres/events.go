@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"time"
 
@@ -11,8 +12,6 @@ import (
 	"github.com/trackrelay/trackrelay/tracker/classify"
 	"github.com/trackrelay/trackrelay/tracker/store"
 )
-
-// clean makes s storable as PostgreSQL text (valid UTF-8, no NUL).
 
 // feedInsert writes feed entries, in the order of their arrays, and the
 // webhook outbox rows of the accounts that have a webhook ($11): $1-$9 the
@@ -28,6 +27,37 @@ const feedInsert = `WITH f AS (
 	INSERT INTO outbox (entry, account, due, first_at)
 	SELECT seq, account, $10, $10 FROM f WHERE account = ANY($11)`
 
+// eventsInsert writes events, $1-$17 their columns; a hit already stored
+// (by its id) is not written again.
+const eventsInsert = `INSERT INTO events (seq, hit, message, recipient, type, at_ns, link, kept, burst, class, reasons,
+	url, ip, user_agent, client, country, city)
+	SELECT seq, hit::uuid, message, recipient, type, at_ns, link, kept, burst, class, reasons::jsonb,
+	url, ip, user_agent, client, country, city
+	FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::bigint[], $7::int[],
+		$8::bool[], $9::bool[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+		$15::text[], $16::text[], $17::text[])
+		AS u(seq, hit, message, recipient, type, at_ns, link, kept, burst, class, reasons,
+		url, ip, user_agent, client, country, city)
+	ON CONFLICT (hit) DO NOTHING`
+
+// eventsAndFeedInsert is eventsInsert ($1-$17) and feedInsert ($18-$28)
+// in one statement, where an entry of a new event ($29 is the kind of the
+// others: reclassified) is written only with its event: two batches that
+// hold the same hit (a replay) under shared locks list it once.
+const eventsAndFeedInsert = `WITH ins AS (` + eventsInsert + ` RETURNING seq),
+	f AS (
+	INSERT INTO feed (account, kind, message, recipient, event, at, class, prev, reasons)
+	SELECT account, kind, message, recipient, event, at, class, prev, reasons::jsonb
+	FROM unnest($18::text[], $19::text[], $20::text[], $21::int[], $22::bigint[], $23::timestamptz[],
+		$24::text[], $25::text[], $26::text[]) WITH ORDINALITY
+		AS u(account, kind, message, recipient, event, at, class, prev, reasons, o)
+	WHERE kind = $29 OR event IN (SELECT seq FROM ins)
+	ORDER BY o
+	RETURNING seq, account)
+	INSERT INTO outbox (entry, account, due, first_at)
+	SELECT seq, account, $27, $27 FROM f WHERE account = ANY($28)`
+
+// clean makes s storable as PostgreSQL text (valid UTF-8, no NUL).
 func clean(s string) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
 	return strings.ReplaceAll(s, "\x00", "")
@@ -47,6 +77,19 @@ const historyMarks = `e.kept AND (e.reasons ? 'honeypot'
 // (sequence.go), and writes the events, their feed entries (with the
 // outbox rows of webhook accounts) and the earlier events reclassified.
 func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
+	err := s.commitEventsLocked(ctx, batch, false)
+	if errors.Is(err, errNeedsExclusive) {
+		s.exclusiveRetries.Add(1)
+		err = s.commitEventsLocked(ctx, batch, true)
+	}
+	return err
+}
+
+// commitEventsLocked is commitEvents, with every message's lock exclusive
+// when exclusive is set, else in the mode lockModes predicts; it returns
+// errNeedsExclusive, having written nothing, when the reads show that a
+// shared lock was not enough (sharedSafe).
+func (s *Store) commitEventsLocked(ctx context.Context, batch []*eventReq, exclusive bool) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return err
@@ -90,12 +133,15 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	ct := make([]int64, len(copyOrder))
 	cw := make([]bool, len(copyOrder))
 	cc := make([]bool, len(copyOrder))
+	ca := make([]bool, len(copyOrder))
 	w := int64(s.historyWindow())
 	for i, k := range copyOrder {
 		st := copies[k]
 		cm[i], cr[i] = k.message, int32(k.recipient)
 		cf[i], ct[i], cw[i], cc[i] = st.from-w, st.to+w, st.marks, st.clicks
+		ca[i] = s.knownAtCap(k)
 	}
+	locks := s.lockModes(batch, copies, exclusive)
 	burstWindow := int64(classify.BurstWindow)
 	// The messages and (address, agent) pairs of the batch's clicks, for
 	// the multi-recipient rule.
@@ -106,7 +152,7 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 		}
 	}
 	b := &pgx.Batch{}
-	b.Queue(lockSQL, lockKeys(ids))
+	b.Queue(lockModesSQL, locks.keys, locks.modes)
 	// The hits already stored (replays), probed one by one in the unique
 	// index: written as hit = ANY(...), a batch of a thousand hits (the
 	// shipper's) is planned as a sequential scan of the whole table.
@@ -123,13 +169,16 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	// high cap a busy copy has thousands). Whether the copy had a counted
 	// open is read only for copies the batch clicks: only clicks use it,
 	// and a copy opened by machines alone would be read through.
+	// A copy this node saw at the cap is not counted again (the count
+	// only grows: retention moves events into tallies); -1 says the count
+	// was skipped under the cap.
 	b.Queue(`SELECT q.o,
-		CASE WHEN (SELECT last_value FROM events_seq) + 1 + $4 <= $3 THEN 0 ELSE
+		CASE WHEN q.a THEN $3 WHEN (SELECT last_value FROM events_seq) + 1 + $4 <= $3 THEN -1 ELSE
 		(SELECT count(*) FROM (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.kept LIMIT $3) k)
 			+ (SELECT coalesce(sum(t.kept), 0)::bigint FROM tallies t WHERE t.message = q.m AND t.recipient = q.r) END,
 		q.c AND (EXISTS (SELECT 1 FROM events e WHERE e.message = q.m AND e.recipient = q.r AND e.type = 'open' AND e.class IN ('human', 'proxy'))
 			OR EXISTS (SELECT 1 FROM tallies t WHERE t.message = q.m AND t.recipient = q.r AND t.type = 'open' AND t.class IN ('human', 'proxy')))
-		FROM unnest($1::text[], $2::int[], $5::bool[]) WITH ORDINALITY q(m, r, c, o)`, cm, cr, s.opts.MaxEventsPerRecipient, len(batch), cc)
+		FROM unnest($1::text[], $2::int[], $5::bool[], $6::bool[]) WITH ORDINALITY q(m, r, c, a, o)`, cm, cr, s.opts.MaxEventsPerRecipient, len(batch), cc, ca)
 	// A copy's events near the batch's that the sequence rules need
 	// (sequence.go): its clicks in the burst window, past the cap too (a
 	// flood past it keeps no address nor reasons: nothing else of it is
@@ -217,7 +266,7 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 				return err
 			}
 			st := copies[copyOrder[o-1]]
-			st.kept, st.opened = int(kept), opened
+			st.kept, st.opened, st.uncounted = int(max(kept, 0)), opened, kept < 0
 		}
 		if err := rows.Err(); err != nil {
 			return err
@@ -289,6 +338,10 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 	if err != nil {
 		return err
 	}
+	s.noteSeqs(seqs)
+	if !s.sharedSafe(locks, copies, seqs) {
+		return errNeedsExclusive
+	}
 
 	if err := s.withMessages(ctx, tx, batch, accounts, copies); err != nil {
 		return err
@@ -336,6 +389,7 @@ func (s *Store) commitEvents(ctx context.Context, batch []*eventReq) error {
 // and the earlier events reclassified.
 func (s *Store) writeEvents(ctx context.Context, tx pgx.Tx, c *classifier) error {
 	b := &pgx.Batch{}
+	var eventArgs, feedArgs []any
 	if n := len(c.events); n > 0 {
 		var (
 			seq                                                    = make([]int64, n)
@@ -357,17 +411,7 @@ func (s *Store) writeEvents(ctx context.Context, tx pgx.Tx, c *classifier) error
 				reasons[i] = "[]" // past the cap only the counts are kept
 			}
 		}
-		b.Queue(`INSERT INTO events (seq, hit, message, recipient, type, at_ns, link, kept, burst, class, reasons,
-			url, ip, user_agent, client, country, city)
-			SELECT seq, hit::uuid, message, recipient, type, at_ns, link, kept, burst, class, reasons::jsonb,
-			url, ip, user_agent, client, country, city
-			FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::bigint[], $7::int[],
-				$8::bool[], $9::bool[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
-				$15::text[], $16::text[], $17::text[])
-				AS u(seq, hit, message, recipient, type, at_ns, link, kept, burst, class, reasons,
-				url, ip, user_agent, client, country, city)
-			ON CONFLICT (hit) DO NOTHING`,
-			seq, hit, msg, rcpt, typ, at, link, kept, burst, class, reasons, url, ip, ua, cl, co, ci)
+		eventArgs = []any{seq, hit, msg, rcpt, typ, at, link, kept, burst, class, reasons, url, ip, ua, cl, co, ci}
 	}
 	if n := len(c.feed); n > 0 {
 		acct, kind, msg, class, prev, reasons := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]*string, n)
@@ -382,8 +426,15 @@ func (s *Store) writeEvents(ctx context.Context, tx pgx.Tx, c *classifier) error
 				reasons[i] = &r
 			}
 		}
-		b.Queue(feedInsert,
-			acct, kind, msg, rcpt, ev, at, class, prev, reasons, time.Now(), s.webhookL)
+		feedArgs = []any{acct, kind, msg, rcpt, ev, at, class, prev, reasons, time.Now(), s.webhookL}
+	}
+	switch {
+	case eventArgs != nil && feedArgs != nil:
+		b.Queue(eventsAndFeedInsert, append(append(eventArgs, feedArgs...), store.EventReclassified)...)
+	case eventArgs != nil:
+		b.Queue(eventsInsert, eventArgs...)
+	case feedArgs != nil:
+		b.Queue(feedInsert, feedArgs...)
 	}
 	if n := len(c.updates); n > 0 {
 		seq, class, reasons, burst := make([]int64, 0, n), make([]string, 0, n), make([]string, 0, n), make([]bool, 0, n)

@@ -47,6 +47,7 @@ type copyState struct {
 	to        int64
 	marks     bool // the batch holds a hit that may reclassify the copy's events
 	clicks    bool // the batch holds a click of the copy (only clicks read opened)
+	uncounted bool // its kept events were not counted: events_seq bounds them under the cap
 	hits      []*hist
 }
 

@@ -131,6 +131,11 @@ type Store struct {
 	wake        chan struct{}
 
 	lastXid atomic.Uint64 // newest transaction of this store that wrote feed entries
+	seqHint atomic.Int64  // highest value of events_seq seen (locks.go)
+	atCap   capMemory     // copies seen at the cap (locks.go)
+	// exclusiveRetries counts batches committed again with exclusive
+	// locks (locks.go).
+	exclusiveRetries atomic.Int64
 
 	log       *slog.Logger
 	leader    atomic.Bool        // this store holds the maintenance lock
