@@ -150,7 +150,13 @@ func (h *handler) record(r *http.Request, t token.Token) {
 		Click: t.Kind == token.KindClick, Method: r.Method, IP: ip, Header: r.Header, UserAgent: ua, At: at,
 		ScannerWindow: h.cfg.ScannerWindow,
 	}
-	msg, err := h.store.Message(ctx, t.Message)
+	var msg *store.Message
+	var err error
+	if hr, ok := h.store.(store.HitReader); ok {
+		msg, err = hr.HitMessage(ctx, t.Message)
+	} else {
+		msg, err = h.store.Message(ctx, t.Message)
+	}
 	switch {
 	case err == nil:
 		in.SubmitIP = msg.SubmitIP

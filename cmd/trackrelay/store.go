@@ -113,6 +113,19 @@ type trackingStore struct {
 	sender *webhook.Sender
 }
 
+// The handler reads hits' messages through HitMessage, which the embedded
+// interface would hide.
+var _ store.HitReader = (*trackingStore)(nil)
+
+// HitMessage implements store.HitReader: the backend's when it has one
+// (PostgreSQL's remembers messages for a moment), else its Message.
+func (s *trackingStore) HitMessage(ctx context.Context, id string) (*store.Message, error) {
+	if hr, ok := s.backend.(store.HitReader); ok {
+		return hr.HitMessage(ctx, id)
+	}
+	return s.backend.Message(ctx, id)
+}
+
 // openStore opens the tracking store and starts the webhook sender of the
 // accounts that have one.
 func openStore(cfg *Config, m *metrics, log *slog.Logger) (*trackingStore, error) {

@@ -129,6 +129,18 @@ type Store interface {
 	Close() error
 }
 
+// HitReader is implemented by stores whose Message costs a round trip to a
+// database shared by a fleet. The HTTP handler reads a hit's message with
+// HitMessage when present: it answers as Message does, but may answer from
+// a short-lived memory of the messages hits read, so that a busy message
+// (a scanner fetching every link, a thread opened on several devices) is
+// read once. A message's record does not change once written; what the
+// memory can miss is an erasure on another node, and the store drops the
+// hits of an erased message when it commits them, so none is stored.
+type HitReader interface {
+	HitMessage(ctx context.Context, id string) (*Message, error)
+}
+
 // DeliveryReader is implemented by stores that can return the delivery state
 // of one copy. The HTTP handler uses it, when present, to tell link scanners
 // (which click right after delivery) from people.

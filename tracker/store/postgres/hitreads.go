@@ -3,6 +3,8 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -19,6 +21,77 @@ import (
 // takes the reads waiting when it is free, up to maxReadGroup, and answers
 // them from one round trip of at most three statements. An idle node reads
 // at once; a loaded one reads many hits' messages for the cost of one.
+
+// HitMessage implements store.HitReader: Message, answered from the
+// messages this node's hits read within hitMessageTTL when it can. This
+// node's Erase forgets the message at once; another node's erasure may go
+// unseen here for hitMessageTTL, and the hit's batch drops it then.
+func (s *Store) HitMessage(ctx context.Context, id string) (*store.Message, error) {
+	if m := s.hitMessages.get(id, time.Now()); m != nil {
+		return copyMessage(m), nil
+	}
+	m, err := s.Message(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	s.hitMessages.put(id, m, time.Now())
+	return copyMessage(m), nil
+}
+
+// copyMessage copies a remembered message for a caller, who may change it.
+func copyMessage(m *store.Message) *store.Message {
+	cp := *m
+	cp.Recipients = slices.Clone(m.Recipients)
+	return &cp
+}
+
+// hitMessageTTL is how long HitMessage answers from memory, and
+// hitMessagesMax about how many messages it remembers.
+var hitMessageTTL = 5 * time.Second
+
+const hitMessagesMax = 1 << 14
+
+// messageMemory is the messages hits read lately: two generations, the
+// older dropped when the newer is full, so that it stays bounded without
+// an eviction list.
+type messageMemory struct {
+	mu       sync.Mutex
+	cur, old map[string]remembered
+}
+
+type remembered struct {
+	m  *store.Message // not changed once remembered
+	at time.Time
+}
+
+func (mm *messageMemory) get(id string, now time.Time) *store.Message {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	r, ok := mm.cur[id]
+	if !ok {
+		r, ok = mm.old[id]
+	}
+	if !ok || now.Sub(r.at) >= hitMessageTTL || now.Before(r.at) {
+		return nil
+	}
+	return r.m
+}
+
+func (mm *messageMemory) put(id string, m *store.Message, now time.Time) {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	if mm.cur == nil || len(mm.cur) >= hitMessagesMax/2 {
+		mm.old, mm.cur = mm.cur, make(map[string]remembered, hitMessagesMax/2)
+	}
+	mm.cur[id] = remembered{m: m, at: now}
+}
+
+func (mm *messageMemory) forget(id string) {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	delete(mm.cur, id)
+	delete(mm.old, id)
+}
 
 // hitReaders is how many groups of reads may be in flight at once.
 const hitReaders = 2

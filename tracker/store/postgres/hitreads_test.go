@@ -135,3 +135,92 @@ func TestReadsGrouped(t *testing.T) {
 		t.Errorf("%d reads took %d groups, want at most %d", n, g, 2*hitReaders+2)
 	}
 }
+
+// HitMessage reads a message once for the hits of hitMessageTTL: this
+// node's erasure is seen at once; another node's may not be, but the hit
+// it lets through is not stored.
+func TestHitMessageRemembered(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	a := testStore(t, dsn, Options{})
+	b := testStore(t, dsn, Options{})
+	ctx := context.Background()
+	putMessage(t, a, "H1", 1)
+	putMessage(t, a, "H2", 1)
+	var groups atomic.Int32
+	hook := func(int) { groups.Add(1) }
+	a.beforeReadGroup.Store(&hook)
+	for range 3 {
+		m, err := a.HitMessage(ctx, "H1")
+		if err != nil || m.ID != "H1" || m.SubmitIP != "192.0.2.10" {
+			t.Fatalf("HitMessage: %+v, %v", m, err)
+		}
+		m.Recipients = nil // a caller's change stays its own
+	}
+	if g := groups.Load(); g != 1 {
+		t.Errorf("3 reads of one message took %d round trips, want 1", g)
+	}
+	if m, err := a.HitMessage(ctx, "H1"); err != nil || len(m.Recipients) != 1 {
+		t.Errorf("remembered message: %+v, %v", m, err)
+	}
+	if _, err := a.HitMessage(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("unknown message: %v", err)
+	}
+	if _, err := a.HitMessage(ctx, "nope"); !errors.Is(err, store.ErrNotFound) || groups.Load() != 3 {
+		t.Errorf("unknown message again: %v after %d round trips; an unknown message is not remembered", err, groups.Load())
+	}
+
+	// Erased on this node: seen at once.
+	if err := a.Erase(ctx, "alice", "H1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.HitMessage(ctx, "H1"); !errors.Is(err, store.ErrErased) {
+		t.Errorf("after this node's erasure: %v, want ErrErased", err)
+	}
+
+	// Erased on another node: a's memory may answer, a's batch drops the hit.
+	if _, err := a.HitMessage(ctx, "H2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Erase(ctx, "alice", "H2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.HitMessage(ctx, "H2"); err != nil {
+		t.Fatalf("remembered message erased elsewhere: %v", err)
+	}
+	if err := a.AddEvent(ctx, open(testAccepted.Add(time.Hour), "H2")); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := a.pool.QueryRow(ctx, "SELECT (SELECT count(*) FROM events WHERE message = 'H2') + (SELECT count(*) FROM feed WHERE message = 'H2')").Scan(&n); err != nil || n != 0 {
+		t.Errorf("%d rows of an erased message's hit, %v; want none", n, err)
+	}
+	// Once the memory's time is up, the erasure is read.
+	mm := &a.hitMessages
+	mm.mu.Lock()
+	r := mm.cur["H2"]
+	r.at = r.at.Add(-hitMessageTTL)
+	mm.cur["H2"] = r
+	mm.mu.Unlock()
+	if _, err := a.HitMessage(ctx, "H2"); !errors.Is(err, store.ErrErased) {
+		t.Errorf("after hitMessageTTL: %v, want ErrErased", err)
+	}
+}
+
+// The memory stays bounded: past hitMessagesMax/2 messages its older half
+// is dropped.
+func TestMessageMemoryBounded(t *testing.T) {
+	var mm messageMemory
+	now := time.Now()
+	for i := range 2 * hitMessagesMax {
+		mm.put(fmt.Sprint(i), &store.Message{}, now)
+	}
+	if n := len(mm.cur) + len(mm.old); n > hitMessagesMax {
+		t.Errorf("%d messages remembered, want at most %d", n, hitMessagesMax)
+	}
+	if mm.get(fmt.Sprint(2*hitMessagesMax-1), now) == nil {
+		t.Error("the newest message is forgotten")
+	}
+	if mm.get("0", now) != nil {
+		t.Error("the oldest message is still remembered")
+	}
+}

@@ -126,6 +126,7 @@ type Store struct {
 	reqs        chan *eventReq
 	recs        chan *recordReq // PutMessage and SetLinks (records.go)
 	hitReads    chan *readReq   // Message and Delivery (hitreads.go)
+	hitMessages messageMemory   // HitMessage's (hitreads.go)
 	workers     sync.WaitGroup
 	once        sync.Once
 	wake        chan struct{}
@@ -157,6 +158,7 @@ type Store struct {
 var (
 	_ store.Store          = (*Store)(nil)
 	_ store.DeliveryReader = (*Store)(nil)
+	_ store.HitReader      = (*Store)(nil)
 	_ store.Outbox         = (*Store)(nil)
 )
 

@@ -118,11 +118,13 @@ func (s *Store) Erase(ctx context.Context, account, ref string) error {
 	if ref == "" || len(ref) > 514 {
 		return store.ErrNotFound
 	}
+	var id string
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		m, err := resolve(ctx, tx, account, ref)
 		if err != nil {
 			return err
 		}
+		id = m.id
 		if err := lockMessages(ctx, tx, m.id); err != nil {
 			return err
 		}
@@ -146,5 +148,6 @@ func (s *Store) Erase(ctx context.Context, account, ref string) error {
 	if err != nil {
 		return fmt.Errorf("postgres store: erase %q: %w", ref, err)
 	}
+	s.hitMessages.forget(id)
 	return nil
 }
