@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"time"
 
@@ -155,9 +156,17 @@ func (s *Store) commitEventsLocked(ctx context.Context, batch []*eventReq, exclu
 	b.Queue(lockModesSQL, locks.keys, locks.modes)
 	// The hits already stored (replays), probed one by one in the unique
 	// index: written as hit = ANY(...), a batch of a thousand hits (the
-	// shipper's) is planned as a sequential scan of the whole table.
-	b.Queue(`SELECT x.hit::text FROM unnest($1::text[]::uuid[]) h(id)
+	// shipper's) is planned as a sequential scan of the whole table. Only
+	// hits from the hit log are probed: a hit fresh from AddEvent is
+	// stored already only when it went to the log while its batch was in
+	// flight, and whichever of the two commits second inserts nothing (its
+	// event conflicts on the hit id, and its feed entry goes only with an
+	// event inserted: writeEvents).
+	probe := slices.ContainsFunc(batch, func(r *eventReq) bool { return r.fromLog })
+	if probe {
+		b.Queue(`SELECT x.hit::text FROM unnest($1::text[]::uuid[]) h(id)
 		CROSS JOIN LATERAL (SELECT e.hit FROM events e WHERE e.hit = h.id LIMIT 1) x`, hits)
+	}
 	b.Queue("SELECT id, account FROM messages WHERE id = ANY($1)", ids)
 	b.Queue("SELECT message FROM erased WHERE message = ANY($1)", ids)
 	// The cap and the copy's first counted open count the events retention
@@ -225,18 +234,20 @@ func (s *Store) commitEventsLocked(ctx context.Context, batch []*eventReq, exclu
 		if _, err := br.Exec(); err != nil {
 			return err
 		}
-		rows, _ := br.Query()
-		for rows.Next() {
-			var h string
-			if err := rows.Scan(&h); err != nil {
+		if probe {
+			rows, _ := br.Query()
+			for rows.Next() {
+				var h string
+				if err := rows.Scan(&h); err != nil {
+					return err
+				}
+				replayed[h] = true
+			}
+			if err := rows.Err(); err != nil {
 				return err
 			}
-			replayed[h] = true
 		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		rows, _ = br.Query()
+		rows, _ := br.Query()
 		for rows.Next() {
 			var id, acct string
 			if err := rows.Scan(&id, &acct); err != nil {

@@ -91,7 +91,7 @@ func decodeHit(p []byte) (*eventReq, error) {
 	if err := json.Unmarshal(p, &h); err != nil {
 		return nil, err
 	}
-	return &eventReq{hit: h.Hit, ev: store.Event{Type: h.Type, At: h.At, Message: h.Message, Recipient: h.Recipient,
+	return &eventReq{hit: h.Hit, fromLog: true, ev: store.Event{Type: h.Type, At: h.At, Message: h.Message, Recipient: h.Recipient,
 		Link: h.Link, URL: h.URL, IP: h.IP, UserAgent: h.UserAgent, Client: h.Client, Country: h.Country,
 		City: h.City, Class: h.Class, Reasons: h.Reasons, WithoutMessage: h.WithoutMessage, ClientIP: h.ClientIP}}, nil
 }
