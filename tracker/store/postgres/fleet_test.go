@@ -320,7 +320,7 @@ func TestGroupCommit(t *testing.T) {
 		add(i)
 	}
 	// The first batch is held in its transaction: the others queue.
-	for len(s.reqs) < hits-1 {
+	for len(s.reqs[0]) < hits-1 {
 		time.Sleep(time.Millisecond)
 	}
 	close(hold)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -214,5 +215,63 @@ func TestReplayInConcurrentBatches(t *testing.T) {
 	var rows int
 	if err := a.pool.QueryRow(ctx, "SELECT count(*) FROM feed WHERE message = 'L5'").Scan(&rows); err != nil || rows != 1 {
 		t.Fatalf("%d rows of feed, %v; want 1", rows, err)
+	}
+}
+
+// Each message's hits go to one committer: while a batch of clicks of one
+// message is held in its transaction (its lock exclusive), a click of a
+// message of the other committer commits, though another click of the
+// first waits behind the batch. With one queue for both committers, the
+// free one would take both clicks into one batch and wait too.
+func TestCommittersByMessage(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	s := testStore(t, dsn, Options{Committers: 2})
+	ids := map[int]string{}
+	for i := 0; len(ids) < 2; i++ {
+		if i == 26 {
+			t.Fatal("26 messages, all on one committer")
+		}
+		id := "P" + string(rune('a'+i))
+		if _, ok := ids[s.committerOf(id)]; !ok {
+			ids[s.committerOf(id)] = id
+			putMessage(t, s, id, 2)
+		}
+	}
+	a, b := ids[0], ids[1]
+	click := func(id string, at time.Time) store.Event {
+		return store.Event{Type: store.EventClick, Message: id, Link: 0, IP: lockTestIP, UserAgent: "Mozilla/5.0",
+			Class: classify.Human, Reasons: []string{classify.ReasonNoMachineSignals}, At: at}
+	}
+	at := testAccepted.Add(time.Hour)
+	// Only the first batch is held (holdCommits' sync.Once would hold the
+	// other committer's too, until the first's release).
+	var first atomic.Bool
+	reachedC, rel := make(chan struct{}), make(chan struct{})
+	f := func() {
+		if first.CompareAndSwap(false, true) {
+			close(reachedC)
+			<-rel
+		}
+	}
+	s.beforeCommit.Store(&f)
+	release := sync.OnceFunc(func() { close(rel) })
+	defer release()
+	reached := (<-chan struct{})(reachedC)
+	held := addAsync(s, click(a, at))
+	<-reached
+	second := addAsync(s, click(a, at.Add(time.Minute)))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.AddEvent(ctx, click(b, at.Add(2*time.Minute))); err != nil {
+		t.Fatalf("a click of %s waited for the batch of %s: %v", b, a, err)
+	}
+	if !waitingFor(second, 100*time.Millisecond) {
+		t.Fatalf("a second click of %s committed while the first was held", a)
+	}
+	release()
+	for _, c := range []<-chan error{held, second} {
+		if err := <-c; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -123,10 +123,10 @@ type Store struct {
 	mu          sync.RWMutex // guards closed and spillClosed against sends on reqs and fb.spills
 	closed      bool
 	spillClosed bool
-	reqs        chan *eventReq
-	recs        chan *recordReq // PutMessage and SetLinks (records.go)
-	hitReads    chan *readReq   // Message and Delivery (hitreads.go)
-	hitMessages messageMemory   // HitMessage's (hitreads.go)
+	reqs        []chan *eventReq // a committer's each: a message's hits go to one (committerOf)
+	recs        chan *recordReq  // PutMessage and SetLinks (records.go)
+	hitReads    chan *readReq    // Message and Delivery (hitreads.go)
+	hitMessages messageMemory    // HitMessage's (hitreads.go)
 	workers     sync.WaitGroup
 	once        sync.Once
 	wake        chan struct{}
@@ -238,7 +238,6 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		opts:     opts,
 		where:    fmt.Sprintf("%s:%d/%s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database),
 		webhooks: map[string]bool{},
-		reqs:     make(chan *eventReq, 4*opts.MaxBatch),
 		recs:     make(chan *recordReq, 4*opts.MaxBatch),
 		hitReads: make(chan *readReq, 4*maxReadGroup),
 		wake:     make(chan struct{}, 1),
@@ -282,8 +281,10 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	opts.Metrics.SetOutboxFunc(s.outboxLen)
 	opts.Metrics.SetDatabaseFunc(s.dbStats)
 	for range opts.Committers {
+		reqs := make(chan *eventReq, 4*opts.MaxBatch)
+		s.reqs = append(s.reqs, reqs)
 		s.workers.Add(1)
-		go s.commitLoop()
+		go s.commitLoop(reqs)
 	}
 	for range recordCommitters {
 		s.workers.Add(1)
@@ -327,7 +328,9 @@ func (s *Store) Close() error {
 		s.maintDone.Wait()
 		s.mu.Lock()
 		s.closed = true
-		close(s.reqs)
+		for _, reqs := range s.reqs {
+			close(reqs)
+		}
 		close(s.recs)
 		close(s.hitReads)
 		s.mu.Unlock()
@@ -380,7 +383,7 @@ func (s *Store) AddEvent(ctx context.Context, e store.Event) error {
 		return store.ErrClosed
 	}
 	select {
-	case s.reqs <- r:
+	case s.reqs[s.committerOf(e.Message)] <- r:
 	case <-ctx.Done():
 		s.mu.RUnlock()
 		return ctx.Err()
@@ -408,11 +411,21 @@ func (s *Store) AddEvent(ctx context.Context, e store.Event) error {
 	}
 }
 
-// commitLoop is a committer: it takes the events waiting, up to MaxBatch,
-// and commits them together. A failed commit opens the fallback's circuit.
-func (s *Store) commitLoop() {
+// committerOf is the committer of message's hits. Each message has one, so
+// that the batches of a node's committers hold different messages and
+// never wait for each other's locks (a batch of clicks or of copies under
+// the cap locks its messages exclusively, locks.go); the batches of a busy
+// message are serial on a node either way.
+func (s *Store) committerOf(message string) int {
+	return int(uint64(lockKey(message)) % uint64(len(s.reqs)))
+}
+
+// commitLoop is a committer: it takes the events waiting on reqs, up to
+// MaxBatch, and commits them together. A failed commit opens the
+// fallback's circuit.
+func (s *Store) commitLoop(reqs chan *eventReq) {
 	defer s.workers.Done()
-	for first := range s.reqs {
+	for first := range reqs {
 		batch := make([]*eventReq, 0, 1)
 		if !first.spilled.Load() {
 			batch = append(batch, first)
@@ -420,7 +433,7 @@ func (s *Store) commitLoop() {
 	more:
 		for len(batch) < s.opts.MaxBatch {
 			select {
-			case r, ok := <-s.reqs:
+			case r, ok := <-reqs:
 				if !ok {
 					break more
 				}
