@@ -2,7 +2,6 @@ package tracker
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -41,18 +40,7 @@ var (
 // faster, the queries the same.
 func BenchmarkPostgresScale(b *testing.B) {
 	ctx := context.Background()
-	c, err := pgtest.Start()
-	if errors.Is(err, pgtest.ErrNotInstalled) {
-		b.Skip(err.Error())
-	}
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Stop()
-	dsn, err := c.CreateDB(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, dsn := pgtest.Own(b)
 	s, err := postgres.Open(ctx, dsn, postgres.Options{})
 	if err != nil {
 		b.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -27,25 +26,6 @@ import (
 )
 
 const fleetAPIKey = "fleet-test-api-key-0123456789"
-
-// fleetCluster starts a throwaway PostgreSQL for one test and returns it
-// with the DSN of a fresh database on it.
-func fleetCluster(t *testing.T) (*pgtest.Cluster, string) {
-	t.Helper()
-	c, err := pgtest.Start()
-	if errors.Is(err, pgtest.ErrNotInstalled) {
-		t.Skip(err.Error())
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
-	dsn, err := c.CreateDB(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, dsn
-}
 
 // fleetNode is one node's addresses and config file.
 type fleetNode struct {
@@ -207,7 +187,7 @@ func TestFleet_anyNodeAnswersAfter250(t *testing.T) {
 	// not turn a slow commit into a 250 before its record.
 	defer func(w time.Duration) { postgresReportWait = w }(postgresReportWait)
 	postgresReportWait = time.Minute
-	_, dsn := fleetCluster(t)
+	_, dsn := pgtest.Own(t)
 	up := silentUpstream(t)
 	a := newFleetNode(t, t.TempDir(), dsn, up)
 	b := newFleetNode(t, t.TempDir(), dsn, up)
@@ -301,7 +281,7 @@ func outboxCount(n *fleetNode) int {
 // for the database) and delivered; once it is back, every record and
 // delivery status reaches it.
 func TestFleet_databaseOutage(t *testing.T) {
-	c, dsn := fleetCluster(t)
+	c, dsn := pgtest.Own(t)
 	a := newFleetNode(t, t.TempDir(), dsn, "")
 	a.serveInProcess(t)
 	if err := c.StopServer(); err != nil {
@@ -342,7 +322,7 @@ func TestFleet_kill9WhileRecordsWait(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and kills the binary")
 	}
-	c, dsn := fleetCluster(t)
+	c, dsn := pgtest.Own(t)
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "trackrelay")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {

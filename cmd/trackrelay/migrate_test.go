@@ -150,14 +150,7 @@ func tableCounts(t *testing.T, dsn string) string {
 // again it ends with the same content as a run in one go; a third run
 // inserts nothing.
 func TestMigrateStore(t *testing.T) {
-	c, err := pgtest.Start()
-	if errors.Is(err, pgtest.ErrNotInstalled) {
-		t.Skip(err.Error())
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
+	c, _ := pgtest.Own(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 	ids, erased := migrateFixture(t, filepath.Join(dir, "tracking.db"))

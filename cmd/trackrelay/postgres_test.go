@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -93,18 +92,7 @@ func TestConfig_postgres(t *testing.T) {
 // With store.postgres set, serve's store is PostgreSQL's, migrated at
 // start; a server that does not answer fails the start with its cause.
 func TestOpenStore_postgres(t *testing.T) {
-	c, err := pgtest.Start()
-	if errors.Is(err, pgtest.ErrNotInstalled) {
-		t.Skip(err.Error())
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
-	dsn, err := c.CreateDB(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, dsn := pgtest.Own(t)
 	dir := t.TempDir()
 	cfg := defaultConfig()
 	cfg.DataDir = dir

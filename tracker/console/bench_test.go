@@ -2,7 +2,6 @@ package console
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -70,19 +69,8 @@ func fillBolt(b *testing.B) *bolt.Store {
 // fillPostgres starts a throwaway PostgreSQL and imports the messages in
 // large transactions (migrate-store's path).
 func fillPostgres(b *testing.B) *postgres.Store {
-	c, err := pgtest.Start()
-	if errors.Is(err, pgtest.ErrNotInstalled) {
-		b.Skip(err.Error())
-	}
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(c.Stop)
+	_, dsn := pgtest.Own(b)
 	ctx := context.Background()
-	dsn, err := c.CreateDB(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
 	s, err := postgres.Open(ctx, dsn, postgres.Options{})
 	if err != nil {
 		b.Fatal(err)

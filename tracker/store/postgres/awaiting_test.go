@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -136,18 +135,7 @@ func wantVerdicts(t *testing.T, l listing, hits []store.Event, delivered time.Ti
 // the relay's retry reaches the database first; an erased message's come
 // back nowhere.
 func TestAwaitingRecord(t *testing.T) {
-	c, err := pgtest.Start()
-	if errors.Is(err, pgtest.ErrNotInstalled) {
-		t.Skip(err.Error())
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
-	dsn, err := c.CreateDB(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, dsn := pgtest.Own(t)
 	opts := fallbackOptions(t.TempDir(), prometheus.NewRegistry())
 	// The shipper runs when a spill wakes it or when the test does.
 	opts.ProbeInterval = time.Hour

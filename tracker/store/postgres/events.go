@@ -140,7 +140,8 @@ func (s *Store) commitEventsLocked(ctx context.Context, batch []*eventReq, exclu
 		st := copies[k]
 		cm[i], cr[i] = k.message, int32(k.recipient)
 		cf[i], ct[i], cw[i], cc[i] = st.from-w, st.to+w, st.marks, st.clicks
-		ca[i] = s.knownAtCap(k)
+		st.atCap = s.knownAtCap(k)
+		ca[i] = st.atCap
 	}
 	locks := s.lockModes(batch, copies, exclusive)
 	burstWindow := int64(classify.BurstWindow)

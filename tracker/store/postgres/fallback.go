@@ -206,20 +206,7 @@ func (s *Store) spillLoop() {
 	fb := s.fb
 	defer fb.wg.Done()
 	for first := range fb.spills {
-		batch := []*eventReq{first}
-	more:
-		for len(batch) < s.opts.MaxBatch {
-			select {
-			case r, ok := <-fb.spills:
-				if !ok {
-					break more
-				}
-				batch = append(batch, r)
-			default:
-				break more
-			}
-		}
-		s.logSpills(batch)
+		s.logSpills(gather(first, fb.spills, s.opts.MaxBatch, nil))
 	}
 }
 

@@ -161,18 +161,7 @@ func checkLedger(t *testing.T, l ledger, answered []string) {
 // and outbox row; hits during it took the fallback, and the log was
 // shipped.
 func TestFallbackOutage(t *testing.T) {
-	c, err := pgtest.Start()
-	if errors.Is(err, pgtest.ErrNotInstalled) {
-		t.Skip(err.Error())
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
-	dsn, err := c.CreateDB(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, dsn := pgtest.Own(t)
 	reg := prometheus.NewRegistry()
 	s := testStore(t, dsn, fallbackOptions(t.TempDir(), reg))
 	putMessage(t, s, "Q1", 1)

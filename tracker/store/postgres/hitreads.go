@@ -145,20 +145,7 @@ func (s *Store) read(ctx context.Context, r *readReq) readRes {
 func (s *Store) readLoop() {
 	defer s.workers.Done()
 	for first := range s.hitReads {
-		group := []*readReq{first}
-	more:
-		for len(group) < maxReadGroup {
-			select {
-			case r, ok := <-s.hitReads:
-				if !ok {
-					break more
-				}
-				group = append(group, r)
-			default:
-				break more
-			}
-		}
-		s.readGroup(group)
+		s.readGroup(gather(first, s.hitReads, maxReadGroup, nil))
 	}
 }
 

@@ -72,8 +72,8 @@ func (s *Store) lockModes(batch []*eventReq, copies map[copyKey]*copyState, excl
 		l.exclusive[e.Message] = l.exclusive[e.Message] || ex
 	}
 	seq := s.seqHint.Load()
-	for k := range copies {
-		if !l.exclusive[k.message] && !s.knownAtCap(k) && seq+1+int64(len(batch)) > int64(s.opts.MaxEventsPerRecipient) {
+	for k, st := range copies {
+		if !l.exclusive[k.message] && !st.atCap && seq+1+int64(len(batch)) > int64(s.opts.MaxEventsPerRecipient) {
 			l.exclusive[k.message] = true
 		}
 	}
@@ -104,7 +104,7 @@ func (s *Store) sharedSafe(l locking, copies map[copyKey]*copyState, seqs []int6
 	}
 	ok := true
 	for k, st := range copies {
-		if !st.uncounted && st.kept >= limit {
+		if !st.atCap && !st.uncounted && st.kept >= limit {
 			s.noteAtCap(k)
 		}
 		if l.exclusive[k.message] {

@@ -141,19 +141,7 @@ func (s *Store) submitRecord(ctx context.Context, r *recordReq) error {
 func (s *Store) recordLoop() {
 	defer s.workers.Done()
 	for first := range s.recs {
-		batch := []*recordReq{first}
-	more:
-		for len(batch) < s.opts.MaxBatch {
-			select {
-			case r, ok := <-s.recs:
-				if !ok {
-					break more
-				}
-				batch = append(batch, r)
-			default:
-				break more
-			}
-		}
+		batch := gather(first, s.recs, s.opts.MaxBatch, nil)
 		start := time.Now()
 		err := s.commitRecords(batch)
 		s.opts.Metrics.RecordsCommitted(time.Since(start), len(batch))

@@ -48,6 +48,7 @@ type copyState struct {
 	marks     bool // the batch holds a hit that may reclassify the copy's events
 	clicks    bool // the batch holds a click of the copy (only clicks read opened)
 	uncounted bool // its kept events were not counted: events_seq bounds them under the cap
+	atCap     bool // this node had read it at the cap (locks.go)
 	hits      []*hist
 }
 

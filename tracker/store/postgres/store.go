@@ -426,24 +426,8 @@ func (s *Store) committerOf(message string) int {
 func (s *Store) commitLoop(reqs chan *eventReq) {
 	defer s.workers.Done()
 	for first := range reqs {
-		batch := make([]*eventReq, 0, 1)
-		if !first.spilled.Load() {
-			batch = append(batch, first)
-		}
-	more:
-		for len(batch) < s.opts.MaxBatch {
-			select {
-			case r, ok := <-reqs:
-				if !ok {
-					break more
-				}
-				if !r.spilled.Load() {
-					batch = append(batch, r)
-				}
-			default:
-				break more
-			}
-		}
+		// A hit spilled already is the shipper's.
+		batch := gather(first, reqs, s.opts.MaxBatch, func(r *eventReq) bool { return !r.spilled.Load() })
 		if len(batch) == 0 {
 			continue
 		}
@@ -462,6 +446,25 @@ func (s *Store) commitLoop(reqs chan *eventReq) {
 			r.done <- err
 		}
 	}
+}
+
+// gather returns first and the values waiting on ch, those keep accepts
+// (all when keep is nil), up to limit of them: the group a committer, a
+// reader or the spiller takes when it is free, so that work arriving
+// while it was busy goes together, and an idle one takes one at once.
+func gather[T any](first T, ch <-chan T, limit int, keep func(T) bool) []T {
+	var group []T
+	for v, ok := first, true; ok && len(group) < limit; {
+		if keep == nil || keep(v) {
+			group = append(group, v)
+		}
+		select {
+		case v, ok = <-ch:
+		default:
+			ok = false
+		}
+	}
+	return group
 }
 
 // newUUID returns a time-ordered UUID (version 7, RFC 9562: the unix time

@@ -291,6 +291,30 @@ func Current(t testing.TB) *Cluster {
 	return c
 }
 
+// Own starts a cluster of t's own (for a test that stops and starts its
+// server), stopped when t ends, and returns it with the connection URI of
+// a fresh database on it. Like Current, it skips t when the server
+// binaries are not installed (unless RequireEnv is set) and fails it when
+// the cluster does not start.
+func Own(t testing.TB) (*Cluster, string) {
+	t.Helper()
+	c, err := Start()
+	if errors.Is(err, ErrNotInstalled) {
+		t.Skip(err.Error())
+	}
+	if err != nil {
+		t.Fatalf("throwaway PostgreSQL: %v", err)
+	}
+	t.Cleanup(c.Stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dsn, err := c.CreateDB(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, dsn
+}
+
 // DSN returns the connection URI of a fresh database on the package's
 // cluster (see Current).
 func DSN(t testing.TB) string {
